@@ -1,0 +1,6 @@
+"""Data sets by name, partitions, and per-client tensors."""
+
+from fedcmi.data.base import ClientData, MultimodalData
+from fedcmi.data.registry import load_data
+
+__all__ = ["ClientData", "MultimodalData", "load_data"]

@@ -1,0 +1,27 @@
+"""Data sets by name; each is built once per process and cached (Ray actors reuse it across rounds)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from fedcmi.config import RunConfig
+from fedcmi.data.base import MultimodalData
+from fedcmi.data.embedded import digits_cg, synthetic_av
+
+
+@lru_cache(maxsize=4)
+def _cached(name: str, num_classes: int, train_size: int, test_size: int, signal_a: float,
+            signal_b: float, noise: float) -> MultimodalData:
+    if name == "synthetic-av":
+        return synthetic_av(num_classes, train_size, test_size, signal_a, signal_b, noise)
+    if name == "digits-cg":
+        return digits_cg()
+    raise ValueError(f"unknown data set {name!r}")
+
+
+def load_data(cfg: RunConfig) -> MultimodalData:
+    """The data set a run config names. The data itself is fixed; the run seed drives partitions."""
+    if cfg.dataset == "synthetic-av":
+        return _cached(cfg.dataset, cfg.num_classes, cfg.train_size, cfg.test_size, cfg.signal_a,
+                       cfg.signal_b, cfg.noise)
+    return _cached(cfg.dataset, 0, 0, 0, 0.0, 0.0, 0.0)
