@@ -1,0 +1,110 @@
+"""The ClientApp: unpack records, call ``fedcmi.training.local_update``, pack the reply.
+
+The server sends the full run config with every message, so a client trains with exactly the server's
+settings however it was launched (``fedcmi simulate``, ``flwr run``, a SuperNode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedcmi.config import RunConfig, config_keys, from_mapping
+from fedcmi.data import load_data
+from fedcmi.data.partition import client_data, federation
+from fedcmi.models import build_model, group_of
+from fedcmi.training import Guidance, Objective, class_statistics, local_update
+
+app = ClientApp()
+
+_MODELS: dict[tuple, torch.nn.Module] = {}  # one model object per architecture, reloaded every message
+
+
+def run_config_of(msg: Message, context: Context) -> RunConfig:
+    """The run config carried by the message (falling back to the node's run config)."""
+    known = config_keys()
+    merged: dict[str, Any] = {k: v for k, v in context.run_config.items() if k in known}
+    if "config" in msg.content:
+        merged.update({k: v for k, v in msg.content["config"].items() if k in known})
+    return from_mapping(merged)
+
+
+def partition_id_of(context: Context, cfg: RunConfig) -> int:
+    pid = context.node_config.get("partition-id")
+    if pid is None:
+        raise ValueError("node config has no 'partition-id' (start the SuperNode with "
+                         "--node-config \"partition-id=<i> num-partitions=<n>\")")
+    pid = int(pid)
+    if not 0 <= pid < cfg.num_clients:
+        raise ValueError(f"partition-id={pid} is outside [0, num-clients={cfg.num_clients})")
+    return pid
+
+
+def device_of(cfg: RunConfig) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def model_for(cfg: RunConfig, device: torch.device) -> torch.nn.Module:
+    data = load_data(cfg)
+    key = (cfg.dataset, cfg.encoder, cfg.feature_dim, cfg.projector, cfg.strategy != "fedavg"
+           and cfg.strategy != "fedprox", data.num_classes, str(device))
+    if key not in _MODELS:
+        _MODELS[key] = build_model(cfg.encoder, data.shapes(), data.num_classes, cfg.feature_dim,
+                                   decomposed=key[4], projector=cfg.projector).to(device)
+    return _MODELS[key]
+
+
+def round_seed(seed: int, server_round: int, partition_id: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{server_round}/{partition_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@app.query()
+def describe(msg: Message, context: Context) -> Message:
+    """Tell the server which partition and modality kind this node holds."""
+    cfg = run_config_of(msg, context)
+    pid = partition_id_of(context, cfg)
+    spec = federation(cfg)[pid]
+    info = ConfigRecord({"partition-id": pid, "kind": spec.kind, "num-examples": len(spec.indices)})
+    return Message(RecordDict({"info": info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One local update on this node's partition; replies with the trained groups and class statistics."""
+    cfg = run_config_of(msg, context)
+    torch.set_num_threads(max(1, int(cfg.client_num_cpus)))
+    pid = partition_id_of(context, cfg)
+    spec = federation(cfg)[pid]
+    data = load_data(cfg)
+    device = device_of(cfg)
+    local = client_data(data, spec).to(device)
+    model = model_for(cfg, device)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    sent = msg.content["config"]
+    server_round = int(sent.get("server-round", 0))
+    guidance = Guidance(infiltrate=bool(sent.get("infiltrate", False)),
+                        dominant=sent.get("dominant"),
+                        tau=np.asarray(sent["tau"], dtype=np.float64) if "tau" in sent else None)
+    stats = class_statistics(model, local, data.num_classes)  # with the received global weights
+    seed = round_seed(cfg.seed, server_round, pid)
+    torch.manual_seed(seed)
+    result = local_update(model, local, Objective.from_config(cfg), guidance, num_classes=data.num_classes,
+                          epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, generator=torch.Generator().manual_seed(seed))
+    held = (*spec.modalities, "shared")
+    trained = {k: v.detach().cpu() for k, v in model.state_dict().items() if group_of(k) in held}
+    metrics = MetricRecord({"num-examples": result.num_examples, "partition-id": pid, **result.losses})
+    class_stats = ArrayRecord({
+        "sum-pa": Array(stats.sum_pa.astype(np.float64)), "sum-pb": Array(stats.sum_pb.astype(np.float64)),
+        "counts": Array(stats.counts.astype(np.float64))})
+    content = RecordDict({"arrays": ArrayRecord(trained), "metrics": metrics, "class-stats": class_stats,
+                          "info": ConfigRecord({"kind": spec.kind, "partition-id": pid})})
+    return Message(content, reply_to=msg)

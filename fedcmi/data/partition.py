@@ -1,0 +1,100 @@
+"""Label-skew partitions (flwr-datasets) and the modality each client holds (spec A.2, Part 0).
+
+Deterministic by seed: the same config gives the same partition and the same modality kinds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import numpy as np
+import torch
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+from fedcmi.config import ConfigError, RunConfig
+from fedcmi.data.base import ClientData, MultimodalData
+from fedcmi.data.registry import load_data
+
+KINDS = ("mm", "a", "b")
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """One client: its partition id, modality kind (``mm``, ``a`` or ``b``) and training-row indices."""
+
+    partition_id: int
+    kind: str
+    indices: np.ndarray
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("a", "b") if self.kind == "mm" else (self.kind,)
+
+
+def assign_modalities(num_clients: int, multimodal_ratio: float, unimodal_split: float, seed: int) -> list[str]:
+    """Kind per client: ``int(ratio * N)`` multimodal; of the rest ``int(split * rest)`` hold only ``a``.
+
+    Which clients get which kind is a seeded permutation, independent of the label partition.
+    """
+    n_mm = int(multimodal_ratio * num_clients + 1e-9)
+    rest = num_clients - n_mm
+    n_a = int(unimodal_split * rest + 1e-9)
+    kinds = ["mm"] * n_mm + ["a"] * n_a + ["b"] * (rest - n_a)
+    order = np.random.default_rng(seed + 7_919).permutation(num_clients)
+    out = [""] * num_clients
+    for slot, client in enumerate(order):
+        out[client] = kinds[slot]
+    return out
+
+
+def partition_indices(data: MultimodalData, cfg: RunConfig) -> list[np.ndarray]:
+    """Training-row indices per client, by flwr-datasets' Dirichlet or IID partitioner."""
+    table = data.train.select_columns(["idx", "label"])
+    if cfg.partitioner == "iid":
+        part = IidPartitioner(num_partitions=cfg.num_clients)
+    else:
+        part = DirichletPartitioner(num_partitions=cfg.num_clients, partition_by="label",
+                                    alpha=cfg.dirichlet_alpha, min_partition_size=cfg.min_partition_size,
+                                    self_balancing=False, shuffle=True, seed=cfg.seed)
+    part.dataset = table
+    try:
+        return [np.asarray(part.load_partition(i)["idx"], dtype=np.int64) for i in range(cfg.num_clients)]
+    except ValueError as exc:
+        raise ConfigError(
+            f"dirichlet-alpha={cfg.dirichlet_alpha}, min-partition-size={cfg.min_partition_size}, "
+            f"num-clients={cfg.num_clients}: the partitioner could not give every client "
+            f"{cfg.min_partition_size} of {len(table)} samples ({exc}); lower min-partition-size or "
+            "num-clients") from None
+
+
+def build_federation(data: MultimodalData, cfg: RunConfig) -> list[ClientSpec]:
+    kinds = assign_modalities(cfg.num_clients, cfg.multimodal_ratio, cfg.unimodal_split, cfg.seed)
+    parts = partition_indices(data, cfg)
+    return [ClientSpec(i, kinds[i], parts[i]) for i in range(cfg.num_clients)]
+
+
+def _federation_key(cfg: RunConfig) -> tuple:
+    return (cfg.dataset, cfg.num_classes, cfg.train_size, cfg.test_size, cfg.signal_a, cfg.signal_b, cfg.noise,
+            cfg.partitioner, cfg.num_clients, cfg.dirichlet_alpha, cfg.min_partition_size,
+            cfg.multimodal_ratio, cfg.unimodal_split, cfg.seed)
+
+
+_FEDERATIONS: dict[tuple, list[ClientSpec]] = {}
+
+
+def federation(cfg: RunConfig) -> list[ClientSpec]:
+    """The federation of a config, built once per process (long-lived Ray actors reuse it)."""
+    key = _federation_key(cfg)
+    if key not in _FEDERATIONS:
+        if len(_FEDERATIONS) >= 4:
+            _FEDERATIONS.pop(next(iter(_FEDERATIONS)))
+        _FEDERATIONS[key] = build_federation(load_data(cfg), cfg)
+    return _FEDERATIONS[key]
+
+
+def client_data(data: MultimodalData, spec: ClientSpec) -> ClientData:
+    """The tensors of one client. A unimodal client never receives the other modality's tensors."""
+    xa, xb, y = data.arrays("train")
+    idx = spec.indices
+    a = torch.from_numpy(xa[idx]) if "a" in spec.modalities else None
+    b = torch.from_numpy(xb[idx]) if "b" in spec.modalities else None
+    return ClientData(a, b, torch.from_numpy(y[idx]))

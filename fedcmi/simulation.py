@@ -1,0 +1,80 @@
+"""Launch a Flower simulation (Ray backend) of a resolved config from Python, as ``fedcmi simulate`` does.
+
+``flwr run .`` returns 0 even for a failed run and leaves a local SuperLink behind; here the ServerApp runs
+in this process, its exceptions propagate, Ray is shut down at the end, and failure means a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from fedcmi.config import ConfigError, RunConfig
+from fedcmi.results import RunDirectory
+
+
+class SimulationFailed(RuntimeError):
+    """The simulation ended without completing its rounds."""
+
+
+class _DropDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return "run_simulation" not in msg and "DEPRECATED FEATURE" not in msg
+
+
+def check_resources(cfg: RunConfig) -> dict[str, Any]:
+    """Ray backend config for the client resources; refuses requests this machine cannot meet."""
+    cpus = os.cpu_count() or 1
+    if cfg.client_num_cpus > cpus:
+        raise ConfigError(f"client-num-cpus={cfg.client_num_cpus}: must be <= the {cpus} CPU(s) of this machine")
+    init_args: dict[str, Any] = {"num_cpus": cpus}
+    if cfg.client_num_gpus > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus == 0:
+            raise ConfigError(f"client-num-gpus={cfg.client_num_gpus}: no CUDA GPU is visible on this machine")
+        init_args["num_gpus"] = gpus
+    return {"client_resources": {"num_cpus": cfg.client_num_cpus, "num_gpus": cfg.client_num_gpus},
+            "init_args": init_args}
+
+
+def simulate(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None] | None = None,
+             verbose: bool = False) -> RunDirectory:
+    """Run ``cfg`` on Flower's simulation engine; returns the finished run directory."""
+    backend_config = check_resources(cfg)
+    from flwr.simulation import run_simulation
+
+    from clients.app import app as client_app
+    from server.app import make_server_app
+
+    flwr_logger = logging.getLogger("flwr")
+    quiet = _DropDeprecation()
+    flwr_logger.addFilter(quiet)
+    old_level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    outcome: dict[str, Any] = {}
+    try:
+        run_simulation(server_app=make_server_app(cfg, reporter, outcome), client_app=client_app,
+                       num_supernodes=cfg.num_clients, backend_config=backend_config)
+    finally:
+        flwr_logger.removeFilter(quiet)
+        flwr_logger.setLevel(old_level)
+        _shutdown_ray()
+    if "run_dir" not in outcome:
+        raise SimulationFailed("the simulation ended before its last round (see the log above)")
+    return outcome["run_dir"]
+
+
+def _shutdown_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:  # pragma: no cover - ray comes with flwr[simulation]
+        pass
