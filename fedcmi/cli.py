@@ -96,9 +96,10 @@ def cmd_simulate(cfg: RunConfig, verbose: bool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedcmi.data import load_data
-    from fedcmi.simulation import simulate
+    from fedcmi.simulation import check_resources, simulate
     from fedcmi.summary import results_table
 
+    check_resources(cfg)
     console = Console()
     names = load_data(cfg).modalities
     console.print(f"[bold]fedcmi simulate[/bold]: {cfg.strategy} on {cfg.dataset}, {cfg.num_clients} clients "

@@ -52,8 +52,8 @@ class RunConfig:
     strategy: str = _opt("fedcmi", lambda v: v in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}",
                          "server strategy + local objective")
     num_clients: int = _opt(20, lambda v: v >= 1, "must be >= 1", "clients in the federation")
-    clients_per_round: int = _opt(6, lambda v: v >= 1, "must be >= 1", "clients sampled each round")
-    num_server_rounds: int = _opt(12, lambda v: v >= 1, "must be >= 1", "federated rounds")
+    clients_per_round: int = _opt(10, lambda v: v >= 1, "must be >= 1", "clients sampled each round")
+    num_server_rounds: int = _opt(40, lambda v: v >= 1, "must be >= 1", "federated rounds")
     local_epochs: int = _opt(2, lambda v: v >= 1, "must be >= 1", "local epochs per round")
     partitioner: str = _opt("dirichlet", lambda v: v in ("dirichlet", "iid"), "must be dirichlet or iid",
                             "label partitioner")
@@ -63,7 +63,7 @@ class RunConfig:
     unimodal_split: float = _opt(0.5, _unit, "must be in [0, 1]",
                                  "share of unimodal clients holding the first modality")
     seed: int = _opt(0, lambda v: v >= 0, "must be >= 0", "seed for data, partitions, sampling and training")
-    lr: float = _opt(0.05, _positive, "must be > 0", "local SGD learning rate")
+    lr: float = _opt(0.02, _positive, "must be > 0", "local SGD learning rate")
     momentum: float = _opt(0.9, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)", "SGD momentum")
     weight_decay: float = _opt(1e-4, lambda v: v >= 0, "must be >= 0", "SGD weight decay")
     batch_size: int = _opt(32, lambda v: v >= 1, "must be >= 1", "local batch size")

@@ -11,10 +11,12 @@ from rich.table import Table
 def results_table(rows: Sequence[dict[str, Any]], names: tuple[str, str]) -> Table:
     """Per round: multimodal, each modality alone (infiltration path and zero-filled), worst class."""
     a, b = names
-    cols = [("round", "round"), ("acc_mm", "multimodal"), (f"acc_{a}", f"{a}"), (f"acc_{b}", f"{b}"),
-            (f"acc_{a}_zero", f"{a} (0-fill)"), (f"acc_{b}_zero", f"{b} (0-fill)"),
-            ("worst_class_acc", "worst class"), ("dominant", "dominant"), ("wall_s", "wall s")]
-    table = Table(title="test accuracy per round")
+    cols = [("round", "round"), ("acc_mm", "mm"), (f"acc_{a}", a), (f"acc_{b}", b),
+            (f"acc_{a}_zero", f"{a}/0"), (f"acc_{b}_zero", f"{b}/0"),
+            ("worst_class_acc", "worst"), ("dominant", "dominant"), ("wall_s", "s")]
+    table = Table(title="test accuracy per round", caption=(
+        f"mm: both modalities; {a}, {b}: one modality alone through its infiltration path; "
+        "/0: alone with the other slot zeroed; worst: worst class (mm); s: wall seconds of the round"))
     for _, title in cols:
         table.add_column(title, justify="right")
     for r in rows:

@@ -5,6 +5,7 @@ Deterministic by seed: the same config gives the same partition and the same mod
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 import numpy as np
 import torch
@@ -57,7 +58,9 @@ def partition_indices(data: MultimodalData, cfg: RunConfig) -> list[np.ndarray]:
                                     self_balancing=False, shuffle=True, seed=cfg.seed)
     part.dataset = table
     try:
-        return [np.asarray(part.load_partition(i)["idx"], dtype=np.int64) for i in range(cfg.num_clients)]
+        with warnings.catch_warnings():  # its retry warnings; failure becomes our own one-line error
+            warnings.simplefilter("ignore", UserWarning)
+            return [np.asarray(part.load_partition(i)["idx"], dtype=np.int64) for i in range(cfg.num_clients)]
     except ValueError as exc:
         raise ConfigError(
             f"dirichlet-alpha={cfg.dirichlet_alpha}, min-partition-size={cfg.min_partition_size}, "

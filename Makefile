@@ -1,0 +1,31 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+
+.PHONY: run test lint bench-imbalance clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch/torchvision first, pinned: pip takes them from the machine's local wheel store when it has one
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)  ## the default FedCMI simulation on the embedded synthetic-av data
+	$(VENV)/bin/fedcmi simulate
+
+test: $(STAMP)  ## the whole test suite
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fedcmi clients server tests benchmarks
+
+bench-imbalance: $(STAMP)  ## centralized: weak modality alone vs through the joint model
+	$(PY) benchmarks/imbalance.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,26 @@
+"""Shared fixtures: Flower's TaskIdentity for building Messages outside a running app; small configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedcmi.config import RunConfig
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """``Message(...)`` outside a running app needs these ids (flower-guide §2)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_cfg() -> RunConfig:
+    return RunConfig(num_clients=4, clients_per_round=2, train_size=400, test_size=200, min_partition_size=10)

@@ -1,0 +1,50 @@
+"""The CLI stops bad input before anything starts: one line naming key and rule, exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from fedcmi.cli import main
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["simulate", "dirichlet-alpha=0"], "dirichlet-alpha=0.0: must be > 0"),
+    (["simulate", "multimodal-ratio=2"], "multimodal-ratio=2.0: must be in [0, 1]"),
+    (["simulate", "clients-per-round=50"], "clients-per-round=50: must be <= num-clients (20)"),
+    (["simulate", "dataset=cifar"], "dataset='cifar': must be one of synthetic-av, digits-cg"),
+    (["simulate", "num-clients=abc"], "num-clients='abc': must be an integer"),
+    (["simulate", "learning-rate=0.1"], "unknown key 'learning-rate'"),
+    (["simulate", "lr"], "'lr': overrides are written key=value"),
+    (["simulate", "--config", "/nonexistent/run.toml"], "does not exist"),
+    (["simulate", "client-num-cpus=64"], "client-num-cpus=64.0: must be <= the"),
+    (["partitions", "num-clients=0"], "num-clients=0: must be >= 1"),
+])
+def test_bad_configuration_exits_2_with_one_line(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_non_empty_out_dir_is_refused(tmp_path, capsys):
+    (tmp_path / "old.csv").write_text("x")
+    assert main(["simulate", "--out", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_partitions_table(capsys):
+    assert main(["partitions", "num-clients=6", "clients-per-round=2", "multimodal-ratio=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("audio+visual") == 3
+    assert "label counts" in out
+
+
+def test_console_script_help_is_for_newcomers():
+    out = subprocess.run([sys.executable, "-m", "fedcmi.cli", "simulate", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for key in ("dirichlet-alpha", "multimodal-ratio", "unimodal-split", "clients-per-round", "proximal-mu"):
+        assert key in out
+    assert "examples:" in out

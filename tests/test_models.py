@@ -1,0 +1,69 @@
+"""Model forward paths with either modality missing (spec A.4) and parameter groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedcmi.models import ConcatModel, FedCMIModel, build_model, group_of
+from fedcmi.models.encoders import ResNet18Encoder
+
+SHAPES = ((1, 20, 24), (3, 16, 16))
+
+
+@pytest.fixture
+def model() -> FedCMIModel:
+    torch.manual_seed(0)
+    return build_model("cnn", SHAPES, 6, 16, decomposed=True).eval()
+
+
+def test_forward_shapes_each_modality_and_both(model):
+    xa, xb = torch.randn(5, *SHAPES[0]), torch.randn(5, *SHAPES[1])
+    for out in (model(xa, xb), model(xa=xa), model(xb=xb), model.forward_zero(xa=xa), model.forward_zero(xb=xb)):
+        assert out.shape == (5, 6)
+    with pytest.raises(ValueError):
+        model()
+
+
+def test_missing_slot_holds_own_infiltration_output(model):
+    xa, xb = torch.randn(4, *SHAPES[0]), torch.randn(4, *SHAPES[1])
+    with torch.no_grad():
+        sa, ia = model.branches(xa, "a")
+        sb, ib = model.branches(xb, "b")
+        assert torch.allclose(model(xa, xb), model.fuse(sa, sb))
+        assert torch.allclose(model(xa=xa), model.fuse(sa, ia))  # a's infiltration fills slot b
+        assert torch.allclose(model(xb=xb), model.fuse(ib, sb))  # b's infiltration fills slot a
+        assert torch.allclose(model.forward_zero(xa=xa), model.fuse(sa, torch.zeros_like(sa)))
+        assert torch.allclose(model.forward_zero(xb=xb), model.fuse(torch.zeros_like(sb), sb))
+        # both projectors of a modality share one classifier
+        assert torch.allclose(model.classify(ia, "a"), model.cls_a(ia))
+
+
+def test_parameter_groups_by_prefix(model):
+    groups = {}
+    for k in model.state_dict():
+        groups.setdefault(group_of(k), set()).add(k.split(".")[0])
+    assert groups == {"a": {"enc_a", "self_a", "inf_a", "cls_a"}, "b": {"enc_b", "self_b", "inf_b", "cls_b"},
+                      "shared": {"fusion"}}
+
+
+def test_concat_baseline_zero_fills():
+    torch.manual_seed(0)
+    m = build_model("cnn", SHAPES, 6, 16, decomposed=False).eval()
+    assert isinstance(m, ConcatModel)
+    xa = torch.randn(3, *SHAPES[0])
+    with torch.no_grad():
+        ha = m.enc_a(xa)
+        assert torch.allclose(m(xa=xa), m.fusion(ha, torch.zeros_like(ha)))
+    assert {group_of(k) for k in m.state_dict()} == {"a", "b", "shared"}
+
+
+def test_resnet18_encoder_single_channel_and_frame_stacks():
+    enc = ResNet18Encoder(1).eval()
+    with torch.no_grad():
+        assert enc(torch.randn(2, 1, 32, 32)).shape == (2, 512)
+        frames = ResNet18Encoder(3).eval()
+        assert frames(torch.randn(2, 3, 2, 32, 32)).shape == (2, 512)  # B x C x F x H x W
+    m = build_model("resnet18", ((1, 32, 32), (3, 32, 32)), 4, 64, decomposed=True).eval()
+    with torch.no_grad():
+        assert m(torch.randn(2, 1, 32, 32), torch.randn(2, 3, 32, 32)).shape == (2, 4)

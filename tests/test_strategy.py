@@ -1,0 +1,134 @@
+"""FedCMIStrategy on hand-made replies: per-modality means, untouched groups, guidance, sampling."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+from fedcmi.aggregation import ClientUpdate, aggregate
+from fedcmi.models import group_of
+from server.strategy import FedCMIStrategy, NoClientsError
+
+KINDS = {11: (0, "mm"), 12: (1, "a"), 13: (2, "b"), 14: (3, "a")}
+
+
+class FakeGrid:
+    """Enough of a Grid for the strategy: node ids, and QUERY replies describing each node."""
+
+    def __init__(self, nodes=KINDS):
+        self.nodes = nodes
+        self.sent: list[Message] = []
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for m in messages:
+            self.sent.append(m)
+            pid, kind = self.nodes[m.metadata.dst_node_id]
+            info = ConfigRecord({"partition-id": pid, "kind": kind})
+            replies.append(Message(RecordDict({"info": info}), reply_to=m))
+        return replies
+
+
+def _arrays(a: float, b: float, f: float, nbt: int = 0) -> dict[str, np.ndarray]:
+    return {"enc_a.w": np.full((2, 2), a, np.float32), "enc_b.w": np.full(3, b, np.float32),
+            "fusion.fc.weight": np.full(2, f, np.float32), "enc_a.bn.num_batches_tracked": np.array(nbt)}
+
+
+def _reply(node: int, n: int, arrays: dict[str, np.ndarray], stats=None) -> Message:
+    request = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    pid, kind = KINDS[node]
+    content = RecordDict({
+        "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+        "metrics": MetricRecord({"num-examples": n, "partition-id": pid, "loss": 1.0 * pid}),
+        "info": ConfigRecord({"kind": kind, "partition-id": pid}),
+    })
+    if stats is not None:
+        content["class-stats"] = ArrayRecord({k: Array(np.asarray(v, np.float64)) for k, v in
+                                              zip(("sum-pa", "sum-pb", "counts"), stats, strict=True)})
+    return Message(content, reply_to=request)
+
+
+def _strategy(**kw) -> FedCMIStrategy:
+    s = FedCMIStrategy(clients_per_round=3, num_classes=2, run_config={"strategy": "fedcmi"}, **kw)
+    s.nodes = dict(KINDS)
+    s.current_arrays = ArrayRecord({k: Array(v) for k, v in _arrays(0.0, 0.5, 0.0, 7).items()})
+    return s
+
+
+def test_modality_groups_average_over_holders_only_fusion_over_all():
+    s = _strategy()
+    replies = [
+        _reply(11, 1, _arrays(1, 1, 1, 10)),
+        _reply(12, 3, {**_arrays(5, 100, 5, 20)}),  # an a-only client's enc_b must be ignored
+        _reply(13, 4, {k: v for k, v in _arrays(0, 2, 2).items() if group_of(k) != "a"}),
+    ]
+    arrays, metrics = s.aggregate_train(1, replies)
+    out = {k: v.numpy() for k, v in arrays.items()}
+    assert np.allclose(out["enc_a.w"], (1 * 1 + 3 * 5) / 4)
+    assert np.allclose(out["enc_b.w"], (1 * 1 + 4 * 2) / 5)
+    assert np.allclose(out["fusion.fc.weight"], (1 * 1 + 3 * 5 + 4 * 2) / 8)
+    assert out["enc_a.bn.num_batches_tracked"] == round((10 + 60) / 4)  # integer buffer, rounded
+    assert out["enc_a.w"].dtype == np.float32 and out["enc_a.w"].shape == (2, 2)
+    assert metrics["clients-ok"] == 3 and metrics["num-examples"] == 8
+    assert metrics["loss"] == pytest.approx((0 * 1 + 1 * 3 + 2 * 4) / 8)
+
+
+def test_group_nobody_trained_stays_unchanged():
+    s = _strategy()
+    arrays, _ = s.aggregate_train(1, [_reply(12, 2, {k: v for k, v in _arrays(3, 9, 3).items()
+                                                    if group_of(k) != "b"})])
+    out = {k: v.numpy() for k, v in arrays.items()}
+    assert np.allclose(out["enc_b.w"], 0.5)
+    assert np.allclose(out["enc_a.w"], 3) and np.allclose(out["fusion.fc.weight"], 3)
+
+
+def test_guidance_from_statistics_is_sent_next_round():
+    s = _strategy(gamma=2.0, warmup_rounds=1)
+    grid = FakeGrid()
+    first = list(s.configure_train(1, s.current_arrays, ConfigRecord({"lr": 0.1}), grid))
+    cfg1 = first[0].content["config"]
+    assert cfg1["infiltrate"] is False and "dominant" not in cfg1 and cfg1["lr"] == 0.1
+    s.aggregate_train(1, [
+        _reply(11, 10, _arrays(1, 1, 1), stats=([9.0, 0.0], [3.0, 0.0], [10.0, 0.0])),
+        _reply(13, 40, _arrays(1, 1, 1), stats=([15.0, 6.0], [15.0, 6.0], [30.0, 10.0])),
+    ])
+    assert s.guidance.dominant == "a" and s.guidance.ratio == pytest.approx(7 / 6)
+    second = list(s.configure_train(2, s.current_arrays, ConfigRecord(), grid))
+    cfg2 = second[0].content["config"]
+    assert cfg2["infiltrate"] is True and cfg2["dominant"] == "a" and cfg2["server-round"] == 2
+    assert cfg2["tau"] == pytest.approx([1 / (1 + 2 * math.log((4 / 3) / (7 / 6))), 1.0])
+
+
+def test_sampling_is_seeded_and_discovers_nodes():
+    picks = []
+    for _ in range(2):
+        s = FedCMIStrategy(clients_per_round=2, num_classes=2, run_config={}, seed=5)
+        grid = FakeGrid()
+        rounds = [sorted(m.metadata.dst_node_id for m in s.configure_train(r, ArrayRecord(), ConfigRecord(), grid))
+                  for r in (1, 2, 3)]
+        assert all(len(set(r)) == 2 for r in rounds)
+        assert s.nodes == KINDS  # learned through QUERY messages
+        picks.append(rounds)
+    assert picks[0] == picks[1]
+
+
+def test_round_without_any_good_reply_raises():
+    s = _strategy()
+    with pytest.raises(NoClientsError):
+        s.aggregate_train(1, [])
+
+
+def test_aggregate_pure_function_weights():
+    current = {"enc_a.x": np.zeros(2), "fusion.y": np.zeros(1)}
+    new, contributors = aggregate(current, [ClientUpdate({"enc_a.x": np.ones(2), "fusion.y": np.ones(1)}, 1, ("a",)),
+                                            ClientUpdate({"enc_a.x": np.ones(2) * 4, "fusion.y": np.ones(1) * 4},
+                                                         2, ("b",))], group_of)
+    assert np.allclose(new["enc_a.x"], 1)  # the b-only client's enc_a is not counted
+    assert np.allclose(new["fusion.y"], 3)
+    assert contributors == {"enc_a.x": 1, "fusion.y": 2}

@@ -1,0 +1,119 @@
+"""Local training: which parameters each client kind and objective term may move; learning happens."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedcmi.config import RunConfig
+from fedcmi.data.base import ClientData
+from fedcmi.models import build_model
+from fedcmi.training import Guidance, Objective, class_statistics, local_update
+
+SHAPES = ((1, 20, 24), (3, 16, 16))
+K = 4
+
+
+def _data(kind: str, n: int = 48, seed: int = 0) -> ClientData:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % K
+    base_a = torch.randn(K, *SHAPES[0], generator=g)
+    base_b = torch.randn(K, *SHAPES[1], generator=g)
+    a = base_a[y] + 0.3 * torch.randn(n, *SHAPES[0], generator=g)
+    b = base_b[y] + 0.3 * torch.randn(n, *SHAPES[1], generator=g)
+    return ClientData(a if kind in ("mm", "a") else None, b if kind in ("mm", "b") else None, y)
+
+
+def _model(decomposed: bool = True):
+    torch.manual_seed(0)
+    return build_model("cnn", SHAPES, K, 16, decomposed=decomposed)
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _moved(before, model, prefix: str) -> bool:
+    after = model.state_dict()
+    return any(not torch.equal(before[k], after[k]) for k in before
+               if k.startswith(prefix) and after[k].is_floating_point())
+
+
+def _update(model, data, objective, guidance=Guidance(), epochs=1):
+    return local_update(model, data, objective, guidance, num_classes=K, epochs=epochs, batch_size=16, lr=0.05,
+                        generator=torch.Generator().manual_seed(1))
+
+
+FEDCMI = Objective.from_config(RunConfig(proximal_mu=0.1))
+
+
+def test_unimodal_client_never_moves_the_other_modality():
+    for kind, other in (("a", "_b."), ("b", "_a.")):
+        model = _model()
+        before = _snapshot(model)
+        _update(model, _data(kind), FEDCMI, Guidance(infiltrate=True, dominant="a"))
+        for prefix in ("enc", "self", "inf", "cls"):
+            assert not _moved(before, model, prefix + other), (kind, prefix)
+        assert _moved(before, model, "fusion.")
+        assert _moved(before, model, f"inf_{kind}.")  # its infiltration output fills the fusion slot
+
+
+def test_infiltration_trains_only_the_weak_modality_projector():
+    model = _model()
+    before = _snapshot(model)
+    _update(model, _data("mm"), FEDCMI, Guidance(infiltrate=True, dominant="a", tau=np.full(K, 0.8)))
+    assert _moved(before, model, "inf_b.")      # the weak modality's infiltration projector learns
+    assert not _moved(before, model, "inf_a.")  # the dominant one's gets no gradient on a multimodal client
+
+
+def test_distillation_switch_off_and_warmup_leave_infiltration_projectors_alone():
+    for objective, guidance in ((FEDCMI, Guidance(infiltrate=False)),
+                                (Objective(decomposed=True, lambda_cmi=0.0), Guidance(infiltrate=True, dominant="a"))):
+        model = _model()
+        before = _snapshot(model)
+        result = _update(model, _data("mm"), objective, guidance)
+        assert "loss_cmi" not in result.losses
+        assert not _moved(before, model, "inf_a.") and not _moved(before, model, "inf_b.")
+
+
+def test_each_term_reported_and_local_dominance_runs():
+    model = _model()
+    result = _update(model, _data("mm"), Objective(decomposed=True, dominance="local"), Guidance(infiltrate=True))
+    assert set(result.losses) == {"loss", "loss_fused", "loss_self", "loss_cmi"}
+    assert result.num_examples == 48
+    no_self = _update(_model(), _data("mm"), Objective(decomposed=True, lambda_self=0.0), Guidance())
+    assert "loss_self" not in no_self.losses
+
+
+def test_local_training_learns():
+    for decomposed in (True, False):
+        model = _model(decomposed)
+        objective = FEDCMI if decomposed else Objective(decomposed=False)
+        data = _data("mm")
+        first = _update(model, data, objective, epochs=1).losses["loss_fused"]
+        later = _update(model, data, objective, epochs=4).losses["loss_fused"]
+        assert later < 0.5 * first
+
+
+def test_proximal_term_holds_weights_closer_to_global():
+    far = _model()
+    start = _snapshot(far)
+    _update(far, _data("mm"), Objective(decomposed=False), epochs=3)
+    near = _model()
+    _update(near, _data("mm"), Objective(decomposed=False, proximal_mu=5.0), epochs=3)
+
+    def dist(m):
+        return sum(float((m.state_dict()[k] - start[k]).pow(2).sum()) for k in start
+                   if start[k].is_floating_point() and "running" not in k)
+
+    assert dist(near) < 0.5 * dist(far)
+
+
+def test_class_statistics_counts_and_probabilities():
+    model = _model().eval()
+    data = _data("mm", n=40)
+    stats = class_statistics(model, data, K)
+    assert np.array_equal(stats.counts, np.full(K, 10.0))
+    p_a, p_b = stats.means()
+    assert np.all((p_a > 0) & (p_a < 1)) and np.all((p_b > 0) & (p_b < 1))
+    assert class_statistics(model, _data("a"), K).counts.sum() == 0  # only multimodal clients measure
