@@ -58,7 +58,8 @@ class RunConfig:
     partitioner: str = _opt("dirichlet", lambda v: v in ("dirichlet", "iid"), "must be dirichlet or iid",
                             "label partitioner")
     dirichlet_alpha: float = _opt(0.5, _positive, "must be > 0", "Dirichlet concentration (smaller = more skew)")
-    min_partition_size: int = _opt(10, lambda v: v >= 0, "must be >= 0", "Dirichlet: resample until every client has this many")
+    min_partition_size: int = _opt(10, lambda v: v >= 0, "must be >= 0",
+                                   "Dirichlet: resample until every client has this many")
     multimodal_ratio: float = _opt(0.5, _unit, "must be in [0, 1]", "fraction of clients holding both modalities")
     unimodal_split: float = _opt(0.5, _unit, "must be in [0, 1]",
                                  "share of unimodal clients holding the first modality")
@@ -67,11 +68,13 @@ class RunConfig:
     momentum: float = _opt(0.9, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)", "SGD momentum")
     weight_decay: float = _opt(1e-4, lambda v: v >= 0, "must be >= 0", "SGD weight decay")
     batch_size: int = _opt(32, lambda v: v >= 1, "must be >= 1", "local batch size")
-    proximal_mu: float = _opt(0.01, lambda v: v >= 0, "must be >= 0", "proximal term weight (fedprox, fedcmi); 0 = off")
+    proximal_mu: float = _opt(0.01, lambda v: v >= 0, "must be >= 0",
+                              "proximal term weight (fedprox, fedcmi); 0 = off")
     lambda_self: float = _opt(2.0, lambda v: v >= 0, "must be >= 0", "fedcmi: weight of per-modality self CE; 0 = off")
-    lambda_cmi: float = _opt(1.0, lambda v: v >= 0, "must be >= 0", "fedcmi: weight of infiltration distillation; 0 = off")
+    lambda_cmi: float = _opt(1.0, lambda v: v >= 0, "must be >= 0",
+                             "fedcmi: weight of infiltration distillation; 0 = off")
     class_wise_temperature: bool = _opt(True, doc="fedcmi: class-wise temperatures (A.7); false = fixed `temperature`")
-    temperature: float = _opt(1.0, _positive, "must be > 0", "fedcmi: fixed distillation temperature when not class-wise")
+    temperature: float = _opt(1.0, _positive, "must be > 0", "fedcmi: fixed temperature if not class-wise")
     gamma: float = _opt(2.0, lambda v: v >= 0, "must be >= 0", "fedcmi: class-wise temperature strength")
     dominance: str = _opt("global", lambda v: v in ("global", "local"), "must be global or local",
                           "fedcmi: dominant modality from the server (global) or per batch on the client (local)")

@@ -68,7 +68,7 @@ def test_project_run_config_matches_config_keys():
     from pathlib import Path
 
     cfg = load_toml(Path(__file__).parents[1] / "pyproject.toml")
-    assert set(cfg) <= set(config_keys())
+    assert set(cfg) == set(config_keys())
     from_mapping(cfg)
 
 

@@ -39,7 +39,8 @@ def _moved(before, model, prefix: str) -> bool:
                if k.startswith(prefix) and after[k].is_floating_point())
 
 
-def _update(model, data, objective, guidance=Guidance(), epochs=1):
+def _update(model, data, objective, guidance=None, epochs=1):
+    guidance = guidance or Guidance()
     return local_update(model, data, objective, guidance, num_classes=K, epochs=epochs, batch_size=16, lr=0.05,
                         generator=torch.Generator().manual_seed(1))
 

@@ -60,5 +60,7 @@ class ClientData:
         return len(self.y)
 
     def to(self, device: torch.device | str) -> ClientData:
-        move = (lambda t: None if t is None else t.to(device, non_blocking=True))
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
         return ClientData(move(self.a), move(self.b), self.y.to(device, non_blocking=True))

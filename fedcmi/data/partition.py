@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner

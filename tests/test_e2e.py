@@ -1,0 +1,132 @@
+"""End to end through Flower's simulation engine (Ray): `fedcmi simulate` and `flwr run .`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).parents[1]
+FEDCMI = [sys.executable, "-m", "fedcmi.cli"]
+SMALL = ["num-clients=4", "clients-per-round=2", "num-server-rounds=3", "train-size=1200", "test-size=400",
+         "local-epochs=2", "lr=0.05"]
+
+pytestmark = pytest.mark.slow
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", **extra}
+
+
+def _simulate(out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*FEDCMI, "simulate", "--out", str(out), *SMALL, *overrides], capture_output=True,
+                          text=True, env=_env(), cwd=ROOT, timeout=600)
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _ray_processes() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.fixture(scope="module")
+def fedcmi_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    return out, _simulate(out)
+
+
+def test_fedcmi_simulation_writes_results_and_learns(fedcmi_run):
+    out, proc = fedcmi_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"results written to {out}" in " ".join(proc.stdout.split())
+    rows = _rows(out)
+    assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
+    for col in ("acc_mm", "acc_audio", "acc_visual", "acc_audio_zero", "acc_visual_zero", "worst_class_acc",
+                "dominant", "ratio", "wall_s", "loss", "per_class_acc_0", "per_class_acc_5"):
+        assert col in rows[0], col
+    assert float(rows[-1]["acc_mm"]) > 0.45  # chance is 1/6
+    assert rows[-1]["dominant"] in ("audio", "visual")
+    config = json.loads((out / "config.json").read_text())
+    assert config["seed"] == 0 and config["num-clients"] == 4 and config["strategy"] == "fedcmi"
+    assert json.loads((out / "metrics.json").read_text())[-1]["round"] == 3
+    assert json.loads((out / "status.json").read_text())["status"] == "complete"
+    state = load_file(str(out / "model.safetensors"))
+    assert "inf_b.weight" in state and "fusion.fc.weight" in state
+    assert (out / "accuracy.png").stat().st_size > 10_000
+
+
+def test_no_process_left_behind(fedcmi_run):
+    assert fedcmi_run[1].returncode == 0
+    time.sleep(1)
+    assert _ray_processes() == []
+
+
+def test_same_seed_same_metrics(fedcmi_run, tmp_path):
+    out, first = fedcmi_run
+    again = _simulate(tmp_path / "again")
+    assert first.returncode == 0 and again.returncode == 0, again.stderr[-2000:]
+    a, b = _rows(out), _rows(tmp_path / "again")
+    for ra, rb in zip(a, b, strict=True):
+        for key in ra:
+            if key != "wall_s":
+                assert ra[key] == rb[key], (ra["round"], key)
+    model_a = load_file(str(out / "model.safetensors"))
+    model_b = load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
+
+
+def test_fedavg_baseline_runs_through_the_same_path(tmp_path):
+    proc = _simulate(tmp_path / "avg", "strategy=fedavg", "num-server-rounds=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = _rows(tmp_path / "avg")
+    assert float(rows[-1]["acc_mm"]) > 0.35
+    # the concat baseline has no infiltration path: alone = zero-filled
+    assert rows[-1]["acc_audio"] == rows[-1]["acc_audio_zero"]
+    assert "inf_b.weight" not in load_file(str(tmp_path / "avg" / "model.safetensors"))
+
+
+def _kill_flower_processes(flwr_home: Path) -> None:
+    """`flwr run` leaves a local SuperLink (and its SuperExec) running: stop the ones this test started."""
+    for pid in map(int, subprocess.run(["pgrep", "-f", "flower-super"], capture_output=True,
+                                       text=True).stdout.split()):
+        try:
+            if f"FLWR_HOME={flwr_home}".encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                os.kill(pid, signal.SIGTERM)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass
+
+
+@pytest.mark.skipif(shutil.which("flwr", path=str(Path(sys.executable).parent)) is None, reason="no flwr CLI")
+def test_flwr_run_launcher(tmp_path):
+    flwr_home = tmp_path / "flwr-home"
+    out = tmp_path / "flwr-run"
+    flwr = str(Path(sys.executable).parent / "flwr")
+    env = _env(FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    try:
+        proc = subprocess.run(
+            [flwr, "run", ".", "--stream",
+             "--run-config", f"num-server-rounds=2 num-clients=4 clients-per-round=2 train-size=800 "
+                             f"test-size=200 out-dir='{out}'",
+             "--federation-config", "num-supernodes=4 client-resources-num-cpus=1"],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    finally:
+        _kill_flower_processes(flwr_home)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads((out / "status.json").read_text())["status"] == "complete"
+    assert [int(r["round"]) for r in _rows(out)] == [0, 1, 2]
+    assert json.loads((out / "config.json").read_text())["train-size"] == 800
