@@ -16,10 +16,10 @@ def test_defaults_are_valid_and_roundtrip():
 
 
 def test_overrides_parse_toml_values_and_bare_words():
-    out = parse_overrides(["lr=0.1", "dataset=digits-cg", "num-clients=8", "class-wise-temperature=false"])
-    assert out == {"lr": 0.1, "dataset": "digits-cg", "num-clients": 8, "class-wise-temperature": False}
+    out = parse_overrides(["lr=0.1", "dataset=digits-cg", "num-clients=12", "class-wise-temperature=false"])
+    assert out == {"lr": 0.1, "dataset": "digits-cg", "num-clients": 12, "class-wise-temperature": False}
     cfg = from_mapping(out)
-    assert (cfg.lr, cfg.dataset, cfg.num_clients, cfg.class_wise_temperature) == (0.1, "digits-cg", 8, False)
+    assert (cfg.lr, cfg.dataset, cfg.num_clients, cfg.class_wise_temperature) == (0.1, "digits-cg", 12, False)
 
 
 @pytest.mark.parametrize("values, needle", [
