@@ -14,9 +14,9 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients.node_data import node_data
 from fedcmi.config import RunConfig, config_keys, from_mapping
 from fedcmi.data import load_data
-from fedcmi.data.partition import client_data, federation
 from fedcmi.models import build_model, group_of
 from fedcmi.training import Guidance, Objective, class_statistics, local_update
 
@@ -32,17 +32,6 @@ def run_config_of(msg: Message, context: Context) -> RunConfig:
     if "config" in msg.content:
         merged.update({k: v for k, v in msg.content["config"].items() if k in known})
     return from_mapping(merged)
-
-
-def partition_id_of(context: Context, cfg: RunConfig) -> int:
-    pid = context.node_config.get("partition-id")
-    if pid is None:
-        raise ValueError("node config has no 'partition-id' (start the SuperNode with "
-                         "--node-config \"partition-id=<i> num-partitions=<n>\")")
-    pid = int(pid)
-    if not 0 <= pid < cfg.num_clients:
-        raise ValueError(f"partition-id={pid} is outside [0, num-clients={cfg.num_clients})")
-    return pid
 
 
 def device_of(cfg: RunConfig) -> torch.device:
@@ -70,9 +59,8 @@ def round_seed(seed: int, server_round: int, partition_id: int) -> int:
 def describe(msg: Message, context: Context) -> Message:
     """Tell the server which partition and modality kind this node holds."""
     cfg = run_config_of(msg, context)
-    pid = partition_id_of(context, cfg)
-    spec = federation(cfg)[pid]
-    info = ConfigRecord({"partition-id": pid, "kind": spec.kind, "num-examples": len(spec.indices)})
+    node = node_data(context.node_config, cfg)  # embedded partition or prepared data-dir (clients/node_data.py)
+    info = ConfigRecord({"partition-id": node.partition_id, "kind": node.kind, "num-examples": node.num_examples})
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 
@@ -81,11 +69,11 @@ def train(msg: Message, context: Context) -> Message:
     """One local update on this node's partition; replies with the trained groups and class statistics."""
     cfg = run_config_of(msg, context)
     torch.set_num_threads(max(1, int(cfg.client_num_cpus)))
-    pid = partition_id_of(context, cfg)
-    spec = federation(cfg)[pid]
+    spec = node_data(context.node_config, cfg)
+    pid = spec.partition_id
     data = load_data(cfg)
     device = device_of(cfg)
-    local = client_data(data, spec).to(device)
+    local = spec.client_data(cfg).to(device)
     model = model_for(cfg, device)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     sent = msg.content["config"]

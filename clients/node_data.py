@@ -1,0 +1,155 @@
+"""What data a SuperNode holds, from its node config (``flower-supernode --node-config``).
+
+Two modes, so the same ClientApp runs in simulation, in a loopback demo and on real machines:
+
+* **embedded** (demos, and what the simulation engine injects): ``partition-id`` and ``num-partitions``;
+  the node trains on that partition of the run's embedded data set, with the modality kind the run's
+  seeded federation assigns to it.
+* **prepared** (real clients): ``partition-id``, ``data-dir`` (a directory made by ``fedcmi prepare``:
+  a ``datasets.DatasetDict`` saved with ``save_to_disk`` plus ``fedcmi.json``) and ``modalities`` (the
+  modalities this node holds, comma-separated names such as ``"audio,visual"``, or ``a``/``b``).
+  ``partition-id`` is still required: it is the node's stable, unique id that the server samples by.
+
+Every problem raises :class:`NodeConfigError` with one line naming the key or path, so a misconfigured
+node fails its own replies (the server counts them as failed) instead of training on the wrong data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedcmi.config import RunConfig
+from fedcmi.data import ClientData
+from fedcmi.data.partition import ClientSpec, client_data, federation
+from fedcmi.data.registry import load_data
+
+HINT = ('start the SuperNode with --node-config "partition-id=<i> num-partitions=<n>" or '
+        '--node-config "partition-id=<i> data-dir=\'/path\' modalities=\'<m1>,<m2>\'"')
+
+
+class NodeConfigError(ValueError):
+    """The SuperNode's node config is incomplete or points at data that is not there."""
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """One node's identity (partition id, modality kind) and how to load its training tensors."""
+
+    partition_id: int
+    kind: str  # "mm", "a" or "b"
+    num_examples: int
+    data_dir: Path | None = None
+    indices: np.ndarray | None = None  # embedded mode: training rows of the partition
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("a", "b") if self.kind == "mm" else (self.kind,)
+
+    def client_data(self, cfg: RunConfig) -> ClientData:
+        """The node's training tensors; only the modalities it holds are ever loaded."""
+        if self.data_dir is None:
+            return client_data(load_data(cfg), ClientSpec(self.partition_id, self.kind, self.indices))
+        return _prepared_client_data(self.data_dir, self.modalities)
+
+
+def _int_key(node_config: Mapping[str, Any], key: str) -> int:
+    if key not in node_config:
+        raise NodeConfigError(f"node config has no {key!r}; {HINT}")
+    value = node_config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise NodeConfigError(f"node config {key}={value!r}: must be a non-negative integer")
+    return int(value)
+
+
+def read_manifest(data_dir: Path) -> dict[str, Any]:
+    """``fedcmi.json`` of a prepared directory: name, modalities (two names), num_classes."""
+    path = data_dir / "fedcmi.json"
+    if not path.is_file():
+        raise NodeConfigError(f"data-dir={str(data_dir)!r}: no fedcmi.json (prepare it with `fedcmi prepare`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        mods = [str(m) for m in manifest["modalities"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise NodeConfigError(f"{path}: not a valid fedcmi.json ({exc})") from None
+    if len(mods) != 2:
+        raise NodeConfigError(f"{path}: 'modalities' must name two modalities, got {mods}")
+    return {**manifest, "modalities": mods}
+
+
+def kind_of(held: str, names: list[str], where: str) -> str:
+    """``"audio,visual"`` -> ``"mm"``; a name or code of one modality -> ``"a"`` or ``"b"``."""
+    codes = set()
+    for item in (s.strip() for s in str(held).split(",")):
+        if item in ("a", "b"):
+            codes.add(item)
+        elif item in names:
+            codes.add("ab"[names.index(item)])
+        else:
+            raise NodeConfigError(f"node config modalities={held!r}: {item!r} is not one of {names} "
+                                  f"(the modalities of {where})")
+    return "mm" if codes == {"a", "b"} else codes.pop()
+
+
+def node_data(node_config: Mapping[str, Any], cfg: RunConfig) -> NodeData:
+    """Parse and check the node config; embedded mode without ``data-dir``, prepared mode with it."""
+    pid = _int_key(node_config, "partition-id")
+    if "data-dir" in node_config:
+        return _prepared_node(node_config, pid)
+    parts = _int_key(node_config, "num-partitions")
+    if parts != cfg.num_clients:
+        raise NodeConfigError(f"node config num-partitions={parts} differs from the run's "
+                              f"num-clients={cfg.num_clients}")
+    if pid >= parts:
+        raise NodeConfigError(f"node config partition-id={pid} is outside [0, num-partitions={parts})")
+    spec = federation(cfg)[pid]
+    return NodeData(pid, spec.kind, len(spec.indices), indices=spec.indices)
+
+
+def _prepared_node(node_config: Mapping[str, Any], pid: int) -> NodeData:
+    data_dir = Path(str(node_config["data-dir"])).expanduser()
+    if not data_dir.is_dir():
+        raise NodeConfigError(f"node config data-dir={str(data_dir)!r}: no such directory")
+    if "modalities" not in node_config:
+        raise NodeConfigError(f"node config has no 'modalities' (the modalities this node holds in {data_dir})")
+    manifest = read_manifest(data_dir)
+    kind = kind_of(str(node_config["modalities"]), manifest["modalities"], str(data_dir))
+    return NodeData(pid, kind, _num_train_rows(str(data_dir)), data_dir=data_dir)
+
+
+@lru_cache(maxsize=4)
+def _load_prepared(path: str) -> Any:
+    """The prepared ``DatasetDict`` (memory-mapped Arrow files: cheap to open, nothing copied)."""
+    from datasets import load_from_disk
+
+    try:
+        ds = load_from_disk(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise NodeConfigError(f"data-dir={path!r}: not a saved data set ({exc})") from None
+    if "train" not in ds:
+        raise NodeConfigError(f"data-dir={path!r}: has no 'train' split (found {list(ds)})")
+    return ds
+
+
+def _num_train_rows(path: str) -> int:
+    return int(_load_prepared(path)["train"].num_rows)
+
+
+def _prepared_client_data(data_dir: Path, modalities: tuple[str, ...]) -> ClientData:
+    train = _load_prepared(str(data_dir))["train"]
+    missing = [c for c in (*modalities, "label") if c not in train.column_names]
+    if missing:
+        raise NodeConfigError(f"data-dir={str(data_dir)!r}: train split lacks column(s) {missing}")
+    table = train.select_columns([*modalities, "label"]).with_format("numpy")[:]
+
+    def tensor(code: str) -> torch.Tensor | None:
+        return torch.from_numpy(np.asarray(table[code], dtype=np.float32)) if code in modalities else None
+
+    return ClientData(tensor("a"), tensor("b"), torch.from_numpy(np.asarray(table["label"], dtype=np.int64)))

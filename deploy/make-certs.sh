@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Make the TLS certificates and SuperNode authentication keys of a fedcmi deployment.
+#
+#   deploy/make-certs.sh [OUT_DIR] [NUM_SUPERNODES] [EXTRA_SAN ...]
+#
+# OUT_DIR (default deploy/certs) gets:
+#   ca.crt ca.key                 a private CA (give ca.crt to every SuperNode and to the `flwr` CLI)
+#   server.pem server.key         the SuperLink's certificate, valid for 127.0.0.1, localhost, superlink
+#                                 and any EXTRA_SAN (DNS names or IP addresses of the SuperLink machine)
+#   supernode-<i> supernode-<i>.pub   one OpenSSH ECDSA P-384 key pair per SuperNode (i = 0..N-1);
+#                                 register each .pub with `flwr supernode register`
+# Existing files are kept, so re-running never invalidates keys that are already registered.
+set -euo pipefail
+
+out="${1:-deploy/certs}"
+nodes="${2:-3}"
+shift $(( $# > 2 ? 2 : $# ))
+days="${CERT_DAYS:-365}"
+
+mkdir -p "$out"
+cd "$out"
+
+san="DNS:localhost,DNS:superlink,IP:127.0.0.1"
+for extra in "$@"; do
+  if [[ "$extra" =~ ^[0-9.]+$ || "$extra" == *:* ]]; then san="$san,IP:$extra"; else san="$san,DNS:$extra"; fi
+done
+
+if [[ ! -f ca.crt ]]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days "$days" \
+    -subj "/CN=fedcmi-ca" 2>/dev/null
+fi
+if [[ ! -f server.pem ]]; then
+  openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=superlink" 2>/dev/null
+  printf 'subjectAltName=%s\n' "$san" > server.ext
+  openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.pem \
+    -days "$days" -extfile server.ext 2>/dev/null
+  rm -f server.csr server.ext
+fi
+for ((i = 0; i < nodes; i++)); do
+  if [[ ! -f "supernode-$i" ]]; then
+    ssh-keygen -q -t ecdsa -b 384 -N "" -C "fedcmi-supernode-$i" -f "supernode-$i"
+  fi
+done
+# Containers run as a non-root user: keys must be readable by it (keep OUT_DIR itself private).
+chmod 644 ./*.key supernode-* 2>/dev/null || true
+echo "certificates and keys in $(pwd): CA ca.crt, SuperLink server.pem/server.key ($san), $nodes SuperNode key(s)"
