@@ -41,6 +41,6 @@ for ((i = 0; i < nodes; i++)); do
     ssh-keygen -q -t ecdsa -b 384 -N "" -C "fedcmi-supernode-$i" -f "supernode-$i"
   fi
 done
-# Containers run as a non-root user: keys must be readable by it (keep OUT_DIR itself private).
-chmod 644 ./*.key supernode-* 2>/dev/null || true
+# The fedcmi image runs as uid 1000 (build arg APP_UID): the files it mounts must be readable by that uid.
+chmod 600 ca.key
 echo "certificates and keys in $(pwd): CA ca.crt, SuperLink server.pem/server.key ($san), $nodes SuperNode key(s)"
