@@ -14,10 +14,11 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients.faults import active_faults, before_training, corrupt_reply
 from clients.node_data import node_data
 from fedcmi.config import RunConfig, config_keys, from_mapping
 from fedcmi.data import load_data
-from fedcmi.models import build_model, group_of
+from fedcmi.models import build_model, group_of, model_options
 from fedcmi.training import Guidance, Objective, class_statistics, local_update
 
 app = ClientApp()
@@ -42,11 +43,12 @@ def device_of(cfg: RunConfig) -> torch.device:
 
 def model_for(cfg: RunConfig, device: torch.device) -> torch.nn.Module:
     data = load_data(cfg)
+    options = model_options(cfg)
     key = (cfg.dataset, cfg.encoder, cfg.feature_dim, cfg.projector, cfg.strategy != "fedavg"
-           and cfg.strategy != "fedprox", data.num_classes, str(device))
+           and cfg.strategy != "fedprox", data.num_classes, str(device), cfg.data_root, *options.values())
     if key not in _MODELS:
         _MODELS[key] = build_model(cfg.encoder, data.shapes(), data.num_classes, cfg.feature_dim,
-                                   decomposed=key[4], projector=cfg.projector).to(device)
+                                   decomposed=key[4], projector=cfg.projector, **options).to(device)
     return _MODELS[key]
 
 
@@ -71,13 +73,15 @@ def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(max(1, int(cfg.client_num_cpus)))
     spec = node_data(context.node_config, cfg)
     pid = spec.partition_id
+    sent = msg.content["config"]
+    server_round = int(sent.get("server-round", 0))
+    faults = active_faults(cfg, pid, server_round)  # test-only (inject-faults); empty in real runs
+    before_training(faults, cfg)
     data = load_data(cfg)
     device = device_of(cfg)
     local = spec.client_data(cfg).to(device)
     model = model_for(cfg, device)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    sent = msg.content["config"]
-    server_round = int(sent.get("server-round", 0))
     guidance = Guidance(infiltrate=bool(sent.get("infiltrate", False)),
                         dominant=sent.get("dominant"),
                         tau=np.asarray(sent["tau"], dtype=np.float64) if "tau" in sent else None)
@@ -89,6 +93,8 @@ def train(msg: Message, context: Context) -> Message:
                           weight_decay=cfg.weight_decay, generator=torch.Generator().manual_seed(seed))
     held = (*spec.modalities, "shared")
     trained = {k: v.detach().cpu() for k, v in model.state_dict().items() if group_of(k) in held}
+    if faults:
+        trained, stats = corrupt_reply(faults, trained, stats)
     metrics = MetricRecord({"num-examples": result.num_examples, "partition-id": pid, **result.losses})
     class_stats = ArrayRecord({
         "sum-pa": Array(stats.sum_pa.astype(np.float64)), "sum-pb": Array(stats.sum_pb.astype(np.float64)),

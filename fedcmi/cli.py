@@ -6,12 +6,15 @@ Bad configuration stops before anything starts, with one line naming the key and
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from fedcmi.config import ConfigError, RunConfig, config_keys, parse_overrides, resolve
+from fedcmi.config import ConfigError, RunConfig, config_keys, from_mapping, parse_overrides, resolve
+from fedcmi.prepare_cli import add_prepare_parser, cmd_prepare
+from fedcmi.presets import PRESETS, preset_values
 
 EPILOG_KEYS = "\n".join(f"  {k:<24} {doc} (default: {RunConfig().to_dict()[k]!r})"
                         for k, doc in config_keys().items())
@@ -46,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedcmi", description="Multimodal federated learning under modality imbalance (FedCMI) on Flower.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{simulate,partitions}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{simulate,partitions,prepare}")
     sim = sub.add_parser("simulate", help="run a federated simulation", description=SIMULATE_HELP,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     part = sub.add_parser("partitions", help="show the clients a configuration builds",
@@ -54,16 +57,47 @@ def _parser() -> argparse.ArgumentParser:
     for p in (sim, part):
         p.add_argument("--config", metavar="FILE.toml", help="TOML file of keys (flat, or a pyproject.toml)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
+        p.add_argument("--preset", choices=sorted(PRESETS),
+                       help="preset keys under --config and key=value (paper: spec A.2/A.16 setting)")
+    part.set_defaults(resume=None, out=None, verbose=False)
     sim.add_argument("--out", metavar="DIR", help="run directory (default: runs/<time>-<name>)")
+    sim.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue an interrupted run after its last complete round (its config.json is used; "
+                          "only num-server-rounds may be overridden)")
     sim.add_argument("--verbose", action="store_true", help="show Flower's own log")
+    add_prepare_parser(sub)
     return parser
 
 
+def _resume_config(args: argparse.Namespace) -> RunConfig:
+    """The config of the run to resume: its own config.json, plus at most a new num-server-rounds."""
+    run = Path(args.resume)
+    path = run / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--resume {run}: no config.json there; not a fedcmi run directory")
+    if args.config or args.out:
+        raise ConfigError("--resume takes neither --config nor --out: the run's own config.json is used")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path}: expected a JSON object of configuration keys")
+    saved.pop("modalities", None)
+    overrides = parse_overrides(args.overrides)
+    extra = sorted(set(overrides) - {"num-server-rounds"})
+    if extra:
+        raise ConfigError(f"--resume: {extra[0]!r} cannot change in a resumed run (only num-server-rounds can)")
+    return from_mapping({**saved, **overrides, "out-dir": str(run)})
+
+
 def _resolve(args: argparse.Namespace) -> RunConfig:
+    if getattr(args, "resume", None):
+        return _resume_config(args)
     overrides: dict[str, Any] = parse_overrides(args.overrides)
     if getattr(args, "out", None):
         overrides["out-dir"] = args.out
-    cfg = resolve(args.config, overrides)
+    cfg = resolve(args.config, overrides, base=preset_values(getattr(args, "preset", None)))
     if cfg.out_dir and Path(cfg.out_dir).exists() and any(Path(cfg.out_dir).iterdir()):
         raise ConfigError(f"out-dir={cfg.out_dir!r}: the folder exists and is not empty; choose another")
     return cfg
@@ -91,7 +125,7 @@ def cmd_partitions(cfg: RunConfig) -> int:
     return 0
 
 
-def cmd_simulate(cfg: RunConfig, verbose: bool) -> int:
+def cmd_simulate(cfg: RunConfig, verbose: bool, resume: bool = False) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -100,20 +134,28 @@ def cmd_simulate(cfg: RunConfig, verbose: bool) -> int:
     from fedcmi.summary import results_table
 
     check_resources(cfg)
+    if resume:
+        from fedcmi.checkpoint import load_checkpoint
+
+        done = load_checkpoint(cfg.out_dir).round  # validates the checkpoint before anything starts
+        if done >= cfg.num_server_rounds:
+            print(f"fedcmi: nothing to resume: {cfg.out_dir} has finished all {cfg.num_server_rounds} rounds")
+            return 0
     console = Console()
     names = load_data(cfg).modalities
     console.print(f"[bold]fedcmi simulate[/bold]: {cfg.strategy} on {cfg.dataset}, {cfg.num_clients} clients "
                   f"({cfg.clients_per_round} per round), {cfg.num_server_rounds} rounds, seed {cfg.seed}")
     with Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=False) as progress:
-        task = progress.add_task("starting Ray and the clients...", total=cfg.num_server_rounds)
+        task = progress.add_task("starting Ray and the clients...", total=cfg.num_server_rounds,
+                                 completed=done if resume else 0)
 
         def report(row: dict[str, Any]) -> None:
             desc = (f"mm {row['acc_mm']:.3f}  {names[0]} {row[f'acc_{names[0]}']:.3f}  "
                     f"{names[1]} {row[f'acc_{names[1]}']:.3f}")
             progress.update(task, completed=row["round"], description=desc)
 
-        run_dir = simulate(cfg, report, verbose=verbose)
+        run_dir = simulate(cfg, report, verbose=verbose, resume=resume)
     console.print(results_table(run_dir.rows, names))
     console.print(f"results written to [bold]{run_dir.path}[/bold]")
     return 0
@@ -123,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flwr").propagate = False  # Flower prints through its own handler
     try:
+        if args.command == "prepare":
+            return cmd_prepare(args)
         cfg = _resolve(args)
         if args.command == "partitions":
             return cmd_partitions(cfg)
-        return cmd_simulate(cfg, args.verbose)
+        return cmd_simulate(cfg, args.verbose, resume=bool(args.resume))
     except ConfigError as exc:
         print(f"fedcmi: error: {exc}", file=sys.stderr)
         return 2

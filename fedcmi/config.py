@@ -21,7 +21,8 @@ class ConfigError(ValueError):
 
 
 STRATEGIES = ("fedavg", "fedprox", "fedcmi")
-DATASETS = ("synthetic-av", "digits-cg")
+DATASETS = ("synthetic-av", "digits-cg", "crema-d", "ave", "crisismmd")
+REAL_DATASETS = ("crema-d", "ave", "crisismmd")  # prepared with `fedcmi prepare`, read from data-root
 
 
 def _rule(check: Callable[[Any], bool], text: str) -> dict[str, Any]:
@@ -37,6 +38,16 @@ def _opt(default: Any, check: Callable[[Any], bool] | None = None, rule: str = "
 
 def _positive(x: float) -> bool:
     return x > 0
+
+
+def _valid_faults(spec: str) -> bool:
+    from fedcmi.faults import parse_faults
+
+    try:
+        parse_faults(spec)
+    except ValueError:
+        return False
+    return True
 
 
 def _unit(x: float) -> bool:
@@ -82,6 +93,17 @@ class RunConfig:
     encoder: str = _opt("cnn", lambda v: v in ("cnn", "resnet18"), "must be cnn or resnet18", "encoder architecture")
     projector: str = _opt("linear", lambda v: v in ("linear", "mlp"), "must be linear or mlp", "projector type")
     feature_dim: int = _opt(64, lambda v: v >= 1, "must be >= 1", "encoder/projector width")
+    fusion: str = _opt("concat", lambda v: v in ("concat", "sgmft"), "must be concat or sgmft",
+                       "fusion head: concat (spec A.4) or SG-MFT similarity-guided attention (spec Part B)")
+    sgmft_tokens: int = _opt(8, lambda v: v >= 1, "must be >= 1", "sgmft: tokens each slot vector is cut into")
+    sgmft_heads: int = _opt(4, lambda v: v >= 1, "must be >= 1", "sgmft: attention heads")
+    sgmft_layers: int = _opt(1, lambda v: v >= 1, "must be >= 1", "sgmft: similarity-guided interaction layers")
+    text_encoder: str = _opt("bert-base-uncased", lambda v: bool(v.strip()), "must not be empty",
+                             "text data: transformers model, hub name (local cache only) or directory")
+    encoder_weights: str = _opt("", doc="resnet18: '' = from scratch, 'imagenet' (torch hub cache) or a "
+                                        "state-dict file")
+    data_root: str = _opt("", doc="crema-d, ave, crisismmd: the prepared directory (or the raw root "
+                                  "holding fedcmi-prepared/)")
     num_classes: int = _opt(6, lambda v: 2 <= v <= 64, "must be in [2, 64]", "synthetic-av: classes")
     train_size: int = _opt(3000, lambda v: v >= 10, "must be >= 10", "synthetic-av: training samples")
     test_size: int = _opt(1200, lambda v: v >= 10, "must be >= 10", "synthetic-av: test samples")
@@ -94,6 +116,14 @@ class RunConfig:
     device: str = _opt("auto", lambda v: v in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda",
                        "training device; auto = cuda when the client has a GPU")
     round_timeout: float = _opt(600.0, _positive, "must be > 0", "seconds to wait for client replies per round")
+    min_replies: int = _opt(1, lambda v: v >= 1, "must be >= 1",
+                            "good replies needed to aggregate a round; fewer = round skipped, model kept")
+    max_consecutive_skips: int = _opt(3, lambda v: v >= 1, "must be >= 1",
+                                      "stop the run after this many skipped rounds in a row")
+    max_update_norm: float = _opt(1000.0, lambda v: v >= 0, "must be >= 0",
+                                  "reject a client update whose L2 distance to the global model is larger; 0 = off")
+    inject_faults: str = _opt("", _valid_faults, "must be kind:partition[@round],... (see fedcmi/faults.py)",
+                              "testing only: clients that fail on purpose, e.g. raise:1,nan:2@3")
     run_name: str = _opt("", doc="name used in the run directory (default: dataset-strategy)")
     out_dir: str = _opt("", doc="run directory (default: runs/<time>-<name>)")
 
@@ -106,6 +136,17 @@ class RunConfig:
         if self.clients_per_round > self.num_clients:
             raise ConfigError(
                 f"clients-per-round={self.clients_per_round}: must be <= num-clients ({self.num_clients})")
+        if self.dataset in REAL_DATASETS and not self.data_root:
+            raise ConfigError(f"dataset={self.dataset!r} needs data-root=DIR (prepare it with "
+                              f"`fedcmi prepare {self.dataset} --root DIR`)")
+        if self.fusion == "sgmft" and (self.feature_dim % self.sgmft_tokens
+                                       or (self.feature_dim // self.sgmft_tokens) % self.sgmft_heads):
+            raise ConfigError(f"feature-dim={self.feature_dim}: with fusion=sgmft it must split into "
+                              f"sgmft-tokens={self.sgmft_tokens} tokens of a width divisible by "
+                              f"sgmft-heads={self.sgmft_heads}")
+        if self.min_replies > self.clients_per_round:
+            raise ConfigError(
+                f"min-replies={self.min_replies}: must be <= clients-per-round ({self.clients_per_round})")
 
     # --- views ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -201,9 +242,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return dict(nested) if isinstance(nested, dict) else data
 
 
-def resolve(config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
-    """Defaults < config file < overrides, validated."""
-    cfg = RunConfig()
+def resolve(config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+            base: Mapping[str, Any] | None = None) -> RunConfig:
+    """Defaults < ``base`` (a preset) < config file < overrides, validated once at the end."""
+    values: dict[str, Any] = dict(base or {})
     if config_file is not None:
-        cfg = from_mapping(load_toml(config_file), cfg)
-    return from_mapping(overrides or {}, cfg)
+        values.update(load_toml(config_file))
+    values.update(overrides or {})
+    return from_mapping(values)

@@ -53,14 +53,25 @@ def _json_safe(value: Any) -> Any:
 class RunDirectory:
     """One run's output folder; ``add_round`` rewrites ``metrics.csv``/``metrics.json`` each round."""
 
-    def __init__(self, path: str | Path, cfg: RunConfig, modality_names: tuple[str, str]) -> None:
+    def __init__(self, path: str | Path, cfg: RunConfig, modality_names: tuple[str, str],
+                 resume_after: int | None = None) -> None:
+        """A new run directory, or (``resume_after=k``) an existing one keeping its rows of rounds 0..k."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
         self.modality_names = modality_names
         self.rows: list[dict[str, Any]] = []
-        atomic_write(self.path / "config.json", json.dumps(
-            {**cfg.to_dict(), "modalities": list(modality_names)}, indent=2) + "\n")
+        if resume_after is None:
+            atomic_write(self.path / "config.json", json.dumps(
+                {**cfg.to_dict(), "modalities": list(modality_names)}, indent=2) + "\n")
+            return
+        rows = json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
+        for row in rows:
+            if row["round"] <= resume_after:
+                self.rows.append({k: (math.nan if v is None and k == "ratio" else v) for k, v in row.items()})
+        if [r["round"] for r in self.rows] != list(range(resume_after + 1)):
+            raise ValueError(f"{self.path / 'metrics.json'}: rounds 0..{resume_after} are not all present")
+        self.add_round(self.rows.pop())  # rewrite both files without rows past the checkpoint
 
     def add_round(self, row: Mapping[str, Any]) -> None:
         self.rows.append(dict(row))

@@ -25,6 +25,13 @@ class _DropDeprecation(logging.Filter):
         return "run_simulation" not in msg and "DEPRECATED FEATURE" not in msg
 
 
+class _DropClientTracebacks(logging.Filter):
+    """Flower logs each failed ClientApp's whole traceback; the strategy already logs one line per fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.pathname.endswith("vce_api.py"))
+
+
 def check_resources(cfg: RunConfig) -> dict[str, Any]:
     """Ray backend config for the client resources; refuses requests this machine cannot meet."""
     cpus = os.cpu_count() or 1
@@ -38,13 +45,16 @@ def check_resources(cfg: RunConfig) -> dict[str, Any]:
         if gpus == 0:
             raise ConfigError(f"client-num-gpus={cfg.client_num_gpus}: no CUDA GPU is visible on this machine")
         init_args["num_gpus"] = gpus
-    return {"client_resources": {"num_cpus": cfg.client_num_cpus, "num_gpus": cfg.client_num_gpus},
+    # max_restarts: Ray restarts a client actor whose process died, so one crashing client costs one failed
+    # reply instead of a dead actor that fails every later message (Flower's pool never replaces actors).
+    return {"client_resources": {"num_cpus": cfg.client_num_cpus, "num_gpus": cfg.client_num_gpus,
+                                 "max_restarts": -1},
             "init_args": init_args}
 
 
 def simulate(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None] | None = None,
-             verbose: bool = False) -> RunDirectory:
-    """Run ``cfg`` on Flower's simulation engine; returns the finished run directory."""
+             verbose: bool = False, resume: bool = False) -> RunDirectory:
+    """Run (or with ``resume``, continue) ``cfg`` on Flower's simulation engine; returns the run directory."""
     backend_config = check_resources(cfg)
     from flwr.simulation import run_simulation
 
@@ -52,17 +62,19 @@ def simulate(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None] | None =
     from server.app import make_server_app
 
     flwr_logger = logging.getLogger("flwr")
-    quiet = _DropDeprecation()
-    flwr_logger.addFilter(quiet)
+    filters: list[logging.Filter] = [_DropDeprecation()] + ([] if verbose else [_DropClientTracebacks()])
+    for f in filters:
+        flwr_logger.addFilter(f)
     old_level = flwr_logger.level
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
     outcome: dict[str, Any] = {}
     try:
-        run_simulation(server_app=make_server_app(cfg, reporter, outcome), client_app=client_app,
+        run_simulation(server_app=make_server_app(cfg, reporter, outcome, resume), client_app=client_app,
                        num_supernodes=cfg.num_clients, backend_config=backend_config)
     finally:
-        flwr_logger.removeFilter(quiet)
+        for f in filters:
+            flwr_logger.removeFilter(f)
         flwr_logger.setLevel(old_level)
         _shutdown_ray()
     if "run_dir" not in outcome:

@@ -2,6 +2,9 @@
 
 ``app`` is what ``flwr run .`` loads (config from ``context.run_config``); ``make_server_app`` binds a
 resolved config and a progress reporter for ``fedcmi simulate``.
+
+The round loop is :func:`run_rounds` rather than ``Strategy.start``: it checkpoints after every round,
+resumes from a checkpoint at the right round number, and skips rounds with too few good replies.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedcmi.checkpoint import load_checkpoint, save_checkpoint
 from fedcmi.config import RunConfig, config_keys, from_mapping
 from fedcmi.data import load_data
 from fedcmi.evaluation import evaluate
-from fedcmi.models import build_model
+from fedcmi.models import build_model, model_options
 from fedcmi.results import RunDirectory, default_run_dir
 from server.strategy import FedCMIStrategy
 
@@ -29,70 +33,112 @@ logger = logging.getLogger("fedcmi")
 Reporter = Callable[[dict[str, Any]], None]
 
 
+class RunAborted(RuntimeError):
+    """Too many rounds in a row had too few good replies: the federation is not training."""
+
+
 def _modality_name(data_modalities: tuple[str, str], code: str | None) -> str:
     if code is None:
         return ""
     return data_modalities[0] if code == "a" else data_modalities[1]
 
 
-def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None) -> RunDirectory:
-    """Run all rounds of ``cfg`` on ``grid``; every round's metrics are on disk when it ends."""
+def build_strategy(cfg: RunConfig, num_classes: int) -> FedCMIStrategy:
+    return FedCMIStrategy(clients_per_round=cfg.clients_per_round, num_classes=num_classes,
+                          run_config=cfg.to_dict(), gamma=cfg.gamma, warmup_rounds=cfg.warmup_rounds,
+                          seed=cfg.seed, min_replies=cfg.min_replies, max_update_norm=cfg.max_update_norm)
+
+
+def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds: range, timeout: float,
+               max_consecutive_skips: int, on_round_end: Callable[[int, ArrayRecord], None]) -> ArrayRecord:
+    """Train the given rounds; ``on_round_end`` evaluates and checkpoints after each (skipped ones too)."""
+    skips = 0
+    for server_round in rounds:
+        logger.info("round %s/%s", server_round, rounds.stop - 1)
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        replies = grid.send_and_receive(messages, timeout=timeout)
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        skips = skips + 1 if new_arrays is None else 0
+        if new_arrays is not None:
+            arrays = new_arrays
+        on_round_end(server_round, arrays)
+        if skips >= max_consecutive_skips:
+            faults = strategy.round_log.get(server_round, {}).get("faults") or ["no reply"]
+            raise RunAborted(f"{skips} rounds in a row without min-replies good replies (round {server_round}: "
+                             f"{faults[0]})")
+    return arrays
+
+
+def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, resume: bool = False) -> RunDirectory:
+    """Run (or resume) the rounds of ``cfg`` on ``grid``; every finished round is on disk when it ends."""
     torch.manual_seed(cfg.seed)
     data = load_data(cfg)
     decomposed = cfg.strategy not in ("fedavg", "fedprox")
     model = build_model(cfg.encoder, data.shapes(), data.num_classes, cfg.feature_dim, decomposed,
-                        cfg.projector)
+                        cfg.projector, **model_options(cfg))
     out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg)
-    run_dir = RunDirectory(out, cfg.replace(out_dir=str(out)), data.modalities)
+    cfg = cfg.replace(out_dir=str(out))
+    strategy = build_strategy(cfg, data.num_classes)
+    checkpoint = load_checkpoint(out) if resume else None
+    run_dir = RunDirectory(out, cfg, data.modalities, resume_after=checkpoint.round if checkpoint else None)
     logger.info("writing results to %s", out)
     xa, xb, y = (torch.from_numpy(t) for t in data.arrays("test"))
-    strategy = FedCMIStrategy(clients_per_round=cfg.clients_per_round, num_classes=data.num_classes,
-                              run_config=cfg.to_dict(), gamma=cfg.gamma, warmup_rounds=cfg.warmup_rounds,
-                              seed=cfg.seed)
     clock = {"t": time.monotonic()}
 
-    def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def central_evaluation(server_round: int, arrays: ArrayRecord) -> None:
         model.load_state_dict(arrays.to_torch_state_dict())
         res = evaluate(model, xa, xb, y, data.num_classes, data.modalities, cfg.eval_batch_size)
         info = strategy.round_log.get(server_round, {})
         train = strategy.train_metrics.get(server_round, {})
-        guidance = strategy.guidance  # what the statistics of this round say (sent next round)
-        row: dict[str, Any] = {"round": server_round, **res,
-                               **{k.replace("-", "_"): float(v) for k, v in train.items() if k.startswith("loss")},
-                               "dominant": _modality_name(data.modalities, guidance.dominant if guidance else None),
-                               "ratio": guidance.ratio if guidance else math.nan,
-                               "clients_ok": int(info.get("replies", 0)),
-                               "clients_failed": int(info.get("failed", 0)),
-                               "wall_s": round(time.monotonic() - clock["t"], 3)}
+        guidance = strategy.guidance  # what this round's statistics say (sent with the next round)
+        row: dict[str, Any] = {
+            "round": server_round, **res,
+            **{k.replace("-", "_"): float(v) for k, v in train.items() if k.startswith("loss")},
+            "dominant": _modality_name(data.modalities, guidance.dominant if guidance else None),
+            "ratio": guidance.ratio if guidance else math.nan,
+            "clients_ok": int(info.get("replies", 0)), "clients_failed": int(info.get("failed", 0)),
+            "clients_rejected": int(info.get("rejected", 0)), "clients_timeout": int(info.get("timeout", 0)),
+            "skipped": int(info.get("skipped", False)), "faults": "; ".join(info.get("faults", [])),
+            "wall_s": round(time.monotonic() - clock["t"], 3)}
         clock["t"] = time.monotonic()
         run_dir.add_round(row)
         if reporter is not None:
             reporter(row)
-        return MetricRecord({k: float(v) for k, v in row.items()
-                             if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))})
 
+    def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
+        central_evaluation(server_round, arrays)
+        save_checkpoint(out, server_round, arrays.to_torch_state_dict(), strategy.state())
+
+    if checkpoint is None:
+        arrays = ArrayRecord(model.state_dict())
+        end_of_round(0, arrays)
+        first = 1
+    else:
+        arrays = ArrayRecord(checkpoint.tensors)
+        strategy.load_state(checkpoint.strategy)
+        first = checkpoint.round + 1
+        logger.info("resuming %s after round %s", out, checkpoint.round)
     try:
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-                                num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
-                                train_config=ConfigRecord(), evaluate_fn=central_evaluation)
+        arrays = run_rounds(strategy, grid, arrays, range(first, cfg.num_server_rounds + 1), cfg.round_timeout,
+                            cfg.max_consecutive_skips, end_of_round)
     except BaseException as exc:
         run_dir.finish("failed", error=f"{type(exc).__name__}: {exc}", rounds=len(run_dir.rows) - 1)
         raise
-    model.load_state_dict(result.arrays.to_torch_state_dict())
+    model.load_state_dict(arrays.to_torch_state_dict())
     run_dir.save_model(model.state_dict())
     run_dir.plot()
     run_dir.finish("complete", rounds=cfg.num_server_rounds)
     return run_dir
 
 
-def make_server_app(cfg: RunConfig, reporter: Reporter | None = None,
-                    outcome: dict[str, Any] | None = None) -> ServerApp:
+def make_server_app(cfg: RunConfig, reporter: Reporter | None = None, outcome: dict[str, Any] | None = None,
+                    resume: bool = False) -> ServerApp:
     """A ServerApp bound to a resolved config (for ``fedcmi simulate``)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_dir = run_server(grid, cfg, reporter)
+        run_dir = run_server(grid, cfg, reporter, resume=resume)
         if outcome is not None:
             outcome["run_dir"] = run_dir
 

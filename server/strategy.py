@@ -15,7 +15,9 @@ Evaluation is central (``evaluate_fn`` of :meth:`start`); no client-side evaluat
 
 from __future__ import annotations
 
+import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
@@ -23,15 +25,40 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedcmi.aggregation import ClientUpdate, aggregate
 from fedcmi.dominance import ClassStats, Dominance, dominance
 from fedcmi.models import group_of as default_group_of
+from fedcmi.validation import check_arrays, check_class_stats, check_num_examples
 
 KIND_MODALITIES = {"mm": ("a", "b"), "a": ("a",), "b": ("b",)}
+
+
+_logger = logging.getLogger("fedcmi.server")
+
+
+def log(level: int, msg: str, *args: Any) -> None:
+    _logger.log(level, msg, *args)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.+)$")
+_RAY_ERR = re.compile(r"ray\.exceptions\.(\w+)'>:<'(.*)", re.S)
+
+
+def short_reason(text: str | None) -> str:
+    """One line from an error reply: the innermost ``SomeError: message``, not Ray's whole traceback."""
+    text = _ANSI.sub("", text or "")
+    for line in text.splitlines():
+        m = _EXC_LINE.match(line.strip())
+        if m and not m.group(1).endswith("ClientAppException"):
+            return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"[:200]
+    m = _RAY_ERR.search(text)
+    if m:
+        return f"{m.group(1)}: {m.group(2).split('. ')[0].strip()}"[:200]
+    return next((line.strip() for line in text.splitlines() if line.strip()), "unknown error")[:200]
 
 
 class NoClientsError(RuntimeError):
@@ -59,11 +86,16 @@ class FedCMIStrategy(Strategy):
         Maps an array key to ``"a"``, ``"b"`` or ``"shared"``.
     discovery_timeout : float (default: 120.0)
         Seconds to wait for enough nodes to connect and describe themselves.
+    min_replies : int (default: 1)
+        Good replies needed to aggregate; with fewer the round is skipped and the global model kept.
+    max_update_norm : float (default: 0.0)
+        Reject an update whose L2 distance to the global model exceeds this (0 = no bound).
     """
 
     def __init__(self, *, clients_per_round: int, num_classes: int, run_config: Mapping[str, Any],
                  gamma: float = 2.0, warmup_rounds: int = 1, seed: int = 0,
-                 group_of: Callable[[str], str] = default_group_of, discovery_timeout: float = 120.0) -> None:
+                 group_of: Callable[[str], str] = default_group_of, discovery_timeout: float = 120.0,
+                 min_replies: int = 1, max_update_norm: float = 0.0) -> None:
         self.clients_per_round = clients_per_round
         self.num_classes = num_classes
         self.run_config = dict(run_config)
@@ -71,6 +103,8 @@ class FedCMIStrategy(Strategy):
         self.warmup_rounds = warmup_rounds
         self.group_of = group_of
         self.discovery_timeout = discovery_timeout
+        self.min_replies = min_replies
+        self.max_update_norm = max_update_norm
         self.rng = random.Random(seed)
         self.nodes: dict[int, tuple[int, str]] = {}  # node id -> (partition id, kind)
         self.current_arrays: ArrayRecord | None = None
@@ -83,6 +117,22 @@ class FedCMIStrategy(Strategy):
         log(INFO, "\t├──> FedCMIStrategy: %s clients per round, warm-up %s round(s), gamma %s",
             self.clients_per_round, self.warmup_rounds, self.gamma)
         log(INFO, "\t└──> strategy preset: %s", self.run_config.get("strategy"))
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must hold to continue exactly: the sampling RNG and the current guidance."""
+        version, internal, gauss = self.rng.getstate()
+        guidance = None
+        if self.guidance is not None:
+            guidance = {"dominant": self.guidance.dominant, "ratio": self.guidance.ratio,
+                        "tau": [float(t) for t in self.guidance.tau]}
+        return {"rng": [version, list(internal), gauss], "guidance": guidance}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        g = state.get("guidance")
+        self.guidance = None if g is None else Dominance(g["dominant"], float(g["ratio"]),
+                                                         np.asarray(g["tau"], dtype=np.float64))
 
     def discover(self, grid: Grid) -> None:
         """Ask every connected node for its partition id and modality kind (a QUERY message)."""
@@ -98,7 +148,7 @@ class FedCMIStrategy(Strategy):
         for reply in grid.send_and_receive(msgs, timeout=self.discovery_timeout):
             if reply.has_error():
                 log(WARNING, "node %s could not describe itself: %s", reply.metadata.src_node_id,
-                    reply.error.reason)
+                    short_reason(reply.error.reason))
                 continue
             info = reply.content["info"]
             self.nodes[reply.metadata.src_node_id] = (int(info["partition-id"]), str(info["kind"]))
@@ -131,6 +181,7 @@ class FedCMIStrategy(Strategy):
         nodes = self.sample(grid)
         content = RecordDict({"arrays": arrays, "config": self.train_config(server_round, config)})
         self.round_log[server_round] = {
+            "nodes": nodes,
             "sampled": [self.nodes[n][0] for n in nodes],
             "dominant": self.guidance.dominant if self.guidance else None,
             "ratio": self.guidance.ratio if self.guidance else float("nan"),
@@ -138,49 +189,94 @@ class FedCMIStrategy(Strategy):
         log(INFO, "configure_train: round %s, partitions %s", server_round, self.round_log[server_round]["sampled"])
         return [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
 
-    def _client_update(self, msg: Message) -> ClientUpdate:
-        pid, kind = self.nodes.get(msg.metadata.src_node_id, (-1, str(msg.content["info"]["kind"])))
-        arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-        return ClientUpdate(arrays, float(msg.content["metrics"]["num-examples"]), KIND_MODALITIES[kind])
+    def _screen(self, msg: Message, current: Mapping[str, np.ndarray]) -> tuple[str | None, Any]:
+        """(reason, None) for a bad reply; (None, (partition id, ClientUpdate, ClassStats | None)) for a good one."""
+        content = msg.content
+        if "arrays" not in content.array_records or "metrics" not in content.metric_records:
+            return "reply lacks its 'arrays' or 'metrics' record", None
+        metrics = content["metrics"]
+        reason = check_num_examples(metrics.get("num-examples"))
+        if reason:
+            return reason, None
+        node = msg.metadata.src_node_id
+        if node in self.nodes:  # trust the server's own record of what this node holds
+            pid, kind = self.nodes[node]
+        else:
+            pid, kind = int(metrics.get("partition-id", -1)), str(content["info"]["kind"])
+        if int(metrics.get("partition-id", pid)) != pid:
+            return f"claims partition {metrics.get('partition-id')}, node holds partition {pid}", None
+        try:
+            arrays = {k: v.numpy() for k, v in content["arrays"].items()}
+        except Exception as exc:  # noqa: BLE001 - a malformed array is a rejected reply, not a crash
+            return f"unreadable arrays ({type(exc).__name__}: {exc})", None
+        reason = check_arrays(arrays, current, KIND_MODALITIES[kind], self.group_of, self.max_update_norm)
+        if reason:
+            return reason, None
+        stats = None
+        if "class-stats" in content.array_records:
+            cs = content["class-stats"]
+            try:
+                stats = ClassStats(*(cs[k].numpy().astype(np.float64) for k in ("sum-pa", "sum-pb", "counts")))
+            except (KeyError, ValueError, TypeError) as exc:
+                return f"malformed class-stats ({exc})", None
+            reason = check_class_stats(stats.sum_pa, stats.sum_pb, stats.counts, self.num_classes)
+            if reason:
+                return reason, None
+        update = ClientUpdate(arrays, float(metrics["num-examples"]), KIND_MODALITIES[kind])
+        return None, (pid, update, stats)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Screen every reply, then average the good ones per modality; too few good ones skip the round."""
         replies = list(replies)
-        valid = [m for m in replies if not m.has_error()]
-        failed = len(replies) - len(valid)
-        for m in replies:
-            if m.has_error():
-                log(WARNING, "round %s: client on node %s failed: %s", server_round, m.metadata.src_node_id,
-                    m.error.reason)
-        self.round_log.setdefault(server_round, {}).update({"replies": len(valid), "failed": failed})
-        if not valid or self.current_arrays is None:
-            reason = replies[0].error.reason if replies and replies[0].has_error() else "no reply in time"
-            raise NoClientsError(f"round {server_round}: no client trained successfully ({reason})")
+        info = self.round_log.setdefault(server_round, {})
+        current = {k: v.numpy() for k, v in self.current_arrays.items()} if self.current_arrays else {}
+        accepted: list[tuple[int, ClientUpdate, ClassStats | None, Message]] = []
+        faults: list[str] = []
+        failed = rejected = 0
+        answered = set()
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            answered.add(node)
+            who = f"partition {self.nodes[node][0]}" if node in self.nodes else f"node {node}"
+            if msg.has_error():
+                failed += 1
+                faults.append(f"{who}: failed: {short_reason(msg.error.reason)}")
+                continue
+            reason, good = self._screen(msg, current)
+            if reason:
+                rejected += 1
+                faults.append(f"{who}: rejected: {reason}")
+                continue
+            accepted.append((*good, msg))
+        missing = [n for n in info.get("nodes", []) if n not in answered]
+        faults += [f"partition {self.nodes[n][0]}: no reply within round-timeout" for n in missing]
+        for line in faults:
+            log(WARNING, "round %s: %s", server_round, line)
+        info.update({"replies": len(accepted), "failed": failed, "rejected": rejected, "timeout": len(missing),
+                     "faults": faults, "skipped": len(accepted) < self.min_replies})
         # Replies arrive in any order; sum in partition order so the floating-point result is reproducible.
-        valid.sort(key=lambda m: int(m.content["metrics"]["partition-id"]))
-        current = {k: v.numpy() for k, v in self.current_arrays.items()}
-        new, _ = aggregate(current, [self._client_update(m) for m in valid], self.group_of)
-        self._update_guidance(valid)
-        arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})
-        self.train_metrics[server_round] = self._train_metrics(valid, failed)
-        return arrays, self.train_metrics[server_round]
+        accepted.sort(key=lambda t: t[0])
+        metrics = self._train_metrics([t[3] for t in accepted], info)
+        self.train_metrics[server_round] = metrics
+        if info["skipped"]:
+            log(WARNING, "round %s skipped: %s good replies, min-replies is %s; the global model is kept",
+                server_round, len(accepted), self.min_replies)
+            return None, metrics
+        new, _ = aggregate(current, [t[1] for t in accepted], self.group_of)
+        self._update_guidance([t[2] for t in accepted if t[2] is not None])
+        return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in new.items()}), metrics
 
-    def _update_guidance(self, replies: list[Message]) -> None:
-        stats = ClassStats.zeros(self.num_classes)
-        for m in replies:
-            if "class-stats" in m.content:
-                cs = m.content["class-stats"]
-                stats = stats + ClassStats(cs["sum-pa"].numpy().astype(np.float64),
-                                           cs["sum-pb"].numpy().astype(np.float64),
-                                           cs["counts"].numpy().astype(np.float64))
+    def _update_guidance(self, all_stats: list[ClassStats]) -> None:
+        stats = sum(all_stats, ClassStats.zeros(self.num_classes))
         if stats.counts.sum() > 0:
             new = dominance(stats, self.gamma)
             if new is not None:
                 self.guidance = new
 
     @staticmethod
-    def _train_metrics(replies: list[Message], failed: int) -> MetricRecord:
-        """Sample-weighted means of the clients' loss terms, plus reply counts."""
+    def _train_metrics(replies: list[Message], info: Mapping[str, Any]) -> MetricRecord:
+        """Sample-weighted means of the good clients' loss terms, plus reply counts."""
         totals: dict[str, float] = {}
         weights: dict[str, float] = {}
         for m in replies:
@@ -191,8 +287,10 @@ class FedCMIStrategy(Strategy):
                     totals[k] = totals.get(k, 0.0) + n * float(v)
                     weights[k] = weights.get(k, 0.0) + n
         out = MetricRecord({k: totals[k] / weights[k] for k in totals})
+        for key in ("failed", "rejected", "timeout"):
+            out[f"clients-{key}"] = int(info[key])
         out["clients-ok"] = len(replies)
-        out["clients-failed"] = failed
+        out["skipped"] = int(info["skipped"])
         out["num-examples"] = int(sum(float(m.content["metrics"]["num-examples"]) for m in replies))
         return out
 

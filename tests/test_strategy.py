@@ -118,10 +118,19 @@ def test_sampling_is_seeded_and_discovers_nodes():
     assert picks[0] == picks[1]
 
 
-def test_round_without_any_good_reply_raises():
-    s = _strategy()
-    with pytest.raises(NoClientsError):
-        s.aggregate_train(1, [])
+def test_round_below_min_replies_is_skipped_and_model_kept():
+    s = _strategy(min_replies=2)
+    s.round_log[1] = {"nodes": [11, 12]}
+    arrays, metrics = s.aggregate_train(1, [_reply(11, 1, _arrays(1, 1, 1))])
+    assert arrays is None  # Flower/our loop keep the previous global model
+    assert metrics["skipped"] == 1 and metrics["clients-ok"] == 1 and metrics["clients-timeout"] == 1
+    assert s.round_log[1]["faults"] == ["partition 1: no reply within round-timeout"]
+
+
+def test_discovery_needs_enough_nodes():
+    s = FedCMIStrategy(clients_per_round=3, num_classes=2, run_config={}, discovery_timeout=0.1)
+    with pytest.raises(NoClientsError, match="only 2 node"):
+        s.sample(FakeGrid({11: (0, "mm"), 12: (1, "a")}))
 
 
 def test_aggregate_pure_function_weights():

@@ -79,7 +79,7 @@ def build_federation(data: MultimodalData, cfg: RunConfig) -> list[ClientSpec]:
 def _federation_key(cfg: RunConfig) -> tuple:
     return (cfg.dataset, cfg.num_classes, cfg.train_size, cfg.test_size, cfg.signal_a, cfg.signal_b, cfg.noise,
             cfg.partitioner, cfg.num_clients, cfg.dirichlet_alpha, cfg.min_partition_size,
-            cfg.multimodal_ratio, cfg.unimodal_split, cfg.seed)
+            cfg.multimodal_ratio, cfg.unimodal_split, cfg.seed, cfg.data_root)
 
 
 _FEDERATIONS: dict[tuple, list[ClientSpec]] = {}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from fedcmi.config import RunConfig
+from fedcmi.config import REAL_DATASETS, ConfigError, RunConfig
 from fedcmi.data.base import MultimodalData
 from fedcmi.data.embedded import digits_cg, synthetic_av
+from fedcmi.data.prepared import load_prepared
 
 
 @lru_cache(maxsize=4)
@@ -21,7 +22,17 @@ def _cached(name: str, num_classes: int, train_size: int, test_size: int, signal
 
 def load_data(cfg: RunConfig) -> MultimodalData:
     """The data set a run config names. The data itself is fixed; the run seed drives partitions."""
+    if cfg.dataset in REAL_DATASETS:
+        return _real(cfg.dataset, cfg.data_root)
     if cfg.dataset == "synthetic-av":
         return _cached(cfg.dataset, cfg.num_classes, cfg.train_size, cfg.test_size, cfg.signal_a,
                        cfg.signal_b, cfg.noise)
     return _cached(cfg.dataset, 0, 0, 0, 0.0, 0.0, 0.0)
+
+
+def _real(name: str, data_root: str) -> MultimodalData:
+    """A prepared real data set (``fedcmi prepare``), checked to be the one the config names."""
+    data = load_prepared(data_root)
+    if data.name != name:
+        raise ConfigError(f"data-root={data_root!r} holds {data.name!r}, not dataset={name!r}")
+    return data

@@ -45,8 +45,14 @@ class ConcatFusion(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """Spec A.4: Xavier-normal linears, Kaiming-normal convs, BatchNorm at identity."""
+    """Spec A.4: Xavier-normal linears, Kaiming-normal convs, BatchNorm at identity.
+
+    Submodules marked ``keeps_weights`` (pretrained encoders) keep theirs.
+    """
+    kept = {id(sub) for m in module.modules() if getattr(m, "keeps_weights", False) for sub in m.modules()}
     for m in module.modules():
+        if id(m) in kept:
+            continue
         if isinstance(m, nn.Linear):
             nn.init.xavier_normal_(m.weight)
             nn.init.zeros_(m.bias)
@@ -57,13 +63,24 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def build_fusion(kind: str, dim: int, num_classes: int, **sgmft: int) -> nn.Module:
+    """The fusion head over two ``dim``-wide slots: ``concat`` (spec A.4) or ``sgmft`` (spec Part B)."""
+    if kind == "concat":
+        return ConcatFusion(dim, num_classes)
+    if kind == "sgmft":
+        from fedcmi.models.sgmft import SGMFTFusion
+
+        return SGMFTFusion(dim, num_classes, **sgmft)
+    raise ValueError(f"unknown fusion {kind!r}")
+
+
 class FedCMIModel(nn.Module):
     """Per modality: encoder -> self and infiltration projectors -> one shared classifier; fusion head."""
 
     decomposed = True
 
     def __init__(self, enc_a: nn.Module, enc_b: nn.Module, num_classes: int, dim: int,
-                 projector: str = "linear") -> None:
+                 projector: str = "linear", fusion: nn.Module | None = None) -> None:
         super().__init__()
         self.enc_a, self.enc_b = enc_a, enc_b
         self.self_a = _projector(enc_a.out_dim, dim, projector)
@@ -72,7 +89,7 @@ class FedCMIModel(nn.Module):
         self.inf_b = _projector(enc_b.out_dim, dim, projector)
         self.cls_a = nn.Linear(dim, num_classes)
         self.cls_b = nn.Linear(dim, num_classes)
-        self.fusion = ConcatFusion(dim, num_classes)
+        self.fusion = fusion if fusion is not None else ConcatFusion(dim, num_classes)
         self.dim = dim
         init_weights(self)
 
@@ -118,12 +135,12 @@ class ConcatModel(nn.Module):
 
     decomposed = False
 
-    def __init__(self, enc_a: nn.Module, enc_b: nn.Module, num_classes: int) -> None:
+    def __init__(self, enc_a: nn.Module, enc_b: nn.Module, num_classes: int, fusion: nn.Module | None = None) -> None:
         super().__init__()
         if enc_a.out_dim != enc_b.out_dim:
             raise ValueError("concat baseline needs equal encoder widths")
         self.enc_a, self.enc_b = enc_a, enc_b
-        self.fusion = ConcatFusion(enc_a.out_dim, num_classes)
+        self.fusion = fusion if fusion is not None else ConcatFusion(enc_a.out_dim, num_classes)
         init_weights(self)
 
     def forward(self, xa: torch.Tensor | None = None, xb: torch.Tensor | None = None) -> torch.Tensor:
@@ -142,10 +159,41 @@ class ConcatModel(nn.Module):
 
 
 def build_model(encoder: str, shapes: tuple[tuple[int, ...], tuple[int, ...]], num_classes: int,
-                feature_dim: int, decomposed: bool, projector: str = "linear") -> nn.Module:
-    """A FedCMI model (``decomposed``) or the concat baseline, for inputs of the given shapes."""
-    enc_a = build_encoder(encoder, shapes[0][0], feature_dim)
-    enc_b = build_encoder(encoder, shapes[1][0], feature_dim)
+                feature_dim: int, decomposed: bool, projector: str = "linear", *, fusion: str = "concat",
+                text_encoder: str = "bert-base-uncased", encoder_weights: str = "", sgmft_tokens: int = 8,
+                sgmft_heads: int = 4, sgmft_layers: int = 1) -> nn.Module:
+    """A FedCMI model (``decomposed``) or the concat baseline, for inputs of the given shapes.
+
+    A 1-D input shape is a token-id sequence and gets the ``text_encoder`` (transformers), projected to the
+    other encoder's width; ``encoder_weights`` initialises ResNet-18 encoders (see ``models.pretrained``).
+    """
+    def image_encoder(shape: tuple[int, ...]) -> nn.Module:
+        if encoder == "resnet18" and encoder_weights:
+            from fedcmi.models.pretrained import resnet18_encoder
+
+            return resnet18_encoder(shape[0], encoder_weights)
+        enc = build_encoder(encoder, shape[0], feature_dim)
+        if len(shape) == 4 and encoder != "resnet18":  # C x F x H x W: frames through a 2-D encoder
+            from fedcmi.models.frames import FrameAveraged
+
+            return FrameAveraged(enc)
+        return enc
+
+    encs: list[nn.Module | None] = [None if len(s) == 1 else image_encoder(s) for s in shapes]
+    width = next((e.out_dim for e in encs if e is not None), feature_dim)
+    if any(e is None for e in encs):
+        from fedcmi.models.pretrained import TextEncoder
+
+        encs = [e if e is not None else TextEncoder(text_encoder, out_dim=width) for e in encs]
+    enc_a, enc_b = encs
+    sgmft = {"tokens": sgmft_tokens, "heads": sgmft_heads, "layers": sgmft_layers} if fusion == "sgmft" else {}
     if decomposed:
-        return FedCMIModel(enc_a, enc_b, num_classes, feature_dim, projector)
-    return ConcatModel(enc_a, enc_b, num_classes)
+        return FedCMIModel(enc_a, enc_b, num_classes, feature_dim, projector,
+                           build_fusion(fusion, feature_dim, num_classes, **sgmft))
+    return ConcatModel(enc_a, enc_b, num_classes, build_fusion(fusion, enc_a.out_dim, num_classes, **sgmft))
+
+
+def model_options(cfg) -> dict:
+    """The ``build_model`` keywords a run config sets (fusion, text encoder, pretrained weights, SG-MFT)."""
+    return {"fusion": cfg.fusion, "text_encoder": cfg.text_encoder, "encoder_weights": cfg.encoder_weights,
+            "sgmft_tokens": cfg.sgmft_tokens, "sgmft_heads": cfg.sgmft_heads, "sgmft_layers": cfg.sgmft_layers}

@@ -1,0 +1,130 @@
+"""Prepared real data sets on disk (written by ``fedcmi prepare``) as :class:`MultimodalData`.
+
+A prepared directory holds a ``datasets.DatasetDict`` saved with ``save_to_disk`` (splits ``train`` and
+``test``; columns ``idx``, ``a``, ``b``, ``label``) and ``fedcmi.json`` beside it (name, modalities,
+num_classes, and how it was prepared). Arrow files are memory-mapped, so opening one is cheap; the training
+split is read row-subset by row-subset (a client's partition), never copied whole into memory, because a
+real audio-visual training set is many gigabytes of float32.
+
+Token ids (text modality) are stored as int32 and read back as float32 like every other column; the text
+encoder rounds them back to integers (ids < 2**24 are exact in float32).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset, DatasetDict, load_from_disk
+
+from fedcmi.config import ConfigError
+from fedcmi.data.base import MultimodalData
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "fedcmi.json"
+PREPARED_SUBDIR = "fedcmi-prepared"  # default output folder of `fedcmi prepare` inside the raw root
+
+
+class LazyColumn:
+    """One array column of a split; ``col[rows]`` reads only those rows (as float32 numpy)."""
+
+    def __init__(self, ds: Dataset, column: str) -> None:
+        self._ds = ds.select_columns([column]).with_format("numpy")
+        self._column = column
+        first = np.asarray(self._ds[0][column]) if len(ds) else np.zeros(0)
+        self.shape: tuple[int, ...] = (len(ds), *first.shape)
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        if isinstance(rows, (int, np.integer)):
+            return np.asarray(self._ds[int(rows)][self._column], dtype=np.float32)
+        if isinstance(rows, slice):
+            rows = np.arange(len(self))[rows]
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return np.zeros((0, *self.shape[1:]), dtype=np.float32)
+        return np.asarray(self._ds[rows.tolist()][self._column], dtype=np.float32).reshape(len(rows), *self.shape[1:])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self[:], dtype=dtype or np.float32)
+
+
+@dataclass
+class PreparedData(MultimodalData):
+    """A prepared data set: the test split is loaded into memory, the training split read lazily."""
+
+    path: Path = field(default=Path("."))
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def arrays(self, split: str) -> tuple[Any, Any, np.ndarray]:
+        """(x_a, x_b, y). ``test``: numpy arrays. ``train``: :class:`LazyColumn` views (index them by rows)."""
+        if split not in self._cache:
+            ds = self.train if split == "train" else self.test
+            y = np.asarray(ds.with_format("numpy")["label"], dtype=np.int64)
+            if split == "train":
+                self._cache[split] = (LazyColumn(ds, "a"), LazyColumn(ds, "b"), y)
+            else:
+                cols = ds.select_columns(["a", "b"]).with_format("numpy")[:]
+                self._cache[split] = (np.asarray(cols["a"], dtype=np.float32),
+                                      np.asarray(cols["b"], dtype=np.float32), y)
+        return self._cache[split]
+
+
+def resolve_prepared_dir(path: str | Path) -> Path:
+    """``path`` itself if it is a prepared directory, else ``path/fedcmi-prepared`` (a raw root)."""
+    p = Path(path).expanduser()
+    if (p / MANIFEST).is_file():
+        return p
+    if (p / PREPARED_SUBDIR / MANIFEST).is_file():
+        return p / PREPARED_SUBDIR
+    if not p.exists():
+        raise ConfigError(f"data-root={str(p)!r}: no such directory")
+    raise ConfigError(f"data-root={str(p)!r}: not a prepared data set (no {MANIFEST} in it or in "
+                      f"{PREPARED_SUBDIR}/); run `fedcmi prepare <dataset> --root {p}` first")
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a prepared directory, checked for the keys every consumer needs."""
+    file = path / MANIFEST
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{file}: unreadable manifest ({exc})") from None
+    missing = [k for k in ("name", "modalities", "num_classes") if k not in manifest]
+    if missing or len(manifest.get("modalities", [])) != 2:
+        raise ConfigError(f"{file}: manifest needs name, two modalities and num_classes (missing {missing})")
+    return manifest
+
+
+@lru_cache(maxsize=4)
+def _load(path: str) -> PreparedData:
+    p = Path(path)
+    manifest = read_manifest(p)
+    try:
+        dd = load_from_disk(str(p))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"{p}: not a saved data set ({exc})") from None
+    if not isinstance(dd, DatasetDict) or not {"train", "test"} <= set(dd):
+        raise ConfigError(f"{p}: needs a DatasetDict with 'train' and 'test' splits")
+    for split in ("train", "test"):
+        lacking = {"idx", "a", "b", "label"} - set(dd[split].column_names)
+        if lacking:
+            raise ConfigError(f"{p}: split {split!r} lacks column(s) {sorted(lacking)}")
+    logger.info("loaded %s from %s: %d train, %d test", manifest["name"], p, len(dd["train"]), len(dd["test"]))
+    return PreparedData(name=str(manifest["name"]), modalities=tuple(manifest["modalities"]),
+                        num_classes=int(manifest["num_classes"]), train=dd["train"], test=dd["test"],
+                        path=p, manifest=manifest)
+
+
+def load_prepared(path: str | Path) -> PreparedData:
+    """Open a prepared data set directory (or a raw root holding ``fedcmi-prepared/``); cached per path."""
+    return _load(str(resolve_prepared_dir(path).resolve()))

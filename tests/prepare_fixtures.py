@@ -1,0 +1,118 @@
+"""Tiny fixture trees in the distributed layouts of CREMA-D, AVE and CrisisMMD, and a tiny local BERT.
+
+A few seconds of tone per clip and a few 24x24 images: enough for prepare -> load -> simulate, and the
+class signal (tone pitch, image colour) is learnable so a 2-round run is meaningful.
+"""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+EMOTIONS = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
+
+
+def write_wav(path: Path, seconds: float, freq: float, rate: int = 16_000, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.4 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((x * 32767).astype("<i2").tobytes())
+
+
+def write_image(path: Path, colour: tuple[int, int, int], seed: int = 0, size: int = 24) -> None:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(colour)[None, None] + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _colour(k: int, n: int) -> tuple[int, int, int]:
+    return tuple(int(c) for c in (255 * np.array([k / max(n - 1, 1), 1 - k / max(n - 1, 1), (k % 2)])))
+
+
+def crema_d_tree(root: Path, per_class: int = 4, split_files: bool = True) -> list[str]:
+    """AudioWAV/<clip>.wav + Image-01-FPS/<clip>/*.jpg (+ train.csv/test.csv); returns the clip names."""
+    clips = []
+    for k, emo in enumerate(EMOTIONS):
+        for i in range(per_class):
+            clip = f"{1001 + i}_DFA_{emo}_XX"
+            write_wav(root / "AudioWAV" / f"{clip}.wav", 1.0, 300 + 150 * k, seed=i)
+            for f in range(3):
+                write_image(root / "Image-01-FPS" / clip / f"{f:05d}.jpg", _colour(k, 6), seed=10 * i + f)
+            clips.append(clip)
+    if split_files:
+        test = [c for c in clips if c.startswith("1001_")]
+        train = [c for c in clips if c not in test]
+        (root / "train.csv").write_text("".join(f"{c},{c.split('_')[2]}\n" for c in train))
+        (root / "test.csv").write_text("".join(f"{c},{c.split('_')[2]}\n" for c in test))
+    return clips
+
+
+AVE_CLASSES = ["Bark", "Church bell", "Helicopter"]
+
+
+def ave_tree(root: Path, per_class: int = 5) -> list[str]:
+    """Annotations.txt, trainSet.txt, testSet.txt, audio/<id>.wav, frames/<id>/*.jpg (10 s videos)."""
+    header = "Category&VideoID&Quality&StartTime&EndTime"
+    lines = []
+    for k, cat in enumerate(AVE_CLASSES):
+        for i in range(per_class):
+            vid = f"vid{k}x{i:02d}"
+            start, end = i % 3, 6 + i % 4
+            lines.append(f"{cat}&{vid}&good&{start}&{end}")
+            write_wav(root / "audio" / f"{vid}.wav", 10.0, 250 + 200 * k, rate=8_000, seed=i)
+            for s in range(10):
+                write_image(root / "frames" / vid / f"{s:02d}.jpg", _colour(k, 3), seed=100 * i + s, size=16)
+    (root / "Annotations.txt").write_text("\n".join([header, *lines]) + "\n")
+    test = [ln for ln in lines if ln.split("&")[1].endswith("x00")]
+    (root / "trainSet.txt").write_text("\n".join(ln for ln in lines if ln not in test) + "\n")
+    (root / "testSet.txt").write_text("\n".join(test) + "\n")
+    return [ln.split("&")[1] for ln in lines]
+
+
+WORDS = ["fire", "flood", "rescue", "help", "damage", "donate", "love", "music", "game", "coffee", "happy", "sunny"]
+
+
+def tiny_bert(directory: Path) -> Path:
+    """A 1-layer, 32-wide BERT with its tokenizer, saved like a hub snapshot (random weights)."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # transformers 5: BertTokenizer is the fast (Rust) tokenizer and takes the vocab file as `vocab`
+    BertTokenizer(vocab=str(directory / "vocab.txt")).save_pretrained(str(directory))
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(str(directory))
+    return directory
+
+
+def crisismmd_tree(root: Path, per_class: int = 12) -> None:
+    """data_image/<event>/<date>/<id>_0.jpg + crisismmd_datasplit_all/task_informative_text_img_*.tsv."""
+    cols = ["event_name", "tweet_id", "image_id", "tweet_text", "image", "label", "label_text", "label_image",
+            "label_text_image"]
+    rows = {"train": [], "test": []}
+    for k, label in enumerate(["not_informative", "informative"]):
+        for i in range(per_class):
+            tid = f"91779{k}{i:04d}"
+            rel = f"data_image/california_wildfires/10_10_2017/{tid}_0.jpg"
+            write_image(root / rel, _colour(k, 2), seed=i)
+            words = WORDS[6 * k: 6 * k + 6]
+            text = f"RT @user {words[i % 6]} {words[(i + 1) % 6]} https://t.co/x{i} #{words[(i + 2) % 6]}"
+            split = "test" if i < 3 else "train"
+            rows[split].append(["california_wildfires", tid, f"{tid}_0", text, rel, label, label, label,
+                                "Positive"])
+    (root / "crisismmd_datasplit_all").mkdir(parents=True, exist_ok=True)
+    for split, data in rows.items():
+        lines = ["\t".join(cols)] + ["\t".join(r) for r in data]
+        (root / "crisismmd_datasplit_all" / f"task_informative_text_img_{split}.tsv").write_text(
+            "\n".join(lines) + "\n")
