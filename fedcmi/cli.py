@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,16 @@ def _resolve(args: argparse.Namespace) -> RunConfig:
     if getattr(args, "out", None):
         overrides["out-dir"] = args.out
     cfg = resolve(args.config, overrides, base=preset_values(getattr(args, "preset", None)))
-    if cfg.out_dir and Path(cfg.out_dir).exists() and any(Path(cfg.out_dir).iterdir()):
-        raise ConfigError(f"out-dir={cfg.out_dir!r}: the folder exists and is not empty; choose another")
+    if cfg.out_dir:
+        out = Path(cfg.out_dir)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"out-dir={cfg.out_dir!r}: is a file, not a folder")
+        if out.is_dir() and any(out.iterdir()):
+            raise ConfigError(f"out-dir={cfg.out_dir!r}: the folder exists and is not empty; choose another "
+                              "(or continue it with --resume)")
+        parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+        if not os.access(parent, os.W_OK):
+            raise ConfigError(f"out-dir={cfg.out_dir!r}: {parent} is not writable")
     return cfg
 
 

@@ -35,6 +35,13 @@ def test_non_empty_out_dir_is_refused(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
+def test_out_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert main(["simulate", "--out", str(target)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
 def test_partitions_table(capsys):
     assert main(["partitions", "num-clients=6", "clients-per-round=2", "multimodal-ratio=0.5"]) == 0
     out = capsys.readouterr().out
