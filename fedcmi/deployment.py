@@ -210,8 +210,12 @@ class Loopback:
         if proc.returncode != 0 or "registered" not in proc.stdout:
             raise RuntimeError(f"registering supernode-{i} failed: {proc.stdout[-800:]} {proc.stderr[-800:]}")
 
-    def start_supernode(self, name: str, node_config: str, key: Path | None = None) -> subprocess.Popen:
-        """A SuperNode with its node config; ``key`` is its private key when authentication is on."""
+    def start_supernode(self, name: str, node_config: str, key: Path | None = None,
+                        executor: bool = True) -> subprocess.Popen:
+        """A SuperNode with its node config; ``key`` is its private key when authentication is on.
+
+        ``executor=False`` starts no worker/SuperExec next to it (a node expected to be refused).
+        """
         port = free_port()
         cmd = [self._tool("flower-supernode"), "--superlink", f"127.0.0.1:{self.superlink_port}",
                "--port", str(port), "--node-config", node_config,
@@ -220,7 +224,7 @@ class Loopback:
         if key is not None:
             cmd += ["--auth-supernode-private-key", str(key)]
         proc = self._spawn(name, cmd, name)
-        if self.isolation != "subprocess":  # the SuperNode spawns nothing: run its executor next to it
+        if executor and self.isolation != "subprocess":  # the SuperNode spawns nothing: run its executor next to it
             self._wait_for_port(port, name)
             executor = ([self._tool("flower-superexec")] if self.isolation == "process"
                         else [sys.executable, "-m", "clients.worker"])

@@ -1,7 +1,8 @@
 """A real Flower deployment on 127.0.0.1: flower-superlink + flower-supernode processes, `flwr run`.
 
-Insecure with the long-lived ClientApp worker (the documented default), and TLS + SuperNode
-authentication with Flower's own one-process-per-message SuperExec. Every process is stopped by PID in a
+Insecure and with TLS + SuperNode authentication, both with the long-lived ClientApp worker (the
+documented default; Flower's one-process-per-message SuperExec is measured in the README, not tested here:
+it takes 1-2 minutes a run on two shared cores). Every process is stopped by PID in a
 ``finally``; the tests then check that none of them, nor their children, is still alive.
 """
 
@@ -67,7 +68,7 @@ def test_insecure_deployment_with_warm_workers(tmp_path):
 
 
 def test_tls_deployment_with_node_authentication(tmp_path):
-    dep = Loopback(tmp_path / "work", tls=True, auth=True, isolation="subprocess")
+    dep = Loopback(tmp_path / "work", tls=True, auth=True, isolation="warm")
     out = tmp_path / "run"
     try:
         dep.make_certs(NODES + 1)  # the last key is never registered
@@ -75,10 +76,11 @@ def test_tls_deployment_with_node_authentication(tmp_path):
         for i in range(NODES):
             dep.register(i)
             dep.start_supernode(f"supernode-{i}", f"partition-id={i} num-partitions={NODES}", dep.key(i))
-        intruder = dep.start_supernode("intruder", f"partition-id=0 num-partitions={NODES}", dep.key(NODES))
-        code = dep.wait_exit("intruder", timeout_s=90)
-        assert code not in (None, 0), dep.log_of("intruder")[-2000:]
-        assert intruder.returncode != 0
+        dep.start_supernode("intruder", f"partition-id=0 num-partitions={NODES}", dep.key(NODES),
+                            executor=False)
+        assert dep.wait_exit("intruder", timeout_s=90) not in (None, 0), dep.log_of("intruder")[-2000:]
+        assert "Failed to activate SuperNode" in dep.log_of("intruder")
+        dep.wait_ready()
         proc = dep.run({**TINY, "out-dir": str(out)})
         _check_run(out, proc.stdout + proc.stderr)
         assert "https" in dep.log_of("superlink").lower() or "ssl" in dep.log_of("superlink").lower()
