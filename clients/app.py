@@ -19,6 +19,7 @@ from clients.node_data import node_data
 from fedcmi.config import RunConfig, config_keys, from_mapping
 from fedcmi.data import load_data
 from fedcmi.models import build_model, group_of, model_options
+from fedcmi.strategies import preset
 from fedcmi.training import Guidance, Objective, class_statistics, local_update
 
 app = ClientApp()
@@ -44,8 +45,8 @@ def device_of(cfg: RunConfig) -> torch.device:
 def model_for(cfg: RunConfig, device: torch.device) -> torch.nn.Module:
     data = load_data(cfg)
     options = model_options(cfg)
-    key = (cfg.dataset, cfg.encoder, cfg.feature_dim, cfg.projector, cfg.strategy != "fedavg"
-           and cfg.strategy != "fedprox", data.num_classes, str(device), cfg.data_root, *options.values())
+    key = (cfg.dataset, cfg.encoder, cfg.feature_dim, cfg.projector, preset(cfg.strategy).decomposed,
+           data.num_classes, str(device), cfg.data_root, *options.values())
     if key not in _MODELS:
         _MODELS[key] = build_model(cfg.encoder, data.shapes(), data.num_classes, cfg.feature_dim,
                                    decomposed=key[4], projector=cfg.projector, **options).to(device)
@@ -91,7 +92,8 @@ def train(msg: Message, context: Context) -> Message:
     result = local_update(model, local, Objective.from_config(cfg), guidance, num_classes=data.num_classes,
                           epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, generator=torch.Generator().manual_seed(seed))
-    held = (*spec.modalities, "shared")
+    trains = preset(cfg.strategy).modalities  # unimodal baselines train one modality only
+    held = (*[m for m in spec.modalities if m in trains], "shared")
     trained = {k: v.detach().cpu() for k, v in model.state_dict().items() if group_of(k) in held}
     if faults:
         trained, stats = corrupt_reply(faults, trained, stats)

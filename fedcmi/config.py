@@ -15,12 +15,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from fedcmi.strategies import STRATEGY_NAMES
+
 
 class ConfigError(ValueError):
     """A configuration value broke a rule; the message names the key and the rule."""
 
 
-STRATEGIES = ("fedavg", "fedprox", "fedcmi")
+STRATEGIES = STRATEGY_NAMES
 DATASETS = ("synthetic-av", "digits-cg", "crema-d", "ave", "crisismmd")
 REAL_DATASETS = ("crema-d", "ave", "crisismmd")  # prepared with `fedcmi prepare`, read from data-root
 
@@ -86,6 +88,11 @@ class RunConfig:
                              "fedcmi: weight of infiltration distillation; 0 = off")
     class_wise_temperature: bool = _opt(True, doc="fedcmi: class-wise temperatures (A.7); false = fixed `temperature`")
     temperature: float = _opt(1.0, _positive, "must be > 0", "fedcmi: fixed temperature if not class-wise")
+    lambda_cross: float = _opt(1.0, lambda v: v >= 0, "must be >= 0",
+                               "fedcmi-plus: weight of the unimodal (self, infiltration) paths on multimodal clients")
+    ogm_alpha: float = _opt(0.8, lambda v: v >= 0, "must be >= 0", "ogm-ge: modulation strength (0.8 on CREMA-D)")
+    pmr_alpha: float = _opt(1.0, lambda v: v >= 0, "must be >= 0", "pmr: weight of the prototype cross-entropy")
+    pmr_momentum: float = _opt(0.2, _unit, "must be in [0, 1]", "pmr: prototype momentum between local epochs")
     gamma: float = _opt(2.0, lambda v: v >= 0, "must be >= 0", "fedcmi: class-wise temperature strength")
     dominance: str = _opt("global", lambda v: v in ("global", "local"), "must be global or local",
                           "fedcmi: dominant modality from the server (global) or per batch on the client (local)")

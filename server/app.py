@@ -26,6 +26,7 @@ from fedcmi.data import load_data
 from fedcmi.evaluation import evaluate
 from fedcmi.models import build_model, model_options
 from fedcmi.results import RunDirectory, default_run_dir
+from fedcmi.strategies import preset
 from server.strategy import FedCMIStrategy
 
 logger = logging.getLogger("fedcmi")
@@ -46,7 +47,8 @@ def _modality_name(data_modalities: tuple[str, str], code: str | None) -> str:
 def build_strategy(cfg: RunConfig, num_classes: int) -> FedCMIStrategy:
     return FedCMIStrategy(clients_per_round=cfg.clients_per_round, num_classes=num_classes,
                           run_config=cfg.to_dict(), gamma=cfg.gamma, warmup_rounds=cfg.warmup_rounds,
-                          seed=cfg.seed, min_replies=cfg.min_replies, max_update_norm=cfg.max_update_norm)
+                          seed=cfg.seed, min_replies=cfg.min_replies, max_update_norm=cfg.max_update_norm,
+                          use_modalities=preset(cfg.strategy).modalities)
 
 
 def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds: range, timeout: float,
@@ -73,7 +75,8 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     """Run (or resume) the rounds of ``cfg`` on ``grid``; every finished round is on disk when it ends."""
     torch.manual_seed(cfg.seed)
     data = load_data(cfg)
-    decomposed = cfg.strategy not in ("fedavg", "fedprox")
+    strategy_preset = preset(cfg.strategy)
+    decomposed = strategy_preset.decomposed
     model = build_model(cfg.encoder, data.shapes(), data.num_classes, cfg.feature_dim, decomposed,
                         cfg.projector, **model_options(cfg))
     out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg)
@@ -87,7 +90,9 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
 
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> None:
         model.load_state_dict(arrays.to_torch_state_dict())
-        res = evaluate(model, xa, xb, y, data.num_classes, data.modalities, cfg.eval_batch_size)
+        res = evaluate(model, xa, xb, y, data.num_classes, data.modalities, cfg.eval_batch_size,
+                       use_modalities=strategy_preset.modalities,
+                       infiltration_path=decomposed and not strategy_preset.objective.get("single_projector"))
         info = strategy.round_log.get(server_round, {})
         train = strategy.train_metrics.get(server_round, {})
         guidance = strategy.guidance  # what this round's statistics say (sent with the next round)

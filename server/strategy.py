@@ -90,12 +90,15 @@ class FedCMIStrategy(Strategy):
         Good replies needed to aggregate; with fewer the round is skipped and the global model kept.
     max_update_norm : float (default: 0.0)
         Reject an update whose L2 distance to the global model exceeds this (0 = no bound).
+    use_modalities : tuple[str, ...] (default: ("a", "b"))
+        Modalities the strategy trains; unimodal baselines sample only clients holding theirs.
     """
 
     def __init__(self, *, clients_per_round: int, num_classes: int, run_config: Mapping[str, Any],
                  gamma: float = 2.0, warmup_rounds: int = 1, seed: int = 0,
                  group_of: Callable[[str], str] = default_group_of, discovery_timeout: float = 120.0,
-                 min_replies: int = 1, max_update_norm: float = 0.0) -> None:
+                 min_replies: int = 1, max_update_norm: float = 0.0,
+                 use_modalities: tuple[str, ...] = ("a", "b")) -> None:
         self.clients_per_round = clients_per_round
         self.num_classes = num_classes
         self.run_config = dict(run_config)
@@ -105,6 +108,7 @@ class FedCMIStrategy(Strategy):
         self.discovery_timeout = discovery_timeout
         self.min_replies = min_replies
         self.max_update_norm = max_update_norm
+        self.use_modalities = use_modalities
         self.rng = random.Random(seed)
         self.nodes: dict[int, tuple[int, str]] = {}  # node id -> (partition id, kind)
         self.current_arrays: ArrayRecord | None = None
@@ -156,12 +160,19 @@ class FedCMIStrategy(Strategy):
             raise NoClientsError(f"only {len(self.nodes)} node(s) answered, {self.clients_per_round} are "
                                  "needed per round (clients-per-round)")
 
+    def held(self, kind: str) -> tuple[str, ...]:
+        """The modalities a client of this kind trains under this strategy."""
+        return tuple(m for m in KIND_MODALITIES[kind] if m in self.use_modalities)
+
     def sample(self, grid: Grid) -> list[int]:
         """Node ids of this round's clients: a seeded sample of partition ids, mapped to their nodes."""
         if len(self.nodes) < self.clients_per_round:
             self.discover(grid)
-        by_partition = {pid: nid for nid, (pid, _) in self.nodes.items()}
-        chosen = self.rng.sample(sorted(by_partition), self.clients_per_round)
+        by_partition = {pid: nid for nid, (pid, kind) in self.nodes.items() if self.held(kind)}
+        k = min(self.clients_per_round, len(by_partition))
+        if k == 0:
+            raise NoClientsError(f"no client holds the modalities {self.use_modalities} this strategy trains")
+        chosen = self.rng.sample(sorted(by_partition), k)
         return [by_partition[p] for p in sorted(chosen)]
 
     # --- training -----------------------------------------------------------------------------
@@ -209,7 +220,7 @@ class FedCMIStrategy(Strategy):
             arrays = {k: v.numpy() for k, v in content["arrays"].items()}
         except Exception as exc:  # noqa: BLE001 - a malformed array is a rejected reply, not a crash
             return f"unreadable arrays ({type(exc).__name__}: {exc})", None
-        reason = check_arrays(arrays, current, KIND_MODALITIES[kind], self.group_of, self.max_update_norm)
+        reason = check_arrays(arrays, current, self.held(kind), self.group_of, self.max_update_norm)
         if reason:
             return reason, None
         stats = None
@@ -222,7 +233,7 @@ class FedCMIStrategy(Strategy):
             reason = check_class_stats(stats.sum_pa, stats.sum_pb, stats.counts, self.num_classes)
             if reason:
                 return reason, None
-        update = ClientUpdate(arrays, float(metrics["num-examples"]), KIND_MODALITIES[kind])
+        update = ClientUpdate(arrays, float(metrics["num-examples"]), self.held(kind))
         return None, (pid, update, stats)
 
     def aggregate_train(self, server_round: int,

@@ -118,3 +118,41 @@ def test_class_statistics_counts_and_probabilities():
     p_a, p_b = stats.means()
     assert np.all((p_a > 0) & (p_a < 1)) and np.all((p_b > 0) & (p_b < 1))
     assert class_statistics(model, _data("a"), K).counts.sum() == 0  # only multimodal clients measure
+
+
+def test_every_strategy_trains_each_client_kind():
+    from fedcmi.strategies import STRATEGY_NAMES, preset
+
+    for name in STRATEGY_NAMES:
+        objective = Objective.from_config(RunConfig(strategy=name))
+        for kind in ("mm", "a", "b"):
+            if kind != "mm" and kind not in objective.use_modalities:
+                continue
+            model = _model(preset(name).decomposed)
+            result = _update(model, _data(kind), objective, Guidance(infiltrate=True, dominant="a"))
+            assert np.isfinite(result.losses["loss"]), (name, kind)
+
+
+def test_fedcmi_plus_trains_the_dominant_infiltration_projector_single_projector_none():
+    plus = Objective.from_config(RunConfig(strategy="fedcmi-plus"))
+    model = _model()
+    before = _snapshot(model)
+    result = _update(model, _data("mm"), plus, Guidance(infiltrate=True, dominant="a"))
+    assert "loss_cross" in result.losses
+    assert _moved(before, model, "inf_a.") and _moved(before, model, "inf_b.")
+    single = Objective.from_config(RunConfig(strategy="fedcmi-single"))
+    for kind in ("mm", "a"):
+        model = _model()
+        before = _snapshot(model)
+        _update(model, _data(kind), single, Guidance(infiltrate=True, dominant="a"))
+        assert not _moved(before, model, "inf_a.") and not _moved(before, model, "inf_b.")
+
+
+def test_unimodal_baseline_ignores_the_other_modality_and_pmr_reports_its_term():
+    objective = Objective.from_config(RunConfig(strategy="unimodal-b"))
+    model = _model(decomposed=False)
+    before = _snapshot(model)
+    _update(model, _data("mm"), objective)
+    assert not _moved(before, model, "enc_a.") and _moved(before, model, "enc_b.")
+    pmr = _update(_model(decomposed=False), _data("mm"), Objective.from_config(RunConfig(strategy="pmr")))
+    assert "loss_proto" in pmr.losses
