@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: run test lint bench-imbalance clean
+.PHONY: run test lint bench-imbalance clean deploy-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,6 @@ bench-imbalance: $(STAMP)  ## centralized: weak modality alone vs through the jo
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+deploy-demo: $(STAMP)  ## fedcmi over a real loopback deployment: SuperLink + 3 SuperNodes, TLS, node auth, 2 rounds
+	$(PY) -m fedcmi.deployment --tls --work runs/deploy-demo/work

@@ -308,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/deploy-demo/work"))
-    parser.add_argument("--out", type=Path, default=Path("runs/deploy-demo/run"))
+    parser.add_argument("--out", type=Path, default=None, help="run directory (default runs/deploy-demo/<time>)")
     args = parser.parse_args(argv)
+    args.out = args.out or Path("runs/deploy-demo") / time.strftime("%Y%m%d-%H%M%S")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     proc, wall = demo(args.work, args.out, tls=args.tls, isolation=args.isolation, rounds=args.rounds,
                       num_nodes=args.nodes)
