@@ -16,19 +16,18 @@ node fails its own replies (the server counts them as failed) instead of trainin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedcmi.config import RunConfig
-from fedcmi.data import ClientData
+from fedcmi.config import ConfigError, RunConfig
+from fedcmi.data import ClientData, MultimodalData
 from fedcmi.data.partition import ClientSpec, client_data, federation
+from fedcmi.data.prepared import load_prepared
 from fedcmi.data.registry import load_data
 
 HINT = ('start the SuperNode with --node-config "partition-id=<i> num-partitions=<n>" or '
@@ -69,21 +68,6 @@ def _int_key(node_config: Mapping[str, Any], key: str) -> int:
     return int(value)
 
 
-def read_manifest(data_dir: Path) -> dict[str, Any]:
-    """``fedcmi.json`` of a prepared directory: name, modalities (two names), num_classes."""
-    path = data_dir / "fedcmi.json"
-    if not path.is_file():
-        raise NodeConfigError(f"data-dir={str(data_dir)!r}: no fedcmi.json (prepare it with `fedcmi prepare`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        mods = [str(m) for m in manifest["modalities"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise NodeConfigError(f"{path}: not a valid fedcmi.json ({exc})") from None
-    if len(mods) != 2:
-        raise NodeConfigError(f"{path}: 'modalities' must name two modalities, got {mods}")
-    return {**manifest, "modalities": mods}
-
-
 def kind_of(held: str, names: list[str], where: str) -> str:
     """``"audio,visual"`` -> ``"mm"``; a name or code of one modality -> ``"a"`` or ``"b"``."""
     codes = set()
@@ -119,34 +103,22 @@ def _prepared_node(node_config: Mapping[str, Any], pid: int) -> NodeData:
         raise NodeConfigError(f"node config data-dir={str(data_dir)!r}: no such directory")
     if "modalities" not in node_config:
         raise NodeConfigError(f"node config has no 'modalities' (the modalities this node holds in {data_dir})")
-    manifest = read_manifest(data_dir)
-    kind = kind_of(str(node_config["modalities"]), manifest["modalities"], str(data_dir))
-    return NodeData(pid, kind, _num_train_rows(str(data_dir)), data_dir=data_dir)
+    data = _open(data_dir)
+    kind = kind_of(str(node_config["modalities"]), list(data.modalities), str(data_dir))
+    return NodeData(pid, kind, len(data.train), data_dir=data_dir)
 
 
-@lru_cache(maxsize=4)
-def _load_prepared(path: str) -> Any:
-    """The prepared ``DatasetDict`` (memory-mapped Arrow files: cheap to open, nothing copied)."""
-    from datasets import load_from_disk
-
+def _open(data_dir: Path) -> MultimodalData:
+    """The prepared data set (``fedcmi.data.prepared``: checked, cached, memory-mapped, nothing copied)."""
     try:
-        ds = load_from_disk(path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise NodeConfigError(f"data-dir={path!r}: not a saved data set ({exc})") from None
-    if "train" not in ds:
-        raise NodeConfigError(f"data-dir={path!r}: has no 'train' split (found {list(ds)})")
-    return ds
-
-
-def _num_train_rows(path: str) -> int:
-    return int(_load_prepared(path)["train"].num_rows)
+        return load_prepared(data_dir)
+    except ConfigError as exc:
+        raise NodeConfigError(f"node config data-dir={str(data_dir)!r}: {exc}") from None
 
 
 def _prepared_client_data(data_dir: Path, modalities: tuple[str, ...]) -> ClientData:
-    train = _load_prepared(str(data_dir))["train"]
-    missing = [c for c in (*modalities, "label") if c not in train.column_names]
-    if missing:
-        raise NodeConfigError(f"data-dir={str(data_dir)!r}: train split lacks column(s) {missing}")
+    """All training rows of the node's directory, only the modalities it holds."""
+    train = _open(data_dir).train
     table = train.select_columns([*modalities, "label"]).with_format("numpy")[:]
 
     def tensor(code: str) -> torch.Tensor | None:
