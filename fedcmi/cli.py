@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedcmi.bench_cli import add_bench_parser, cmd_bench
 from fedcmi.config import ConfigError, RunConfig, config_keys, from_mapping, parse_overrides, resolve
 from fedcmi.prepare_cli import add_prepare_parser, cmd_prepare
 from fedcmi.presets import PRESETS, preset_values
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedcmi", description="Multimodal federated learning under modality imbalance (FedCMI) on Flower.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{simulate,partitions,prepare}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{simulate,partitions,prepare,bench}")
     sim = sub.add_parser("simulate", help="run a federated simulation", description=SIMULATE_HELP,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     part = sub.add_parser("partitions", help="show the clients a configuration builds",
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
                           "only num-server-rounds may be overridden)")
     sim.add_argument("--verbose", action="store_true", help="show Flower's own log")
     add_prepare_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 
@@ -178,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prepare":
             return cmd_prepare(args)
+        if args.command == "bench":
+            return cmd_bench(args)
         cfg = _resolve(args)
         if args.command == "partitions":
             return cmd_partitions(cfg)

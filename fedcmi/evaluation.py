@@ -10,14 +10,14 @@ from torch import nn
 
 
 @torch.no_grad()
-def _predict(fn, xs: tuple[torch.Tensor | None, torch.Tensor | None], batch_size: int) -> np.ndarray:
-    n = len(next(x for x in xs if x is not None))
-    out = []
-    for start in range(0, n, batch_size):
+def predict_paths(model: nn.Module, xa: torch.Tensor, xb: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
+    """Predicted class of every test sample on every evaluation path (one encoder pass per modality)."""
+    preds: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(xa), batch_size):
         sl = slice(start, start + batch_size)
-        xa, xb = (x[sl] if x is not None else None for x in xs)
-        out.append(fn(xa, xb).argmax(dim=1).cpu())
-    return torch.cat(out).numpy()
+        for path, logits in model.path_logits(xa[sl], xb[sl]).items():
+            preds.setdefault(path, []).append(logits.argmax(dim=1).cpu())
+    return {path: torch.cat(p).numpy() for path, p in preds.items()}
 
 
 def per_class_accuracy(pred: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
@@ -40,24 +40,17 @@ def evaluate(model: nn.Module, xa: torch.Tensor, xb: torch.Tensor, y: torch.Tens
     was_training = model.training
     model.eval()
     yn = y.cpu().numpy()
-    name_a, name_b = modality_names
-    inputs = {"a": (xa, None), "b": (None, xb)}
-    alone = {m: model if infiltration_path else model.forward_zero for m in ("a", "b")}
-
-    def acc(fn, m_inputs) -> float:
-        return float((_predict(fn, m_inputs, batch_size) == yn).mean())
-
+    pred = predict_paths(model, xa, xb, batch_size)
+    if not infiltration_path:
+        pred["a"], pred["b"] = pred["a_zero"], pred["b_zero"]
     if len(use_modalities) == 1:
-        pred_mm = _predict(model.forward_zero, inputs[use_modalities[0]], batch_size)
-    else:
-        pred_mm = _predict(model, (xa, xb), batch_size)
-    per_class = per_class_accuracy(pred_mm, yn, num_classes)
-    res: dict[str, float | list[float]] = {"acc_mm": float((pred_mm == yn).mean())}
-    for m, name in (("a", name_a), ("b", name_b)):
-        seen = m in use_modalities
-        res[f"acc_{name}"] = acc(alone[m], inputs[m]) if seen else math.nan
-    for m, name in (("a", name_a), ("b", name_b)):
-        res[f"acc_{name}_zero"] = acc(model.forward_zero, inputs[m]) if m in use_modalities else math.nan
+        pred["mm"] = pred[f"{use_modalities[0]}_zero"]
+    per_class = per_class_accuracy(pred["mm"], yn, num_classes)
+    res: dict[str, float | list[float]] = {"acc_mm": float((pred["mm"] == yn).mean())}
+    for suffix in ("", "_zero"):
+        for m, name in zip(("a", "b"), modality_names, strict=True):
+            seen = m in use_modalities
+            res[f"acc_{name}{suffix}"] = float((pred[f"{m}{suffix}"] == yn).mean()) if seen else math.nan
     res["worst_class_acc"] = float(np.nanmin(per_class))
     res["per_class_acc"] = [float(v) for v in per_class]
     model.train(was_training)

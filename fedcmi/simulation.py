@@ -52,14 +52,12 @@ def check_resources(cfg: RunConfig) -> dict[str, Any]:
             "init_args": init_args}
 
 
-def simulate(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None] | None = None,
-             verbose: bool = False, resume: bool = False) -> RunDirectory:
-    """Run (or with ``resume``, continue) ``cfg`` on Flower's simulation engine; returns the run directory."""
+def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False) -> None:
+    """Run a ServerApp with fedcmi's ClientApp on ``cfg.num_clients`` simulated SuperNodes (Ray backend)."""
     backend_config = check_resources(cfg)
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
-    from server.app import make_server_app
 
     flwr_logger = logging.getLogger("flwr")
     filters: list[logging.Filter] = [_DropDeprecation()] + ([] if verbose else [_DropClientTracebacks()])
@@ -68,15 +66,23 @@ def simulate(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None] | None =
     old_level = flwr_logger.level
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
-    outcome: dict[str, Any] = {}
     try:
-        run_simulation(server_app=make_server_app(cfg, reporter, outcome, resume), client_app=client_app,
-                       num_supernodes=cfg.num_clients, backend_config=backend_config)
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
+                       backend_config=backend_config)
     finally:
         for f in filters:
             flwr_logger.removeFilter(f)
         flwr_logger.setLevel(old_level)
         _shutdown_ray()
+
+
+def simulate(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None] | None = None,
+             verbose: bool = False, resume: bool = False) -> RunDirectory:
+    """Run (or with ``resume``, continue) ``cfg`` on Flower's simulation engine; returns the run directory."""
+    from server.app import make_server_app
+
+    outcome: dict[str, Any] = {}
+    run_app(make_server_app(cfg, reporter, outcome, resume), cfg, verbose)
     if "run_dir" not in outcome:
         raise SimulationFailed("the simulation ended before its last round (see the log above)")
     return outcome["run_dir"]

@@ -67,3 +67,16 @@ def test_resnet18_encoder_single_channel_and_frame_stacks():
     m = build_model("resnet18", ((1, 32, 32), (3, 32, 32)), 4, 64, decomposed=True).eval()
     with torch.no_grad():
         assert m(torch.randn(2, 1, 32, 32), torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+def test_path_logits_match_each_forward_path(model):
+    xa, xb = torch.randn(4, *SHAPES[0]), torch.randn(4, *SHAPES[1])
+    concat = build_model("cnn", SHAPES, 6, 16, decomposed=False).eval()
+    with torch.no_grad():
+        for m in (model, concat):
+            paths = m.path_logits(xa, xb)
+            assert torch.allclose(paths["mm"], m(xa, xb), atol=1e-6)
+            assert torch.allclose(paths["a"], m(xa=xa), atol=1e-6)
+            assert torch.allclose(paths["b"], m(xb=xb), atol=1e-6)
+            assert torch.allclose(paths["a_zero"], m.forward_zero(xa=xa), atol=1e-6)
+            assert torch.allclose(paths["b_zero"], m.forward_zero(xb=xb), atol=1e-6)

@@ -129,6 +129,13 @@ class FedCMIModel(nn.Module):
         h = self.branches(xb, "b")[0]
         return self.fuse(torch.zeros_like(h), h)
 
+    def path_logits(self, xa: torch.Tensor, xb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every evaluation path from one pass of each encoder (what evaluation needs)."""
+        sa, ia = self.branches(xa, "a")
+        sb, ib = self.branches(xb, "b")
+        return {"mm": self.fuse(sa, sb), "a": self.fuse(sa, ia), "b": self.fuse(ib, sb),
+                "a_zero": self.fuse(sa, torch.zeros_like(sa)), "b_zero": self.fuse(torch.zeros_like(sb), sb)}
+
 
 class ConcatModel(nn.Module):
     """The FedAvg/FedProx baseline: two encoders, concat head, missing modality zero-filled."""
@@ -156,6 +163,12 @@ class ConcatModel(nn.Module):
         if (xa is None) == (xb is None):
             raise ValueError("forward_zero takes exactly one modality")
         return self.forward(xa, xb)
+
+    def path_logits(self, xa: torch.Tensor, xb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every evaluation path; alone = zero-filled, as this model has no other path."""
+        ha, hb = self.enc_a(xa), self.enc_b(xb)
+        alone_a, alone_b = self.fusion(ha, torch.zeros_like(ha)), self.fusion(torch.zeros_like(hb), hb)
+        return {"mm": self.fusion(ha, hb), "a": alone_a, "b": alone_b, "a_zero": alone_a, "b_zero": alone_b}
 
 
 def build_model(encoder: str, shapes: tuple[tuple[int, ...], tuple[int, ...]], num_classes: int,

@@ -1,0 +1,81 @@
+"""`fedcmi bench`: every strategy through Flower, resumable grid, reports, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedcmi.bench import Mix, make_plan, summary_markdown
+from fedcmi.cli import main
+from fedcmi.strategies import STRATEGY_NAMES
+
+ROOT = Path(__file__).parents[1]
+TINY = ["num-server-rounds=2", "num-clients=4", "clients-per-round=2", "train-size=600", "test-size=200"]
+
+
+def test_summary_table_from_rows():
+    rows = []
+    for strategy, accs in (("fedavg", [0.5, 0.7]), ("fedcmi", [0.8, 0.8]), ("unimodal-audio", [0.6, 0.6])):
+        for seed, acc in enumerate(accs):
+            rows.append({"strategy": strategy, "seed": seed, "dirichlet_alpha": "0.1", "multimodal_ratio": 0.5,
+                         "unimodal_split": 0.5, "acc_mm": acc, "acc_audio": acc - 0.1,
+                         "acc_visual": math.nan if strategy.startswith("unimodal") else acc - 0.2,
+                         "acc_audio_zero": acc, "acc_visual_zero": 0.3, "worst_class_acc": 0.1})
+    md = summary_markdown(rows, ("audio", "visual"), "fedcmi bench --preset x")
+    assert "## alpha = 0.1, multimodal-ratio = 0.5, unimodal-split = 0.5" in md
+    assert "`fedcmi bench --preset x`" in md
+    lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "| 0.600 ± 0.100 |" in lines["fedavg"]  # mean and population std of 0.5, 0.7
+    assert "**0.800 ± 0.000**" in lines["fedcmi"]  # best acc_mm in bold
+    assert "| – |" in lines["unimodal-audio"]      # never sees visual
+    assert lines["fedavg"].count("**") == 4         # ties on the last two columns are all bold
+
+
+def test_bad_grids_are_refused_before_anything_runs(tmp_path, capsys):
+    for args, needle in ((["--preset", "huge"], "--preset 'huge'"), (["--strategies", "fedfoo"], "fedfoo"),
+                         (["--mixes", "2:1"], "must be in [0, 1]"), (["--alphas", "-1"], "must be > 0"),
+                         (["--seeds", "0"], "--seeds 0"), (["lr=-1"], "lr=-1.0: must be > 0")):
+        assert main(["bench", "--out", str(tmp_path / "b"), *args]) == 2
+        assert needle in capsys.readouterr().err
+    plan = make_plan("quick", tmp_path / "c", {})
+    assert [str(m) for m in plan.mixes] == ["0.5:0.5", "1:0.5"] and Mix.parse("1:0.5") == Mix(1.0, 0.5)
+
+
+@pytest.mark.slow
+def test_every_strategy_runs_through_flower_and_the_grid_resumes(tmp_path):
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "fedcmi.cli", "bench", "--strategies", ",".join(STRATEGY_NAMES), "--alphas", "0.5",
+           "--mixes", "0.5:0.5", "--seeds", "1", "--out", str(out), *TINY]
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    with open(out / "results.csv") as fh:
+        results = list(csv.DictReader(fh))
+    assert {r["strategy"] for r in results} == {*STRATEGY_NAMES} - {"unimodal-a", "unimodal-b"} | {
+        "unimodal-audio", "unimodal-visual"}
+    assert all(r["round"] == "2" and float(r["acc_mm"]) > 0 for r in results)
+    for col in ("strategy", "seed", "dirichlet_alpha", "multimodal_ratio", "unimodal_split", "acc_mm", "acc_audio",
+                "acc_visual", "acc_audio_zero", "acc_visual_zero", "worst_class_acc", "wall_s"):
+        assert col in results[0]
+    with open(out / "rounds.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 3 * len(STRATEGY_NAMES)
+    assert (out / "summary.md").is_file() and list(out.glob("rounds_*.png")) and list(out.glob("bars_*.png"))
+
+    cells = sorted((out / "cells").iterdir())
+    stamps = {c.name: (c / "metrics.json").stat().st_mtime_ns for c in cells}
+    victim = cells[3]
+    (victim / "status.json").unlink()  # as if the grid had been interrupted in this cell
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "1 cells run, 12 reused" in " ".join(second.stdout.split())
+    for c in cells:
+        changed = (c / "metrics.json").stat().st_mtime_ns != stamps[c.name]
+        assert changed == (c == victim), c.name
+    assert json.loads((victim / "status.json").read_text())["status"] == "complete"
