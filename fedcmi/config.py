@@ -122,6 +122,9 @@ class RunConfig:
     client_num_gpus: float = _opt(0.0, lambda v: v >= 0, "must be >= 0", "GPUs (fractions allowed) per client")
     device: str = _opt("auto", lambda v: v in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda",
                        "training device; auto = cuda when the client has a GPU")
+    bf16: bool = _opt(False, doc="CUDA only: bfloat16 autocast in local training (no effect on CPU)")
+    ray_address: str = _opt("", doc="Ray cluster to join, e.g. '10.0.0.5:6379' (started with `ray start "
+                                    "--head`); '' = start a local Ray")
     round_timeout: float = _opt(600.0, _positive, "must be > 0", "seconds to wait for client replies per round")
     min_replies: int = _opt(1, lambda v: v >= 1, "must be >= 1",
                             "good replies needed to aggregate a round; fewer = round skipped, model kept")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -33,11 +34,23 @@ class _DropClientTracebacks(logging.Filter):
 
 
 def check_resources(cfg: RunConfig) -> dict[str, Any]:
-    """Ray backend config for the client resources; refuses requests this machine cannot meet."""
+    """Ray backend config for the client resources; refuses requests a local Ray cannot meet.
+
+    ``ray-address`` joins an existing cluster (its resources are the cluster's, so nothing is checked
+    here); otherwise ``address="local"`` always starts a fresh Ray, never one that ``ray start`` left running.
+    """
+    # max_restarts: Ray restarts a client actor whose process died, so one crashing client costs one failed
+    # reply instead of a dead actor that fails every later message (Flower's pool never replaces actors).
+    backend: dict[str, Any] = {"client_resources": {"num_cpus": cfg.client_num_cpus,
+                                                    "num_gpus": cfg.client_num_gpus, "max_restarts": -1}}
+    if cfg.ray_address:
+        _check_reachable(cfg.ray_address)
+        backend["init_args"] = {"address": cfg.ray_address}
+        return backend
     cpus = os.cpu_count() or 1
     if cfg.client_num_cpus > cpus:
         raise ConfigError(f"client-num-cpus={cfg.client_num_cpus}: must be <= the {cpus} CPU(s) of this machine")
-    init_args: dict[str, Any] = {"num_cpus": cpus}
+    init_args: dict[str, Any] = {"address": "local", "num_cpus": cpus}
     if cfg.client_num_gpus > 0:
         import torch
 
@@ -45,17 +58,32 @@ def check_resources(cfg: RunConfig) -> dict[str, Any]:
         if gpus == 0:
             raise ConfigError(f"client-num-gpus={cfg.client_num_gpus}: no CUDA GPU is visible on this machine")
         init_args["num_gpus"] = gpus
-    # max_restarts: Ray restarts a client actor whose process died, so one crashing client costs one failed
-    # reply instead of a dead actor that fails every later message (Flower's pool never replaces actors).
-    return {"client_resources": {"num_cpus": cfg.client_num_cpus, "num_gpus": cfg.client_num_gpus,
-                                 "max_restarts": -1},
-            "init_args": init_args}
+    backend["init_args"] = init_args
+    return backend
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in a second with one line, not after Ray's long connection retries, when nothing listens there."""
+    if address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"ray-address={address!r}: must be host:port (the head's GCS address), or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as exc:
+        raise ConfigError(f"ray-address={address!r}: no Ray head answers there ({exc.strerror or exc}); start one "
+                          "with `ray start --head --port " + port + "`") from None
 
 
 def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False) -> None:
     """Run a ServerApp with fedcmi's ClientApp on ``cfg.num_clients`` simulated SuperNodes (Ray backend)."""
     backend_config = check_resources(cfg)
     from flwr.simulation import run_simulation
+
+    from fedcmi.vce_fast import install
+
+    install()
 
     from clients.app import app as client_app
 

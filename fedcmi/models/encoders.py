@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
 
 
 class SmallCNN(nn.Module):
@@ -33,6 +32,8 @@ class ResNet18Encoder(nn.Module):
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
+        from torchvision.models import resnet18  # here: importing torchvision costs ~1 s per process
+
         net = resnet18(weights=None)
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

@@ -1,0 +1,95 @@
+"""Scaling options without Ray: cluster address and local-Ray backend config, bf16 (a no-op on CPU), the
+simulation's message dispatch (fedcmi.vce_fast)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from clients.app import autocast, on_device
+from fedcmi.config import ConfigError, RunConfig, from_mapping
+from fedcmi.data import ClientData
+from fedcmi.simulation import check_resources
+from fedcmi.vce_fast import _take_undelivered
+
+ROOT = Path(__file__).parents[1]
+
+
+def _listening() -> tuple[socket.socket, int]:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s, s.getsockname()[1]
+
+
+def test_local_ray_never_joins_a_running_cluster():
+    init = check_resources(RunConfig())["init_args"]
+    assert init["address"] == "local" and init["num_cpus"] == os.cpu_count()
+
+
+def test_ray_address_is_passed_to_ray_init_without_local_resources():
+    server, port = _listening()
+    with server:
+        backend = check_resources(RunConfig(ray_address=f"127.0.0.1:{port}", client_num_cpus=64))
+    assert backend["init_args"] == {"address": f"127.0.0.1:{port}"}  # num_cpus: the cluster's own
+    assert backend["client_resources"]["num_cpus"] == 64  # not limited by this machine's CPUs
+
+
+@pytest.mark.parametrize("address", ["nohost", "127.0.0.1:x", ":6379"])
+def test_malformed_ray_address(address):
+    with pytest.raises(ConfigError, match="must be host:port"):
+        check_resources(RunConfig(ray_address=address))
+
+
+def test_unreachable_ray_address_is_one_line_and_exit_2():
+    server, port = _listening()
+    server.close()  # nothing listens there now
+    proc = subprocess.run([sys.executable, "-m", "fedcmi.cli", "simulate", "num-clients=4", "clients-per-round=2",
+                           f"ray-address=127.0.0.1:{port}"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+    assert proc.returncode == 2
+    assert f"ray-address='127.0.0.1:{port}': no Ray head answers there" in proc.stderr
+
+
+def test_bf16_is_a_config_key_and_a_no_op_on_cpu():
+    cfg = from_mapping({"bf16": "true"})
+    assert cfg.bf16 is True
+    with pytest.raises(ConfigError, match="bf16"):
+        from_mapping({"bf16": "maybe"})
+    assert isinstance(autocast(cfg, torch.device("cpu")), contextlib.nullcontext)
+    assert isinstance(autocast(RunConfig(), torch.device("cuda")), contextlib.nullcontext)  # bf16=false
+    data = ClientData(torch.ones(2, 3), None, torch.zeros(2, dtype=torch.int64))
+    assert on_device(data, torch.device("cpu")) is data  # no copy, no pinning on CPU
+
+
+class _FakeState:
+    """The parts of Flower's InMemoryLinkState that the dispatch reads."""
+
+    def __init__(self, messages: dict[str, tuple[int, str]], expired: set[str] = frozenset()) -> None:
+        self.lock = threading.RLock()
+        self.message_ins_store = {i: SimpleNamespace(metadata=SimpleNamespace(dst_node_id=n, delivered_at=d))
+                                  for i, (n, d) in messages.items()}
+        self.expired = expired
+
+    def _check_stored_messages(self, ids: set[str]) -> None:
+        for i in ids & self.expired:
+            del self.message_ins_store[i]
+
+
+def test_dispatch_takes_each_undelivered_message_once():
+    state = _FakeState({"m1": (1, ""), "m2": (2, ""), "m3": (3, "2026-01-01"), "m4": (9, ""), "m5": (2, "")},
+                       expired={"m5"})
+    got = _take_undelivered(state, {1, 2, 3})
+    assert sorted(m.metadata.dst_node_id for m in got) == [1, 2]  # not delivered, known node, not expired
+    assert all(m.metadata.delivered_at for m in got)
+    assert "m5" not in state.message_ins_store
+    assert _take_undelivered(state, {1, 2, 3}) == []
