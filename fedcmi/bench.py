@@ -24,6 +24,7 @@ from fedcmi.results import atomic_write
 from fedcmi.strategies import STRATEGY_NAMES, display_name
 
 METRICS = ("acc_mm", "acc_{a}", "acc_{b}", "acc_{a}_zero", "acc_{b}_zero", "worst_class_acc")
+LAST = 5  # the summary averages the last rounds: under label skew single rounds swing by 10-30 points
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,8 @@ def collect(plan: BenchPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             rounds.append({**keys, **flat})
         final = {k: v for k, v in rows[-1].items() if not isinstance(v, list)}
         final["wall_s"] = round(sum(float(r.get("wall_s") or 0.0) for r in rows), 3)
+        for metric in _metric_names(names):
+            final[f"{metric}_last{LAST}"] = _mean_std(r.get(metric) for r in rows[-LAST:])[0]
         finals.append({**keys, **final})
     return finals, rounds, names
 
@@ -220,22 +223,28 @@ def _mean_std(values: Iterable[Any]) -> tuple[float, float, int]:
 
 
 def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], command: str) -> str:
-    """One table per setting (alpha, mix): rows strategies, mean ± std over seeds, best in bold."""
+    """One table per setting (alpha, mix): rows strategies, mean ± std over seeds, best in bold.
+
+    Each cell's value is its mean over the last rounds (``LAST``; ``results.csv`` has both that and the final
+    round): a single round's accuracy under strong label skew swings too much to rank strategies on."""
     metrics = _metric_names(names)
+    keyed = [f"{m}_last{LAST}" for m in metrics]
     settings: dict[tuple[str, float, float], list[dict[str, Any]]] = {}
     for r in finals:
         settings.setdefault((r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"]), []).append(r)
     lines = ["# fedcmi bench summary", "", f"Command: `{command}`", "",
-             "Final-round test accuracy, mean ± std over seeds (n = seeds finished). Best mean per column in "
-             "bold. `acc_<m>`: modality m alone through its infiltration path (zero-filled for models without "
-             "one); `acc_<m>_zero`: alone with the other slot zeroed; – : the strategy never sees that modality.",
+             f"Test accuracy averaged over each run's last {LAST} rounds, then mean ± std over seeds (n = seeds "
+             "finished); results.csv also has the final round alone. Best mean per column in bold. `acc_<m>`: "
+             "modality m alone through its infiltration path (zero-filled for models without one); "
+             "`acc_<m>_zero`: alone with the other slot zeroed; – : the strategy never sees that modality.",
              ""]
     for (alpha, ratio, split), rows in sorted(settings.items(), key=lambda kv: (str(kv[0][0]), kv[0][1], kv[0][2])):
         lines += [f"## alpha = {alpha}, multimodal-ratio = {ratio:g}, unimodal-split = {split:g}", ""]
         by_strategy: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             by_strategy.setdefault(r["strategy"], []).append(r)
-        stats = {s: {m: _mean_std(r.get(m) for r in rs) for m in metrics} for s, rs in by_strategy.items()}
+        stats = {s: {m: _mean_std(r.get(k, r.get(m)) for r in rs) for m, k in zip(metrics, keyed, strict=True)}
+                 for s, rs in by_strategy.items()}
         best = {m: max((st[m][0] for st in stats.values() if not math.isnan(st[m][0])), default=math.nan)
                 for m in metrics}
         lines.append("| strategy | n | " + " | ".join(metrics) + " |")
@@ -298,14 +307,14 @@ def plot_reports(out: Path, finals: Sequence[dict[str, Any]], rounds: Sequence[d
         for ax, name in zip(axes, names, strict=True):
             labels, means, stds = [], [], []
             for s in strategies:
-                mean, std, n = _mean_std(r.get(f"acc_{name}") for r in finals_here if r["strategy"] == s)
+                mean, std, n = _mean_std(r.get(f"acc_{name}_last{LAST}") for r in finals_here if r["strategy"] == s)
                 if n:
                     labels.append(s)
                     means.append(mean)
                     stds.append(std)
             ax.bar(range(len(labels)), means, yerr=stds, capsize=2)
             ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
-            ax.set_title(f"{name} alone (final round)", fontsize=9)
+            ax.set_title(f"{name} alone (mean of the last {LAST} rounds)", fontsize=9)
             ax.grid(axis="y", alpha=0.3)
         axes[0].set_ylabel("test accuracy")
         fig.tight_layout()
