@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from procmem import GIB, PeakMemory  # noqa: E402
 
-from clients.app import round_seed  # noqa: E402
+from clients.app import autocast, device_of, on_device, round_seed  # noqa: E402
 from fedcmi.aggregation import ClientUpdate, aggregate  # noqa: E402
 from fedcmi.config import RunConfig, parse_overrides, resolve  # noqa: E402
 from fedcmi.data import load_data  # noqa: E402
@@ -144,6 +144,8 @@ def run_plain(cfg: RunConfig, threads: int) -> dict[str, Any]:
                                cfg.projector, **model_options(cfg))
     client_model = build_model(cfg.encoder, data.shapes(), data.num_classes, cfg.feature_dim, p.decomposed,
                                cfg.projector, **model_options(cfg))
+    device = device_of(cfg)  # as the clients choose theirs; the server evaluates on the CPU, as server.app does
+    client_model.to(device)
     current = {k: v.detach().clone().numpy() for k, v in server_model.state_dict().items()}
     xa, xb, y = (torch.from_numpy(t) for t in data.arrays("test"))
 
@@ -162,20 +164,21 @@ def run_plain(cfg: RunConfig, threads: int) -> dict[str, Any]:
         updates, all_stats = [], []
         for pid in sorted(rng.sample(eligible, k)):
             spec = specs[pid]
-            local = client_data(data, spec)
+            local = on_device(client_data(data, spec), device)
             client_model.load_state_dict({n: torch.from_numpy(np.array(v)) for n, v in current.items()})
             sent = Guidance(infiltrate=server_round > cfg.warmup_rounds,
                             dominant=guidance.dominant if guidance else None,
                             tau=np.asarray(guidance.tau, dtype=np.float64) if guidance else None)
-            all_stats.append(class_statistics(client_model, local, data.num_classes))
             seed = round_seed(cfg.seed, server_round, pid)
-            torch.manual_seed(seed)
-            result = local_update(client_model, local, objective, sent, num_classes=data.num_classes,
-                                  epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                  momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                  generator=torch.Generator().manual_seed(seed))
+            with autocast(cfg, device):
+                all_stats.append(class_statistics(client_model, local, data.num_classes))
+                torch.manual_seed(seed)
+                result = local_update(client_model, local, objective, sent, num_classes=data.num_classes,
+                                      epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                      momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                      generator=torch.Generator().manual_seed(seed))
             keep = (*[m for m in spec.modalities if m in p.modalities], "shared")
-            trained = {n: v.detach().clone().numpy() for n, v in client_model.state_dict().items()
+            trained = {n: v.detach().cpu().clone().numpy() for n, v in client_model.state_dict().items()
                        if group_of(n) in keep}
             updates.append(ClientUpdate(trained, float(result.num_examples), held(spec.kind)))
         train.append(time.perf_counter() - start)

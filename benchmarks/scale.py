@@ -58,7 +58,7 @@ def one(n: int, per_round: int, rounds: int, per_client: int, extra: list[str]) 
     return {"clients": n, "per_round": per_round, "s_per_round": statistics.fmean(steady),
             "s_per_round_median": statistics.median(steady), "discovery_s": sum(timers.seconds["discovery"].values()),
             "startup_s": ends[1] - t0, "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss,
-            "processes": mem.peak_procs, "final_acc_mm": rows[-1]["acc_mm"]}
+            "processes": mem.peak_procs, "final_acc_mm": rows[-1]["acc_mm"], "at_peak": mem.breakdown()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-client", type=int, default=30, help="training samples per client")
     parser.add_argument("--stock", action="store_true", help="Flower's stock message dispatch (FEDCMI_STOCK_VCE=1)")
+    parser.add_argument("--verbose", action="store_true", help="processes at the memory peak")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['s_per_round_median']:.3f}), discovery {r['discovery_s']:.1f} s, start-up {r['startup_s']:.1f} s, "
               f"peak RSS {r['peak_rss'] / GIB:.2f} GiB, peak PSS {r['peak_pss'] / GIB:.2f} GiB "
               f"({r['processes']} processes)", flush=True)
+        if args.verbose:
+            print(r["at_peak"], flush=True)
     load = os.getloadavg()
     times = [r["s_per_round"] for r in results]
     print(f"dispatch: {'stock Flower' if args.stock else 'fedcmi.vce_fast'}; {os.cpu_count()} CPUs, load average "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -78,5 +79,6 @@ def test_two_rounds_on_an_existing_ray_head(tmp_path):
         assert _marked(marker), "the head must outlive the run (the run only disconnects from it)"
     finally:
         _kill_marked(marker)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     assert _marked(marker) == []
 

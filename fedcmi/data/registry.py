@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from fedcmi.config import REAL_DATASETS, ConfigError, RunConfig
 from fedcmi.data.base import MultimodalData
+from fedcmi.data.cache import cached
 from fedcmi.data.embedded import digits_cg, synthetic_av
 from fedcmi.data.prepared import load_prepared
 
@@ -13,10 +14,12 @@ from fedcmi.data.prepared import load_prepared
 @lru_cache(maxsize=4)
 def _cached(name: str, num_classes: int, train_size: int, test_size: int, signal_a: float,
             signal_b: float, noise: float) -> MultimodalData:
+    # built once per machine and memory-mapped by every process (driver, Ray actors): fedcmi/data/cache.py
     if name == "synthetic-av":
-        return synthetic_av(num_classes, train_size, test_size, signal_a, signal_b, noise)
+        return cached(name, (num_classes, train_size, test_size, signal_a, signal_b, noise),
+                      lambda: synthetic_av(num_classes, train_size, test_size, signal_a, signal_b, noise))
     if name == "digits-cg":
-        return digits_cg()
+        return cached(name, (), digits_cg)
     raise ValueError(f"unknown data set {name!r}")
 
 
