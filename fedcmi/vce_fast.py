@@ -80,10 +80,16 @@ def install() -> bool:
 
 def _fast_grid(base: type) -> type:
     class FastGrid(base):
-        """The in-memory grid, polling for replies every POLL_S instead of 0.1 s."""
+        """The in-memory grid, polling for replies every POLL_S (up to 0.1 s for many messages) instead of 0.1 s."""
 
         def __init__(self, state_factory: Any, pull_interval: float = POLL_S) -> None:
             super().__init__(state_factory=state_factory, pull_interval=pull_interval)
+
+        def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
+            # One poll costs O(messages in flight): often for a round's few, seldom for 1,000 discovery queries.
+            messages = list(messages)
+            self.pull_interval = min(0.1, max(POLL_S, 1e-4 * len(messages)))
+            return super().send_and_receive(messages, timeout=timeout)
 
     return FastGrid
 
