@@ -8,7 +8,6 @@ resumes from its checkpoint.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedcmi.config import ConfigError, RunConfig, from_mapping
-from fedcmi.results import atomic_write
+from fedcmi.results import atomic_write, csv_text
 from fedcmi.strategies import STRATEGY_NAMES, display_name
 
 METRICS = ("acc_mm", "acc_{a}", "acc_{b}", "acc_{a}_zero", "acc_{b}_zero", "worst_class_acc")
@@ -201,14 +200,7 @@ def collect(plan: BenchPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, csv_text(list(rows)))
 
 
 def _metric_names(names: tuple[str, str]) -> list[str]:

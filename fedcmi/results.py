@@ -38,6 +38,18 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         raise
 
 
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """CSV of dict rows; the columns are every key in first-seen order (later rows may add columns)."""
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
     return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
 
@@ -89,14 +101,7 @@ class RunDirectory:
                 else:
                     out[k] = v
             flat.append(out)
-        columns: list[str] = []
-        for r in flat:
-            columns += [k for k in r if k not in columns]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(flat)
-        return buf.getvalue()
+        return csv_text(flat)
 
     def save_model(self, state_dict: Mapping[str, torch.Tensor]) -> Path:
         path = self.path / MODEL_FILE
