@@ -150,8 +150,9 @@ def _check_out_dir(plan: BenchPlan) -> None:
             saved = json.loads(path.read_text(encoding="utf-8"))["base"]
         except (ValueError, KeyError, TypeError):
             raise ConfigError(f"{path}: not a fedcmi bench file") from None
-        if saved != base:
-            diff = sorted(k for k in set(saved) | set(base) if saved.get(k) != base.get(k))
+        # keys added to fedcmi after the bench started are not a difference (they default to old behaviour)
+        diff = sorted(k for k in saved if k in base and saved[k] != base[k])
+        if diff:
             raise ConfigError(f"{plan.out}: holds a bench with a different base configuration ({diff[0]}); "
                               "use another --out")
     elif plan.out.exists() and any(plan.out.iterdir()):
