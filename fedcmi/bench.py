@@ -275,6 +275,7 @@ def plot_reports(out: Path, finals: Sequence[dict[str, Any]], rounds: Sequence[d
         strategies = list(dict.fromkeys(r["strategy"] for r in rows))
         fig, axes = plt.subplots(1, len(metrics) - 1, figsize=(4 * (len(metrics) - 1), 3.6), sharey=True)
         for ax, m in zip(axes, metrics[:-1], strict=True):
+            ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 13 strategies: more colours than the default 10
             for s in strategies:
                 per_round: dict[int, list[float]] = {}
                 for r in rows:
