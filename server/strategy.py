@@ -10,7 +10,9 @@ server path does not. Each round:
    all (``fedcmi.aggregation``), and turns the clients' class statistics into the next dominant modality and
    temperatures (``fedcmi.dominance``).
 
-Evaluation is central (``evaluate_fn`` of :meth:`start`); no client-side evaluation round is sent.
+Evaluation is central (``server/app.py`` after every round); no client-side evaluation round is sent.
+``server/app.run_rounds`` drives these steps instead of ``Strategy.start`` so it can checkpoint, resume at
+the right round number and skip rounds.
 """
 
 from __future__ import annotations

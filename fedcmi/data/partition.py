@@ -16,8 +16,6 @@ from fedcmi.config import ConfigError, RunConfig
 from fedcmi.data.base import ClientData, MultimodalData
 from fedcmi.data.registry import load_data
 
-KINDS = ("mm", "a", "b")
-
 
 @dataclass(frozen=True)
 class ClientSpec:
