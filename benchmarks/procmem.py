@@ -15,17 +15,9 @@ GIB = 1024 ** 3
 
 
 def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        kids.setdefault(ppid, []).append(int(entry.name))
-    return kids
+    from fedcmi.deployment import process_children
+
+    return process_children()
 
 
 def tree(root: int) -> list[int]:

@@ -45,8 +45,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (from /proc), children first found first."""
+def process_children() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every live process (from /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -57,6 +57,12 @@ def descendants(pid: int) -> list[int]:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (from /proc), children first found first."""
+    children = process_children()
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
