@@ -31,4 +31,4 @@ clean:
 	rm -rf $(VENV) .pytest_cache
 
 deploy-demo: $(STAMP)  ## fedcmi over a real loopback deployment: SuperLink + 3 SuperNodes, TLS, node auth, 2 rounds
-	$(PY) -m fedcmi.deployment --tls --work runs/deploy-demo/work
+	$(PY) -m fedcmi.runtime.loopback --tls --work runs/deploy-demo/work

@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 import torch
+from fedcmi.training import Guidance, Objective, local_update
 
 from fedcmi.data.base import ClientData
 from fedcmi.models import build_model
-from fedcmi.training import Guidance, Objective, local_update
 
 # shape of a, shape of b, classes, training-set size (spec A.3)
 PAPER = {

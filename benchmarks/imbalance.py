@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from fedcmi.centralized import imbalance_report
+from fedcmi.bench.centralized_imbalance import imbalance_report
 from fedcmi.data.embedded import digits_cg, synthetic_av
 
 

@@ -42,18 +42,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from fedcmi.aggregation import ClientUpdate, aggregate  # noqa: E402
+from fedcmi.dominance import ClassStats, dominance  # noqa: E402
+from fedcmi.evaluation import evaluate  # noqa: E402
+from fedcmi.strategies import preset  # noqa: E402
+from fedcmi.training import Guidance, Objective, class_statistics, local_update  # noqa: E402
 from procmem import GIB, PeakMemory  # noqa: E402
 
 from clients.app import autocast, device_of, on_device, round_seed  # noqa: E402
-from fedcmi.aggregation import ClientUpdate, aggregate  # noqa: E402
 from fedcmi.config import RunConfig, parse_overrides, resolve  # noqa: E402
 from fedcmi.data import load_data  # noqa: E402
 from fedcmi.data.partition import client_data, federation  # noqa: E402
-from fedcmi.dominance import ClassStats, dominance  # noqa: E402
-from fedcmi.evaluation import evaluate  # noqa: E402
 from fedcmi.models import build_model, group_of, model_options  # noqa: E402
-from fedcmi.strategies import preset  # noqa: E402
-from fedcmi.training import Guidance, Objective, class_statistics, local_update  # noqa: E402
 from server.strategy import KIND_MODALITIES  # noqa: E402
 
 # --- (a) the Flower simulation, with per-round timers on the server's steps ----------------------------
@@ -94,9 +94,10 @@ class StepTimers:
 
 
 def instrument() -> StepTimers:
-    import server.app
     from fedcmi.results import RunDirectory
     from fedcmi.vce_fast import install
+
+    import server.app
     from server.strategy import FedCMIStrategy
 
     install()  # what run_app does; before wrapping, so the grid class it installs is the one timed

@@ -1,6 +1,6 @@
 """Time per round and peak memory as the federation grows and the sampled clients per round stay fixed.
 
-Each size runs in its own process (so its peak memory is its own): ``fedcmi.simulation.simulate`` with
+Each size runs in its own process (so its peak memory is its own): ``fedcmi.runtime.simulation.simulate`` with
 ``num-clients`` N, ``clients-per-round`` fixed, IID partitions of ``--per-client`` samples each (so a
 sampled client's work does not change with N; ``train-size`` = N x per-client), the default model and
 local epochs. Per size it prints the steady-state seconds per round (mean of rounds 2..R), the discovery
@@ -8,7 +8,7 @@ query (the server asks every node once which partition and modalities it holds; 
 the per-round figure), start-up, and the peak RSS/PSS summed over the driver, Ray's daemons and workers.
 
     python benchmarks/scale.py                    # 100, 300, 1000 clients, 10 per round, 5 rounds
-    python benchmarks/scale.py --sizes 1000 --stock   # Flower's own message dispatch (no fedcmi.vce_fast)
+    python benchmarks/scale.py --sizes 1000 --stock   # Flower's own message dispatch
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def one(n: int, per_round: int, rounds: int, per_client: int, extra: list[str]) 
     from procmem import PeakMemory
 
     from fedcmi.config import parse_overrides, resolve
-    from fedcmi.simulation import simulate
+    from fedcmi.runtime.simulation import simulate
 
     mem = PeakMemory().start()
     timers = instrument()
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             print(r["at_peak"], flush=True)
     load = os.getloadavg()
     times = [r["s_per_round"] for r in results]
-    print(f"dispatch: {'stock Flower' if args.stock else 'fedcmi.vce_fast'}; {os.cpu_count()} CPUs, load average "
+    dispatch = "stock Flower" if args.stock else "fedcmi.runtime.flower_dispatch"
+    print(f"dispatch: {dispatch}; {os.cpu_count()} CPUs, load average "
           f"now {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"flatness={max(times) / min(times):.3f}  (slowest / fastest s/round; target <= 1.20)")
     print(f"peak_rss_gib_at_{results[-1]['clients']}={results[-1]['peak_rss'] / GIB:.2f}  (target < 4)")

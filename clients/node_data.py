@@ -29,6 +29,8 @@ from fedcmi.data import ClientData, MultimodalData
 from fedcmi.data.partition import ClientSpec, client_data, federation
 from fedcmi.data.prepared import load_prepared
 from fedcmi.data.registry import load_data
+from fedcmi.models.modalities import kind_of as kind_of_codes
+from fedcmi.models.modalities import modalities_of
 
 HINT = ('start the SuperNode with --node-config "partition-id=<i> num-partitions=<n>" or '
         '--node-config "partition-id=<i> data-dir=\'/path\' modalities=\'<m1>,<m2>\'"')
@@ -50,7 +52,7 @@ class NodeData:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return ("a", "b") if self.kind == "mm" else (self.kind,)
+        return modalities_of(self.kind)
 
     def client_data(self, cfg: RunConfig) -> ClientData:
         """The node's training tensors; only the modalities it holds are ever loaded."""
@@ -79,7 +81,7 @@ def kind_of(held: str, names: list[str], where: str) -> str:
         else:
             raise NodeConfigError(f"node config modalities={held!r}: {item!r} is not one of {names} "
                                   f"(the modalities of {where})")
-    return "mm" if codes == {"a", "b"} else codes.pop()
+    return kind_of_codes(codes)
 
 
 def node_data(node_config: Mapping[str, Any], cfg: RunConfig) -> NodeData:

@@ -15,7 +15,7 @@ A run with a different FAB (new app code) drops the previous app's modules first
 Runtime dependency installation is not supported here (offline clusters: the image holds the deps).
 
 It uses Flower's runtime-client internals (pinned ``flwr==1.42.0``); ``flower-superexec`` is the
-supported fallback (``isolation=process`` in ``fedcmi.deployment``).
+supported fallback (``isolation=process`` in ``fedcmi.runtime.loopback``).
 """
 
 from __future__ import annotations

@@ -20,13 +20,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedcmi.checkpoint import load_checkpoint, save_checkpoint
-from fedcmi.config import RunConfig, config_keys, from_mapping
+from fedcmi.config import RunConfig, effective, set_by_flower_run
 from fedcmi.data import load_data
-from fedcmi.evaluation import evaluate
-from fedcmi.models import build_model, model_options
-from fedcmi.results import RunDirectory, default_run_dir
-from fedcmi.strategies import preset
+from fedcmi.federated.aggregation import rule
+from fedcmi.federated.evaluation import evaluate
+from fedcmi.methods.registry import method_spec
+from fedcmi.models import ModelSpec, model_for
+from fedcmi.runs.checkpoint import load_checkpoint, save_checkpoint
+from fedcmi.runs.metrics import round_row
+from fedcmi.runs.run_dir import RunDirectory, default_run_dir
 from server.strategy import FedCMIStrategy
 
 logger = logging.getLogger("fedcmi")
@@ -44,11 +46,11 @@ def _modality_name(data_modalities: tuple[str, str], code: str | None) -> str:
     return data_modalities[0] if code == "a" else data_modalities[1]
 
 
-def build_strategy(cfg: RunConfig, num_classes: int) -> FedCMIStrategy:
-    return FedCMIStrategy(clients_per_round=cfg.clients_per_round, num_classes=num_classes,
-                          run_config=cfg.to_dict(), gamma=cfg.gamma, warmup_rounds=cfg.warmup_rounds,
+def build_strategy(cfg: RunConfig, model_spec: ModelSpec) -> FedCMIStrategy:
+    return FedCMIStrategy(clients_per_round=cfg.clients_per_round, model_spec=model_spec,
+                          run_config=cfg.client_dict(), gamma=cfg.gamma, warmup_rounds=cfg.warmup_rounds,
                           seed=cfg.seed, min_replies=cfg.min_replies, max_update_norm=cfg.max_update_norm,
-                          use_modalities=preset(cfg.strategy).modalities)
+                          use_modalities=method_spec(cfg.strategy).modalities, rule=rule(cfg.aggregation))
 
 
 def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds: range, timeout: float,
@@ -75,13 +77,12 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     """Run (or resume) the rounds of ``cfg`` on ``grid``; every finished round is on disk when it ends."""
     torch.manual_seed(cfg.seed)
     data = load_data(cfg)
-    strategy_preset = preset(cfg.strategy)
-    decomposed = strategy_preset.decomposed
-    model = build_model(cfg.encoder, data.shapes(), data.num_classes, cfg.feature_dim, decomposed,
-                        cfg.projector, **model_options(cfg))
+    method = method_spec(cfg.strategy)
+    model_spec = ModelSpec.of(data)
+    model = model_for(cfg, model_spec, method.decomposed)
     out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg)
     cfg = cfg.replace(out_dir=str(out))
-    strategy = build_strategy(cfg, data.num_classes)
+    strategy = build_strategy(cfg, model_spec)
     checkpoint = load_checkpoint(out) if resume else None
     run_dir = RunDirectory(out, cfg, data.modalities, resume_after=checkpoint.round if checkpoint else None)
     logger.info("writing results to %s", out)
@@ -91,20 +92,13 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> None:
         model.load_state_dict(arrays.to_torch_state_dict())
         res = evaluate(model, xa, xb, y, data.num_classes, data.modalities, cfg.eval_batch_size,
-                       use_modalities=strategy_preset.modalities,
-                       infiltration_path=decomposed and not strategy_preset.objective.get("single_projector"))
-        info = strategy.round_log.get(server_round, {})
+                       use_modalities=method.modalities, infiltration_path=method.infiltration_path)
         train = strategy.train_metrics.get(server_round, {})
         guidance = strategy.guidance  # what this round's statistics say (sent with the next round)
-        row: dict[str, Any] = {
-            "round": server_round, **res,
-            **{k.replace("-", "_"): float(v) for k, v in train.items() if k.startswith("loss")},
-            "dominant": _modality_name(data.modalities, guidance.dominant if guidance else None),
-            "ratio": guidance.ratio if guidance else math.nan,
-            "clients_ok": int(info.get("replies", 0)), "clients_failed": int(info.get("failed", 0)),
-            "clients_rejected": int(info.get("rejected", 0)), "clients_timeout": int(info.get("timeout", 0)),
-            "skipped": int(info.get("skipped", False)), "faults": "; ".join(info.get("faults", [])),
-            "wall_s": round(time.monotonic() - clock["t"], 3)}
+        row = round_row(server_round, res, {k: v for k, v in train.items() if k.startswith("loss")},
+                        _modality_name(data.modalities, guidance.dominant if guidance else None),
+                        guidance.ratio if guidance else math.nan, strategy.round_log.get(server_round, {}),
+                        time.monotonic() - clock["t"])
         clock["t"] = time.monotonic()
         run_dir.add_round(row)
         if reporter is not None:
@@ -155,7 +149,9 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point of ``flwr run .``: config from ``[tool.flwr.app.config]`` and ``--run-config``."""
-    known = config_keys()
-    cfg = from_mapping({k: v for k, v in context.run_config.items() if k in known})
+    """Entry point of ``flwr run .``: config from ``[tool.flwr.app.config]`` and ``--run-config``.
+
+    Keys whose value differs from the built-in default count as set by the user; the method's defaults fill
+    the rest (``fedcmi.config.parse.set_by_flower_run``)."""
+    cfg = effective(set_by_flower_run(context.run_config)).check_run()
     run_server(grid, cfg)

@@ -11,8 +11,8 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedcmi.bench import BenchPlan, Cell
-from fedcmi.checkpoint import CHECKPOINT_DIR
+from fedcmi.bench.plan import BenchPlan, Cell
+from fedcmi.runs.checkpoint import CHECKPOINT_DIR
 from server.app import run_server
 
 logger = logging.getLogger("fedcmi.bench")
@@ -31,7 +31,7 @@ def run_cells(grid: Grid, plan: BenchPlan, cells: list[Cell],
         if on_cell:
             on_cell(cell, "start")
         try:
-            run_server(grid, cell.config(plan.base, plan.out), on_round, resume=resume)
+            run_server(grid, plan.cell_config(cell), on_round, resume=resume)
             outcome[cell.id] = "complete"
         except Exception as exc:  # noqa: BLE001 - one bad cell is reported, the grid goes on
             logger.warning("cell %s failed: %s: %s", cell.id, type(exc).__name__, exc)

@@ -1,14 +1,17 @@
 """FedCMIStrategy: per-modality aggregation and server-side dominance on Flower's Message API.
 
-One strategy serves ``fedcmi``, ``fedavg`` and ``fedprox`` (spec Part 0 §8): the local objective differs, the
-server path does not. Each round:
+One strategy serves every local method (``fedcmi.methods``): the local objective differs, the server path
+does not. Each round:
 
 1. ``configure_train`` samples clients (seeded, by partition id, so runs are reproducible) and sends the
    global arrays plus a ConfigRecord with the run config, whether infiltration is on, the dominant modality
    and the class-wise temperatures.
-2. ``aggregate_train`` averages each modality's group over the clients that hold it, the fusion head over
-   all (``fedcmi.aggregation``), and turns the clients' class statistics into the next dominant modality and
-   temperatures (``fedcmi.dominance``).
+2. ``aggregate_train`` screens every reply, combines each modality's group over the clients that hold it
+   and the fusion head over all with the run's aggregation rule (``fedcmi.federated.aggregation``), and
+   turns the clients' class statistics into the next dominant modality and
+   temperatures (``fedcmi.federated.dominance``).
+
+Every record key comes from ``fedcmi.protocol``.
 
 Evaluation is central (``server/app.py`` after every round); no client-side evaluation round is sent.
 ``server/app.run_rounds`` drives these steps instead of ``Strategy.start`` so it can checkpoint, resume at
@@ -26,17 +29,18 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedcmi.aggregation import ClientUpdate, aggregate
-from fedcmi.dominance import ClassStats, Dominance, dominance
-from fedcmi.models import group_of as default_group_of
-from fedcmi.validation import check_arrays, check_class_stats, check_num_examples
-
-KIND_MODALITIES = {"mm": ("a", "b"), "a": ("a",), "b": ("b",)}
-
+from fedcmi import protocol
+from fedcmi.federated.aggregation import ClientUpdate, Rule, aggregate
+from fedcmi.federated.aggregation.mean import weighted_mean
+from fedcmi.federated.dominance import ClassStats, Dominance, Guidance, dominance
+from fedcmi.federated.screening import check_arrays, check_class_stats
+from fedcmi.models.build import ModelSpec
+from fedcmi.models.modalities import group_of as default_group_of
+from fedcmi.models.modalities import modalities_of
 
 _logger = logging.getLogger("fedcmi.server")
 
@@ -74,12 +78,13 @@ class FedCMIStrategy(Strategy):
     ----------
     clients_per_round : int
         Clients sampled each round (uniformly, without replacement, by a seeded RNG over partition ids).
-    num_classes : int
-        Length of the class statistics and temperatures.
+    model_spec : ModelSpec
+        Classes and input shapes of the model, sent to clients so they build it from the message alone.
     run_config : Mapping[str, Any]
-        The resolved run configuration, sent to every client so all sides train with the same settings.
+        The clients' part of the run configuration, sent to every client so all sides train with the same
+        settings.
     gamma : float (default: 2.0)
-        Strength of the class-wise temperatures (spec A.7).
+        Strength of the class-wise temperatures (FedCMI paper, Sec. 3.3).
     warmup_rounds : int (default: 1)
         Rounds without infiltration at the start.
     seed : int (default: 0)
@@ -94,15 +99,19 @@ class FedCMIStrategy(Strategy):
         Reject an update whose L2 distance to the global model exceeds this (0 = no bound).
     use_modalities : tuple[str, ...] (default: ("a", "b"))
         Modalities the strategy trains; unimodal baselines sample only clients holding theirs.
+    rule : Rule (default: the sample-weighted mean)
+        The aggregation rule applied per modality group (``fedcmi.federated.aggregation``).
     """
 
-    def __init__(self, *, clients_per_round: int, num_classes: int, run_config: Mapping[str, Any],
+    def __init__(self, *, clients_per_round: int, model_spec: ModelSpec, run_config: Mapping[str, Any],
                  gamma: float = 2.0, warmup_rounds: int = 1, seed: int = 0,
                  group_of: Callable[[str], str] = default_group_of, discovery_timeout: float = 120.0,
                  min_replies: int = 1, max_update_norm: float = 0.0,
-                 use_modalities: tuple[str, ...] = ("a", "b")) -> None:
+                 use_modalities: tuple[str, ...] = ("a", "b"), rule: Rule = weighted_mean) -> None:
         self.clients_per_round = clients_per_round
-        self.num_classes = num_classes
+        self.model_spec = model_spec
+        self.num_classes = model_spec.num_classes
+        self.rule = rule
         self.run_config = dict(run_config)
         self.gamma = gamma
         self.warmup_rounds = warmup_rounds
@@ -122,7 +131,8 @@ class FedCMIStrategy(Strategy):
     def summary(self) -> None:
         log(INFO, "\t├──> FedCMIStrategy: %s clients per round, warm-up %s round(s), gamma %s",
             self.clients_per_round, self.warmup_rounds, self.gamma)
-        log(INFO, "\t└──> strategy preset: %s", self.run_config.get("strategy"))
+        log(INFO, "\t└──> method: %s, aggregation: %s", self.run_config.get("strategy"),
+            getattr(self.rule, "__name__", self.rule))
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint must hold to continue exactly: the sampling RNG and the current guidance."""
@@ -149,22 +159,26 @@ class FedCMIStrategy(Strategy):
                 break
             time.sleep(0.5)
         unknown = [n for n in node_ids if n not in self.nodes]
-        msgs = [Message(RecordDict({"config": ConfigRecord(self.run_config)}), dst_node_id=n,
-                        message_type=MessageType.QUERY) for n in unknown]
+        msgs = [Message(protocol.query_content(self.run_config), dst_node_id=n, message_type=MessageType.QUERY)
+                for n in unknown]
         for reply in grid.send_and_receive(msgs, timeout=self.discovery_timeout):
             if reply.has_error():
                 log(WARNING, "node %s could not describe itself: %s", reply.metadata.src_node_id,
                     short_reason(reply.error.reason))
                 continue
-            info = reply.content["info"]
-            self.nodes[reply.metadata.src_node_id] = (int(info["partition-id"]), str(info["kind"]))
+            try:
+                info = protocol.read_info(reply.content)
+            except protocol.ReplyError as exc:
+                log(WARNING, "node %s described itself badly: %s", reply.metadata.src_node_id, exc)
+                continue
+            self.nodes[reply.metadata.src_node_id] = (info.partition_id, info.kind)
         if len(self.nodes) < self.clients_per_round:
             raise NoClientsError(f"only {len(self.nodes)} node(s) answered, {self.clients_per_round} are "
                                  "needed per round (clients-per-round)")
 
     def held(self, kind: str) -> tuple[str, ...]:
         """The modalities a client of this kind trains under this strategy."""
-        return tuple(m for m in KIND_MODALITIES[kind] if m in self.use_modalities)
+        return tuple(m for m in modalities_of(kind) if m in self.use_modalities)
 
     def sample(self, grid: Grid) -> list[int]:
         """Node ids of this round's clients: a seeded sample of partition ids, mapped to their nodes."""
@@ -178,21 +192,18 @@ class FedCMIStrategy(Strategy):
         return [by_partition[p] for p in sorted(chosen)]
 
     # --- training -----------------------------------------------------------------------------
-    def train_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
-        """The per-round config: run settings + round + infiltration switch + dominance guidance."""
-        cfg = ConfigRecord({**self.run_config, **dict(config)})
-        cfg["server-round"] = server_round
-        cfg["infiltrate"] = server_round > self.warmup_rounds
-        if self.guidance is not None:
-            cfg["dominant"] = self.guidance.dominant
-            cfg["tau"] = [float(t) for t in self.guidance.tau]
-        return cfg
+    def guidance_for(self, server_round: int) -> Guidance:
+        """Infiltration on after the warm-up; the latest dominant modality and temperatures, if any."""
+        g = self.guidance
+        return Guidance(infiltrate=server_round > self.warmup_rounds, dominant=g.dominant if g else None,
+                        tau=g.tau if g else None)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.current_arrays = arrays
         nodes = self.sample(grid)
-        content = RecordDict({"arrays": arrays, "config": self.train_config(server_round, config)})
+        content = protocol.train_content(arrays, {**self.run_config, **dict(config)}, server_round,
+                                         self.guidance_for(server_round), self.model_spec)
         self.round_log[server_round] = {
             "nodes": nodes,
             "sampled": [self.nodes[n][0] for n in nodes],
@@ -204,39 +215,28 @@ class FedCMIStrategy(Strategy):
 
     def _screen(self, msg: Message, current: Mapping[str, np.ndarray]) -> tuple[str | None, Any]:
         """(reason, None) for a bad reply; (None, (partition id, ClientUpdate, ClassStats | None)) for a good one."""
-        content = msg.content
-        if "arrays" not in content.array_records or "metrics" not in content.metric_records:
-            return "reply lacks its 'arrays' or 'metrics' record", None
-        metrics = content["metrics"]
-        reason = check_num_examples(metrics.get("num-examples"))
-        if reason:
-            return reason, None
+        try:
+            reply = protocol.read_reply(msg.content)
+        except protocol.ReplyError as exc:
+            return str(exc), None
         node = msg.metadata.src_node_id
         if node in self.nodes:  # trust the server's own record of what this node holds
             pid, kind = self.nodes[node]
+        elif reply.kind is not None:
+            pid, kind = reply.partition_id, reply.kind
         else:
-            pid, kind = int(metrics.get("partition-id", -1)), str(content["info"]["kind"])
-        if int(metrics.get("partition-id", pid)) != pid:
-            return f"claims partition {metrics.get('partition-id')}, node holds partition {pid}", None
-        try:
-            arrays = {k: v.numpy() for k, v in content["arrays"].items()}
-        except Exception as exc:  # noqa: BLE001 - a malformed array is a rejected reply, not a crash
-            return f"unreadable arrays ({type(exc).__name__}: {exc})", None
-        reason = check_arrays(arrays, current, self.held(kind), self.group_of, self.max_update_norm)
+            return "reply from an unknown node without its kind", None
+        if reply.partition_id not in (-1, pid):
+            return f"claims partition {reply.partition_id}, node holds partition {pid}", None
+        reason = check_arrays(reply.arrays, current, self.held(kind), self.group_of, self.max_update_norm)
         if reason:
             return reason, None
-        stats = None
-        if "class-stats" in content.array_records:
-            cs = content["class-stats"]
-            try:
-                stats = ClassStats(*(cs[k].numpy().astype(np.float64) for k in ("sum-pa", "sum-pb", "counts")))
-            except (KeyError, ValueError, TypeError) as exc:
-                return f"malformed class-stats ({exc})", None
-            reason = check_class_stats(stats.sum_pa, stats.sum_pb, stats.counts, self.num_classes)
+        if reply.stats is not None:
+            s = reply.stats
+            reason = check_class_stats(s.sum_pa, s.sum_pb, s.counts, self.num_classes)
             if reason:
                 return reason, None
-        update = ClientUpdate(arrays, float(metrics["num-examples"]), self.held(kind))
-        return None, (pid, update, stats)
+        return None, (pid, ClientUpdate(reply.arrays, reply.num_examples, self.held(kind)), reply.stats)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -276,7 +276,7 @@ class FedCMIStrategy(Strategy):
             log(WARNING, "round %s skipped: %s good replies, min-replies is %s; the global model is kept",
                 server_round, len(accepted), self.min_replies)
             return None, metrics
-        new, _ = aggregate(current, [t[1] for t in accepted], self.group_of)
+        new, _ = aggregate(current, [t[1] for t in accepted], self.group_of, self.rule)
         self._update_guidance([t[2] for t in accepted if t[2] is not None])
         return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in new.items()}), metrics
 
@@ -292,19 +292,20 @@ class FedCMIStrategy(Strategy):
         """Sample-weighted means of the good clients' loss terms, plus reply counts."""
         totals: dict[str, float] = {}
         weights: dict[str, float] = {}
+        examples = 0.0
         for m in replies:
-            mr = m.content["metrics"]
-            n = float(mr["num-examples"])
-            for k, v in mr.items():
-                if k.startswith("loss"):
-                    totals[k] = totals.get(k, 0.0) + n * float(v)
-                    weights[k] = weights.get(k, 0.0) + n
+            reply = protocol.read_reply(m.content)  # screened already: cannot fail here
+            n = reply.num_examples
+            examples += n
+            for k, v in reply.losses.items():
+                totals[k] = totals.get(k, 0.0) + n * v
+                weights[k] = weights.get(k, 0.0) + n
         out = MetricRecord({k: totals[k] / weights[k] for k in totals})
         for key in ("failed", "rejected", "timeout"):
             out[f"clients-{key}"] = int(info[key])
         out["clients-ok"] = len(replies)
         out["skipped"] = int(info["skipped"])
-        out["num-examples"] = int(sum(float(m.content["metrics"]["num-examples"]) for m in replies))
+        out[protocol.NUM_EXAMPLES] = int(examples)
         return out
 
     # --- evaluation is central ------------------------------------------------------------------

@@ -1,0 +1,186 @@
+"""The plan of ``fedcmi bench``: a grid of (strategy, Dirichlet alpha, modality mix, seed) cells.
+
+``server/bench_app.py`` runs the cells and ``fedcmi.bench.report`` turns finished ones into reports. Each
+cell is an ordinary run directory under ``cells/`` (the same files ``fedcmi simulate`` writes), so a
+finished cell is never run twice and an interrupted one resumes from its checkpoint. A cell's configuration
+is resolved like a run's: the preset's base keys < the method's defaults < the user's keys < the cell's axes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedcmi.config import ConfigError, RunConfig, effective, normalize
+from fedcmi.methods.registry import METHOD_NAMES
+from fedcmi.runs.files import atomic_write
+
+AXIS_KEYS = ("strategy", "seed", "multimodal-ratio", "unimodal-split", "partitioner", "dirichlet-alpha",
+             "run-name", "out-dir")  # set by the grid for every cell; the user sets them with the flags
+
+
+@dataclass(frozen=True)
+class Mix:
+    """A modality mix: ``multimodal-ratio`` and ``unimodal-split``, written ``ratio:split``."""
+
+    ratio: float
+    split: float
+
+    @classmethod
+    def parse(cls, text: str) -> Mix:
+        try:
+            ratio, split = (float(v) for v in text.split(":"))
+        except ValueError:
+            raise ConfigError(f"mix {text!r}: write multimodal-ratio:unimodal-split, e.g. 0.5:0.5") from None
+        if not (0 <= ratio <= 1 and 0 <= split <= 1):
+            raise ConfigError(f"mix {text!r}: both numbers must be in [0, 1]")
+        return cls(ratio, split)
+
+    def __str__(self) -> str:
+        return f"{self.ratio:g}:{self.split:g}"
+
+
+def parse_alpha(text: str) -> float | None:
+    """A Dirichlet alpha, or ``None`` for ``iid``."""
+    if text.strip().lower() == "iid":
+        return None
+    try:
+        alpha = float(text)
+    except ValueError:
+        raise ConfigError(f"alpha {text!r}: a positive number or iid") from None
+    if not alpha > 0 or not math.isfinite(alpha):
+        raise ConfigError(f"alpha {text!r}: must be > 0")
+    return alpha
+
+
+def alpha_label(alpha: float | None) -> str:
+    return "iid" if alpha is None else f"{alpha:g}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    strategy: str
+    alpha: float | None
+    mix: Mix
+    seed: int
+
+    @property
+    def id(self) -> str:
+        mix = f"{self.mix.ratio:g}-{self.mix.split:g}"
+        return f"{self.strategy}__alpha-{alpha_label(self.alpha)}__mix-{mix}__seed-{self.seed}"
+
+    @property
+    def setting(self) -> str:
+        return f"alpha={alpha_label(self.alpha)}, mix={self.mix}"
+
+    def axes(self) -> dict[str, Any]:
+        """The keys this cell sets (the alpha key only for a Dirichlet cell)."""
+        keys: dict[str, Any] = {"strategy": self.strategy, "seed": self.seed, "multimodal-ratio": self.mix.ratio,
+                                "unimodal-split": self.mix.split,
+                                "partitioner": "iid" if self.alpha is None else "dirichlet"}
+        if self.alpha is not None:
+            keys["dirichlet-alpha"] = self.alpha
+        return keys
+
+
+# Grid presets. The base keys shrink a cell so the default grid (351 cells) fits its time budget on 2 cores.
+BENCH_BASE = {"num-clients": 20, "clients-per-round": 5, "local-epochs": 1, "min-partition-size": 5, "lr": 0.05}
+BENCH_PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"strategies": ["fedavg", "fedprox", "fedcmi", "fedcmi-plus"], "seeds": 1, "alphas": ["0.5"],
+              "mixes": ["0.5:0.5", "1:0.5"], "base": {**BENCH_BASE, "num-server-rounds": 12}},
+    "default": {"strategies": list(METHOD_NAMES), "seeds": 3, "alphas": ["0.1", "1", "iid"],
+                "mixes": ["0.5:0.5", "1:0.5", "0.5:1"], "base": {**BENCH_BASE, "num-server-rounds": 15}},
+    "long": {"strategies": list(METHOD_NAMES), "seeds": 3, "alphas": ["0.5", "1", "iid"],
+              "mixes": ["0.5:0.5", "1:0.5", "0.5:1"],
+              "base": {"num-clients": 20, "clients-per-round": 10, "local-epochs": 2, "num-server-rounds": 40}},
+}
+
+
+@dataclass
+class BenchPlan:
+    """``lower``: the preset's base keys; ``explicit``: the keys the user set (never axis keys)."""
+
+    lower: dict[str, Any]
+    explicit: dict[str, Any]
+    strategies: list[str]
+    seeds: int
+    alphas: list[float | None]
+    mixes: list[Mix]
+    out: Path
+    base: RunConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base = effective(self.explicit, self.lower).check_run()
+
+    def cell_config(self, cell: Cell) -> RunConfig:
+        """The effective configuration of one cell."""
+        return effective({**self.explicit, **cell.axes(), "run-name": cell.id,
+                          "out-dir": str(self.cell_dir(cell))}, self.lower).check_run()
+
+    def cells(self) -> list[Cell]:
+        return [Cell(s, a, m, seed) for a in self.alphas for m in self.mixes for seed in range(self.seeds)
+                for s in self.strategies]
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.out / "cells" / cell.id
+
+
+def make_plan(preset_name: str, out: Path, base_overrides: dict[str, Any], strategies: str | None = None,
+              seeds: int | None = None, alphas: str | None = None, mixes: str | None = None) -> BenchPlan:
+    """The grid of a preset, with any of its axes or base keys overridden; validated before anything runs."""
+    if preset_name not in BENCH_PRESETS:
+        raise ConfigError(f"--preset {preset_name!r}: one of {', '.join(BENCH_PRESETS)}")
+    p = BENCH_PRESETS[preset_name]
+    explicit = normalize(base_overrides)
+    on_axes = [k for k in explicit if k in AXIS_KEYS]
+    if on_axes:
+        raise ConfigError(f"{on_axes[0]}=: the grid sets it for every cell; use --strategies, --seeds, --alphas, "
+                          "--mixes or --out instead")
+    names = [s.strip() for s in strategies.split(",")] if strategies else list(p["strategies"])
+    unknown = [s for s in names if s not in METHOD_NAMES]
+    if unknown or not names:
+        raise ConfigError(f"--strategies: unknown strategy {unknown[0]!r}; one of {', '.join(METHOD_NAMES)}"
+                          if unknown else "--strategies: name at least one strategy")
+    n_seeds = p["seeds"] if seeds is None else seeds
+    if n_seeds < 1:
+        raise ConfigError(f"--seeds {n_seeds}: must be >= 1")
+    alpha_values = [parse_alpha(a) for a in (alphas.split(",") if alphas else p["alphas"])]
+    mix_values = [Mix.parse(m) for m in (mixes.split(",") if mixes else p["mixes"])]
+    plan = BenchPlan(dict(p["base"]), explicit, names, n_seeds, alpha_values, mix_values, out)
+    for cell in plan.cells():  # every cell's effective config: a user key a method refuses stops here
+        plan.cell_config(cell)
+    _check_out_dir(plan)
+    return plan
+
+
+def _check_out_dir(plan: BenchPlan) -> None:
+    """A bench folder keeps one base configuration: cells of different bases must not mix."""
+    path = plan.out / "bench.json"
+    base = {k: v for k, v in plan.base.to_dict().items() if k not in ("out-dir", "run-name")}
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))["base"]
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"{path}: not a fedcmi bench file") from None
+        # keys added to fedcmi after the bench started are not a difference (they default to old behaviour)
+        diff = sorted(k for k in saved if k in base and saved[k] != base[k])
+        if diff:
+            raise ConfigError(f"{plan.out}: holds a bench with a different base configuration ({diff[0]}); "
+                              "use another --out")
+    elif plan.out.exists() and any(plan.out.iterdir()):
+        raise ConfigError(f"--out {plan.out}: exists, is not empty and is not a fedcmi bench folder")
+
+
+def save_plan(plan: BenchPlan, command: str) -> None:
+    base = {k: v for k, v in plan.base.to_dict().items() if k not in ("out-dir", "run-name")}
+    atomic_write(plan.out / "bench.json", json.dumps({"base": base, "command": command}, indent=2) + "\n")
+
+
+def cell_complete(path: Path) -> bool:
+    try:
+        return json.loads((path / "status.json").read_text())["status"] == "complete"
+    except (OSError, ValueError, KeyError):
+        return False

@@ -1,0 +1,184 @@
+"""The reports of ``fedcmi bench``: ``results.csv``, ``rounds.csv``, ``summary.md`` and plots of finished cells."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedcmi.bench.plan import BenchPlan, Cell, alpha_label, cell_complete
+from fedcmi.methods.unimodal import display_name
+from fedcmi.runs.files import atomic_write, csv_text
+from fedcmi.runs.metrics import ROUND, WALL_S, acc_alone, accuracy_columns
+
+LAST = 5  # the summary averages the last rounds: under label skew single rounds swing by 10-30 points
+
+
+def _cell_keys(cell: Cell, names: tuple[str, str]) -> dict[str, Any]:
+    return {"strategy": display_name(cell.strategy, names), "seed": cell.seed,
+            "dirichlet_alpha": alpha_label(cell.alpha), "multimodal_ratio": cell.mix.ratio,
+            "unimodal_split": cell.mix.split}
+
+
+def collect(plan: BenchPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]], tuple[str, str]]:
+    """(final-round rows, per-round rows, modality names) of every finished cell of the plan."""
+    finals, rounds = [], []
+    names: tuple[str, str] = ("a", "b")
+    for cell in plan.cells():
+        path = plan.cell_dir(cell)
+        if not cell_complete(path):
+            continue
+        names = tuple(json.loads((path / "config.json").read_text())["modalities"])  # type: ignore[assignment]
+        rows = json.loads((path / "metrics.json").read_text())
+        keys = _cell_keys(cell, names)
+        for r in rows:
+            flat = {k: v for k, v in r.items() if not isinstance(v, list)}
+            rounds.append({**keys, **flat})
+        final = {k: v for k, v in rows[-1].items() if not isinstance(v, list)}
+        final[WALL_S] = round(sum(float(r.get(WALL_S) or 0.0) for r in rows), 3)
+        for metric in _metric_names(names):
+            final[f"{metric}_last{LAST}"] = _mean_std(r.get(metric) for r in rows[-LAST:])[0]
+        finals.append({**keys, **final})
+    return finals, rounds, names
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    atomic_write(path, csv_text(list(rows)))
+
+
+def _metric_names(names: tuple[str, str]) -> list[str]:
+    return accuracy_columns(names)
+
+
+def _mean_std(values: Iterable[Any]) -> tuple[float, float, int]:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return math.nan, math.nan, 0
+    return float(np.mean(vals)), float(np.std(vals)), len(vals)
+
+
+def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], command: str) -> str:
+    """One table per setting (alpha, mix): rows strategies, mean ± std over seeds, best in bold.
+
+    Each cell's value is its mean over the last rounds (``LAST``; ``results.csv`` has both that and the final
+    round): a single round's accuracy under strong label skew swings too much to rank strategies on."""
+    metrics = _metric_names(names)
+    keyed = [f"{m}_last{LAST}" for m in metrics]
+    settings: dict[tuple[str, float, float], list[dict[str, Any]]] = {}
+    for r in finals:
+        settings.setdefault((r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"]), []).append(r)
+    lines = ["# fedcmi bench summary", "", f"Command: `{command}`", "",
+             f"Test accuracy averaged over each run's last {LAST} rounds, then mean ± std over seeds (n = seeds "
+             "finished); results.csv also has the final round alone. Best mean per column in bold. `acc_<m>`: "
+             "modality m alone through its infiltration path (zero-filled for models without one); "
+             "`acc_<m>_zero`: alone with the other slot zeroed; – : the strategy never sees that modality.",
+             ""]
+    for (alpha, ratio, split), rows in sorted(settings.items(), key=lambda kv: (str(kv[0][0]), kv[0][1], kv[0][2])):
+        lines += [f"## alpha = {alpha}, multimodal-ratio = {ratio:g}, unimodal-split = {split:g}", ""]
+        by_strategy: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_strategy.setdefault(r["strategy"], []).append(r)
+        stats = {s: {m: _mean_std(r.get(k, r.get(m)) for r in rs) for m, k in zip(metrics, keyed, strict=True)}
+                 for s, rs in by_strategy.items()}
+        best = {m: max((st[m][0] for st in stats.values() if not math.isnan(st[m][0])), default=math.nan)
+                for m in metrics}
+        lines.append("| strategy | n | " + " | ".join(metrics) + " |")
+        lines.append("|---|---|" + "---|" * len(metrics))
+        for s, st in stats.items():
+            cells = []
+            for m in metrics:
+                mean, std, n = st[m]
+                if n == 0:
+                    cells.append("–")
+                    continue
+                text = f"{mean:.3f} ± {std:.3f}"
+                cells.append(f"**{text}**" if math.isclose(mean, best[m]) else text)
+            lines.append(f"| {s} | {len(by_strategy[s])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_reports(out: Path, finals: Sequence[dict[str, Any]], rounds: Sequence[dict[str, Any]],
+                 names: tuple[str, str]) -> list[Path]:
+    """Per setting: accuracy against rounds (one panel per evaluation path) and a bar chart per modality."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = _metric_names(names)
+    written = []
+    keys = sorted({(r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"]) for r in finals},
+                  key=lambda k: (str(k[0]), k[1], k[2]))
+    for alpha, ratio, split in keys:
+        tag = f"alpha-{alpha}_mix-{ratio:g}-{split:g}"
+        rows = [r for r in rounds if (r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"])
+                == (alpha, ratio, split)]
+        strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+        fig, axes = plt.subplots(1, len(metrics) - 1, figsize=(4 * (len(metrics) - 1), 3.6), sharey=True)
+        for ax, m in zip(axes, metrics[:-1], strict=True):
+            ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 13 strategies: more colours than the default 10
+            for s in strategies:
+                per_round: dict[int, list[float]] = {}
+                for r in rows:
+                    if r["strategy"] == s and r.get(m) is not None:
+                        per_round.setdefault(int(r[ROUND]), []).append(float(r[m]))
+                xs = sorted(per_round)
+                ys = [np.nanmean(per_round[x]) for x in xs]
+                if xs and not all(math.isnan(v) for v in ys):
+                    ax.plot(xs, ys, label=s, lw=1.2)
+            ax.set_title(m, fontsize=9)
+            ax.set_xlabel("round")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("test accuracy (mean over seeds)")
+        axes[-1].legend(fontsize=6, loc="lower right")
+        fig.suptitle(f"alpha = {alpha}, mix = {ratio:g}:{split:g}", fontsize=10)
+        fig.tight_layout()
+        written.append(_save(fig, out / f"rounds_{tag}.png"))
+        plt.close(fig)
+
+        finals_here = [r for r in finals if (r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"])
+                       == (alpha, ratio, split)]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+        for ax, name in zip(axes, names, strict=True):
+            labels, means, stds = [], [], []
+            for s in strategies:
+                column = f"{acc_alone(name)}_last{LAST}"
+                mean, std, n = _mean_std(r.get(column) for r in finals_here if r["strategy"] == s)
+                if n:
+                    labels.append(s)
+                    means.append(mean)
+                    stds.append(std)
+            ax.bar(range(len(labels)), means, yerr=stds, capsize=2)
+            ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+            ax.set_title(f"{name} alone (mean of the last {LAST} rounds)", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+        axes[0].set_ylabel("test accuracy")
+        fig.tight_layout()
+        written.append(_save(fig, out / f"bars_{tag}.png"))
+        plt.close(fig)
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100)
+    atomic_write(path, buf.getvalue())
+    return path
+
+
+def write_reports(plan: BenchPlan, command: str) -> tuple[int, list[Path]]:
+    """results.csv, rounds.csv, summary.md and the plots from every finished cell; returns (cells, files)."""
+    finals, rounds, names = collect(plan)
+    if not finals:
+        return 0, []
+    write_csv(plan.out / "results.csv", finals)
+    write_csv(plan.out / "rounds.csv", rounds)
+    atomic_write(plan.out / "summary.md", summary_markdown(finals, names, command))
+    files = [plan.out / "results.csv", plan.out / "rounds.csv", plan.out / "summary.md"]
+    return len(finals), files + plot_reports(plan.out, finals, rounds, names)

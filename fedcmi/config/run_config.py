@@ -1,0 +1,230 @@
+"""The typed run configuration: every key, its default, its rule, its section and a one-line doc.
+
+Keys are hyphenated exactly as in ``[tool.flwr.app.config]`` so one vocabulary serves the CLI, config
+files and ``flwr run --run-config``. Per-key rules run when a :class:`RunConfig` is built; rules that tie
+several keys together live in :meth:`RunConfig.check_run` (a run) so that commands which train nothing
+(``fedcmi partitions``) and clients (which never see server-only keys) are not held to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from typing import Any
+
+from fedcmi.errors import ConfigError
+
+DATASETS = ("synthetic-av", "digits-cg", "crema-d", "ave", "crisismmd")
+REAL_DATASETS = ("crema-d", "ave", "crisismmd")  # prepared with `fedcmi prepare`, read from data-root
+
+# Sections group the keys in docs and decide what travels to clients: server-only sections never do.
+SECTIONS = ("data", "federation", "training", "method", "model", "runtime", "server", "reliability", "output")
+SERVER_ONLY_SECTIONS = ("server", "reliability", "output")
+
+
+def _method_names() -> tuple[str, ...]:
+    from fedcmi.methods.registry import METHOD_NAMES
+
+    return METHOD_NAMES
+
+
+def _aggregation_names() -> tuple[str, ...]:
+    from fedcmi.federated.aggregation import RULE_NAMES
+
+    return RULE_NAMES
+
+
+def _opt(default: Any, section: str, doc: str, check: Callable[[Any], bool] | None = None, rule: str = "") -> Any:
+    meta: dict[str, Any] = {"doc": doc, "section": section, "check": check, "rule": rule}
+    return field(default=default, metadata=meta)
+
+
+def _positive(x: float) -> bool:
+    return x > 0
+
+
+def _unit(x: float) -> bool:
+    return 0.0 <= x <= 1.0
+
+
+def _at_least(n: int) -> Callable[[Any], bool]:
+    return lambda v: v >= n
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The complete, effective configuration of one run (what ``config.json`` stores)."""
+
+    # --- data --------------------------------------------------------------------------------------------
+    dataset: str = _opt("synthetic-av", "data", "data set", lambda v: v in DATASETS,
+                        f"must be one of {', '.join(DATASETS)}")
+    data_root: str = _opt("", "data", "crema-d, ave, crisismmd: the prepared directory (or the raw root "
+                                      "holding fedcmi-prepared/)")
+    num_classes: int = _opt(6, "data", "synthetic-av: classes", lambda v: 2 <= v <= 64, "must be in [2, 64]")
+    train_size: int = _opt(3000, "data", "synthetic-av: training samples", _at_least(10), "must be >= 10")
+    test_size: int = _opt(1200, "data", "synthetic-av: test samples", _at_least(10), "must be >= 10")
+    signal_a: float = _opt(0.8, "data", "synthetic-av: class signal of the first modality", _at_least(0),
+                           "must be >= 0")
+    signal_b: float = _opt(0.25, "data", "synthetic-av: class signal of the second modality", _at_least(0),
+                           "must be >= 0")
+    noise: float = _opt(1.0, "data", "synthetic-av: noise standard deviation", _positive, "must be > 0")
+    # --- federation ----------------------------------------------------------------------------------------
+    num_clients: int = _opt(20, "federation", "clients in the federation", _at_least(1), "must be >= 1")
+    partitioner: str = _opt("dirichlet", "federation", "label partitioner", lambda v: v in ("dirichlet", "iid"),
+                            "must be dirichlet or iid")
+    dirichlet_alpha: float = _opt(0.5, "federation", "Dirichlet concentration (smaller = more skew)", _positive,
+                                  "must be > 0")
+    min_partition_size: int = _opt(10, "federation", "Dirichlet: resample until every client has this many",
+                                   _at_least(0), "must be >= 0")
+    multimodal_ratio: float = _opt(0.5, "federation", "fraction of clients holding both modalities", _unit,
+                                   "must be in [0, 1]")
+    unimodal_split: float = _opt(0.5, "federation", "share of unimodal clients holding the first modality",
+                                 _unit, "must be in [0, 1]")
+    seed: int = _opt(0, "federation", "seed for data, partitions, sampling and training", _at_least(0),
+                     "must be >= 0")
+    # --- local training ------------------------------------------------------------------------------------
+    local_epochs: int = _opt(2, "training", "local epochs per round", _at_least(1), "must be >= 1")
+    lr: float = _opt(0.02, "training", "local SGD learning rate", _positive, "must be > 0")
+    momentum: float = _opt(0.9, "training", "SGD momentum", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
+    weight_decay: float = _opt(1e-4, "training", "SGD weight decay", _at_least(0), "must be >= 0")
+    batch_size: int = _opt(32, "training", "local batch size", _at_least(1), "must be >= 1")
+    # --- method (which keys a strategy reads: `fedcmi methods`) ----------------------------------------------
+    strategy: str = _opt("fedcmi", "method", "local method (see `fedcmi methods`)",
+                         lambda v: v in _method_names(), "must be a method listed by `fedcmi methods`")
+    proximal_mu: float = _opt(0.01, "method", "proximal term weight; 0 = off", _at_least(0), "must be >= 0")
+    lambda_self: float = _opt(2.0, "method", "fedcmi: weight of per-modality self CE; 0 = off", _at_least(0),
+                              "must be >= 0")
+    lambda_cmi: float = _opt(1.0, "method", "fedcmi: weight of infiltration distillation; 0 = off", _at_least(0),
+                             "must be >= 0")
+    class_wise_temperature: bool = _opt(True, "method",
+                                        "fedcmi: class-wise temperatures; false = fixed `temperature`")
+    temperature: float = _opt(1.0, "method", "fedcmi: fixed temperature if not class-wise", _positive,
+                              "must be > 0")
+    gamma: float = _opt(2.0, "method", "fedcmi: class-wise temperature strength", _at_least(0), "must be >= 0")
+    dominance: str = _opt("global", "method", "fedcmi: dominant modality from the server (global) or per batch "
+                          "on the client (local)", lambda v: v in ("global", "local"), "must be global or local")
+    warmup_rounds: int = _opt(1, "method", "fedcmi: first rounds without infiltration", _at_least(0),
+                              "must be >= 0")
+    lambda_cross: float = _opt(1.0, "method", "fedcmi-plus: weight of the unimodal (self, infiltration) paths "
+                               "on multimodal clients", _at_least(0), "must be >= 0")
+    ogm_alpha: float = _opt(0.8, "method", "ogm-ge: modulation strength (0.8 on CREMA-D)", _at_least(0),
+                            "must be >= 0")
+    pmr_alpha: float = _opt(1.0, "method", "pmr: weight of the prototype cross-entropy", _at_least(0),
+                            "must be >= 0")
+    pmr_momentum: float = _opt(0.2, "method", "pmr: prototype momentum between local epochs", _unit,
+                               "must be in [0, 1]")
+    # --- model ---------------------------------------------------------------------------------------------
+    encoder: str = _opt("cnn", "model", "encoder architecture", lambda v: v in ("cnn", "resnet18"),
+                        "must be cnn or resnet18")
+    projector: str = _opt("linear", "model", "projector type", lambda v: v in ("linear", "mlp"),
+                          "must be linear or mlp")
+    feature_dim: int = _opt(64, "model", "encoder/projector width", _at_least(1), "must be >= 1")
+    fusion: str = _opt("concat", "model", "fusion head: concat, or sgmft (similarity-guided attention)",
+                       lambda v: v in ("concat", "sgmft"), "must be concat or sgmft")
+    sgmft_tokens: int = _opt(8, "model", "sgmft: tokens each slot vector is cut into", _at_least(1),
+                             "must be >= 1")
+    sgmft_heads: int = _opt(4, "model", "sgmft: attention heads", _at_least(1), "must be >= 1")
+    sgmft_layers: int = _opt(1, "model", "sgmft: similarity-guided interaction layers", _at_least(1),
+                             "must be >= 1")
+    text_encoder: str = _opt("bert-base-uncased", "model", "text data: transformers model, hub name (local "
+                             "cache only) or directory", lambda v: bool(v.strip()), "must not be empty")
+    encoder_weights: str = _opt("", "model", "resnet18: '' = from scratch, 'imagenet' (torch hub cache) or a "
+                                             "state-dict file")
+    # --- client runtime ----------------------------------------------------------------------------------
+    client_num_cpus: float = _opt(1.0, "runtime", "CPUs reserved per simulated client (Ray)", _positive,
+                                  "must be > 0")
+    device: str = _opt("auto", "runtime", "training device; auto = cuda when the client has a GPU",
+                       lambda v: v in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda")
+    bf16: bool = _opt(False, "runtime", "CUDA only: bfloat16 autocast in local training (no effect on CPU)")
+    # --- server ------------------------------------------------------------------------------------------
+    num_server_rounds: int = _opt(40, "server", "federated rounds", _at_least(1), "must be >= 1")
+    clients_per_round: int = _opt(10, "server", "clients sampled each round", _at_least(1), "must be >= 1")
+    aggregation: str = _opt("mean", "server", "aggregation rule per modality group (mean, median)",
+                            lambda v: v in _aggregation_names(), "must be a registered aggregation rule")
+    eval_batch_size: int = _opt(512, "server", "server evaluation batch size", _at_least(1), "must be >= 1")
+    client_num_gpus: float = _opt(0.0, "server", "GPUs (fractions allowed) per simulated client", _at_least(0),
+                                  "must be >= 0")
+    ray_address: str = _opt("", "server", "Ray cluster to join, e.g. '10.0.0.5:6379' (started with `ray start "
+                                          "--head`); '' = start a local Ray")
+    # --- reliability ---------------------------------------------------------------------------------------
+    round_timeout: float = _opt(600.0, "reliability", "seconds to wait for client replies per round", _positive,
+                                "must be > 0")
+    min_replies: int = _opt(1, "reliability", "good replies needed to aggregate a round; fewer = round skipped, "
+                            "model kept", _at_least(1), "must be >= 1")
+    max_consecutive_skips: int = _opt(3, "reliability", "stop the run after this many skipped rounds in a row",
+                                      _at_least(1), "must be >= 1")
+    max_update_norm: float = _opt(1000.0, "reliability", "reject a client update whose L2 distance to the "
+                                  "global model is larger; 0 = off", _at_least(0), "must be >= 0")
+    # --- output --------------------------------------------------------------------------------------------
+    run_name: str = _opt("", "output", "name used in the run directory (default: dataset-strategy)")
+    out_dir: str = _opt("", "output", "run directory (default: runs/<time>-<name>)")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            check = f.metadata.get("check")
+            if check is not None and not check(value):
+                raise ConfigError(f"{key_of(f.name)}={value!r}: {f.metadata['rule']}")
+        if self.dataset in REAL_DATASETS and not self.data_root:
+            raise ConfigError(f"dataset={self.dataset!r} needs data-root=DIR (prepare it with "
+                              f"`fedcmi prepare {self.dataset} --root DIR`)")
+        if self.fusion == "sgmft" and (self.feature_dim % self.sgmft_tokens
+                                       or (self.feature_dim // self.sgmft_tokens) % self.sgmft_heads):
+            raise ConfigError(f"feature-dim={self.feature_dim}: with fusion=sgmft it must split into "
+                              f"sgmft-tokens={self.sgmft_tokens} tokens of a width divisible by "
+                              f"sgmft-heads={self.sgmft_heads}")
+
+    def check_run(self) -> RunConfig:
+        """Rules between server keys and the federation, checked before a run starts."""
+        if self.clients_per_round > self.num_clients:
+            raise ConfigError(
+                f"clients-per-round={self.clients_per_round}: must be <= num-clients ({self.num_clients})")
+        if self.min_replies > self.clients_per_round:
+            raise ConfigError(
+                f"min-replies={self.min_replies}: must be <= clients-per-round ({self.clients_per_round})")
+        return self
+
+    # --- views ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Hyphenated keys -> values; what ``config.json`` and Flower's run config hold."""
+        return {key_of(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def client_dict(self) -> dict[str, Any]:
+        """The keys clients need (no server-only section: paths, timeouts, Ray, output)."""
+        return {key_of(f.name): getattr(self, f.name) for f in fields(self)
+                if f.metadata["section"] not in SERVER_ONLY_SECTIONS}
+
+    @property
+    def name(self) -> str:
+        return self.run_name or f"{self.dataset}-{self.strategy}"
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def key_of(attr: str) -> str:
+    return attr.replace("_", "-")
+
+
+FIELDS = {key_of(f.name): f for f in fields(RunConfig)}
+
+
+@lru_cache(maxsize=1)
+def _defaults() -> tuple[tuple[str, Any], ...]:
+    return tuple(RunConfig().to_dict().items())
+
+
+def defaults() -> dict[str, Any]:
+    """Every key's default value (hyphenated keys)."""
+    return dict(_defaults())
+
+
+def config_keys() -> dict[str, str]:
+    """Key -> one-line description, for ``--help`` and the docs."""
+    return {k: f.metadata["doc"] for k, f in FIELDS.items()}
+
+
+def section_of(key: str) -> str:
+    return FIELDS[key].metadata["section"]

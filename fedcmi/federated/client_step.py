@@ -1,0 +1,61 @@
+"""One client's round without Flower: received weights + guidance + own data -> update, statistics, metrics.
+
+The ClientApp (``clients/app.py``) unpacks a message, calls :func:`client_step` and packs the result; the
+plain-loop benchmark calls the same function, so the round is written once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fedcmi.config import RunConfig
+from fedcmi.data.base import ClientData
+from fedcmi.federated.dominance import ClassStats, Guidance
+from fedcmi.federated.statistics import class_statistics
+from fedcmi.methods.base import TrainSettings, local_update, only
+from fedcmi.methods.registry import method_spec
+from fedcmi.models.modalities import group_of, trained_groups
+from fedcmi.runtime.devices import autocast, device_of, on_device
+
+
+@dataclass
+class ClientResult:
+    """What a client sends back: its trained groups (CPU tensors), sample count, loss terms, statistics."""
+
+    arrays: dict[str, torch.Tensor]
+    num_examples: int
+    stats: ClassStats
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+def round_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """The seed of one client's round: the same for the same run seed, round and partition, wherever it runs."""
+    digest = hashlib.sha256(f"{seed}/{server_round}/{partition_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: Guidance, data: ClientData,
+                cfg: RunConfig, *, num_classes: int, server_round: int, partition_id: int) -> ClientResult:
+    """Load ``state``, measure the class statistics, train with the run's method, return the update.
+
+    ``model`` must already be on the client's device (``fedcmi.runtime.devices.device_of(cfg.device)``).
+    """
+    spec = method_spec(cfg.strategy)
+    device = device_of(cfg.device)
+    local = on_device(data, device)
+    model.load_state_dict(state)
+    seed = round_seed(cfg.seed, server_round, partition_id)
+    with autocast(cfg.bf16, device):
+        stats = class_statistics(model, local, num_classes)  # with the received global weights
+        torch.manual_seed(seed)
+        result = local_update(model, only(local, spec.modalities), spec.build(cfg), guidance,
+                              TrainSettings.of(cfg, spec), num_classes=num_classes,
+                              generator=torch.Generator().manual_seed(seed))
+    held = trained_groups(data.kind, spec.modalities)
+    arrays = {k: v.detach().cpu() for k, v in model.state_dict().items() if group_of(k) in held}
+    return ClientResult(arrays, result.num_examples, stats, result.losses)

@@ -1,0 +1,38 @@
+"""The class statistics a multimodal client reports, from which the server finds the dominant modality."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedcmi.data.base import ClientData
+from fedcmi.federated.dominance import ClassStats
+from fedcmi.methods.losses import true_class_probability
+
+
+def self_logits(model: nn.Module, x: torch.Tensor, m: str) -> torch.Tensor:
+    """Modality ``m`` alone through its own path: the self branch (FedCMI model) or zero-filled (concat)."""
+    if getattr(model, "decomposed", False):
+        return model.classify(model.branches(x, m)[0], m)
+    return model.forward_zero(**{f"x{m}": x})
+
+
+@torch.no_grad()
+def class_statistics(model: nn.Module, data: ClientData, num_classes: int, batch_size: int = 512) -> ClassStats:
+    """Per-class sums of each self branch's true-class probability (multimodal clients; paper Sec. 3.3)."""
+    stats = ClassStats.zeros(num_classes)
+    if data.kind != "mm" or len(data) == 0:
+        return stats
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(data), batch_size):
+        sl = slice(start, start + batch_size)
+        y = data.y[sl]
+        pa = true_class_probability(self_logits(model, data.a[sl], "a"), y).double().cpu().numpy()
+        pb = true_class_probability(self_logits(model, data.b[sl], "b"), y).double().cpu().numpy()
+        yc = y.cpu().numpy()
+        stats = stats + ClassStats(np.bincount(yc, pa, num_classes), np.bincount(yc, pb, num_classes),
+                                   np.bincount(yc, minlength=num_classes).astype(np.float64))
+    model.train(was_training)
+    return stats

@@ -1,0 +1,162 @@
+"""The local-method protocol, a method's spec, and the local update loop (written once, for every method).
+
+The path of a batch: :func:`local_update` shuffles the client's data, asks the method for the loss terms of
+each batch (:meth:`LocalMethod.batch_loss`), back-propagates ``terms["loss"]``, lets the method touch the
+gradients (:meth:`LocalMethod.after_backward`), adds the proximal gradient and steps SGD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from fedcmi.data.base import ClientData
+from fedcmi.federated.dominance import Guidance
+from fedcmi.methods.losses import add_proximal_gradient
+from fedcmi.models.modalities import group_of, modalities_of
+
+if TYPE_CHECKING:
+    from fedcmi.config import RunConfig
+
+
+class LocalMethod:
+    """One client's local objective for one round. Subclasses override ``batch_loss`` and any hook.
+
+    A fresh object is built for every client round (``MethodSpec.build``), so it may keep round state
+    (a frozen teacher, prototypes) between :meth:`start` and the end of the round.
+    """
+
+    def start(self, model: nn.Module, data: ClientData, guidance: Guidance, num_classes: int) -> None:
+        """Before the first epoch, with the received global weights loaded."""
+
+    def before_epoch(self, model: nn.Module, data: ClientData) -> None:
+        """At the start of every local epoch."""
+
+    def batch_loss(self, model: nn.Module, xa: torch.Tensor | None, xb: torch.Tensor | None,
+                   y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch; ``"loss"`` is back-propagated, every term is averaged into the metrics."""
+        raise NotImplementedError
+
+    def after_backward(self, model: nn.Module, terms: Mapping[str, torch.Tensor],
+                       generator: torch.Generator | None) -> None:
+        """After ``backward()``, before the proximal gradient and the optimiser step."""
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a method's defining key must be (``text`` reads after the key: ``"= 0"``, ``"> 0"``)."""
+
+    check: Callable[[Any], bool]
+    text: str
+
+
+def equals(value: Any) -> Constraint:
+    return Constraint(lambda v: v == value, f"= {value!r}".replace("False", "false").replace("True", "true"))
+
+
+POSITIVE = Constraint(lambda v: v > 0, "> 0")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything the rest of fedcmi needs to know about a method, in one place.
+
+    ``model``: ``"fedcmi"`` (two projectors per modality) or ``"concat"``. ``modalities``: what it trains and
+    is evaluated on (unimodal baselines: one). ``uses``: the method keys it reads; ``defaults``: its values
+    for keys the user did not set; ``defining``: keys whose value makes it this method (a contradicting
+    user value is refused). ``infiltration_path``: evaluate a modality alone through its infiltration
+    projector (else zero-filled).
+    """
+
+    name: str
+    summary: str
+    build: Callable[[RunConfig], LocalMethod]
+    model: str = "concat"
+    modalities: tuple[str, ...] = ("a", "b")
+    uses: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    defining: Mapping[str, Constraint] = field(default_factory=dict)
+    infiltration_path: bool = False
+
+    @property
+    def decomposed(self) -> bool:
+        return self.model == "fedcmi"
+
+    def held(self, kind: str) -> tuple[str, ...]:
+        """The modalities a client of this kind trains under this method."""
+        return tuple(m for m in modalities_of(kind) if m in self.modalities)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The optimiser settings of a local update (from the run config)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    proximal_mu: float = 0.0
+
+    @classmethod
+    def of(cls, cfg: RunConfig, spec: MethodSpec) -> TrainSettings:
+        mu = cfg.proximal_mu if "proximal-mu" in spec.uses else 0.0
+        return cls(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, mu)
+
+
+@dataclass
+class TrainResult:
+    num_examples: int
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+def trainable_parameters(model: nn.Module, kind: str) -> list[tuple[str, nn.Parameter]]:
+    """Parameters of the groups a client of this kind trains: its modalities' groups and the fusion head."""
+    held = modalities_of(kind)
+    return [(n, p) for n, p in model.named_parameters() if group_of(n) in (*held, "shared")]
+
+
+def only(data: ClientData, modalities: tuple[str, ...]) -> ClientData:
+    """The client's data restricted to the modalities a method trains (unimodal baselines see one)."""
+    if set(modalities) == {"a", "b"}:
+        return data
+    return ClientData(data.a if "a" in modalities else None, data.b if "b" in modalities else None, data.y)
+
+
+def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidance: Guidance,
+                 settings: TrainSettings, *, num_classes: int,
+                 generator: torch.Generator | None = None) -> TrainResult:
+    """Train ``model`` in place on one client's data; returns the mean of each loss term."""
+    named = trainable_parameters(model, data.kind)
+    params = [p for _, p in named]
+    anchors = [p.detach().clone() for p in params] if settings.proximal_mu > 0 else []
+    method.start(model, data, guidance, num_classes)
+    opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    model.train()
+    totals: dict[str, float] = {}
+    steps = 0
+    n = len(data)
+    for _ in range(settings.epochs):
+        method.before_epoch(model, data)
+        order = torch.randperm(n, generator=generator).to(data.y.device)
+        for start in range(0, n, settings.batch_size):
+            idx = order[start:start + settings.batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples; a lone leftover is dropped
+                continue
+            xa = data.a[idx] if data.a is not None else None
+            xb = data.b[idx] if data.b is not None else None
+            terms = method.batch_loss(model, xa, xb, data.y[idx])
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            method.after_backward(model, terms, generator)
+            if anchors:
+                add_proximal_gradient(params, anchors, settings.proximal_mu)
+            opt.step()
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach())
+            steps += 1
+    return TrainResult(n, {k: v / max(steps, 1) for k, v in totals.items()})

@@ -1,0 +1,98 @@
+"""PMR (Fan et al., CVPR 2023) ported into one client's local training (multimodal clients only).
+
+Class prototypes (mean encoder features per class, refreshed every local epoch with momentum) give a
+non-parametric classifier per modality; when one modality's prototype confidence is higher, the other's
+prototype cross-entropy is added with weight ``alpha``. Unimodal clients train as in FedAvg.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedcmi.data.base import ClientData
+from fedcmi.federated.dominance import Guidance
+from fedcmi.methods.base import LocalMethod, MethodSpec
+from fedcmi.methods.losses import true_class_probability
+
+
+@torch.no_grad()
+def class_prototypes(features: torch.Tensor, y: torch.Tensor, num_classes: int,
+                     previous: torch.Tensor | None = None, momentum: float = 0.2) -> torch.Tensor:
+    """Mean feature per class (NaN rows for absent classes), mixed with the previous prototypes."""
+    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
+    sums.index_add_(0, y, features)
+    counts = torch.bincount(y, minlength=num_classes).to(features.dtype).unsqueeze(1)
+    protos = sums / counts  # 0/0 = NaN marks an absent class
+    if previous is not None:
+        protos = (1 - momentum) * protos + momentum * previous
+    return protos
+
+
+def prototype_logits(h: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """-Euclidean distance to each class prototype; absent classes get a very low logit."""
+    absent = torch.isnan(prototypes).any(dim=1)
+    logits = -torch.cdist(h, torch.nan_to_num(prototypes), p=2)
+    return logits.masked_fill(absent.unsqueeze(0), -1e4)
+
+
+def pmr_loss(h_a: torch.Tensor, h_b: torch.Tensor, y: torch.Tensor, protos_a: torch.Tensor,
+             protos_b: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha * prototype CE of the modality whose prototype confidence is lower (0 when equal)."""
+    logits_a, logits_b = prototype_logits(h_a, protos_a), prototype_logits(h_b, protos_b)
+    with torch.no_grad():
+        ratio = true_class_probability(logits_a, y).sum() / true_class_probability(logits_b, y).sum()
+    if ratio > 1:
+        return alpha * F.cross_entropy(logits_b, y)
+    if ratio < 1:
+        return alpha * F.cross_entropy(logits_a, y)
+    return torch.zeros((), device=h_a.device)
+
+
+class Prototypes:
+    """Per-class prototypes of each encoder, refreshed at the start of every local epoch."""
+
+    def __init__(self, num_classes: int, momentum: float) -> None:
+        self.num_classes, self.momentum = num_classes, momentum
+        self.a: torch.Tensor | None = None
+        self.b: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def refresh(self, model: nn.Module, data: ClientData, batch_size: int = 512) -> None:
+        was_training = model.training
+        model.eval()
+        ha = torch.cat([model.enc_a(data.a[i:i + batch_size]) for i in range(0, len(data), batch_size)])
+        hb = torch.cat([model.enc_b(data.b[i:i + batch_size]) for i in range(0, len(data), batch_size)])
+        self.a = class_prototypes(ha, data.y, self.num_classes, self.a, self.momentum)
+        self.b = class_prototypes(hb, data.y, self.num_classes, self.b, self.momentum)
+        model.train(was_training)
+
+
+class PMR(LocalMethod):
+    def __init__(self, alpha: float, momentum: float) -> None:
+        self.alpha, self.momentum = alpha, momentum
+        self.protos: Prototypes | None = None
+
+    def start(self, model: nn.Module, data: ClientData, guidance: Guidance, num_classes: int) -> None:
+        if data.kind == "mm":
+            self.protos = Prototypes(num_classes, self.momentum)
+
+    def before_epoch(self, model: nn.Module, data: ClientData) -> None:
+        if self.protos is not None:
+            self.protos.refresh(model, data)
+
+    def batch_loss(self, model: nn.Module, xa: torch.Tensor | None, xb: torch.Tensor | None,
+                   y: torch.Tensor) -> dict[str, torch.Tensor]:
+        if xa is None or xb is None:
+            fused = F.cross_entropy(model(xa, xb), y)
+            return {"loss": fused, "loss_fused": fused}
+        h_a, h_b = model.enc_a(xa), model.enc_b(xb)
+        fused = F.cross_entropy(model.fusion(h_a, h_b), y)
+        proto = pmr_loss(h_a, h_b, y, self.protos.a, self.protos.b, self.alpha)
+        return {"loss": fused + proto, "loss_fused": fused, "loss_proto": proto}
+
+
+SPEC = MethodSpec("pmr", "PMR on multimodal clients: prototype cross-entropy for the weak modality "
+                  "(FedAvg otherwise)", build=lambda cfg: PMR(cfg.pmr_alpha, cfg.pmr_momentum),
+                  uses=("pmr-alpha", "pmr-momentum", "proximal-mu"), defaults={"proximal-mu": 0.0})

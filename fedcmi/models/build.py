@@ -1,0 +1,82 @@
+"""Building a run's model: the FedCMI model or the concat baseline, for given input shapes and classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from fedcmi.models.concat_model import ConcatModel
+from fedcmi.models.encoders import build_encoder
+from fedcmi.models.fedcmi_model import FedCMIModel
+from fedcmi.models.fusion import build_fusion
+
+if TYPE_CHECKING:
+    from fedcmi.config import RunConfig
+    from fedcmi.data.base import MultimodalData
+
+
+def build_model(encoder: str, shapes: tuple[tuple[int, ...], tuple[int, ...]], num_classes: int,
+                feature_dim: int, decomposed: bool, projector: str = "linear", *, fusion: str = "concat",
+                text_encoder: str = "bert-base-uncased", encoder_weights: str = "", sgmft_tokens: int = 8,
+                sgmft_heads: int = 4, sgmft_layers: int = 1) -> nn.Module:
+    """A FedCMI model (``decomposed``) or the concat baseline, for inputs of the given shapes.
+
+    A 1-D input shape is a token-id sequence and gets the ``text_encoder`` (transformers), projected to the
+    other encoder's width; ``encoder_weights`` initialises ResNet-18 encoders (see ``models.pretrained``).
+    """
+    def image_encoder(shape: tuple[int, ...]) -> nn.Module:
+        if encoder == "resnet18" and encoder_weights:
+            from fedcmi.models.pretrained import resnet18_encoder
+
+            return resnet18_encoder(shape[0], encoder_weights)
+        enc = build_encoder(encoder, shape[0], feature_dim)
+        if len(shape) == 4 and encoder != "resnet18":  # C x F x H x W: frames through a 2-D encoder
+            from fedcmi.models.frames import FrameAveraged
+
+            return FrameAveraged(enc)
+        return enc
+
+    encs: list[nn.Module | None] = [None if len(s) == 1 else image_encoder(s) for s in shapes]
+    width = next((e.out_dim for e in encs if e is not None), feature_dim)
+    if any(e is None for e in encs):
+        from fedcmi.models.pretrained import TextEncoder
+
+        encs = [e if e is not None else TextEncoder(text_encoder, out_dim=width) for e in encs]
+    enc_a, enc_b = encs
+    sgmft = {"tokens": sgmft_tokens, "heads": sgmft_heads, "layers": sgmft_layers} if fusion == "sgmft" else {}
+    if decomposed:
+        return FedCMIModel(enc_a, enc_b, num_classes, feature_dim, projector,
+                           build_fusion(fusion, feature_dim, num_classes, **sgmft))
+    return ConcatModel(enc_a, enc_b, num_classes, build_fusion(fusion, enc_a.out_dim, num_classes, **sgmft))
+
+
+def model_options(cfg: RunConfig) -> dict[str, Any]:
+    """The ``build_model`` keywords a run config sets (fusion, text encoder, pretrained weights, SG-MFT)."""
+    return {"fusion": cfg.fusion, "text_encoder": cfg.text_encoder, "encoder_weights": cfg.encoder_weights,
+            "sgmft_tokens": cfg.sgmft_tokens, "sgmft_heads": cfg.sgmft_heads, "sgmft_layers": cfg.sgmft_layers}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What fixes a model's shapes besides the run config: classes and the two inputs' shapes.
+
+    The server reads it from its data set and sends it with every training message, so a client builds the
+    same model from the message alone, whatever data it holds.
+    """
+
+    num_classes: int
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+
+    @classmethod
+    def of(cls, data: MultimodalData) -> ModelSpec:
+        shape_a, shape_b = data.shapes()
+        return cls(data.num_classes, tuple(shape_a), tuple(shape_b))
+
+
+def model_for(cfg: RunConfig, spec: ModelSpec, decomposed: bool) -> nn.Module:
+    """The one place a run's model is built (server, clients, benchmarks)."""
+    return build_model(cfg.encoder, (spec.shape_a, spec.shape_b), spec.num_classes, cfg.feature_dim,
+                       decomposed, cfg.projector, **model_options(cfg))

@@ -1,0 +1,182 @@
+"""The message format between the ServerApp and the ClientApp: every record key is spelled here only.
+
+Functions pack the core's types into Flower records and read them back. Reading a reply treats every
+field as untrusted input: a missing or malformed field raises :class:`ReplyError` with a one-line reason,
+which the strategy records as a rejected reply.
+
+Messages:
+* QUERY (discovery): ``config`` (the clients' run config) -> ``info`` (partition id, kind, sample count).
+* TRAIN: ``arrays`` (global weights) + ``config`` (run config, round, infiltration switch, dominant modality,
+  class temperatures, the model's classes and input shapes) -> ``arrays`` (trained groups), ``metrics``
+  (sample count, partition id, loss terms), ``class-stats`` (per-class sums), ``info`` (kind, partition id).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedcmi.federated.dominance import ClassStats, Guidance
+from fedcmi.models.build import ModelSpec
+from fedcmi.models.modalities import KINDS
+
+# record names
+ARRAYS, CONFIG, METRICS, CLASS_STATS, INFO = "arrays", "config", "metrics", "class-stats", "info"
+# keys of the training config beside the run-config keys
+SERVER_ROUND, INFILTRATE, DOMINANT, TAU = "server-round", "infiltrate", "dominant", "tau"
+NUM_CLASSES, SHAPE_A, SHAPE_B = "num-classes", "shape-a", "shape-b"
+ROUND_KEYS = (SERVER_ROUND, INFILTRATE, DOMINANT, TAU, NUM_CLASSES, SHAPE_A, SHAPE_B)
+# keys of node info and reply metrics
+PARTITION_ID, KIND, NUM_EXAMPLES = "partition-id", "kind", "num-examples"
+# class statistics arrays
+SUM_PA, SUM_PB, COUNTS = "sum-pa", "sum-pb", "counts"
+LOSS_PREFIX = "loss"  # metrics whose name starts with it are loss terms, averaged over clients
+
+
+class ReplyError(ValueError):
+    """A reply's field is missing or malformed; the message is the reason the reply is rejected."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    partition_id: int
+    kind: str
+    num_examples: int
+
+
+@dataclass
+class TrainInstruction:
+    """What a client needs for one round, read from a TRAIN message."""
+
+    run_config: dict[str, Any]
+    server_round: int
+    guidance: Guidance
+    model_spec: ModelSpec
+    state: dict[str, torch.Tensor]
+
+
+@dataclass
+class Reply:
+    """A client's training reply, read and type-checked (not yet screened against the global model)."""
+
+    partition_id: int
+    kind: str | None
+    num_examples: float
+    arrays: dict[str, np.ndarray]
+    stats: ClassStats | None
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+# --- discovery ---------------------------------------------------------------------------------------------
+def query_content(run_config: Mapping[str, Any]) -> RecordDict:
+    return RecordDict({CONFIG: ConfigRecord(dict(run_config))})
+
+
+def run_config_of(content: RecordDict) -> dict[str, Any]:
+    """The run-config keys a message carries (round keys left out)."""
+    if CONFIG not in content.config_records:
+        return {}
+    return {k: v for k, v in content[CONFIG].items() if k not in ROUND_KEYS}
+
+
+def info_content(info: NodeInfo) -> RecordDict:
+    return RecordDict({INFO: ConfigRecord({PARTITION_ID: info.partition_id, KIND: info.kind,
+                                           NUM_EXAMPLES: info.num_examples})})
+
+
+def read_info(content: RecordDict) -> NodeInfo:
+    if INFO not in content.config_records:
+        raise ReplyError(f"reply lacks its {INFO!r} record")
+    rec = content[INFO]
+    return NodeInfo(_int(rec.get(PARTITION_ID), PARTITION_ID), _kind(rec.get(KIND)),
+                    _int(rec.get(NUM_EXAMPLES), NUM_EXAMPLES))
+
+
+# --- training ------------------------------------------------------------------------------------------------
+def train_content(arrays: ArrayRecord, run_config: Mapping[str, Any], server_round: int, guidance: Guidance,
+                  model_spec: ModelSpec) -> RecordDict:
+    cfg = ConfigRecord(dict(run_config))
+    cfg[SERVER_ROUND] = server_round
+    cfg[INFILTRATE] = guidance.infiltrate
+    if guidance.dominant is not None:
+        cfg[DOMINANT] = guidance.dominant
+    if guidance.tau is not None:
+        cfg[TAU] = [float(t) for t in guidance.tau]
+    cfg[NUM_CLASSES] = model_spec.num_classes
+    cfg[SHAPE_A] = [int(s) for s in model_spec.shape_a]
+    cfg[SHAPE_B] = [int(s) for s in model_spec.shape_b]
+    return RecordDict({ARRAYS: arrays, CONFIG: cfg})
+
+
+def read_train(content: RecordDict) -> TrainInstruction:
+    sent = content[CONFIG]
+    guidance = Guidance(infiltrate=bool(sent.get(INFILTRATE, False)), dominant=sent.get(DOMINANT),
+                        tau=np.asarray(sent[TAU], dtype=np.float64) if TAU in sent else None)
+    spec = ModelSpec(int(sent[NUM_CLASSES]), tuple(int(s) for s in sent[SHAPE_A]),
+                     tuple(int(s) for s in sent[SHAPE_B]))
+    return TrainInstruction(run_config_of(content), int(sent.get(SERVER_ROUND, 0)), guidance, spec,
+                            content[ARRAYS].to_torch_state_dict())
+
+
+def server_round_of(content: RecordDict) -> int:
+    return int(content[CONFIG].get(SERVER_ROUND, 0)) if CONFIG in content.config_records else 0
+
+
+def reply_content(arrays: Mapping[str, torch.Tensor], num_examples: int, losses: Mapping[str, float],
+                  stats: ClassStats, partition_id: int, kind: str) -> RecordDict:
+    metrics = MetricRecord({NUM_EXAMPLES: num_examples, PARTITION_ID: partition_id, **losses})
+    class_stats = ArrayRecord({SUM_PA: Array(stats.sum_pa.astype(np.float64)),
+                               SUM_PB: Array(stats.sum_pb.astype(np.float64)),
+                               COUNTS: Array(stats.counts.astype(np.float64))})
+    return RecordDict({ARRAYS: ArrayRecord(dict(arrays)), METRICS: metrics, CLASS_STATS: class_stats,
+                       INFO: ConfigRecord({KIND: kind, PARTITION_ID: partition_id})})
+
+
+def read_reply(content: RecordDict) -> Reply:
+    """Every field of a training reply, type-checked; raises :class:`ReplyError` naming the bad one."""
+    if ARRAYS not in content.array_records or METRICS not in content.metric_records:
+        raise ReplyError(f"reply lacks its {ARRAYS!r} or {METRICS!r} record")
+    metrics = content[METRICS]
+    n = metrics.get(NUM_EXAMPLES)
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(float(n)) or n <= 0:
+        raise ReplyError(f"{NUM_EXAMPLES} {n!r} must be a positive finite number")
+    pid = _int(metrics.get(PARTITION_ID, -1), PARTITION_ID) if PARTITION_ID in metrics else -1
+    kind = None
+    if INFO in content.config_records and KIND in content[INFO]:
+        kind = _kind(content[INFO][KIND])
+    losses: dict[str, float] = {}
+    for k, v in metrics.items():
+        if k.startswith(LOSS_PREFIX):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+                raise ReplyError(f"metric {k} {v!r} is not a finite number")
+            losses[k] = float(v)
+    try:
+        arrays = {k: v.numpy() for k, v in content[ARRAYS].items()}
+    except Exception as exc:  # noqa: BLE001 - a malformed array is a rejected reply, not a crash
+        raise ReplyError(f"unreadable arrays ({type(exc).__name__}: {exc})") from None
+    stats = None
+    if CLASS_STATS in content.array_records:
+        cs = content[CLASS_STATS]
+        try:
+            stats = ClassStats(*(cs[k].numpy().astype(np.float64) for k in (SUM_PA, SUM_PB, COUNTS)))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ReplyError(f"malformed {CLASS_STATS} ({exc})") from None
+    return Reply(pid, kind, float(n), arrays, stats, losses)
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ReplyError(f"{key} {value!r} is not an integer")
+    return int(value)
+
+
+def _kind(value: Any) -> str:
+    if value not in KINDS:
+        raise ReplyError(f"{KIND} {value!r} is not one of {', '.join(KINDS)}")
+    return str(value)

@@ -1,0 +1,118 @@
+"""The run directory: resolved config, per-round metrics (CSV + JSON), final model, accuracy plot.
+
+Every file is written atomically (temporary file + rename) after each round, so an interrupted run keeps
+every finished round.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedcmi.config import META_KEYS, RunConfig, unused_keys
+from fedcmi.runs.files import atomic_write, csv_text, save_tensors
+from fedcmi.runs.metrics import ROUND, accuracy_columns, column_labels
+
+MODEL_FILE = "model.safetensors"
+
+
+def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
+    return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class RunDirectory:
+    """One run's output folder; ``add_round`` rewrites ``metrics.csv``/``metrics.json`` each round."""
+
+    def __init__(self, path: str | Path, cfg: RunConfig, modality_names: tuple[str, str],
+                 resume_after: int | None = None) -> None:
+        """A new run directory, or (``resume_after=k``) an existing one keeping its rows of rounds 0..k."""
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg
+        self.modality_names = modality_names
+        self.rows: list[dict[str, Any]] = []
+        if resume_after is None:
+            self.write_config(cfg)
+            return
+        rows = json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
+        for row in rows:
+            if row[ROUND] <= resume_after:
+                self.rows.append({k: (math.nan if v is None and k == "ratio" else v) for k, v in row.items()})
+        if [r[ROUND] for r in self.rows] != list(range(resume_after + 1)):
+            raise ValueError(f"{self.path / 'metrics.json'}: rounds 0..{resume_after} are not all present")
+        self.add_round(self.rows.pop())  # rewrite both files without rows past the checkpoint
+
+    def write_config(self, cfg: RunConfig) -> None:
+        """config.json: the effective configuration (exactly the values that ran), the data set's modality
+        names and the method keys the chosen strategy does not read."""
+        modalities, unused = META_KEYS
+        atomic_write(self.path / "config.json", json.dumps(
+            {**cfg.to_dict(), modalities: list(self.modality_names), unused: unused_keys(cfg)}, indent=2) + "\n")
+
+    def add_round(self, row: Mapping[str, Any]) -> None:
+        self.rows.append(dict(row))
+        atomic_write(self.path / "metrics.json", json.dumps(
+            [{k: _json_safe(v) for k, v in r.items()} for r in self.rows], indent=1) + "\n")
+        atomic_write(self.path / "metrics.csv", self._csv())
+
+    def _csv(self) -> str:
+        flat = []
+        for r in self.rows:
+            out = {}
+            for k, v in r.items():
+                if isinstance(v, list):
+                    out.update({f"{k}_{i}": x for i, x in enumerate(v)})
+                else:
+                    out[k] = v
+            flat.append(out)
+        return csv_text(flat)
+
+    def save_model(self, state_dict: Mapping[str, torch.Tensor]) -> Path:
+        return save_tensors(self.path / MODEL_FILE, state_dict,
+                            metadata={"dataset": self.cfg.dataset, "strategy": self.cfg.strategy})
+
+    def plot(self) -> Path:
+        """accuracy.png: one curve per evaluation path."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        labels = column_labels(self.modality_names)
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        rounds = [r[ROUND] for r in self.rows]
+        for key in accuracy_columns(self.modality_names):
+            label = labels[key]
+            style = "--" if key.endswith("_zero") else (":" if key.startswith("worst") else "-")
+            ax.plot(rounds, [r.get(key) for r in self.rows], style, marker="o", ms=3, label=label)
+        ax.set_xlabel("round")
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{self.cfg.dataset} / {self.cfg.strategy}")
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        path = self.path / "accuracy.png"
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=110)
+        plt.close(fig)
+        atomic_write(path, buf.getvalue())
+        return path
+
+    def finish(self, status: str, **extra: Any) -> None:
+        atomic_write(self.path / "status.json", json.dumps({"status": status, **extra}, indent=2) + "\n")

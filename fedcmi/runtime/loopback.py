@@ -1,0 +1,332 @@
+"""A real Flower deployment on one machine: SuperLink + SuperNodes on 127.0.0.1, then ``flwr run``.
+
+What ``make deploy-demo`` and ``tests/test_deployment.py`` run, and a worked example of the steps on real
+machines (README "Deploying real clients"): certificates (``deploy/make-certs.sh``), SuperNode keys and
+their registration, node configs, ports, a connection in ``$FLWR_HOME/config.toml``. Every process is
+started here, tracked by PID and stopped by PID (with its children: the ``flower-superexec`` and app
+processes Flower spawns), also when something fails.
+
+Flower 1.42 facts this relies on (``shared/docs/flower-guide.md`` §4): the SuperLink serves its Fleet,
+Control and Runtime APIs on one HTTPS port (``--port``, default 8000; the 9091-9093 gRPC ports of older
+releases are gone); a SuperNode serves its own Runtime API on ``--port`` (default 9094); connections live
+in ``$FLWR_HOME/config.toml``; node authentication needs TLS and OpenSSH EC keys.
+
+This module starts processes only; it never imports Flower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger("fedcmi.loopback")
+
+ROOT = Path(__file__).resolve().parents[1]
+CERT_SCRIPT = ROOT / "deploy" / "make-certs.sh"
+FEDERATION = "fedcmi-loopback"
+ISOLATIONS = ("warm", "subprocess", "process")
+# How often a SuperExec asks for new tasks (Flower's default is 1 s; each round waits for it twice).
+POLL_INTERVAL_S = "0.2"
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1 (bind to port 0 and let the kernel choose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def process_children() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every live process (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (from /proc), children first found first."""
+    children = process_children()
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def stop_pids(pids: list[int], grace_s: float = 10.0) -> None:
+    """SIGTERM each PID, wait up to ``grace_s``, SIGKILL whatever is left. Only these PIDs are touched."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@dataclass
+class Loopback:
+    """One SuperLink and its SuperNodes on 127.0.0.1, each in its own working directory under ``work``.
+
+    Parameters
+    ----------
+    work : Path
+        Logs, certificates, keys, and one ``FLWR_HOME`` per process (the CLI's holds ``config.toml``).
+    tls : bool
+        Serve the SuperLink over HTTPS with certificates from ``deploy/make-certs.sh``.
+    auth : bool
+        SuperNode authentication (needs ``tls``): only nodes whose public key is registered may join.
+    isolation : str
+        ``warm`` (default): SuperNodes run with ``--isolation process`` and one long-lived
+        ``python -m clients.worker`` next to each runs every message in the same process.
+        ``subprocess``: each SuperNode spawns its own ``flower-superexec``, which starts one ClientApp
+        process per message (Flower's default). ``process``: ``--isolation process`` with a
+        ``flower-superexec`` started here next to each SuperNode (still one process per message).
+    """
+
+    work: Path
+    tls: bool = False
+    auth: bool = False
+    isolation: str = "warm"
+    bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    superlink_port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.auth and not self.tls:
+            raise ValueError("SuperNode authentication needs TLS (Flower refuses it over an insecure link)")
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"isolation={self.isolation!r}: must be one of {', '.join(ISOLATIONS)}")
+        self.work = Path(self.work).resolve()
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.certs = self.work / "certs"
+
+    # --- environment ----------------------------------------------------------------------------
+    def env(self, home: str) -> dict[str, str]:
+        """Offline and quiet: no telemetry, no update check, no runtime ``uv sync`` of the app's deps."""
+        return {**os.environ, "FLWR_HOME": str(self.work / home), "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": POLL_INTERVAL_S, "HF_DATASETS_OFFLINE": "1",
+                "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def _tool(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    def _spawn(self, name: str, cmd: list[str], home: str) -> subprocess.Popen:
+        (self.work / home).mkdir(parents=True, exist_ok=True)
+        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - closed when the process is stopped
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(home), cwd=self.work / home)
+        log.close()
+        self.procs[name] = proc
+        logger.info("started %s (pid %s): %s", name, proc.pid, " ".join(cmd))
+        return proc
+
+    def log_of(self, name: str) -> str:
+        path = self.work / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # --- certificates and keys --------------------------------------------------------------------
+    def make_certs(self, num_keys: int) -> None:
+        """CA, SuperLink certificate and ``num_keys`` SuperNode key pairs, by the repo's script."""
+        subprocess.run(["bash", str(CERT_SCRIPT), str(self.certs), str(num_keys)], check=True,
+                       capture_output=True, text=True)
+
+    def key(self, i: int) -> Path:
+        return self.certs / f"supernode-{i}"
+
+    # --- processes --------------------------------------------------------------------------------
+    def start_superlink(self) -> None:
+        """The SuperLink: one port for all its APIs; its own SuperExec runs the ServerApp of each run."""
+        self.superlink_port = free_port()
+        cmd = [self._tool("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.superlink_port),
+               "--disable-runtime-dependency-installation"]
+        if self.tls:
+            cmd += ["--ssl-ca-certfile", str(self.certs / "ca.crt"), "--ssl-certfile", str(self.certs / "server.pem"),
+                    "--ssl-keyfile", str(self.certs / "server.key")]
+        else:
+            cmd += ["--insecure"]
+        if self.auth:
+            cmd += ["--enable-supernode-auth"]
+        self._spawn("superlink", cmd, "superlink")
+        self._write_connection()
+        self._wait_for_port(self.superlink_port, "superlink")
+
+    def _write_connection(self) -> None:
+        """``$FLWR_HOME/config.toml`` of the CLI: where ``flwr run . fedcmi-loopback`` connects."""
+        home = self.work / "cli"
+        home.mkdir(parents=True, exist_ok=True)
+        security = (f'root-certificates = "{self.certs / "ca.crt"}"' if self.tls else "insecure = true")
+        (home / "config.toml").write_text(
+            '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n\n'
+            f'[superlink.{FEDERATION}]\naddress = "127.0.0.1:{self.superlink_port}"\n{security}\n')
+
+    def _wait_for_port(self, port: int, name: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.procs[name].poll() is not None:
+                raise RuntimeError(f"{name} exited with code {self.procs[name].returncode}: "
+                                   f"{self.log_of(name)[-1500:]}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} did not open 127.0.0.1:{port} within {timeout_s:.0f} s")
+
+    def flwr(self, *args: str, timeout_s: float = 600.0) -> subprocess.CompletedProcess:
+        """The ``flwr`` CLI with this deployment's ``FLWR_HOME``."""
+        return subprocess.run([self._tool("flwr"), *args], capture_output=True, text=True, env=self.env("cli"),
+                              cwd=ROOT, timeout=timeout_s)
+
+    def register(self, i: int) -> None:
+        """Register SuperNode ``i``'s public key with the SuperLink (``flwr supernode register``)."""
+        proc = self.flwr("supernode", "register", str(self.key(i)) + ".pub", FEDERATION, timeout_s=120)
+        if proc.returncode != 0 or "registered" not in proc.stdout:
+            raise RuntimeError(f"registering supernode-{i} failed: {proc.stdout[-800:]} {proc.stderr[-800:]}")
+
+    def start_supernode(self, name: str, node_config: str, key: Path | None = None,
+                        executor: bool = True) -> subprocess.Popen:
+        """A SuperNode with its node config; ``key`` is its private key when authentication is on.
+
+        ``executor=False`` starts no worker/SuperExec next to it (a node expected to be refused).
+        """
+        port = free_port()
+        cmd = [self._tool("flower-supernode"), "--superlink", f"127.0.0.1:{self.superlink_port}",
+               "--port", str(port), "--node-config", node_config,
+               "--isolation", "subprocess" if self.isolation == "subprocess" else "process"]
+        cmd += ["--root-certificates", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
+        if key is not None:
+            cmd += ["--auth-supernode-private-key", str(key)]
+        proc = self._spawn(name, cmd, name)
+        if executor and self.isolation != "subprocess":  # the SuperNode spawns nothing: run its executor next to it
+            self._wait_for_port(port, name)
+            executor = ([self._tool("flower-superexec")] if self.isolation == "process"
+                        else [sys.executable, "-m", "clients.worker"])
+            self._spawn(f"{name}-{self.isolation}", [*executor, "--insecure", "--runtime-api-address",
+                                                     f"127.0.0.1:{port}"], name)
+        return proc
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Wait until every warm worker has loaded its imports (as on real machines, started before runs)."""
+        deadline = time.monotonic() + timeout_s
+        workers = [n for n in self.procs if n.endswith("-warm")]
+        while any("serving ClientApp tasks" not in self.log_of(n) for n in workers):
+            for n in workers:
+                if self.procs[n].poll() is not None:
+                    raise RuntimeError(f"{n} exited: {self.log_of(n)[-1500:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"warm workers not ready within {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    def wait_exit(self, name: str, timeout_s: float = 60.0) -> int | None:
+        """The exit code of process ``name`` once it ends, or ``None`` if it still runs after ``timeout_s``."""
+        try:
+            return self.procs[name].wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def run(self, run_config: dict[str, object], timeout_s: float = 600.0) -> subprocess.CompletedProcess:
+        """``flwr run . fedcmi-loopback --stream``: returns when the run has finished (or failed)."""
+        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+        return self.flwr("run", str(ROOT), FEDERATION, "--stream", "--run-config", overrides, timeout_s=timeout_s)
+
+    def stop(self) -> None:
+        """Stop every process started here and all their children, by PID."""
+        pids: list[int] = []
+        for proc in self.procs.values():
+            pids += [proc.pid, *descendants(proc.pid)]
+        stop_pids(list(dict.fromkeys(pids)))
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def pids(self) -> list[int]:
+        """Live PIDs of the started processes and their children."""
+        out = []
+        for proc in self.procs.values():
+            out += [p for p in [proc.pid, *descendants(proc.pid)] if _alive(p)]
+        return out
+
+
+def demo(work: Path, out: Path, *, tls: bool, isolation: str, rounds: int = 2, num_nodes: int = 3,
+         extra: dict[str, object] | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    """Start a loopback federation, run ``rounds`` rounds of fedcmi, stop everything; (flwr run, wall s)."""
+    dep = Loopback(work, tls=tls, auth=tls, isolation=isolation)
+    try:
+        if tls:
+            dep.make_certs(num_nodes)
+        dep.start_superlink()
+        for i in range(num_nodes):
+            if tls:
+                dep.register(i)
+            dep.start_supernode(f"supernode-{i}", f"partition-id={i} num-partitions={num_nodes}",
+                                dep.key(i) if tls else None)
+        config: dict[str, object] = {"num-server-rounds": rounds, "num-clients": num_nodes,
+                                     "clients-per-round": min(2, num_nodes), "train-size": 600, "test-size": 200,
+                                     "out-dir": str(out.resolve()), **(extra or {})}
+        dep.wait_ready()
+        start = time.monotonic()
+        proc = dep.run(config)
+        return proc, time.monotonic() - start
+    finally:
+        dep.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedcmi.runtime.loopback",
+                                     description="fedcmi on a loopback Flower deployment (SuperLink + SuperNodes)")
+    parser.add_argument("--tls", action="store_true", help="HTTPS + SuperNode authentication")
+    parser.add_argument("--isolation", choices=ISOLATIONS, default="warm")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path("runs/deploy-demo/work"))
+    parser.add_argument("--out", type=Path, default=None, help="run directory (default runs/deploy-demo/<time>)")
+    args = parser.parse_args(argv)
+    args.out = args.out or Path("runs/deploy-demo") / time.strftime("%Y%m%d-%H%M%S")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    proc, wall = demo(args.work, args.out, tls=args.tls, isolation=args.isolation, rounds=args.rounds,
+                      num_nodes=args.nodes)
+    status_file = args.out / "status.json"
+    status = json.loads(status_file.read_text())["status"] if status_file.exists() else "missing"
+    print(proc.stdout[-3000:])
+    print(f"deploy-demo: {args.rounds} rounds, {args.nodes} SuperNodes, tls={args.tls}, isolation={args.isolation}: "
+          f"run {status} in {wall:.1f} s; results in {args.out}")
+    return 0 if status == "complete" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
