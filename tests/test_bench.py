@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from fedcmi.bench import Mix, make_plan, summary_markdown
+from fedcmi.bench.plan import Mix, make_plan
+from fedcmi.bench.report import summary_markdown
 from fedcmi.cli import main
-from fedcmi.strategies import STRATEGY_NAMES
+from fedcmi.methods.registry import METHOD_NAMES as STRATEGY_NAMES
 
 ROOT = Path(__file__).parents[1]
 TINY = ["num-server-rounds=2", "num-clients=4", "clients-per-round=2", "train-size=600", "test-size=200"]

@@ -8,13 +8,14 @@ import random
 import pytest
 import torch
 
-from fedcmi.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fedcmi.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fedcmi.cli import main
+from fedcmi.models import ModelSpec
 from server.strategy import FedCMIStrategy
 
 
 def test_roundtrip_keeps_tensors_and_strategy_state(tmp_path):
-    s = FedCMIStrategy(clients_per_round=1, num_classes=2, run_config={}, seed=3)
+    s = FedCMIStrategy(clients_per_round=1, model_spec=ModelSpec(2, (1,), (1,)), run_config={}, seed=3)
     s.rng.random()
     tensors = {"enc_a.w": torch.randn(3, 2), "enc_a.bn.num_batches_tracked": torch.tensor(5)}
     save_checkpoint(tmp_path, 2, tensors, s.state())
@@ -24,7 +25,7 @@ def test_roundtrip_keeps_tensors_and_strategy_state(tmp_path):
     assert torch.equal(ck.tensors["enc_a.w"], tensors["enc_a.w"])
     assert ck.tensors["enc_a.bn.num_batches_tracked"].shape == ()
     assert [p.name for p in (tmp_path / "checkpoint").glob("model-*")] == ["model-3.safetensors"]
-    other = FedCMIStrategy(clients_per_round=1, num_classes=2, run_config={}, seed=99)
+    other = FedCMIStrategy(clients_per_round=1, model_spec=ModelSpec(2, (1,), (1,)), run_config={}, seed=99)
     other.load_state(ck.strategy)
     assert other.rng.random() == s.rng.random()  # sampling continues exactly where it stopped
 

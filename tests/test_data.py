@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
-from fedcmi.centralized import imbalance_report
+from fedcmi.bench.centralized_imbalance import imbalance_report
 from fedcmi.data.embedded import digits_cg, synthetic_av
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fedcmi.deployment import Loopback, _alive
+from fedcmi.runtime.loopback import Loopback, _alive
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("ssh-keygen") is None

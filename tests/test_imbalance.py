@@ -9,14 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedcmi.imbalance import (
-    class_prototypes,
-    ogm_coefficients,
-    ogm_modulate,
-    pmr_loss,
-    prototype_logits,
-    split_head_logits,
-)
+from fedcmi.methods.ogm_ge import ogm_coefficients, ogm_modulate, split_head_logits
+from fedcmi.methods.pmr import class_prototypes, pmr_loss, prototype_logits
 
 
 def test_split_head_halves_the_bias():

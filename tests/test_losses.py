@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedcmi.dominance import ClassStats, class_temperatures, dominance
-from fedcmi.losses import add_proximal_gradient, infiltration_distillation, proximal_term
+from fedcmi.federated.dominance import ClassStats, class_temperatures, dominance
+from fedcmi.methods.losses import add_proximal_gradient, infiltration_distillation, proximal_term
 
 
 def test_distillation_matches_hand_computation():

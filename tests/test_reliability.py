@@ -22,8 +22,13 @@ SMALL = ["train-size=1200", "test-size=400", "local-epochs=1", "lr=0.05"]
 pytestmark = pytest.mark.slow
 
 
-def _run(out: Path, *args: str, resume: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "fedcmi.cli", "simulate"]
+FAULTY_RUN = ROOT / "tests" / "support" / "faulty_run.py"  # fedcmi simulate with the fault-injection mod
+
+
+def _run(out: Path, *args: str, resume: bool = False, env: dict | None = None,
+         faults: str = "", hang_seconds: float = 10.0) -> subprocess.CompletedProcess:
+    cmd = ([sys.executable, str(FAULTY_RUN), "--faults", faults, "--hang-seconds", str(hang_seconds), "simulate"]
+           if faults else [sys.executable, "-m", "fedcmi.cli", "simulate"])
     cmd += ["--resume", str(out), *args] if resume else ["--out", str(out), *SMALL, *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
                           env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0", **(env or {})})
@@ -40,7 +45,7 @@ def _model_finite(out: Path) -> bool:
 def test_client_faults_are_counted_and_survived(tmp_path):
     out = tmp_path / "faults"
     proc = _run(out, "num-clients=4", "clients-per-round=4", "num-server-rounds=3", "round-timeout=8",
-                "inject-faults=raise:0@1,nan:3@1,exit:1@2,hang:2@3,shape:1@3")
+                faults="raise:0@1,nan:3@1,exit:1@2,hang:2@3,shape:1@3", hang_seconds=10)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r1, r2, r3 = _rows(out)[1:]
     assert r1["clients_failed"] == 1 and r1["clients_rejected"] == 1 and r1["clients_ok"] == 2
@@ -57,7 +62,7 @@ def test_client_faults_are_counted_and_survived(tmp_path):
 def test_round_below_min_replies_is_skipped_and_run_goes_on(tmp_path):
     out = tmp_path / "skip"
     proc = _run(out, "num-clients=2", "clients-per-round=2", "num-server-rounds=3", "min-replies=2",
-                "inject-faults=raise:0@2")
+                faults="raise:0@2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _rows(out)
     assert [r["skipped"] for r in rows[1:]] == [0, 1, 0]
@@ -69,7 +74,7 @@ def test_round_below_min_replies_is_skipped_and_run_goes_on(tmp_path):
 def test_dead_federation_stops_with_nonzero_exit_keeping_finished_rounds(tmp_path):
     out = tmp_path / "dead"
     proc = _run(out, "num-clients=2", "clients-per-round=2", "num-server-rounds=6", "max-consecutive-skips=2",
-                "inject-faults=raise:0@2,raise:1@2,raise:0@3,raise:1@3")
+                faults="raise:0@2,raise:1@2,raise:0@3,raise:1@3")
     assert proc.returncode == 1
     err = proc.stderr.strip().splitlines()
     assert err[-1].startswith("fedcmi: run failed: RunAborted: 2 rounds in a row")

@@ -1,5 +1,5 @@
 """Scaling options without Ray: cluster address and local-Ray backend config, bf16 (a no-op on CPU), the
-simulation's message dispatch (fedcmi.vce_fast)."""
+simulation's message dispatch (fedcmi.runtime.flower_dispatch)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from clients.app import autocast, on_device
+from fedcmi.runtime.devices import autocast, on_device
 from fedcmi.config import ConfigError, RunConfig, from_mapping
 from fedcmi.data import ClientData
-from fedcmi.simulation import check_resources
-from fedcmi.vce_fast import _take_undelivered
+from fedcmi.runtime.simulation import check_resources
+from fedcmi.runtime.flower_dispatch import _take_undelivered
 
 ROOT = Path(__file__).parents[1]
 
@@ -65,8 +65,8 @@ def test_bf16_is_a_config_key_and_a_no_op_on_cpu():
     assert cfg.bf16 is True
     with pytest.raises(ConfigError, match="bf16"):
         from_mapping({"bf16": "maybe"})
-    assert isinstance(autocast(cfg, torch.device("cpu")), contextlib.nullcontext)
-    assert isinstance(autocast(RunConfig(), torch.device("cuda")), contextlib.nullcontext)  # bf16=false
+    assert isinstance(autocast(cfg.bf16, torch.device("cpu")), contextlib.nullcontext)
+    assert isinstance(autocast(RunConfig().bf16, torch.device("cuda")), contextlib.nullcontext)  # bf16=false
     data = ClientData(torch.ones(2, 3), None, torch.zeros(2, dtype=torch.int64))
     assert on_device(data, torch.device("cpu")) is data  # no copy, no pinning on CPU
 

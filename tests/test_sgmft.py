@@ -7,7 +7,7 @@ import torch
 
 from fedcmi.config import ConfigError, RunConfig
 from fedcmi.models import build_model
-from fedcmi.models.sgmft import SGMFTFusion, SimilarityGuidedInteraction, element_similarity, modality_similarity
+from fedcmi.models.fusion.sgmft import SGMFTFusion, SimilarityGuidedInteraction, element_similarity, modality_similarity
 
 D = 32
 

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fedcmi.aggregation import ClientUpdate, aggregate
+from fedcmi.federated.aggregation import ClientUpdate, aggregate
+from fedcmi.federated.aggregation.mean import weighted_mean
 from fedcmi.models import group_of
+from fedcmi.models import ModelSpec
 from server.strategy import FedCMIStrategy, NoClientsError
 
 KINDS = {11: (0, "mm"), 12: (1, "a"), 13: (2, "b"), 14: (3, "a")}
@@ -30,7 +32,7 @@ class FakeGrid:
         for m in messages:
             self.sent.append(m)
             pid, kind = self.nodes[m.metadata.dst_node_id]
-            info = ConfigRecord({"partition-id": pid, "kind": kind})
+            info = ConfigRecord({"partition-id": pid, "kind": kind, "num-examples": 10})
             replies.append(Message(RecordDict({"info": info}), reply_to=m))
         return replies
 
@@ -55,7 +57,8 @@ def _reply(node: int, n: int, arrays: dict[str, np.ndarray], stats=None) -> Mess
 
 
 def _strategy(**kw) -> FedCMIStrategy:
-    s = FedCMIStrategy(clients_per_round=3, num_classes=2, run_config={"strategy": "fedcmi"}, **kw)
+    s = FedCMIStrategy(clients_per_round=3, model_spec=ModelSpec(2, (1,), (1,)), run_config={"strategy": "fedcmi"},
+                       **kw)
     s.nodes = dict(KINDS)
     s.current_arrays = ArrayRecord({k: Array(v) for k, v in _arrays(0.0, 0.5, 0.0, 7).items()})
     return s
@@ -108,7 +111,7 @@ def test_guidance_from_statistics_is_sent_next_round():
 def test_sampling_is_seeded_and_discovers_nodes():
     picks = []
     for _ in range(2):
-        s = FedCMIStrategy(clients_per_round=2, num_classes=2, run_config={}, seed=5)
+        s = FedCMIStrategy(clients_per_round=2, model_spec=ModelSpec(2, (1,), (1,)), run_config={}, seed=5)
         grid = FakeGrid()
         rounds = [sorted(m.metadata.dst_node_id for m in s.configure_train(r, ArrayRecord(), ConfigRecord(), grid))
                   for r in (1, 2, 3)]
@@ -128,7 +131,8 @@ def test_round_below_min_replies_is_skipped_and_model_kept():
 
 
 def test_discovery_needs_enough_nodes():
-    s = FedCMIStrategy(clients_per_round=3, num_classes=2, run_config={}, discovery_timeout=0.1)
+    s = FedCMIStrategy(clients_per_round=3, model_spec=ModelSpec(2, (1,), (1,)), run_config={},
+                       discovery_timeout=0.1)
     with pytest.raises(NoClientsError, match="only 2 node"):
         s.sample(FakeGrid({11: (0, "mm"), 12: (1, "a")}))
 
@@ -137,7 +141,7 @@ def test_aggregate_pure_function_weights():
     current = {"enc_a.x": np.zeros(2), "fusion.y": np.zeros(1)}
     new, contributors = aggregate(current, [ClientUpdate({"enc_a.x": np.ones(2), "fusion.y": np.ones(1)}, 1, ("a",)),
                                             ClientUpdate({"enc_a.x": np.ones(2) * 4, "fusion.y": np.ones(1) * 4},
-                                                         2, ("b",))], group_of)
+                                                         2, ("b",))], group_of, weighted_mean)
     assert np.allclose(new["enc_a.x"], 1)  # the b-only client's enc_a is not counted
     assert np.allclose(new["fusion.y"], 3)
     assert contributors == {"enc_a.x": 1, "fusion.y": 2}

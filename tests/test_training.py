@@ -1,14 +1,19 @@
-"""Local training: which parameters each client kind and objective term may move; learning happens."""
+"""Local training: which parameters each client kind and method term may move; learning happens."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
 
-from fedcmi.config import RunConfig
+from fedcmi.config import effective
 from fedcmi.data.base import ClientData
+from fedcmi.federated.dominance import Guidance
+from fedcmi.federated.statistics import class_statistics
+from fedcmi.methods.base import TrainSettings, local_update, only
+from fedcmi.methods.registry import METHOD_NAMES, method_spec
 from fedcmi.models import build_model
-from fedcmi.training import Guidance, Objective, class_statistics, local_update
 
 SHAPES = ((1, 20, 24), (3, 16, 16))
 K = 4
@@ -39,20 +44,23 @@ def _moved(before, model, prefix: str) -> bool:
                if k.startswith(prefix) and after[k].is_floating_point())
 
 
-def _update(model, data, objective, guidance=None, epochs=1):
-    guidance = guidance or Guidance()
-    return local_update(model, data, objective, guidance, num_classes=K, epochs=epochs, batch_size=16, lr=0.05,
-                        generator=torch.Generator().manual_seed(1))
+def _update(model, data, strategy="fedcmi", guidance=None, epochs=1, **keys):
+    """One local update of ``strategy`` with ``keys`` set by the user (a fresh method object, as per round)."""
+    spec = method_spec(strategy)
+    cfg = effective({"strategy": strategy, **keys})
+    settings = dataclasses.replace(TrainSettings.of(cfg, spec), epochs=epochs, batch_size=16, lr=0.05)
+    return local_update(model, only(data, spec.modalities), spec.build(cfg), guidance or Guidance(), settings,
+                        num_classes=K, generator=torch.Generator().manual_seed(1))
 
 
-FEDCMI = Objective.from_config(RunConfig(proximal_mu=0.1))
+FEDCMI = {"strategy": "fedcmi", "proximal_mu": 0.1}
 
 
 def test_unimodal_client_never_moves_the_other_modality():
     for kind, other in (("a", "_b."), ("b", "_a.")):
         model = _model()
         before = _snapshot(model)
-        _update(model, _data(kind), FEDCMI, Guidance(infiltrate=True, dominant="a"))
+        _update(model, _data(kind), guidance=Guidance(infiltrate=True, dominant="a"), **FEDCMI)
         for prefix in ("enc", "self", "inf", "cls"):
             assert not _moved(before, model, prefix + other), (kind, prefix)
         assert _moved(before, model, "fusion.")
@@ -62,46 +70,46 @@ def test_unimodal_client_never_moves_the_other_modality():
 def test_infiltration_trains_only_the_weak_modality_projector():
     model = _model()
     before = _snapshot(model)
-    _update(model, _data("mm"), FEDCMI, Guidance(infiltrate=True, dominant="a", tau=np.full(K, 0.8)))
+    _update(model, _data("mm"), guidance=Guidance(infiltrate=True, dominant="a", tau=np.full(K, 0.8)), **FEDCMI)
     assert _moved(before, model, "inf_b.")      # the weak modality's infiltration projector learns
     assert not _moved(before, model, "inf_a.")  # the dominant one's gets no gradient on a multimodal client
 
 
 def test_distillation_switch_off_and_warmup_leave_infiltration_projectors_alone():
-    for objective, guidance in ((FEDCMI, Guidance(infiltrate=False)),
-                                (Objective(decomposed=True, lambda_cmi=0.0), Guidance(infiltrate=True, dominant="a"))):
+    for keys, guidance in ((FEDCMI, Guidance(infiltrate=False)),
+                           ({"lambda_cmi": 0.0}, Guidance(infiltrate=True, dominant="a"))):
         model = _model()
         before = _snapshot(model)
-        result = _update(model, _data("mm"), objective, guidance)
+        result = _update(model, _data("mm"), guidance=guidance, **keys)
         assert "loss_cmi" not in result.losses
         assert not _moved(before, model, "inf_a.") and not _moved(before, model, "inf_b.")
 
 
 def test_each_term_reported_and_local_dominance_runs():
     model = _model()
-    result = _update(model, _data("mm"), Objective(decomposed=True, dominance="local"), Guidance(infiltrate=True))
+    result = _update(model, _data("mm"), guidance=Guidance(infiltrate=True), dominance="local")
     assert set(result.losses) == {"loss", "loss_fused", "loss_self", "loss_cmi"}
     assert result.num_examples == 48
-    no_self = _update(_model(), _data("mm"), Objective(decomposed=True, lambda_self=0.0), Guidance())
+    no_self = _update(_model(), _data("mm"), lambda_self=0.0)
     assert "loss_self" not in no_self.losses
 
 
 def test_local_training_learns():
     for decomposed in (True, False):
         model = _model(decomposed)
-        objective = FEDCMI if decomposed else Objective(decomposed=False)
+        keys = FEDCMI if decomposed else {"strategy": "fedavg"}
         data = _data("mm")
-        first = _update(model, data, objective, epochs=1).losses["loss_fused"]
-        later = _update(model, data, objective, epochs=4).losses["loss_fused"]
+        first = _update(model, data, epochs=1, **keys).losses["loss_fused"]
+        later = _update(model, data, epochs=4, **keys).losses["loss_fused"]
         assert later < 0.5 * first
 
 
 def test_proximal_term_holds_weights_closer_to_global():
     far = _model()
     start = _snapshot(far)
-    _update(far, _data("mm"), Objective(decomposed=False), epochs=3)
+    _update(far, _data("mm"), "fedavg", epochs=3)
     near = _model()
-    _update(near, _data("mm"), Objective(decomposed=False, proximal_mu=5.0), epochs=3)
+    _update(near, _data("mm"), "fedavg", epochs=3, proximal_mu=5.0)  # the user's mu wins over FedAvg's 0
 
     def dist(m):
         return sum(float((m.state_dict()[k] - start[k]).pow(2).sum()) for k in start
@@ -121,38 +129,33 @@ def test_class_statistics_counts_and_probabilities():
 
 
 def test_every_strategy_trains_each_client_kind():
-    from fedcmi.strategies import STRATEGY_NAMES, preset
-
-    for name in STRATEGY_NAMES:
-        objective = Objective.from_config(RunConfig(strategy=name))
+    for name in METHOD_NAMES:
+        spec = method_spec(name)
         for kind in ("mm", "a", "b"):
-            if kind != "mm" and kind not in objective.use_modalities:
+            if kind != "mm" and kind not in spec.modalities:
                 continue
-            model = _model(preset(name).decomposed)
-            result = _update(model, _data(kind), objective, Guidance(infiltrate=True, dominant="a"))
+            model = _model(spec.decomposed)
+            result = _update(model, _data(kind), name, Guidance(infiltrate=True, dominant="a"))
             assert np.isfinite(result.losses["loss"]), (name, kind)
 
 
 def test_fedcmi_plus_trains_the_dominant_infiltration_projector_single_projector_none():
-    plus = Objective.from_config(RunConfig(strategy="fedcmi-plus"))
     model = _model()
     before = _snapshot(model)
-    result = _update(model, _data("mm"), plus, Guidance(infiltrate=True, dominant="a"))
+    result = _update(model, _data("mm"), "fedcmi-plus", Guidance(infiltrate=True, dominant="a"))
     assert "loss_cross" in result.losses
     assert _moved(before, model, "inf_a.") and _moved(before, model, "inf_b.")
-    single = Objective.from_config(RunConfig(strategy="fedcmi-single"))
     for kind in ("mm", "a"):
         model = _model()
         before = _snapshot(model)
-        _update(model, _data(kind), single, Guidance(infiltrate=True, dominant="a"))
+        _update(model, _data(kind), "fedcmi-single", Guidance(infiltrate=True, dominant="a"))
         assert not _moved(before, model, "inf_a.") and not _moved(before, model, "inf_b.")
 
 
 def test_unimodal_baseline_ignores_the_other_modality_and_pmr_reports_its_term():
-    objective = Objective.from_config(RunConfig(strategy="unimodal-b"))
     model = _model(decomposed=False)
     before = _snapshot(model)
-    _update(model, _data("mm"), objective)
+    _update(model, _data("mm"), "unimodal-b")
     assert not _moved(before, model, "enc_a.") and _moved(before, model, "enc_b.")
-    pmr = _update(_model(decomposed=False), _data("mm"), Objective.from_config(RunConfig(strategy="pmr")))
+    pmr = _update(_model(decomposed=False), _data("mm"), "pmr")
     assert "loss_proto" in pmr.losses

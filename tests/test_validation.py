@@ -7,7 +7,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedcmi.models import group_of
-from fedcmi.validation import check_arrays, check_class_stats
+from fedcmi.federated.screening import check_arrays, check_class_stats
+from fedcmi.models import ModelSpec
 from server.strategy import FedCMIStrategy
 
 NODES = {21: (0, "mm"), 22: (1, "mm")}
@@ -29,7 +30,8 @@ def _reply(node: int, arrays: dict, stats=STATS, n: float = 10, pid: int | None 
 
 
 def _strategy() -> FedCMIStrategy:
-    s = FedCMIStrategy(clients_per_round=2, num_classes=2, run_config={}, max_update_norm=100.0)
+    s = FedCMIStrategy(clients_per_round=2, model_spec=ModelSpec(2, (1,), (1,)), run_config={},
+                       max_update_norm=100.0)
     s.nodes = dict(NODES)
     s.current_arrays = ArrayRecord({k: Array(np.zeros_like(v)) for k, v in GOOD.items()})
     return s
