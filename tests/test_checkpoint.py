@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from fedcmi.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fedcmi.cli import main
 from fedcmi.models import ModelSpec
+from fedcmi.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from server.strategy import FedCMIStrategy
 
 

@@ -16,11 +16,11 @@ import torch
 
 from fedcmi.cli import main
 from fedcmi.config import ConfigError, RunConfig, resolve
+from fedcmi.config.presets import preset_values
 from fedcmi.data import load_data, load_prepared
 from fedcmi.data.partition import build_federation, client_data
 from fedcmi.data.prepare import prepare
 from fedcmi.data.prepare import writer as writer_mod
-from fedcmi.config.presets import preset_values
 from tests.prepare_fixtures import ave_tree, crema_d_tree, crisismmd_tree, tiny_bert
 
 ROOT = Path(__file__).parents[1]
@@ -210,7 +210,8 @@ def test_load_data_refuses_another_data_set(prepared):
 
 
 def test_paper_preset_sits_under_file_and_overrides(tmp_path):
-    cfg = resolve(None, {"dataset": "crema-d", "data-root": "/d", "num-server-rounds": 3}, preset=preset_values("paper"))
+    cfg = resolve(None, {"dataset": "crema-d", "data-root": "/d", "num-server-rounds": 3},
+                  preset=preset_values("paper"))
     assert (cfg.num_clients, cfg.clients_per_round, cfg.dirichlet_alpha, cfg.multimodal_ratio) == (10, 2, 5.0, 0.5)
     assert cfg.num_server_rounds == 3 and cfg.encoder == "resnet18" and cfg.batch_size == 16
     with pytest.raises(ConfigError, match="--preset 'nope'"):

@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fedcmi.runtime.devices import autocast, on_device
 from fedcmi.config import ConfigError, RunConfig, from_mapping
 from fedcmi.data import ClientData
-from fedcmi.runtime.simulation import check_resources
+from fedcmi.runtime.devices import autocast, on_device
 from fedcmi.runtime.flower_dispatch import _take_undelivered
+from fedcmi.runtime.simulation import check_resources
 
 ROOT = Path(__file__).parents[1]
 

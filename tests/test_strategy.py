@@ -10,8 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 
 from fedcmi.federated.aggregation import ClientUpdate, aggregate
 from fedcmi.federated.aggregation.mean import weighted_mean
-from fedcmi.models import group_of
-from fedcmi.models import ModelSpec
+from fedcmi.models import ModelSpec, group_of
 from server.strategy import FedCMIStrategy, NoClientsError
 
 KINDS = {11: (0, "mm"), 12: (1, "a"), 13: (2, "b"), 14: (3, "a")}

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fedcmi.models import group_of
 from fedcmi.federated.screening import check_arrays, check_class_stats
-from fedcmi.models import ModelSpec
+from fedcmi.models import ModelSpec, group_of
 from server.strategy import FedCMIStrategy
 
 NODES = {21: (0, "mm"), 22: (1, "mm")}
