@@ -113,8 +113,11 @@ def _load(path: str) -> PreparedData:
         dd = load_from_disk(str(p))
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"{p}: not a saved data set ({exc})") from None
-    if not isinstance(dd, DatasetDict) or not {"train", "test"} <= set(dd):
-        raise ConfigError(f"{p}: needs a DatasetDict with 'train' and 'test' splits")
+    if not isinstance(dd, DatasetDict) or not {"train", "test"} & set(dd):
+        raise ConfigError(f"{p}: needs a DatasetDict with a 'train' or a 'test' split")
+    # A deployed node may hold only its training rows, a server only the test split: the other is empty.
+    present = next(s for s in ("train", "test") if s in dd)
+    dd = DatasetDict({s: dd[s] if s in dd else dd[present].select([]) for s in ("train", "test")})
     for split in ("train", "test"):
         lacking = {"idx", "a", "b", "label"} - set(dd[split].column_names)
         if lacking:
