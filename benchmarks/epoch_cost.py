@@ -1,4 +1,5 @@
-"""Cost of local training at the paper's input sizes (spec A.3/A.4), on random tensors of the real shapes.
+"""Cost of local training at the paper's input sizes (the authors' preprocessing and ResNet-18 encoders), on
+random tensors of the real shapes.
 
 Times a few batches of one multimodal FedCMI client (fused CE + self CE + infiltration distillation with the
 frozen teacher, proximal term) and of a FedAvg client, after one warm-up batch, and extrapolates to one
@@ -14,12 +15,15 @@ import time
 
 import numpy as np
 import torch
-from fedcmi.training import Guidance, Objective, local_update
 
+from fedcmi.config import effective
 from fedcmi.data.base import ClientData
+from fedcmi.federated.dominance import Guidance
+from fedcmi.methods.base import TrainSettings, local_update
+from fedcmi.methods.registry import method_spec
 from fedcmi.models import build_model
 
-# shape of a, shape of b, classes, training-set size (spec A.3)
+# shape of a, shape of b, classes, training-set size (the authors' preprocessing)
 PAPER = {
     "crema-d": ((1, 257, 299), (3, 2, 224, 224), 6, 6698),
     "ave": ((1, 257, 1004), (3, 4, 224, 224), 28, 3339),
@@ -29,10 +33,12 @@ PAPER = {
 def time_batches(dataset: str, strategy: str, batches: int, batch_size: int, device: str) -> float:
     """Seconds per training batch (mean over ``batches`` after a warm-up batch)."""
     shape_a, shape_b, k, _ = PAPER[dataset]
-    decomposed = strategy == "fedcmi"
+    spec = method_spec(strategy)
+    cfg = effective({"strategy": strategy, "lr": 1e-3, "local-epochs": 1, "batch-size": batch_size,
+                     **({"proximal-mu": 1.0} if spec.decomposed else {})})
+    decomposed = spec.decomposed
     model = build_model("resnet18", (shape_a, shape_b), k, 512, decomposed).to(device)
-    objective = (Objective(decomposed=True, proximal_mu=1.0) if decomposed
-                 else Objective(decomposed=False, lambda_self=0.0, lambda_cmi=0.0))
+    settings = TrainSettings.of(cfg, spec)
     guidance = Guidance(infiltrate=decomposed, dominant="a", tau=np.ones(k))
     gen = torch.Generator().manual_seed(0)
 
@@ -40,12 +46,11 @@ def time_batches(dataset: str, strategy: str, batches: int, batch_size: int, dev
         return ClientData(torch.randn((n, *shape_a), generator=gen), torch.randn((n, *shape_b), generator=gen),
                           torch.randint(0, k, (n,), generator=gen)).to(device)
 
-    kwargs = dict(num_classes=k, epochs=1, batch_size=batch_size, lr=1e-3)
-    local_update(model, data(batch_size), objective, guidance, **kwargs)  # warm-up
+    local_update(model, data(batch_size), spec.build(cfg), guidance, settings, num_classes=k)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    local_update(model, data(batches * batch_size), objective, guidance, **kwargs)
+    local_update(model, data(batches * batch_size), spec.build(cfg), guidance, settings, num_classes=k)
     if device == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / batches

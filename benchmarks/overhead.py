@@ -1,14 +1,14 @@
 """What Flower (and fedcmi's run machinery) costs on top of the training itself, in one process.
 
-(a) ``fedcmi.simulation.simulate`` of a config (default: the ``make run`` setting): start-up = seconds from
+(a) ``fedcmi.runtime.simulation.simulate`` of a config (default: the ``make run`` setting): start-up = seconds from
     this script's start to the end of round 1 (imports, Ray, client actors, data, the discovery query, one
     round); steady state = mean wall time of rounds 2..N (each round's ``wall_s``: sampling, messages,
     client training in the Ray actors, screening, aggregation, central evaluation, results and checkpoint
     files).
 (b) the same work in a plain sequential PyTorch loop, no Flower, no Ray, no files: the same sampled
     partitions (the strategy's seeded ``random.Random(seed).sample`` over sorted partition ids), the same
-    per-client data, model, seeds (``clients.app.round_seed``), ``class_statistics`` + ``local_update``,
-    then the same server work: ``fedcmi.aggregation.aggregate``, the dominance guidance, central evaluation.
+    per-client data and model, the same client step (``fedcmi.federated.client_step``, which the ClientApp
+    calls), then the same server work: the run's aggregation rule, the dominance guidance, central evaluation.
 
 Both (a) and (b) include aggregation and central evaluation; (b)'s training-only part is printed too.
 ``overhead_ratio`` = steady-state s/round of (a) / s/round of (b). (b) trains with ``--plain-threads`` torch
@@ -42,19 +42,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from fedcmi.aggregation import ClientUpdate, aggregate  # noqa: E402
-from fedcmi.dominance import ClassStats, dominance  # noqa: E402
-from fedcmi.evaluation import evaluate  # noqa: E402
-from fedcmi.strategies import preset  # noqa: E402
-from fedcmi.training import Guidance, Objective, class_statistics, local_update  # noqa: E402
 from procmem import GIB, PeakMemory  # noqa: E402
 
-from clients.app import autocast, device_of, on_device, round_seed  # noqa: E402
 from fedcmi.config import RunConfig, parse_overrides, resolve  # noqa: E402
 from fedcmi.data import load_data  # noqa: E402
 from fedcmi.data.partition import client_data, federation  # noqa: E402
-from fedcmi.models import build_model, group_of, model_options  # noqa: E402
-from server.strategy import KIND_MODALITIES  # noqa: E402
+from fedcmi.federated.aggregation import ClientUpdate, aggregate, rule  # noqa: E402
+from fedcmi.federated.client_step import client_step  # noqa: E402
+from fedcmi.federated.dominance import ClassStats, Guidance, dominance  # noqa: E402
+from fedcmi.federated.evaluation import evaluate  # noqa: E402
+from fedcmi.methods.registry import method_spec  # noqa: E402
+from fedcmi.models import ModelSpec, group_of, model_for  # noqa: E402
+from fedcmi.runtime.devices import device_of  # noqa: E402
 
 # --- (a) the Flower simulation, with per-round timers on the server's steps ----------------------------
 
@@ -94,10 +93,9 @@ class StepTimers:
 
 
 def instrument() -> StepTimers:
-    from fedcmi.results import RunDirectory
-    from fedcmi.vce_fast import install
-
     import server.app
+    from fedcmi.runs.run_dir import RunDirectory
+    from fedcmi.runtime.flower_dispatch import install
     from server.strategy import FedCMIStrategy
 
     install()  # what run_app does; before wrapping, so the grid class it installs is the one timed
@@ -115,7 +113,7 @@ def instrument() -> StepTimers:
 
 
 def run_flower(cfg: RunConfig) -> dict[str, Any]:
-    from fedcmi.simulation import simulate
+    from fedcmi.runtime.simulation import simulate
 
     timers = instrument()
     rows: list[dict[str, Any]] = []
@@ -138,22 +136,16 @@ def run_plain(cfg: RunConfig, threads: int) -> dict[str, Any]:
     """Rounds 1..N of ``cfg`` without Flower: returns per-round seconds (total, training) and accuracies."""
     data = load_data(cfg)
     specs = federation(cfg)
-    p = preset(cfg.strategy)
-    objective = Objective.from_config(cfg)
+    p = method_spec(cfg.strategy)
+    spec = ModelSpec.of(data)
     torch.manual_seed(cfg.seed)  # the server model's initial weights, as server.app.run_server builds them
-    server_model = build_model(cfg.encoder, data.shapes(), data.num_classes, cfg.feature_dim, p.decomposed,
-                               cfg.projector, **model_options(cfg))
-    client_model = build_model(cfg.encoder, data.shapes(), data.num_classes, cfg.feature_dim, p.decomposed,
-                               cfg.projector, **model_options(cfg))
-    device = device_of(cfg)  # as the clients choose theirs; the server evaluates on the CPU, as server.app does
+    server_model = model_for(cfg, spec, p.decomposed)
+    client_model = model_for(cfg, spec, p.decomposed)
+    device = device_of(cfg.device)  # as the clients choose theirs; the server evaluates on the CPU, as server.app does
     client_model.to(device)
     current = {k: v.detach().clone().numpy() for k, v in server_model.state_dict().items()}
     xa, xb, y = (torch.from_numpy(t) for t in data.arrays("test"))
-
-    def held(kind: str) -> tuple[str, ...]:
-        return tuple(m for m in KIND_MODALITIES[kind] if m in p.modalities)
-
-    eligible = sorted(s.partition_id for s in specs if held(s.kind))
+    eligible = sorted(s.partition_id for s in specs if p.held(s.kind))
     k = min(cfg.clients_per_round, len(eligible))
     rng = random.Random(cfg.seed)
     guidance = None
@@ -164,34 +156,25 @@ def run_plain(cfg: RunConfig, threads: int) -> dict[str, Any]:
         torch.set_num_threads(threads)
         updates, all_stats = [], []
         for pid in sorted(rng.sample(eligible, k)):
-            spec = specs[pid]
-            local = on_device(client_data(data, spec), device)
-            client_model.load_state_dict({n: torch.from_numpy(np.array(v)) for n, v in current.items()})
+            client = specs[pid]
+            state = {n: torch.from_numpy(np.array(v)) for n, v in current.items()}
             sent = Guidance(infiltrate=server_round > cfg.warmup_rounds,
                             dominant=guidance.dominant if guidance else None,
                             tau=np.asarray(guidance.tau, dtype=np.float64) if guidance else None)
-            seed = round_seed(cfg.seed, server_round, pid)
-            with autocast(cfg, device):
-                all_stats.append(class_statistics(client_model, local, data.num_classes))
-                torch.manual_seed(seed)
-                result = local_update(client_model, local, objective, sent, num_classes=data.num_classes,
-                                      epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                      momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                      generator=torch.Generator().manual_seed(seed))
-            keep = (*[m for m in spec.modalities if m in p.modalities], "shared")
-            trained = {n: v.detach().cpu().clone().numpy() for n, v in client_model.state_dict().items()
-                       if group_of(n) in keep}
-            updates.append(ClientUpdate(trained, float(result.num_examples), held(spec.kind)))
+            result = client_step(client_model, state, sent, client_data(data, client), cfg,
+                                 num_classes=data.num_classes, server_round=server_round, partition_id=pid)
+            all_stats.append(result.stats)
+            trained = {n: v.clone().numpy() for n, v in result.arrays.items()}
+            updates.append(ClientUpdate(trained, float(result.num_examples), p.held(client.kind)))
         train.append(time.perf_counter() - start)
         torch.set_num_threads(server_threads)
-        current, _ = aggregate(current, updates, group_of)
+        current, _ = aggregate(current, updates, group_of, rule(cfg.aggregation))
         stats = sum(all_stats, ClassStats.zeros(data.num_classes))
         if stats.counts.sum() > 0:
             guidance = dominance(stats, cfg.gamma) or guidance
         server_model.load_state_dict({n: torch.from_numpy(np.array(v)) for n, v in current.items()})
         res = evaluate(server_model, xa, xb, y, data.num_classes, data.modalities, cfg.eval_batch_size,
-                       use_modalities=p.modalities,
-                       infiltration_path=p.decomposed and not p.objective.get("single_projector"))
+                       use_modalities=p.modalities, infiltration_path=p.infiltration_path)
         total.append(time.perf_counter() - start)
         accs.append(res["acc_mm"])
     return {"total": total, "train": train, "acc_mm": accs}

@@ -84,7 +84,7 @@ class FedCMIStrategy(Strategy):
         The clients' part of the run configuration, sent to every client so all sides train with the same
         settings.
     gamma : float (default: 2.0)
-        Strength of the class-wise temperatures (FedCMI paper, Sec. 3.3).
+        Strength of the class-wise temperatures (FedCMI authors' code).
     warmup_rounds : int (default: 1)
         Rounds without infiltration at the start.
     seed : int (default: 0)

@@ -10,7 +10,7 @@ from fedcmi.config import RunConfig
 
 @pytest.fixture(autouse=True)
 def _task_identity():
-    """``Message(...)`` outside a running app needs these ids (flower-guide §2)."""
+    """``Message(...)`` outside a running app needs these ids (Flower 1.42: flwr.supercore.task_identity)."""
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1

@@ -1,4 +1,4 @@
-"""Model forward paths with either modality missing (spec A.4) and parameter groups."""
+"""Model forward paths with either modality missing and parameter groups."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 PREPARE_HELP = """\
-Read a real data set in the layout it is distributed in, compute the model inputs of spec A.3 and write a
+Read a real data set in the layout it is distributed in, compute the model inputs of the FedCMI authors'
+preprocessing and write a
 Hugging Face data set (Arrow, official train/test split) that `fedcmi simulate dataset=<name>
 data-root=<root>` loads. Re-running skips finished work; unreadable files are skipped, counted and named
 in <out>/prepare-report.txt. The README ("Real data sets") gives each layout.

@@ -1,4 +1,5 @@
-"""Label-skew partitions (flwr-datasets) and the modality each client holds (spec A.2, Part 0).
+"""Label-skew partitions (flwr-datasets) and the modality each client holds (the FedCMI paper's setting:
+Dirichlet label skew, a share of clients with one modality).
 
 Deterministic by seed: the same config gives the same partition and the same modality kinds.
 """

@@ -1,4 +1,5 @@
-"""Which modality dominates, and the class-wise temperatures derived from it (FedCMI paper, Sec. 3.3).
+"""Which modality dominates, and the class-wise temperatures derived from it (the FedCMI paper and
+the authors' code).
 
 Pure numpy: clients report per-class sums of the true-class probability of each self branch and per-class
 counts; the server adds them up and calls :func:`dominance`.
@@ -52,7 +53,7 @@ class Dominance:
 
 
 def class_temperatures(p_a: np.ndarray, p_b: np.ndarray, gamma: float) -> tuple[np.ndarray, float]:
-    """Class-wise temperatures (paper Sec. 3.3, authors' code): tau_c < 1 for classes whose imbalance exceeds
+    """Class-wise temperatures (the FedCMI authors' code): tau_c < 1 for classes whose imbalance exceeds
     the average one; tau_c = 1 otherwise.
 
     Classes with NaN or non-positive probabilities are absent and keep tau_c = 1. Returns (tau, r̄);

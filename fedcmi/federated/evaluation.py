@@ -1,4 +1,5 @@
-"""Server-side evaluation on the held-out test set, every evaluation path of spec Part 0 §6."""
+"""Server-side evaluation on the held-out test set, on every path: multimodal, each modality alone through its
+infiltration path, and zero-filled."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ def self_logits(model: nn.Module, x: torch.Tensor, m: str) -> torch.Tensor:
 
 @torch.no_grad()
 def class_statistics(model: nn.Module, data: ClientData, num_classes: int, batch_size: int = 512) -> ClassStats:
-    """Per-class sums of each self branch's true-class probability (multimodal clients; paper Sec. 3.3)."""
+    """Per-class sums of each self branch's true-class probability (multimodal clients; the FedCMI authors' code)."""
     stats = ClassStats.zeros(num_classes)
     if data.kind != "mm" or len(data) == 0:
         return stats

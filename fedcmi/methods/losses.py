@@ -1,4 +1,6 @@
-"""Loss terms of the local objectives (FedCMI paper, Sec. 3; the authors' code); plain functions of tensors."""
+"""Loss terms of the local objectives (the FedCMI paper, arXiv 2401.00894, and the authors' code).
+
+Plain functions of tensors."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 
 def infiltration_distillation(student: torch.Tensor, teacher: torch.Tensor,
                               tau: torch.Tensor) -> torch.Tensor:
-    """Soft-label cross-entropy between temperature-scaled teacher and student logits (paper Sec. 3.2).
+    """Soft-label cross-entropy between temperature-scaled teacher and student logits (the infiltration term).
 
     ``tau`` holds one temperature per sample (the temperature of its true class) and divides both logit
     sets; no tau^2 scaling, as in the authors' code. The teacher is detached.

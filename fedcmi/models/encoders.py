@@ -25,7 +25,7 @@ class SmallCNN(nn.Module):
 
 
 class ResNet18Encoder(nn.Module):
-    """torchvision ResNet-18 without its classifier, first conv adapted to ``in_channels`` (spec A.4).
+    """torchvision ResNet-18 without its classifier, first conv adapted to ``in_channels`` (the authors' encoder).
 
     Frame stacks ``B x C x F x H x W`` are folded into the batch and average-pooled over frames.
     """

@@ -1,4 +1,4 @@
-"""The decomposed FedCMI model (FedCMI paper, Sec. 3; the authors' code).
+"""The decomposed FedCMI model (the FedCMI paper, arXiv 2401.00894, and the authors' code).
 
 Per modality: an encoder, a self projector and an infiltration projector, and one classifier shared by
 both projectors; a fusion head over two slots. Slot ``a`` then slot ``b``: a client holding only ``a`` fills

@@ -7,7 +7,7 @@ from torch import nn
 
 
 class FrameAveraged(nn.Module):
-    """Runs ``inner`` on every frame (frames folded into the batch) and averages over frames (spec A.4)."""
+    """Runs ``inner`` on every frame (frames folded into the batch) and averages over frames (as the authors do)."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()

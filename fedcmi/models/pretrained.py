@@ -2,10 +2,10 @@
 
 * :class:`TextEncoder`: a BERT-family model from ``transformers`` (hub name, read from the local Hugging Face
   cache, or a directory), over token ids; pooled output, projected to the other encoder's width.
-* :func:`resnet18_encoder`: the spec A.4 ResNet-18, optionally initialised from ImageNet weights (the file
-  torchvision would download, taken from the local torch hub cache) or any state-dict file.
+* :func:`resnet18_encoder`: the ResNet-18 of the FedCMI authors' code, optionally initialised from ImageNet
+  weights (the file torchvision would download, taken from the local torch hub cache) or any state-dict file.
 
-Modules marked ``keeps_weights`` are skipped by :func:`fedcmi.models.fedcmi_model.init_weights`.
+Modules marked ``keeps_weights`` are skipped by :func:`fedcmi.models.init.init_weights`.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def resolve_resnet_weights(spec: str) -> Path:
         hint = "give a state-dict file (.pth or .safetensors) of torchvision's resnet18"
     if not path.is_file():
         raise ConfigError(f"encoder-weights={spec!r}: {path} does not exist; {hint}, or set encoder-weights='' "
-                          "to train from scratch (spec A.4)")
+                          "to train from scratch, as the FedCMI authors do")
     return path
 
 

@@ -6,7 +6,7 @@ their registration, node configs, ports, a connection in ``$FLWR_HOME/config.tom
 started here, tracked by PID and stopped by PID (with its children: the ``flower-superexec`` and app
 processes Flower spawns), also when something fails.
 
-Flower 1.42 facts this relies on (``shared/docs/flower-guide.md`` §4): the SuperLink serves its Fleet,
+Flower 1.42 facts this relies on (checked against flwr 1.42.0): the SuperLink serves its Fleet,
 Control and Runtime APIs on one HTTPS port (``--port``, default 8000; the 9091-9093 gRPC ports of older
 releases are gone); a SuperNode serves its own Runtime API on ``--port`` (default 9094); connections live
 in ``$FLWR_HOME/config.toml``; node authentication needs TLS and OpenSSH EC keys.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 logger = logging.getLogger("fedcmi.loopback")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CERT_SCRIPT = ROOT / "deploy" / "make-certs.sh"
 FEDERATION = "fedcmi-loopback"
 ISOLATIONS = ("warm", "subprocess", "process")

@@ -1,0 +1,54 @@
+"""The metrics row of one round: every column is named here once.
+
+Used by the run directory (``metrics.csv``/``metrics.json``), its plot, the terminal table, the bench
+reports and the progress display. Accuracy columns carry the data set's modality names
+(``acc_audio``); :func:`accuracy_columns` spells them for a pair of names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+ROUND = "round"
+ACC_MM, WORST_CLASS, PER_CLASS = "acc_mm", "worst_class_acc", "per_class_acc"
+DOMINANT, RATIO, FAULTS, WALL_S, SKIPPED = "dominant", "ratio", "faults", "wall_s", "skipped"
+CLIENT_COUNTS = ("clients_ok", "clients_failed", "clients_rejected", "clients_timeout")
+
+
+def acc_alone(name: str) -> str:
+    """Modality ``name`` alone through its infiltration path (zero-filled for models without one)."""
+    return f"acc_{name}"
+
+
+def acc_zero(name: str) -> str:
+    """Modality ``name`` alone with the other slot zeroed."""
+    return f"acc_{name}_zero"
+
+
+def accuracy_columns(names: tuple[str, str]) -> list[str]:
+    """The accuracy columns in display order: mm, each alone, each zero-filled, worst class."""
+    a, b = names
+    return [ACC_MM, acc_alone(a), acc_alone(b), acc_zero(a), acc_zero(b), WORST_CLASS]
+
+
+def column_labels(names: tuple[str, str]) -> dict[str, str]:
+    """Readable labels of the accuracy columns (plots, legends)."""
+    a, b = names
+    return {ACC_MM: "multimodal", acc_alone(a): f"{a} alone (infiltration path)",
+            acc_alone(b): f"{b} alone (infiltration path)", acc_zero(a): f"{a} alone, {b} zeroed",
+            acc_zero(b): f"{b} alone, {a} zeroed", WORST_CLASS: "worst class (multimodal)"}
+
+
+def round_row(server_round: int, accuracies: Mapping[str, Any], losses: Mapping[str, float], dominant: str,
+              ratio: float, round_info: Mapping[str, Any], wall_s: float) -> dict[str, Any]:
+    """One round's row: accuracies, mean loss terms of the good clients, guidance, reply counts, time."""
+    return {
+        ROUND: server_round, **accuracies,
+        **{k.replace("-", "_"): float(v) for k, v in losses.items()},
+        DOMINANT: dominant, RATIO: ratio if ratio is not None else math.nan,
+        "clients_ok": int(round_info.get("replies", 0)), "clients_failed": int(round_info.get("failed", 0)),
+        "clients_rejected": int(round_info.get("rejected", 0)), "clients_timeout": int(round_info.get("timeout", 0)),
+        SKIPPED: int(round_info.get("skipped", False)), FAULTS: "; ".join(round_info.get("faults", [])),
+        WALL_S: round(wall_s, 3)}
