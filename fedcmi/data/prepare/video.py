@@ -47,12 +47,12 @@ def decode_video(path: Path, seconds: list[float], size: int,
     ``audio_window`` = [start, stop) seconds. Corrupt, truncated or oversized files are a :class:`SampleError`."""
     import av
 
-    check_size(path, MAX_VIDEO_BYTES, "video file")
+    file_size = check_size(path, MAX_VIDEO_BYTES, "video file")
     wanted = sorted(seconds)
     frames: list[np.ndarray] = []
     chunks: list[np.ndarray] = []
     audio_rate, audio_offset = 0, 0.0
-    packets_end = 0.0
+    packets_end, cut_at = 0.0, None
     try:
         # an absolute path can never be read as an FFmpeg protocol ("concat:", "http:")
         with av.open(str(path.absolute()), metadata_errors="ignore") as container:
@@ -76,6 +76,8 @@ def decode_video(path: Path, seconds: list[float], size: int,
                 end = _end_time(packet)
                 if end is not None:
                     packets_end = max(packets_end, end)
+                if packet.is_corrupt and packet.pos is not None and packet.pos + packet.size >= file_size:
+                    cut_at = end  # the demuxer's last packet is short: the file stops inside it
                 if packet.stream.index == vstream.index and need_video:
                     for frame in packet.decode():
                         if frame.width * frame.height > MAX_PIXELS:
@@ -105,10 +107,14 @@ def decode_video(path: Path, seconds: list[float], size: int,
     except SampleError:
         raise
     except Exception as exc:  # FFmpegError and whatever a hostile container makes the demuxer raise
+        if cut_at is not None:
+            raise SampleError(path, f"truncated: the file ends inside its packet at {cut_at:.2f} s") from None
         raise SampleError(path, f"not a readable video ({type(exc).__name__}: {exc})") from None
     if duration and packets_end + max(0.5, 2.0 / fps) < duration:
         raise SampleError(path, f"truncated: its packets end at {packets_end:.2f} s but it declares "
                                 f"{duration:.2f} s")
+    if cut_at is not None:
+        raise SampleError(path, f"truncated: the file ends inside its packet at {cut_at:.2f} s")
     if wanted and not frames:
         raise SampleError(path, f"no frames at or after {wanted[0]:g} s (the video ends at "
                                 f"{max(packets_end, duration):.2f} s)")
