@@ -206,7 +206,8 @@ def test_flv_and_mp4_decode_to_the_encoded_frames_and_audio(prepared):
     assert np.array_equal(xa, load_prepared(prepared["crema-d"]).arrays("test")[0])
 
     mp4 = load_prepared(prepared["ave-mp4"])
-    assert mp4.manifest["settings"]["audio"] == mp4.manifest["settings"]["frames"] == "AVE/*.mp4"
+    settings = mp4.manifest["settings"]
+    assert settings["audio_source"] == settings["frame_source"] == "AVE/*.mp4" and settings["frames"] == 4
     xa, xb, y = mp4.arrays("test")
     for key, spec, frames, label in zip(mp4.test["key"], xa, xb, y, strict=True):
         start, end = ave_segment(int(key.split(":")[0][-2:]))
@@ -217,6 +218,21 @@ def test_flv_and_mp4_decode_to_the_encoded_frames_and_audio(prepared):
         tone = 250 + 200 * int(label)  # Hz; STFT bins are 16000 / 512 = 31.25 Hz apart
         assert abs(int(spec[0].mean(axis=1).argmax()) - tone / 31.25) <= 1, key
         assert abs(float(spec.mean())) < 1e-3 and abs(float(spec.std()) - 1) < 1e-2
+
+
+def test_ave_mixes_an_extracted_audio_folder_with_the_mp4_frames(tmp_path, prepared):
+    root = tmp_path / "AVE_Dataset"
+    vids = ave_tree(root, per_class=2, video=True)
+    for vid in vids:  # a different tone than the MP4's: the spectrogram shows which one was used
+        write_wav(root / "audio" / f"{vid}.wav", 10.0, 2000, rate=8_000)
+    outcome = prepare("ave", root, show_progress=False, image_size=16)
+    assert outcome.skipped == [] and outcome.rows == {"train": 3, "test": 3}
+    data = load_prepared(root)
+    assert (data.manifest["settings"]["audio_source"], data.manifest["settings"]["frame_source"]) == \
+        ("audio/*.wav", "AVE/*.mp4")
+    xa, xb, y = data.arrays("test")
+    assert (xa[:, 0].mean(axis=2).argmax(axis=1) == 64).all()  # 2000 Hz / 31.25 Hz per bin
+    assert np.allclose(xb, load_prepared(prepared["ave-mp4"]).arrays("test")[1], atol=1e-5)
 
 
 def _truncate(path: Path, fraction: float) -> None:

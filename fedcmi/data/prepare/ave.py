@@ -120,8 +120,8 @@ def source(root: Path, frames: int = 4, image_size: int = 224) -> Source:
             raise SampleError(folder, f"no frames for [{start:g}, {end:g}) s: the folder holds {len(files)}")
         return spec, stack_frames(evenly(segment, frames), frames, image_size, folder)
 
-    media = {"audio": "audio/*.wav" if audio_dir.is_dir() else "AVE/*.mp4",
-             "frames": "frames/*/" if frames_dir.is_dir() else "AVE/*.mp4"}
+    media = {"audio_source": "audio/*.wav" if audio_dir.is_dir() else "AVE/*.mp4",
+             "frame_source": "frames/*/" if frames_dir.is_dir() else "AVE/*.mp4"}
     extracted = audio_dir.is_dir() and frames_dir.is_dir()  # the layout of fedcmi 0.1: its settings, unchanged
     return Source(
         name="ave", modalities=("audio", "visual"), class_names=classes, splits=splits,
