@@ -276,15 +276,18 @@ def test_corrupt_or_truncated_videos_are_skipped_named_and_reported(tmp_path, ca
                 audio_freq=450, faststart=True)
     _truncate(root / "AVE" / "vid1x01.mp4", 0.6)  # moov first: the index survives, the packets do not
     _corrupt_video_packet(root / "AVE" / "vid2x01.mp4", 3)  # second 3 is in the segment [1, 7)
+    split = (root / "trainSet.txt").read_text().replace("vid0x02&good&2&8", "vid0x02&good&12&15")
+    (root / "trainSet.txt").write_text(split)  # a segment after the end of the 10 s video
     outcome = prepare("ave", root, show_progress=False, image_size=16)
     reasons = {Path(s.file).name: s.reason for s in outcome.skipped}
-    assert sorted(reasons) == ["vid0x01.mp4", "vid1x01.mp4", "vid2x01.mp4"]
+    assert sorted(reasons) == ["vid0x01.mp4", "vid0x02.mp4", "vid1x01.mp4", "vid2x01.mp4"]
     assert reasons["vid0x01.mp4"].startswith("not a readable video (InvalidDataError")
     assert reasons["vid1x01.mp4"].startswith("truncated: ")
     assert reasons["vid2x01.mp4"].startswith("not a readable video")
-    assert outcome.rows == {"train": 3, "test": 3}
+    assert reasons["vid0x02.mp4"] == "no frames at or after 12 s (the video ends at 10.13 s)"
+    assert outcome.rows == {"train": 2, "test": 3}
     report = outcome.report_path.read_text()
-    assert "3 skipped" in report and all(str(root / "AVE" / name) in report for name in reasons)
+    assert "4 skipped" in report and all(str(root / "AVE" / name) in report for name in reasons)
 
 
 # --- hostile files: each is one skipped, named sample, and nothing is decoded past the caps --------------
@@ -313,7 +316,8 @@ def test_bad_ave_segments_are_skipped_and_named(tmp_path):
     root = tmp_path / "AVE_Dataset"
     ave_tree(root, per_class=3)
     write_wav(root / "audio" / "vid1x02.wav", 8 / 8_000, 450, rate=8_000)  # 8 samples
-    bad = {"vid0x01": "nan&6", "vid1x01": "1&inf", "vid2x01": "7&2", "vid0x02": "12&15"}
+    bad = {"vid0x01": "nan&6", "vid1x01": "1&inf", "vid2x01": "7&2", "vid0x02": "12&15",
+           "vid2x02": "0&1e12"}  # huge but finite: clipped to the 10 s of the video, prepared
     lines = []
     for line in (root / "trainSet.txt").read_text().splitlines():
         cat, vid, quality, *_ = line.split("&")
@@ -331,7 +335,8 @@ def test_bad_ave_segments_are_skipped_and_named(tmp_path):
     assert got["vid0x02"][1] == "only 0 audio samples (0.000 s) in [12, 15) s of 10.000 s; at least 0.2 s needed"
     assert got["vid1x02"][1].startswith("only 0 audio samples (0.000 s) in [2, 8) s of 0.001 s")
     assert got["../AVE_Dataset/audio/vid0x00"][1].endswith("is not a plain file name")
-    assert outcome.rows == {"train": 6 - 5, "test": 3} and len(outcome.skipped) == 6
+    assert "vid2x02" not in got  # [0, 1e12): the whole video, and no 1e12-long list of seconds
+    assert outcome.rows == {"train": 7 - 6, "test": 3} and len(outcome.skipped) == 6
     assert "6 skipped" in outcome.report_path.read_text()
 
 

@@ -72,6 +72,16 @@ def _problem(vid: str, start: float, end: float) -> str | None:
     return None
 
 
+def _seconds(start: float, end: float, count: int) -> list[int]:
+    """``count`` whole seconds spread evenly over [start, end) (all of them when fewer), without listing them all:
+    a finite but huge EndTime must not cost memory."""
+    first = int(np.floor(start))
+    stop = max(int(np.ceil(end)), first + 1)
+    if stop - first <= count:
+        return list(range(first, stop))
+    return [first + int(i) for i in np.linspace(0, stop - 1 - first, count).round()]
+
+
 def source(root: Path, frames: int = 4, image_size: int = 224) -> Source:
     """The AVE items and their loader (spectrogram 1 x 257 x 1004, frames 3 x F x S x S)."""
     if not root.is_dir():
@@ -95,8 +105,7 @@ def source(root: Path, frames: int = 4, image_size: int = 224) -> Source:
         vid, start, end, where, problem = item.info
         if problem:
             raise SampleError(where, problem)
-        first = int(np.floor(start))
-        seconds = evenly(list(range(first, max(int(np.ceil(end)), first + 1))), frames)
+        seconds = _seconds(start, end, frames)
         mp4 = video_dir / f"{vid}.mp4"
         if audio_dir.is_dir() and frames_dir.is_dir():
             decoded = None
@@ -105,6 +114,8 @@ def source(root: Path, frames: int = 4, image_size: int = 224) -> Source:
                                    None if audio_dir.is_dir() else (start, min(end, start + SECONDS)))
         if audio_dir.is_dir():
             spec = wav_spectrogram(audio_dir / f"{vid}.wav", SECONDS, start, end)
+        elif decoded.audio.size == 0:
+            raise SampleError(mp4, f"no audio in [{start:g}, {end:g}) s: the file lasts {decoded.duration:.2f} s")
         else:
             spec = segment_spectrogram(mp4, decoded.audio_rate, decoded.audio, SECONDS, start, end,
                                        offset=decoded.audio_offset)
@@ -115,6 +126,7 @@ def source(root: Path, frames: int = 4, image_size: int = 224) -> Source:
         if not folder.is_dir():
             raise SampleError(folder, "missing frames folder")
         files = image_files(folder)
+        first = int(np.floor(start))
         segment = files[first: max(int(np.ceil(end)), first + 1)]
         if not segment:
             raise SampleError(folder, f"no frames for [{start:g}, {end:g}) s: the folder holds {len(files)}")

@@ -19,7 +19,6 @@ from fedcmi.data.prepare.media import MAX_PIXELS, MAX_RATE, MIN_RATE, SampleErro
 logger = logging.getLogger(__name__)
 
 MAX_VIDEO_BYTES = 256 * 2**20  # CREMA-D's FLVs are ~0.3 MB, AVE's 10 s MP4s a few MB
-VIDEO_EXTENSIONS = (".flv", ".mp4")
 
 
 @dataclass
@@ -52,7 +51,7 @@ def decode_video(path: Path, seconds: list[float], size: int,
     frames: list[np.ndarray] = []
     chunks: list[np.ndarray] = []
     audio_rate, audio_offset = 0, 0.0
-    packets_end, cut_at = 0.0, None
+    packets_end, cut_at, kept = 0.0, None, 0
     try:
         # an absolute path can never be read as an FFmpeg protocol ("concat:", "http:")
         with av.open(str(path.absolute()), metadata_errors="ignore") as container:
@@ -102,6 +101,10 @@ def decode_video(path: Path, seconds: list[float], size: int,
                             if not chunks:
                                 audio_offset = t0
                             chunks.append(out.to_ndarray().mean(axis=0))
+                            kept += chunks[-1].size
+                        if kept > (audio_window[1] - audio_window[0] + 1.0) * audio_rate:
+                            need_audio = False  # timestamps that never reach the window's end: enough
+                            break
             duration = float(container.duration or 0) / 1e6  # microseconds; 0 when the header does not say
             fps = float(vstream.average_rate or vstream.guessed_rate or 25)
     except SampleError:
