@@ -1,7 +1,10 @@
 """Tiny fixture trees in the distributed layouts of CREMA-D, AVE and CrisisMMD, and a tiny local BERT.
 
 A few seconds of tone per clip and a few 24x24 images: enough for prepare -> load -> simulate, and the
-class signal (tone pitch, image colour) is learnable so a 2-round run is meaningful.
+class signal (tone pitch, image colour) is learnable so a 2-round run is meaningful. The video layouts are
+real FLV (Sorenson H.263 + MP3, as CREMA-D ships) and MP4 (H.264 + AAC, as AVE ships) files written with
+PyAV: 32x32, 1-2 fps, each second's frame a flat colour, :func:`video_colour`, so a test can tell which
+second a decoded frame came from.
 """
 
 from __future__ import annotations
@@ -34,19 +37,58 @@ def write_image(path: Path, colour: tuple[int, int, int], seed: int = 0, size: i
     Image.fromarray(arr).save(path)
 
 
+def write_video(path: Path, colours: list[tuple[int, int, int]], fps: int, audio_freq: float | None = None,
+                rate: int = 8_000, faststart: bool = False, size: int = 32) -> None:
+    """A video of flat-colour frames (``colours[i]`` is frame i, at ``fps``) and, optionally, a tone as its
+    audio track (mono): FLV (flv1 + mp3) or MP4 (h264 + aac), by the file's extension."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flv = path.suffix == ".flv"
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", format="flv" if flv else "mp4", options=options) as out:
+        video = out.add_stream("flv" if flv else "libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = size, size, "yuv420p"
+        audio = None
+        if audio_freq is not None:
+            audio = out.add_stream("libmp3lame" if flv else "aac", rate=rate, layout="mono",
+                                   options={} if flv else {"aac_coder": "fast"})  # 10x faster than the default
+        for colour in colours:
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), colour, np.uint8), format="rgb24")
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        if audio is not None:
+            t = np.arange(int(len(colours) / fps * rate)) / rate
+            x = (0.4 * np.sin(2 * np.pi * audio_freq * t)).astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(x[None], format="fltp", layout="mono")
+            frame.sample_rate = rate
+            out.mux(audio.encode(frame))
+            out.mux(audio.encode())
+
+
+def video_colour(k: int, n: int, second: int) -> tuple[int, int, int]:
+    """The colour of second ``second`` of a class-``k`` fixture video: red/green carry the class, blue the second."""
+    return int(200 * k / max(n - 1, 1)) + 20, int(200 * (1 - k / max(n - 1, 1))) + 20, 30 + 20 * second
+
+
 def _colour(k: int, n: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in (255 * np.array([k / max(n - 1, 1), 1 - k / max(n - 1, 1), (k % 2)])))
 
 
-def crema_d_tree(root: Path, per_class: int = 4, split_files: bool = True) -> list[str]:
-    """AudioWAV/<clip>.wav + Image-01-FPS/<clip>/*.jpg (+ train.csv/test.csv); returns the clip names."""
+def crema_d_tree(root: Path, per_class: int = 4, split_files: bool = True, video: bool = False) -> list[str]:
+    """AudioWAV/<clip>.wav + Image-01-FPS/<clip>/*.jpg, or with ``video`` VideoFlash/<clip>.flv (3 s at 2 fps,
+    as distributed), (+ train.csv/test.csv); returns the clip names."""
     clips = []
     for k, emo in enumerate(EMOTIONS):
         for i in range(per_class):
             clip = f"{1001 + i}_DFA_{emo}_XX"
             write_wav(root / "AudioWAV" / f"{clip}.wav", 1.0, 300 + 150 * k, seed=i)
-            for f in range(3):
-                write_image(root / "Image-01-FPS" / clip / f"{f:05d}.jpg", _colour(k, 6), seed=10 * i + f)
+            if video:
+                write_video(root / "VideoFlash" / f"{clip}.flv", [video_colour(k, 6, f // 2) for f in range(6)],
+                            fps=2, audio_freq=300 + 150 * k, rate=11_025)  # FLV takes MP3 at 11/22/44 kHz
+            else:
+                for f in range(3):
+                    write_image(root / "Image-01-FPS" / clip / f"{f:05d}.jpg", _colour(k, 6), seed=10 * i + f)
             clips.append(clip)
     if split_files:
         test = [c for c in clips if c.startswith("1001_")]
@@ -59,15 +101,25 @@ def crema_d_tree(root: Path, per_class: int = 4, split_files: bool = True) -> li
 AVE_CLASSES = ["Bark", "Church bell", "Helicopter"]
 
 
-def ave_tree(root: Path, per_class: int = 5) -> list[str]:
-    """Annotations.txt, trainSet.txt, testSet.txt, audio/<id>.wav, frames/<id>/*.jpg (10 s videos)."""
+def ave_segment(i: int) -> tuple[int, int]:
+    """[StartTime, EndTime) of the i-th fixture video of a class."""
+    return i % 3, 6 + i % 4
+
+
+def ave_tree(root: Path, per_class: int = 5, video: bool = False) -> list[str]:
+    """Annotations.txt, trainSet.txt, testSet.txt and audio/<id>.wav + frames/<id>/*.jpg, or with ``video``
+    AVE/<id>.mp4 (10 s at 1 fps with an AAC tone, as distributed)."""
     header = "Category&VideoID&Quality&StartTime&EndTime"
     lines = []
     for k, cat in enumerate(AVE_CLASSES):
         for i in range(per_class):
             vid = f"vid{k}x{i:02d}"
-            start, end = i % 3, 6 + i % 4
+            start, end = ave_segment(i)
             lines.append(f"{cat}&{vid}&good&{start}&{end}")
+            if video:
+                write_video(root / "AVE" / f"{vid}.mp4", [video_colour(k, 3, s) for s in range(10)], fps=1,
+                            audio_freq=250 + 200 * k)
+                continue
             write_wav(root / "audio" / f"{vid}.wav", 10.0, 250 + 200 * k, rate=8_000, seed=i)
             for s in range(10):
                 write_image(root / "frames" / vid / f"{s:02d}.jpg", _colour(k, 3), seed=100 * i + s, size=16)
@@ -116,3 +168,33 @@ def crisismmd_tree(root: Path, per_class: int = 12) -> None:
         lines = ["\t".join(cols)] + ["\t".join(r) for r in data]
         (root / "crisismmd_datasplit_all" / f"task_informative_text_img_{split}.tsv").write_text(
             "\n".join(lines) + "\n")
+
+
+def write_png_bomb(path: Path, side: int = 16_000) -> None:
+    """A valid 1-bit grey PNG of side x side pixels (256 MP for the default) in a few tens of KB: a decompression
+    bomb. Written row block by row block, so making it costs no more memory than reading it should."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    rows = b"\x00" * ((1 + side // 8) * 1000)  # 1000 rows: filter byte 0 + side/8 zero bytes each
+    body = b"".join(z.compress(rows) for _ in range(side // 1000)) + z.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def write_sparse_wav(path: Path, size: int = 2**30, rate: int = 16_000) -> None:
+    """A WAV header declaring ``size`` bytes of 16-bit mono PCM, the file extended to that size as a sparse
+    file (no disk used): what a hostile or broken download can look like."""
+    import struct
+
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)  # PCM, mono, 16 bit
+    header = b"RIFF" + struct.pack("<I", size - 8) + b"WAVEfmt " + fmt + b"data" + struct.pack("<I", size - 44)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(header)
+        fh.truncate(size)

@@ -21,7 +21,18 @@ from fedcmi.data import load_data, load_prepared
 from fedcmi.data.partition import build_federation, client_data
 from fedcmi.data.prepare import prepare
 from fedcmi.data.prepare import writer as writer_mod
-from tests.prepare_fixtures import ave_tree, crema_d_tree, crisismmd_tree, tiny_bert
+from tests.prepare_fixtures import (
+    AVE_CLASSES,
+    EMOTIONS,
+    ave_segment,
+    ave_tree,
+    crema_d_tree,
+    crisismmd_tree,
+    tiny_bert,
+    video_colour,
+    write_video,
+    write_wav,
+)
 
 ROOT = Path(__file__).parents[1]
 
@@ -30,11 +41,16 @@ ROOT = Path(__file__).parents[1]
 def trees(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("raw")
     crema_d_tree(base / "CREMA-D")
+    crema_d_tree(base / "CREMA-D-videos", video=True)  # AudioWAV/ + VideoFlash/*.flv, as downloaded
     ave_tree(base / "AVE_Dataset")
+    ave_tree(base / "AVE_Dataset-videos", video=True)  # AVE/*.mp4, as downloaded
     crisismmd_tree(base / "CrisisMMD_v2.0")
     tiny_bert(base / "bert")
-    return {"crema-d": base / "CREMA-D", "ave": base / "AVE_Dataset", "crisismmd": base / "CrisisMMD_v2.0",
-            "bert": base / "bert"}
+    return {"crema-d": base / "CREMA-D", "crema-d-flv": base / "CREMA-D-videos", "ave": base / "AVE_Dataset",
+            "ave-mp4": base / "AVE_Dataset-videos", "crisismmd": base / "CrisisMMD_v2.0", "bert": base / "bert"}
+
+
+TREES = {"crema-d": "crema-d", "crema-d-flv": "crema-d", "ave": "ave", "ave-mp4": "ave", "crisismmd": "crisismmd"}
 
 
 def _options(name: str, trees: dict[str, Path]) -> dict:
@@ -45,26 +61,29 @@ def _options(name: str, trees: dict[str, Path]) -> dict:
 @pytest.fixture(scope="module")
 def prepared(trees) -> dict[str, Path]:
     out = {}
-    for name in ("crema-d", "ave", "crisismmd"):
-        outcome = prepare(name, trees[name], show_progress=False, **_options(name, trees))
+    for tree, name in TREES.items():
+        outcome = prepare(name, trees[tree], show_progress=False, **_options(name, trees))
         assert outcome.skipped == []
-        out[name] = outcome.path
+        out[tree] = outcome.path
     return out
 
 
-@pytest.mark.parametrize("name,modalities,shape_a,shape_b,rows", [
+@pytest.mark.parametrize("tree,modalities,shape_a,shape_b,rows", [
     ("crema-d", ("audio", "visual"), (1, 257, 299), (3, 2, 32, 32), {"train": 18, "test": 6}),
+    ("crema-d-flv", ("audio", "visual"), (1, 257, 299), (3, 2, 32, 32), {"train": 18, "test": 6}),
     ("ave", ("audio", "visual"), (1, 257, 1004), (3, 4, 16, 16), {"train": 12, "test": 3}),
+    ("ave-mp4", ("audio", "visual"), (1, 257, 1004), (3, 4, 16, 16), {"train": 12, "test": 3}),
     ("crisismmd", ("text", "image"), (40,), (3, 32, 32), {"train": 18, "test": 6}),
 ])
-def test_prepare_then_load_then_partition(prepared, trees, name, modalities, shape_a, shape_b, rows):
-    path = prepared[name]
-    assert path == trees[name] / "fedcmi-prepared"
+def test_prepare_then_load_then_partition(prepared, trees, tree, modalities, shape_a, shape_b, rows):
+    name = TREES[tree]
+    path = prepared[tree]
+    assert path == trees[tree] / "fedcmi-prepared"
     manifest = json.loads((path / "fedcmi.json").read_text())
     assert manifest["name"] == name and manifest["modalities"] == list(modalities)
     assert manifest["rows"] == rows and manifest["skipped"] == 0
     assert not (path / ".work").exists()
-    data = load_prepared(trees[name])  # the raw root works too: it holds fedcmi-prepared/
+    data = load_prepared(trees[tree])  # the raw root works too: it holds fedcmi-prepared/
     assert data.modalities == modalities and data.shapes() == (shape_a, shape_b)
     assert len(data.train) == rows["train"] and list(data.train["idx"]) == list(range(rows["train"]))
     xa, xb, y = data.arrays("test")
@@ -160,16 +179,165 @@ def test_missing_root_or_subfolder_is_one_clear_line(tmp_path, capsys, args, mes
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
 
 
-def test_crema_d_without_frames_or_decoder_says_how(tmp_path, capsys):
-    (tmp_path / "AudioWAV").mkdir()
-    (tmp_path / "VideoFlash").mkdir()
+def test_crema_d_without_videos_or_frames_says_which(tmp_path, capsys):
+    write_wav(tmp_path / "AudioWAV" / "1001_DFA_ANG_XX.wav", 1.0, 300)
     rc = main(["prepare", "crema-d", "--root", str(tmp_path)])
-    err = capsys.readouterr().err
     assert rc == 2
-    try:
-        import av  # noqa: F401
-    except ImportError:
-        assert "no video decoder is installed; pip install av, or extract frames" in err
+    assert f"neither videos '{tmp_path}/VideoFlash' nor extracted frames" in capsys.readouterr().err
+
+
+# --- the videos as distributed (CREMA-D FLV, AVE MP4), decoded with PyAV -----------------------------
+def _rgb(frames: np.ndarray) -> np.ndarray:
+    """Mean colour (0-255) of each frame of 3 x F x S x S normalised frames: F x 3."""
+    from fedcmi.data.prepare.media import IMAGENET_MEAN, IMAGENET_STD
+
+    return (frames.mean(axis=(2, 3)).T * IMAGENET_STD + IMAGENET_MEAN) * 255
+
+
+def test_flv_and_mp4_decode_to_the_encoded_frames_and_audio(prepared):
+    flv = load_prepared(prepared["crema-d-flv"])
+    assert flv.manifest["settings"]["frame_source"] == "VideoFlash"
+    xa, xb, y = flv.arrays("test")
+    for key, frames, label in zip(flv.test["key"], xb, y, strict=True):
+        assert EMOTIONS[int(label)] == key.split("_")[2]
+        expected = [video_colour(int(label), 6, second) for second in (0, 1)]  # seconds 0 and 1 of the clip
+        assert np.abs(_rgb(frames) - np.array(expected)).max() < 8, key
+    # the audio comes from AudioWAV either way: the same spectrograms as the frame-folder tree
+    assert np.array_equal(xa, load_prepared(prepared["crema-d"]).arrays("test")[0])
+
+    mp4 = load_prepared(prepared["ave-mp4"])
+    settings = mp4.manifest["settings"]
+    assert settings["audio_source"] == settings["frame_source"] == "AVE/*.mp4" and settings["frames"] == 4
+    xa, xb, y = mp4.arrays("test")
+    for key, spec, frames, label in zip(mp4.test["key"], xa, xb, y, strict=True):
+        start, end = ave_segment(int(key.split(":")[0][-2:]))
+        assert key.endswith(f":{start}-{end}") and AVE_CLASSES[int(label)] == AVE_CLASSES[int(key[3])]
+        seconds = np.linspace(start, end - 1, 4).round().astype(int)  # 4 frames spread over the segment
+        expected = [video_colour(int(label), 3, int(s)) for s in seconds]
+        assert np.abs(_rgb(frames) - np.array(expected)).max() < 8, key
+        tone = 250 + 200 * int(label)  # Hz; STFT bins are 16000 / 512 = 31.25 Hz apart
+        assert abs(int(spec[0].mean(axis=1).argmax()) - tone / 31.25) <= 1, key
+        assert abs(float(spec.mean())) < 1e-3 and abs(float(spec.std()) - 1) < 1e-2
+
+
+def test_ave_mixes_an_extracted_audio_folder_with_the_mp4_frames(tmp_path, prepared):
+    root = tmp_path / "AVE_Dataset"
+    vids = ave_tree(root, per_class=2, video=True)
+    for vid in vids:  # a different tone than the MP4's: the spectrogram shows which one was used
+        write_wav(root / "audio" / f"{vid}.wav", 10.0, 2000, rate=8_000)
+    outcome = prepare("ave", root, show_progress=False, image_size=16)
+    assert outcome.skipped == [] and outcome.rows == {"train": 3, "test": 3}
+    data = load_prepared(root)
+    assert (data.manifest["settings"]["audio_source"], data.manifest["settings"]["frame_source"]) == \
+        ("audio/*.wav", "AVE/*.mp4")
+    xa, xb, y = data.arrays("test")
+    assert (xa[:, 0].mean(axis=2).argmax(axis=1) == 64).all()  # 2000 Hz / 31.25 Hz per bin
+    assert np.allclose(xb, load_prepared(prepared["ave-mp4"]).arrays("test")[1], atol=1e-5)
+
+
+def _truncate(path: Path, fraction: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+
+
+def _corrupt_video_packet(path: Path, index: int) -> None:
+    """Overwrite the payload of the ``index``-th video packet with random bytes (the container stays intact)."""
+    import av
+
+    with av.open(str(path)) as c:
+        pos, size = [(p.pos, p.size) for p in c.demux(video=0) if p.size][index]
+    data = bytearray(path.read_bytes())
+    data[pos + 4: pos + size] = np.random.default_rng(0).integers(0, 256, size - 4, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_or_truncated_videos_are_skipped_named_and_reported(tmp_path, capsys):
+    root = tmp_path / "CREMA-D"
+    crema_d_tree(root, per_class=2, video=True)
+    flv = root / "VideoFlash"
+    _truncate(flv / "1002_DFA_SAD_XX.flv", 0.5)
+    (flv / "1002_DFA_ANG_XX.flv").write_bytes(b"FLV\x01\x05" + bytes(range(256)) * 8)
+    (flv / "1002_DFA_HAP_XX.flv").unlink()
+    rc = main(["prepare", "crema-d", "--root", str(root), "--image-size", "16", "--no-progress"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "skipped 3 sample(s)" in err
+    assert "1002_DFA_SAD_XX.flv: truncated: its packets end at" in err
+    assert "1002_DFA_ANG_XX.flv: not a readable video" in err and "1002_DFA_HAP_XX.flv: missing file" in err
+    report = (root / "fedcmi-prepared" / "prepare-report.txt").read_text()
+    assert report.startswith("# fedcmi prepare crema-d: train 3 rows, test 6 rows, 3 skipped")
+    assert sorted(line.split("\t")[1] for line in report.splitlines()[2:]) == \
+        ["1002_DFA_ANG_XX", "1002_DFA_HAP_XX", "1002_DFA_SAD_XX"]
+
+    root = tmp_path / "AVE_Dataset"
+    ave_tree(root, per_class=3, video=True)
+    _truncate(root / "AVE" / "vid0x01.mp4", 0.6)  # moov (the index) is at the end: gone
+    write_video(root / "AVE" / "vid1x01.mp4", [video_colour(1, 3, s) for s in range(10)], fps=1,
+                audio_freq=450, faststart=True)
+    _truncate(root / "AVE" / "vid1x01.mp4", 0.6)  # moov first: the index survives, the packets do not
+    _corrupt_video_packet(root / "AVE" / "vid2x01.mp4", 3)  # second 3 is in the segment [1, 7)
+    split = (root / "trainSet.txt").read_text().replace("vid0x02&good&2&8", "vid0x02&good&12&15")
+    (root / "trainSet.txt").write_text(split)  # a segment after the end of the 10 s video
+    outcome = prepare("ave", root, show_progress=False, image_size=16)
+    reasons = {Path(s.file).name: s.reason for s in outcome.skipped}
+    assert sorted(reasons) == ["vid0x01.mp4", "vid0x02.mp4", "vid1x01.mp4", "vid2x01.mp4"]
+    assert reasons["vid0x01.mp4"].startswith("not a readable video (InvalidDataError")
+    assert reasons["vid1x01.mp4"].startswith("truncated: ")
+    assert reasons["vid2x01.mp4"].startswith("not a readable video")
+    assert reasons["vid0x02.mp4"] == "no frames at or after 12 s (the video ends at 10.13 s)"
+    assert outcome.rows == {"train": 2, "test": 3}
+    report = outcome.report_path.read_text()
+    assert "4 skipped" in report and all(str(root / "AVE" / name) in report for name in reasons)
+
+
+# --- hostile files: each is one skipped, named sample, and nothing is decoded past the caps --------------
+def test_hostile_images_and_wavs_are_skipped_and_named(tmp_path, capsys):
+    from tests.prepare_fixtures import write_png_bomb, write_sparse_wav
+
+    root = tmp_path / "CREMA-D"
+    crema_d_tree(root, per_class=2)
+    write_png_bomb(root / "Image-01-FPS" / "1002_DFA_ANG_XX" / "00000.jpg")  # 31 KB, 16000 x 16000
+    write_sparse_wav(root / "AudioWAV" / "1002_DFA_SAD_XX.wav")  # 1 GiB
+    write_wav(root / "AudioWAV" / "1002_DFA_HAP_XX.wav", 8 / 16_000, 300)  # 8 samples
+    write_wav(root / "AudioWAV" / "1002_DFA_FEA_XX.wav", 1.0, 30, rate=100)  # 100 Hz: 160x upsampling
+    rc = main(["prepare", "crema-d", "--root", str(root), "--image-size", "16", "--no-progress"])
+    assert rc == 0
+    assert "skipped 4 sample(s)" in capsys.readouterr().err
+    report = (root / "fedcmi-prepared" / "prepare-report.txt").read_text()
+    lines = {line.split("\t")[1]: line.split("\t")[2:] for line in report.splitlines()[2:]}
+    assert lines["1002_DFA_ANG_XX"][0].endswith("00000.jpg") and "decompression bomb" in lines["1002_DFA_ANG_XX"][1]
+    assert lines["1002_DFA_SAD_XX"][1] == "WAV file of 1024 MiB is over the 64 MiB cap"
+    assert lines["1002_DFA_HAP_XX"][1].startswith("only 8 audio samples")
+    assert lines["1002_DFA_FEA_XX"][1] == "sample rate 100 Hz is outside 4000-384000 Hz"
+    assert len(load_prepared(root).train) == 2
+
+
+def test_bad_ave_segments_are_skipped_and_named(tmp_path):
+    root = tmp_path / "AVE_Dataset"
+    ave_tree(root, per_class=3)
+    write_wav(root / "audio" / "vid1x02.wav", 8 / 8_000, 450, rate=8_000)  # 8 samples
+    bad = {"vid0x01": "nan&6", "vid1x01": "1&inf", "vid2x01": "7&2", "vid0x02": "12&15",
+           "vid2x02": "0&1e12"}  # huge but finite: clipped to the 10 s of the video, prepared
+    lines = []
+    for line in (root / "trainSet.txt").read_text().splitlines():
+        cat, vid, quality, *_ = line.split("&")
+        lines.append(f"{cat}&{vid}&{quality}&{bad[vid]}" if vid in bad else line)
+    lines.append("Bark&../AVE_Dataset/audio/vid0x00&good&0&5")
+    (root / "trainSet.txt").write_text("\n".join(lines) + "\n")
+    outcome = prepare("ave", root, show_progress=False, image_size=16)
+    split_file = str(root / "trainSet.txt")
+    got = {s.key.split(":")[0]: (s.file, s.reason) for s in outcome.skipped}
+    n = {vid: i + 1 for i, vid in enumerate(ln.split("&")[1] for ln in lines)}
+    assert got["vid0x01"] == (f"{split_file}:{n['vid0x01']}", "StartTime=nan, EndTime=6: not finite")
+    assert got["vid1x01"] == (f"{split_file}:{n['vid1x01']}", "StartTime=1, EndTime=inf: not finite")
+    assert got["vid2x01"] == (f"{split_file}:{n['vid2x01']}", "segment [7, 2) is empty, reversed or negative")
+    assert got["vid0x02"][0] == str(root / "audio" / "vid0x02.wav")
+    assert got["vid0x02"][1] == "only 0 audio samples (0.000 s) in [12, 15) s of 10.000 s; at least 0.2 s needed"
+    assert got["vid1x02"][1].startswith("only 0 audio samples (0.000 s) in [2, 8) s of 0.001 s")
+    assert got["../AVE_Dataset/audio/vid0x00"][1].endswith("is not a plain file name")
+    assert "vid2x02" not in got  # [0, 1e12): the whole video, and no 1e12-long list of seconds
+    assert outcome.rows == {"train": 7 - 6, "test": 3} and len(outcome.skipped) == 6
+    assert "6 skipped" in outcome.report_path.read_text()
 
 
 def test_missing_tokenizer_or_text_encoder_says_how_to_provide_it(tmp_path):

@@ -1,17 +1,18 @@
 """CREMA-D (audio + face video, 6 emotions) in its distributed layout.
 
     <root>/AudioWAV/<clip>.wav            e.g. AudioWAV/1001_DFA_ANG_XX.wav (16 kHz mono, as distributed)
-    <root>/Image-01-FPS/<clip>/*.jpg      frames extracted at 1 fps, one folder per clip (OGM-GE/PMR layout)
-      or <root>/VideoFlash/<clip>.flv     the distributed videos, read only when PyAV is installed
+    <root>/VideoFlash/<clip>.flv          the distributed videos (decoded with PyAV)
+      or <root>/Image-01-FPS/<clip>/*.jpg frames extracted at 1 fps, one folder per clip (OGM-GE/PMR layout);
+                                          used instead of the videos when the folder exists
     <root>/train.csv, <root>/test.csv     optional: the OGM-GE split, lines "<clip>,<EMO>" (6,698 / 744)
 
+Either way the frames of seconds 0, 1, ..., frames-1 of each clip are used (repeated if the clip is shorter).
 Without the two csv files the split is a seeded, stratified 90/10 split of the clips in AudioWAV.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from datasets import Array3D, Array4D
 
 from fedcmi.config import ConfigError
 from fedcmi.data.prepare.media import SampleError, image_files, stack_frames, wav_spectrogram
-from fedcmi.data.prepare.video import flv_frames
+from fedcmi.data.prepare.video import video_frames
 from fedcmi.data.prepare.writer import Item, Source
 
 EMOTIONS = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]  # spec A.3 label order
@@ -63,14 +64,9 @@ def source(root: Path, frames: int = 2, image_size: int = 224, seed: int = 0) ->
     audio_dir = _require_dir(root / "AudioWAV", "audio folder")
     frames_dir = root / FRAMES_DIR
     video_dir = root / "VideoFlash"
-    if not frames_dir.is_dir():
-        if not video_dir.is_dir():
-            raise ConfigError(f"CREMA-D: neither extracted frames {str(frames_dir)!r} nor videos "
-                              f"{str(video_dir)!r} exist")
-        if importlib.util.find_spec("av") is None:
-            raise ConfigError(f"CREMA-D: {video_dir} holds FLV videos but no video decoder is installed; "
-                              f"pip install av, or extract frames to {frames_dir}/<clip>/ "
-                              "(ffmpeg -i <clip>.flv -vf fps=1 <clip>/%05d.jpg)")
+    if not frames_dir.is_dir() and not video_dir.is_dir():
+        raise ConfigError(f"CREMA-D: neither videos {str(video_dir)!r} nor extracted frames "
+                          f"{str(frames_dir)!r} exist")
     clips = sorted(p.stem for p in audio_dir.glob("*.wav") if _label(p.stem) is not None)
     if not clips:
         raise ConfigError(f"CREMA-D: no <actor>_<sentence>_<EMO>_<level>.wav files in {audio_dir}")
@@ -92,7 +88,7 @@ def source(root: Path, frames: int = 2, image_size: int = 224, seed: int = 0) ->
             if not folder.is_dir():
                 raise SampleError(folder, "missing frames folder")
             return spec, stack_frames(image_files(folder)[:frames], frames, image_size, folder)
-        return spec, flv_frames(video_dir / f"{item.key}.flv", frames, image_size)
+        return spec, video_frames(video_dir / f"{item.key}.flv", list(range(frames)), frames, image_size)
 
     shape_a = (1, 257, 299)
     return Source(

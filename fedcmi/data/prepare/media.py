@@ -1,13 +1,15 @@
 """Decoding and spec A.3 preprocessing: WAV -> log spectrogram, image files -> normalised tensors, text -> ids.
 
 Every decoder raises :class:`SampleError` naming the file, so one bad file skips one sample, never the run.
+Files are untrusted: sizes are checked against the caps below before anything is decoded, so a decompression
+bomb or a huge (sparse) file costs a ``stat`` and a header read, not the machine's memory.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import wave
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,14 @@ SAMPLE_RATE = 16_000
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# caps checked before decoding (the data sets' own files are far below them: CREMA-D WAVs ~200 KB, AVE's 10 s
+# tracks ~2 MB, tweet images ~1 MP)
+MAX_AUDIO_BYTES = 64 * 2**20
+MAX_IMAGE_BYTES = 64 * 2**20
+MAX_PIXELS = 40_000_000  # per image or video frame; 8K video is 33 MP
+MIN_RATE, MAX_RATE = 4_000, 384_000  # Hz; outside this a WAV header is broken (or hostile: rate 1 -> x16000)
+MIN_AUDIO_SECONDS = 0.2  # shorter audio (an 8-sample WAV) tiled to 3 s or 10 s is not speech or an event
 
 
 class SampleError(Exception):
@@ -28,24 +38,35 @@ class SampleError(Exception):
 
 
 # --- audio -------------------------------------------------------------------------------------------
+def check_size(path: Path, cap: int, what: str) -> int:
+    """The size of ``path`` in bytes; a missing file or one over ``cap`` is a :class:`SampleError`."""
+    if not path.is_file():
+        raise SampleError(path, "missing file")
+    size = path.stat().st_size
+    if size > cap:
+        raise SampleError(path, f"{what} of {size / 2**20:.0f} MiB is over the {cap / 2**20:.0f} MiB cap")
+    return size
+
+
 def read_wav(path: Path) -> tuple[int, np.ndarray]:
     """(rate, mono float32 waveform in [-1, 1]) of a PCM or float WAV file."""
     from scipy.io import wavfile
 
-    if not path.is_file():
-        raise SampleError(path, "missing file")
+    check_size(path, MAX_AUDIO_BYTES, "WAV file")
     try:
         rate, data = wavfile.read(str(path))
-    except (ValueError, OSError, EOFError, wave.Error) as exc:
-        raise SampleError(path, f"not a readable WAV file ({exc})") from None
+    except Exception as exc:  # a hostile header can raise anything from the parser; it is this file's fault
+        raise SampleError(path, f"not a readable WAV file ({type(exc).__name__}: {exc})") from None
     if data.size == 0:
         raise SampleError(path, "empty WAV file")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise SampleError(path, f"sample rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
     if data.dtype == np.uint8:
         x = (data.astype(np.float32) - 128.0) / 128.0
     elif np.issubdtype(data.dtype, np.integer):
         x = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
     else:
-        x = data.astype(np.float32)
+        x = np.nan_to_num(data.astype(np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
     if x.ndim == 2:
         x = x.mean(axis=1)
     return int(rate), x
@@ -83,38 +104,66 @@ def spectrogram_shape(seconds: float, rate: int = SAMPLE_RATE) -> tuple[int, int
     return 1, 257, (n - 512) // (512 - 353) + 1
 
 
+def segment_spectrogram(path: Path, rate: int, x: np.ndarray, seconds: float, start: float = 0.0,
+                        end: float | None = None, offset: float = 0.0) -> np.ndarray:
+    """The spectrogram of the part of ``x`` (``rate`` Hz, first sample at ``offset`` s) in [start, end) seconds.
+
+    Only the first ``seconds`` of the segment are used (the spectrogram is cut to that length), so only they are
+    resampled. A segment outside the audio, or shorter than ``MIN_AUDIO_SECONDS``, is a :class:`SampleError`.
+    """
+    length = offset + x.size / rate
+    stop = start + seconds if end is None else min(end, start + seconds)
+    seg = x[max(0, int(round((start - offset) * rate))): max(0, int(round((stop - offset) * rate)))]
+    where = "" if start == 0 and end is None else f" in [{start:g}, {end if end is not None else length:g}) s"
+    if seg.size < MIN_AUDIO_SECONDS * rate:
+        raise SampleError(path, f"only {seg.size} audio samples ({seg.size / rate:.3f} s){where} of "
+                                f"{length:.3f} s; at least {MIN_AUDIO_SECONDS:g} s needed")
+    return log_spectrogram(resample(seg, rate), seconds)
+
+
 def wav_spectrogram(path: Path, seconds: float, start: float = 0.0, end: float | None = None) -> np.ndarray:
     """The spectrogram of a WAV file, optionally of the segment [start, end) seconds only."""
     rate, x = read_wav(path)
-    x = resample(x, rate)
-    if end is not None or start > 0:
-        seg = x[int(start * SAMPLE_RATE): None if end is None else int(end * SAMPLE_RATE)]
-        x = seg if seg.size else x
-    return log_spectrogram(x, seconds)
+    return segment_spectrogram(path, rate, x, seconds, start, end)
 
 
 # --- images ------------------------------------------------------------------------------------------
 def load_image(path: Path):
-    """A decoded RGB PIL image; a truncated or non-image file is a :class:`SampleError`."""
-    from PIL import Image, UnidentifiedImageError
+    """A decoded RGB PIL image; a truncated, non-image or oversized file is a :class:`SampleError`."""
+    from PIL import Image
 
-    if not path.is_file():
-        raise SampleError(path, "missing file")
+    check_size(path, MAX_IMAGE_BYTES, "image file")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our cap below is stricter
+            img = Image.open(path)  # reads the header only
+        with img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:  # checked before decoding: a 31 KB PNG can claim 256 MP
+                raise SampleError(path, f"{width}x{height} image is over the {MAX_PIXELS / 1e6:g} MP cap "
+                                        "(a decompression bomb?)")
             img.load()
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise SampleError(path, f"not a readable image ({exc})") from None
+    except SampleError:
+        raise
+    except Image.DecompressionBombError as exc:  # over PIL's own limit, raised by Image.open
+        raise SampleError(path, f"image is over the {MAX_PIXELS / 1e6:g} MP cap (a decompression bomb? {exc})") \
+            from None
+    except Exception as exc:  # PIL's parsers raise many types on hostile input; it is this file's fault
+        raise SampleError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def image_tensor(img, size: int) -> np.ndarray:
+    """Spec A.3 test transform of an RGB PIL image: Resize(size, size), ImageNet mean/std -> 3 x size x size."""
+    from PIL import Image
+
+    arr = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    return ((arr - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
 
 
 def frame_tensor(path: Path, size: int) -> np.ndarray:
-    """Spec A.3 test transform of a video frame: Resize(size, size), ImageNet mean/std -> 3 x size x size."""
-    from PIL import Image
-
-    img = load_image(path).resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return ((arr - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    """Spec A.3 test transform of a video frame file (see :func:`image_tensor`)."""
+    return image_tensor(load_image(path), size)
 
 
 def tweet_image_tensor(path: Path, size: int) -> np.ndarray:
