@@ -5,7 +5,7 @@
 #
 # Build arguments:
 #   TORCH_INDEX  where pip takes torch/torchvision from. Default: PyTorch's CPU wheel index, a CPU-only
-#                image. https://pypi.org/simple gives the CUDA build (a 7.2 GB image; only for GPU hosts,
+#                image. https://pypi.org/simple gives the CUDA build (7.13 GB image measured; GPU hosts only,
 #                which also need the NVIDIA container toolkit); any PEP 503 index or mirror works.
 #   APP_UID, APP_GID   uid/gid of the `app` user the processes run as (default 1000). They need not match
 #                the host user: the entrypoint copies the mounted keys to that user (see below).
