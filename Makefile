@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# Where torch/torchvision come from. Empty (default): pip's configured index (PyPI unless pip.conf says
+# otherwise), whose Linux x86_64 torch is the CUDA build (a ~5.5 GB venv, ~3.2 GB of it CUDA libraries).
+# CPU-only machine: make clean; make TORCH_INDEX=https://download.pytorch.org/whl/cpu run
+TORCH_INDEX ?=
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
@@ -10,8 +14,9 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# torch/torchvision first, pinned: pip takes them from the machine's local wheel store when it has one
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	# torch/torchvision first, pinned, from TORCH_INDEX if set (pip's local wheel store, if any, still counts);
+	# the next install finds the pin satisfied (2.14.1+cpu counts as 2.14.1) and keeps them
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 

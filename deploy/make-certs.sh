@@ -10,14 +10,19 @@
 #   supernode-<i> supernode-<i>.pub   one OpenSSH ECDSA P-384 key pair per SuperNode (i = 0..N-1);
 #                                 register each .pub with `flwr supernode register`
 # Existing files are kept, so re-running never invalidates keys that are already registered.
+#
+# Modes: private keys (ca.key, server.key, supernode-<i>) 0600, certificates and .pub files 0644, a new
+# OUT_DIR 0700; all owned by the user running this. Containers need nothing more: docker-compose.yml mounts
+# each container's own files read-only and the image's entrypoint copies them to its unprivileged user.
 set -euo pipefail
+umask 077
 
 out="${1:-deploy/certs}"
 nodes="${2:-3}"
 shift $(( $# > 2 ? 2 : $# ))
 days="${CERT_DAYS:-365}"
 
-mkdir -p "$out"
+mkdir -p -m 0700 "$out"
 cd "$out"
 
 san="DNS:localhost,DNS:superlink,IP:127.0.0.1"
@@ -41,6 +46,10 @@ for ((i = 0; i < nodes; i++)); do
     ssh-keygen -q -t ecdsa -b 384 -N "" -C "fedcmi-supernode-$i" -f "supernode-$i"
   fi
 done
-# The fedcmi image runs as uid 1000 (build arg APP_UID): the files it mounts must be readable by that uid.
-chmod 600 ca.key
+chmod 0600 ca.key server.key
+chmod 0644 ca.crt server.pem
+for ((i = 0; i < nodes; i++)); do
+  chmod 0600 "supernode-$i"
+  chmod 0644 "supernode-$i.pub"
+done
 echo "certificates and keys in $(pwd): CA ca.crt, SuperLink server.pem/server.key ($san), $nodes SuperNode key(s)"
