@@ -12,9 +12,9 @@ from fedcmi.config.parse import (
     set_by_flower_run,
     unused_keys,
 )
-from fedcmi.config.run_config import DATASETS, REAL_DATASETS, RunConfig, config_keys, defaults, key_of
+from fedcmi.config.run_config import RunConfig, config_keys, defaults, key_of
 from fedcmi.errors import ConfigError
 
-__all__ = ["DATASETS", "META_KEYS", "REAL_DATASETS", "ConfigError", "RunConfig", "config_keys", "defaults",
+__all__ = ["META_KEYS", "ConfigError", "RunConfig", "config_keys", "defaults",
            "effective", "from_mapping", "key_of", "load_toml", "normalize", "parse_overrides", "parse_value",
            "resolve", "set_by_flower_run", "unused_keys"]

@@ -16,12 +16,21 @@ from typing import Any
 
 from fedcmi.errors import ConfigError
 
-DATASETS = ("synthetic-av", "digits-cg", "crema-d", "ave", "crisismmd")
-REAL_DATASETS = ("crema-d", "ave", "crisismmd")  # prepared with `fedcmi prepare`, read from data-root
-
 # Sections group the keys in docs and decide what travels to clients: server-only sections never do.
 SECTIONS = ("data", "federation", "training", "method", "model", "runtime", "server", "reliability", "output")
 SERVER_ONLY_SECTIONS = ("server", "reliability", "output")
+
+
+def _dataset_names() -> tuple[str, ...]:
+    from fedcmi.data.sources import DATASET_NAMES
+
+    return DATASET_NAMES
+
+
+def _is_prepared(name: str) -> bool:
+    from fedcmi.data.sources import is_prepared
+
+    return is_prepared(name)
 
 
 def _method_names() -> tuple[str, ...]:
@@ -36,7 +45,8 @@ def _aggregation_names() -> tuple[str, ...]:
     return RULE_NAMES
 
 
-def _opt(default: Any, section: str, doc: str, check: Callable[[Any], bool] | None = None, rule: str = "") -> Any:
+def _opt(default: Any, section: str, doc: str, check: Callable[[Any], bool] | None = None,
+         rule: str | Callable[[], str] = "") -> Any:
     meta: dict[str, Any] = {"doc": doc, "section": section, "check": check, "rule": rule}
     return field(default=default, metadata=meta)
 
@@ -58,8 +68,9 @@ class RunConfig:
     """The complete, effective configuration of one run (what ``config.json`` stores)."""
 
     # --- data --------------------------------------------------------------------------------------------
-    dataset: str = _opt("synthetic-av", "data", "data set", lambda v: v in DATASETS,
-                        f"must be one of {', '.join(DATASETS)}")
+    dataset: str = _opt("synthetic-av", "data", "data set: embedded (synthetic-av, digits-cg) or prepared with "
+                        "`fedcmi prepare` (crema-d, ave, crisismmd)", lambda v: v in _dataset_names(),
+                        lambda: f"must be one of {', '.join(_dataset_names())}")
     data_root: str = _opt("", "data", "crema-d, ave, crisismmd: the prepared directory (or the raw root "
                                       "holding fedcmi-prepared/)")
     num_classes: int = _opt(6, "data", "synthetic-av: classes", lambda v: 2 <= v <= 64, "must be in [2, 64]")
@@ -166,8 +177,9 @@ class RunConfig:
             value = getattr(self, f.name)
             check = f.metadata.get("check")
             if check is not None and not check(value):
-                raise ConfigError(f"{key_of(f.name)}={value!r}: {f.metadata['rule']}")
-        if self.dataset in REAL_DATASETS and not self.data_root:
+                rule = f.metadata["rule"]
+                raise ConfigError(f"{key_of(f.name)}={value!r}: {rule() if callable(rule) else rule}")
+        if _is_prepared(self.dataset) and not self.data_root:
             raise ConfigError(f"dataset={self.dataset!r} needs data-root=DIR (prepare it with "
                               f"`fedcmi prepare {self.dataset} --root DIR`)")
         if self.fusion == "sgmft" and (self.feature_dim % self.sgmft_tokens

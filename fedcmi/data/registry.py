@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from fedcmi.config import REAL_DATASETS, ConfigError, RunConfig
+from fedcmi.config import ConfigError, RunConfig
 from fedcmi.data.base import MultimodalData
 from fedcmi.data.cache import cached
 from fedcmi.data.embedded import digits_cg, synthetic_av
 from fedcmi.data.prepared import load_prepared
+from fedcmi.data.sources import is_prepared
 
 
 @lru_cache(maxsize=4)
@@ -25,7 +26,7 @@ def _cached(name: str, num_classes: int, train_size: int, test_size: int, signal
 
 def load_data(cfg: RunConfig) -> MultimodalData:
     """The data set a run config names. The data itself is fixed; the run seed drives partitions."""
-    if cfg.dataset in REAL_DATASETS:
+    if is_prepared(cfg.dataset):
         return _real(cfg.dataset, cfg.data_root)
     if cfg.dataset == "synthetic-av":
         return _cached(cfg.dataset, cfg.num_classes, cfg.train_size, cfg.test_size, cfg.signal_a,

@@ -7,15 +7,17 @@ The prepared directory is what :func:`fedcmi.data.prepared.load_prepared` opens:
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from pathlib import Path
 from typing import Any
 
-from fedcmi.config import ConfigError
 from fedcmi.data.prepare.writer import Outcome, Source, write_prepared
 from fedcmi.data.prepared import PREPARED_SUBDIR
+from fedcmi.data.sources import PREPARED_SOURCES
+from fedcmi.errors import ConfigError
 
-PREPARABLE = ("crema-d", "ave", "crisismmd")
+PREPARABLE = tuple(PREPARED_SOURCES)
 
 
 def build_source(name: str, root: Path, **options: Any) -> Source:
@@ -23,14 +25,9 @@ def build_source(name: str, root: Path, **options: Any) -> Source:
     if not root.is_dir():
         raise ConfigError(f"{name}: root {str(root)!r} does not exist")
     opts = {k: v for k, v in options.items() if v is not None}
-    if name == "crema-d":
-        from fedcmi.data.prepare.crema_d import source
-    elif name == "ave":
-        from fedcmi.data.prepare.ave import source
-    elif name == "crisismmd":
-        from fedcmi.data.prepare.crisismmd import source
-    else:
+    if name not in PREPARED_SOURCES:
         raise ConfigError(f"unknown data set {name!r}: must be one of {', '.join(PREPARABLE)}")
+    source = importlib.import_module(PREPARED_SOURCES[name]).source
     takes = [p for p in inspect.signature(source).parameters if p != "root"]
     unknown = sorted(set(opts) - set(takes))
     if unknown:
