@@ -101,13 +101,21 @@ class FedCMIStrategy(Strategy):
         Modalities the strategy trains; unimodal baselines sample only clients holding theirs.
     rule : Rule (default: the sample-weighted mean)
         The aggregation rule applied per modality group (``fedcmi.federated.aggregation``).
+    dominance_momentum : float (default: 0.0)
+        Moving average of the class statistics across rounds (0 = this round's only), so one round's
+        participants under label skew cannot flip the dominant modality on their own.
+    tau_min : float (default: 0.0)
+        Lower bound of the class-wise temperatures (0 = none).
     """
 
     def __init__(self, *, clients_per_round: int, model_spec: ModelSpec, run_config: Mapping[str, Any],
                  gamma: float = 2.0, warmup_rounds: int = 1, seed: int = 0,
                  group_of: Callable[[str], str] = default_group_of, discovery_timeout: float = 120.0,
                  min_replies: int = 1, max_update_norm: float = 0.0,
-                 use_modalities: tuple[str, ...] = ("a", "b"), rule: Rule = weighted_mean) -> None:
+                 use_modalities: tuple[str, ...] = ("a", "b"), rule: Rule = weighted_mean,
+                 dominance_momentum: float = 0.0, tau_min: float = 0.0) -> None:
+        self.dominance_momentum, self.tau_min = dominance_momentum, tau_min
+        self.smoothed: ClassStats | None = None  # the moving average of the class statistics
         self.clients_per_round = clients_per_round
         self.model_spec = model_spec
         self.num_classes = model_spec.num_classes
@@ -141,7 +149,11 @@ class FedCMIStrategy(Strategy):
         if self.guidance is not None:
             guidance = {"dominant": self.guidance.dominant, "ratio": self.guidance.ratio,
                         "tau": [float(t) for t in self.guidance.tau]}
-        return {"rng": [version, list(internal), gauss], "guidance": guidance}
+        state: dict[str, Any] = {"rng": [version, list(internal), gauss], "guidance": guidance}
+        if self.smoothed is not None:
+            state["smoothed"] = {k: [float(v) for v in getattr(self.smoothed, k)]
+                                 for k in ("sum_pa", "sum_pb", "counts")}
+        return state
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         version, internal, gauss = state["rng"]
@@ -149,6 +161,9 @@ class FedCMIStrategy(Strategy):
         g = state.get("guidance")
         self.guidance = None if g is None else Dominance(g["dominant"], float(g["ratio"]),
                                                          np.asarray(g["tau"], dtype=np.float64))
+        sm = state.get("smoothed")
+        self.smoothed = None if sm is None else ClassStats(*(np.asarray(sm[k], dtype=np.float64)
+                                                              for k in ("sum_pa", "sum_pb", "counts")))
 
     def discover(self, grid: Grid) -> None:
         """Ask every connected node for its partition id and modality kind (a QUERY message)."""
@@ -282,10 +297,20 @@ class FedCMIStrategy(Strategy):
 
     def _update_guidance(self, all_stats: list[ClassStats]) -> None:
         stats = sum(all_stats, ClassStats.zeros(self.num_classes))
-        if stats.counts.sum() > 0:
-            new = dominance(stats, self.gamma)
-            if new is not None:
-                self.guidance = new
+        if stats.counts.sum() <= 0:
+            return
+        if self.dominance_momentum > 0:
+            m = self.dominance_momentum
+            prev = self.smoothed
+            self.smoothed = stats if prev is None else ClassStats(
+                m * prev.sum_pa + (1 - m) * stats.sum_pa, m * prev.sum_pb + (1 - m) * stats.sum_pb,
+                m * prev.counts + (1 - m) * stats.counts)
+            stats = self.smoothed
+        new = dominance(stats, self.gamma)
+        if new is not None:
+            if self.tau_min > 0:
+                new = Dominance(new.dominant, new.ratio, np.maximum(new.tau, self.tau_min))
+            self.guidance = new
 
     @staticmethod
     def _train_metrics(replies: list[Message], info: Mapping[str, Any]) -> MetricRecord:

@@ -18,8 +18,9 @@ from fedcmi.config import ConfigError, RunConfig, effective, normalize
 from fedcmi.methods.registry import METHOD_NAMES
 from fedcmi.runs.files import atomic_write
 
-AXIS_KEYS = ("strategy", "seed", "multimodal-ratio", "unimodal-split", "partitioner", "dirichlet-alpha",
+AXIS_KEYS = ("strategy", "seed", "multimodal-ratio", "unimodal-split", "dirichlet-alpha",
              "run-name", "out-dir")  # set by the grid for every cell; the user sets them with the flags
+DIRICHLET = ("dirichlet", "dirichlet-balanced")  # partitioner= may choose which one the alpha cells use
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,11 @@ class Cell:
     def setting(self) -> str:
         return f"alpha={alpha_label(self.alpha)}, mix={self.mix}"
 
-    def axes(self) -> dict[str, Any]:
-        """The keys this cell sets (the alpha key only for a Dirichlet cell)."""
+    def axes(self, dirichlet: str = "dirichlet") -> dict[str, Any]:
+        """The keys this cell sets (the alpha key only for a Dirichlet cell, with the ``dirichlet`` partitioner)."""
         keys: dict[str, Any] = {"strategy": self.strategy, "seed": self.seed, "multimodal-ratio": self.mix.ratio,
                                 "unimodal-split": self.mix.split,
-                                "partitioner": "iid" if self.alpha is None else "dirichlet"}
+                                "partitioner": "iid" if self.alpha is None else dirichlet}
         if self.alpha is not None:
             keys["dirichlet-alpha"] = self.alpha
         return keys
@@ -117,7 +118,8 @@ class BenchPlan:
 
     def cell_config(self, cell: Cell) -> RunConfig:
         """The effective configuration of one cell."""
-        return effective({**self.explicit, **cell.axes(), "run-name": cell.id,
+        dirichlet = self.explicit.get("partitioner", "dirichlet")
+        return effective({**self.explicit, **cell.axes(dirichlet), "run-name": cell.id,
                           "out-dir": str(self.cell_dir(cell))}, self.lower).check_run()
 
     def cells(self) -> list[Cell]:
@@ -136,6 +138,8 @@ def make_plan(preset_name: str, out: Path, base_overrides: dict[str, Any], strat
     p = BENCH_PRESETS[preset_name]
     explicit = normalize(base_overrides)
     on_axes = [k for k in explicit if k in AXIS_KEYS]
+    if explicit.get("partitioner", "dirichlet") not in DIRICHLET:
+        on_axes.append("partitioner")
     if on_axes:
         raise ConfigError(f"{on_axes[0]}=: the grid sets it for every cell; use --strategies, --seeds, --alphas, "
                           "--mixes or --out instead")

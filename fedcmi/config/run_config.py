@@ -83,8 +83,10 @@ class RunConfig:
     noise: float = _opt(1.0, "data", "synthetic-av: noise standard deviation", _positive, "must be > 0")
     # --- federation ----------------------------------------------------------------------------------------
     num_clients: int = _opt(20, "federation", "clients in the federation", _at_least(1), "must be >= 1")
-    partitioner: str = _opt("dirichlet", "federation", "label partitioner", lambda v: v in ("dirichlet", "iid"),
-                            "must be dirichlet or iid")
+    partitioner: str = _opt("dirichlet", "federation", "label partitioner: dirichlet, dirichlet-balanced (the FedCMI "
+                            "authors' self-balancing: no client above ~N/M samples) or iid",
+                            lambda v: v in ("dirichlet", "dirichlet-balanced", "iid"),
+                            "must be dirichlet, dirichlet-balanced or iid")
     dirichlet_alpha: float = _opt(0.5, "federation", "Dirichlet concentration (smaller = more skew)", _positive,
                                   "must be > 0")
     min_partition_size: int = _opt(10, "federation", "Dirichlet: resample until every client has this many",
@@ -126,6 +128,23 @@ class RunConfig:
                             "must be >= 0")
     pmr_momentum: float = _opt(0.2, "method", "pmr: prototype momentum between local epochs", _unit,
                                "must be in [0, 1]")
+    unimodal_zero_fill: float = _opt(0.0, "method", "fedcmi: unimodal clients also fit the head on F(self, 0) "
+                                     "with this weight; 0 = off", _at_least(0), "must be >= 0")
+    normalize_loss: bool = _opt(False, "method", "fedcmi: divide the local loss by the sum of its term weights, so "
+                                "the step does not grow with the number of terms")
+    dominance_momentum: float = _opt(0.0, "method", "fedcmi: server-side moving average of the class statistics "
+                                     "across rounds (0 = this round only)", lambda v: 0.0 <= v < 1.0,
+                                     "must be in [0, 1)")
+    tau_min: float = _opt(0.0, "method", "fedcmi: lower bound of the class-wise temperatures; 0 = none", _unit,
+                          "must be in [0, 1]")
+    # label-skew remedies, combinable with every method (fedcmi.methods.remedies)
+    logit_adjust: float = _opt(0.0, "method", "every method: CE(z + tau log pi_local, y) with this tau (FedLC / "
+                               "logit adjustment); 0 = off", _at_least(0), "must be >= 0")
+    restricted_softmax: float = _opt(1.0, "method", "every method: FedRS, logits of classes a client lacks scaled by "
+                                     "this alpha; 1 = off", lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")
+    ntd_beta: float = _opt(0.0, "method", "every method: FedNTD not-true distillation from the global model, "
+                           "weight; 0 = off", _at_least(0), "must be >= 0")
+    ntd_temperature: float = _opt(1.0, "method", "every method: FedNTD temperature", _positive, "must be > 0")
     # --- model ---------------------------------------------------------------------------------------------
     encoder: str = _opt("cnn", "model", "encoder architecture", lambda v: v in ("cnn", "resnet18"),
                         "must be cnn or resnet18")

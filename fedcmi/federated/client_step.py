@@ -19,6 +19,7 @@ from fedcmi.federated.dominance import ClassStats, Guidance
 from fedcmi.federated.statistics import class_statistics
 from fedcmi.methods.base import TrainSettings, local_update, only
 from fedcmi.methods.registry import method_spec
+from fedcmi.methods.remedies import LabelSkew
 from fedcmi.models.modalities import group_of, trained_groups
 from fedcmi.runtime.devices import autocast, device_of, on_device
 
@@ -55,7 +56,7 @@ def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: G
         torch.manual_seed(seed)
         result = local_update(model, only(local, spec.modalities), spec.build(cfg), guidance,
                               TrainSettings.of(cfg, spec), num_classes=num_classes,
-                              generator=torch.Generator().manual_seed(seed))
+                              generator=torch.Generator().manual_seed(seed), remedies=LabelSkew.from_config(cfg))
     held = trained_groups(data.kind, spec.modalities)
     arrays = {k: v.detach().cpu() for k, v in model.state_dict().items() if group_of(k) in held}
     return ClientResult(arrays, result.num_examples, stats, result.losses)
