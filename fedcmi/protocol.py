@@ -22,12 +22,14 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedcmi.federated.calibration import FeatureStats
 from fedcmi.federated.dominance import ClassStats, Guidance
 from fedcmi.models.build import ModelSpec
 from fedcmi.models.modalities import KINDS
 
 # record names
 ARRAYS, CONFIG, METRICS, CLASS_STATS, INFO = "arrays", "config", "metrics", "class-stats", "info"
+FEATURE_STATS = "feature-stats"  # CCVR: per-class moments of the fusion head's inputs (multimodal clients)
 # keys of the training config beside the run-config keys
 SERVER_ROUND, INFILTRATE, DOMINANT, TAU = "server-round", "infiltrate", "dominant", "tau"
 NUM_CLASSES, SHAPE_A, SHAPE_B = "num-classes", "shape-a", "shape-b"
@@ -36,6 +38,7 @@ ROUND_KEYS = (SERVER_ROUND, INFILTRATE, DOMINANT, TAU, NUM_CLASSES, SHAPE_A, SHA
 PARTITION_ID, KIND, NUM_EXAMPLES = "partition-id", "kind", "num-examples"
 # class statistics arrays
 SUM_PA, SUM_PB, COUNTS = "sum-pa", "sum-pb", "counts"
+SUMS, OUTER = "sums", "outer"
 LOSS_PREFIX = "loss"  # metrics whose name starts with it are loss terms, averaged over clients
 
 
@@ -71,6 +74,7 @@ class Reply:
     arrays: dict[str, np.ndarray]
     stats: ClassStats | None
     losses: dict[str, float] = field(default_factory=dict)
+    features: FeatureStats | None = None
 
 
 # --- discovery ---------------------------------------------------------------------------------------------
@@ -129,13 +133,18 @@ def server_round_of(content: RecordDict) -> int:
 
 
 def reply_content(arrays: Mapping[str, torch.Tensor], num_examples: int, losses: Mapping[str, float],
-                  stats: ClassStats, partition_id: int, kind: str) -> RecordDict:
+                  stats: ClassStats, partition_id: int, kind: str, features: FeatureStats | None = None) -> RecordDict:
     metrics = MetricRecord({NUM_EXAMPLES: num_examples, PARTITION_ID: partition_id, **losses})
     class_stats = ArrayRecord({SUM_PA: Array(stats.sum_pa.astype(np.float64)),
                                SUM_PB: Array(stats.sum_pb.astype(np.float64)),
                                COUNTS: Array(stats.counts.astype(np.float64))})
-    return RecordDict({ARRAYS: ArrayRecord(dict(arrays)), METRICS: metrics, CLASS_STATS: class_stats,
-                       INFO: ConfigRecord({KIND: kind, PARTITION_ID: partition_id})})
+    content = RecordDict({ARRAYS: ArrayRecord(dict(arrays)), METRICS: metrics, CLASS_STATS: class_stats,
+                          INFO: ConfigRecord({KIND: kind, PARTITION_ID: partition_id})})
+    if features is not None:
+        content[FEATURE_STATS] = ArrayRecord({COUNTS: Array(features.counts.astype(np.float64)),
+                                              SUMS: Array(features.sums.astype(np.float64)),
+                                              OUTER: Array(features.outer.astype(np.float64))})
+    return content
 
 
 def read_reply(content: RecordDict) -> Reply:
@@ -167,7 +176,18 @@ def read_reply(content: RecordDict) -> Reply:
             stats = ClassStats(*(cs[k].numpy().astype(np.float64) for k in (SUM_PA, SUM_PB, COUNTS)))
         except (KeyError, ValueError, TypeError) as exc:
             raise ReplyError(f"malformed {CLASS_STATS} ({exc})") from None
-    return Reply(pid, kind, float(n), arrays, stats, losses)
+    return Reply(pid, kind, float(n), arrays, stats, losses, read_features(content))
+
+
+def read_features(content: RecordDict) -> FeatureStats | None:
+    """The CCVR feature moments of a reply, if it carries them."""
+    if FEATURE_STATS not in content.array_records:
+        return None
+    fs = content[FEATURE_STATS]
+    try:
+        return FeatureStats(*(fs[k].numpy().astype(np.float64) for k in (COUNTS, SUMS, OUTER)))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ReplyError(f"malformed {FEATURE_STATS} ({exc})") from None
 
 
 def _int(value: Any, key: str) -> int:

@@ -23,6 +23,8 @@ from flwr.serverapp import Grid, ServerApp
 from fedcmi.config import RunConfig, effective, set_by_flower_run
 from fedcmi.data import load_data
 from fedcmi.federated.aggregation import rule
+from fedcmi.federated.calibration import calibrated
+from fedcmi.federated.client_step import round_seed
 from fedcmi.federated.evaluation import evaluate
 from fedcmi.methods.registry import method_spec
 from fedcmi.models import ModelSpec, model_for
@@ -90,9 +92,16 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     xa, xb, y = (torch.from_numpy(t) for t in data.arrays("test"))
     clock = {"t": time.monotonic()}
 
+    def served(server_round: int) -> torch.nn.Module:
+        """The model as evaluated and saved: with ccvr-steps, its fusion head calibrated on the server (CCVR)."""
+        if cfg.ccvr_steps == 0 or strategy.feature_stats is None:
+            return model
+        return calibrated(model, strategy.feature_stats, samples=cfg.ccvr_samples, steps=cfg.ccvr_steps,
+                          lr=cfg.ccvr_lr, seed=round_seed(cfg.seed, server_round, -1))
+
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> None:
         model.load_state_dict(arrays.to_torch_state_dict())
-        res = evaluate(model, xa, xb, y, data.num_classes, data.modalities, cfg.eval_batch_size,
+        res = evaluate(served(server_round), xa, xb, y, data.num_classes, data.modalities, cfg.eval_batch_size,
                        use_modalities=method.modalities, infiltration_path=method.infiltration_path)
         train = strategy.train_metrics.get(server_round, {})
         guidance = strategy.guidance  # what this round's statistics say (sent with the next round)
@@ -125,7 +134,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         run_dir.finish("failed", error=f"{type(exc).__name__}: {exc}", rounds=len(run_dir.rows) - 1)
         raise
     model.load_state_dict(arrays.to_torch_state_dict())
-    run_dir.save_model(model.state_dict())
+    run_dir.save_model(served(cfg.num_server_rounds).state_dict())
     run_dir.plot()
     run_dir.finish("complete", rounds=cfg.num_server_rounds)
     return run_dir

@@ -36,6 +36,7 @@ from flwr.serverapp.strategy import Strategy
 from fedcmi import protocol
 from fedcmi.federated.aggregation import ClientUpdate, Rule, aggregate
 from fedcmi.federated.aggregation.mean import weighted_mean
+from fedcmi.federated.calibration import FeatureStats
 from fedcmi.federated.dominance import ClassStats, Dominance, Guidance, dominance
 from fedcmi.federated.screening import check_arrays, check_class_stats
 from fedcmi.models.build import ModelSpec
@@ -133,6 +134,7 @@ class FedCMIStrategy(Strategy):
         self.current_arrays: ArrayRecord | None = None
         self.guidance: Dominance | None = None  # from the latest statistics; sent next round
         self.round_log: dict[int, dict[str, Any]] = {}
+        self.feature_stats: FeatureStats | None = None  # CCVR: the latest round's pooled head-input moments
         self.train_metrics: dict[int, MetricRecord] = {}
 
     # --- bookkeeping ------------------------------------------------------------------------------
@@ -293,7 +295,26 @@ class FedCMIStrategy(Strategy):
             return None, metrics
         new, _ = aggregate(current, [t[1] for t in accepted], self.group_of, self.rule)
         self._update_guidance([t[2] for t in accepted if t[2] is not None])
+        self._pool_features(server_round, [t[3] for t in accepted])
         return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in new.items()}), metrics
+
+    def _pool_features(self, server_round: int, replies: list[Message]) -> None:
+        """CCVR: sum the accepted clients' feature moments; a malformed set is left out (and logged)."""
+        pooled = None
+        for msg in replies:
+            features = protocol.read_features(msg.content)  # screened already: readable
+            if features is None:
+                continue
+            reason = features.check(self.num_classes)
+            if reason:
+                log(WARNING, "round %s: node %s: %s; left out of the calibration", server_round,
+                    msg.metadata.src_node_id, reason)
+                continue
+            if pooled is not None and pooled.sums.shape != features.sums.shape:
+                continue
+            pooled = features if pooled is None else pooled + features
+        if pooled is not None:
+            self.feature_stats = pooled
 
     def _update_guidance(self, all_stats: list[ClassStats]) -> None:
         stats = sum(all_stats, ClassStats.zeros(self.num_classes))

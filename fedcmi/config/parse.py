@@ -80,7 +80,9 @@ def unused_keys(cfg: RunConfig) -> list[str]:
     from fedcmi.methods.registry import method_spec
     from fedcmi.methods.remedies import KEYS as REMEDY_KEYS
 
-    uses = {*method_spec(cfg.strategy).uses, *REMEDY_KEYS}  # the remedies combine with every method
+    CCVR_KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr")
+
+    uses = {*method_spec(cfg.strategy).uses, *REMEDY_KEYS, *CCVR_KEYS}  # the remedies combine with every method
     return [k for k in FIELDS if section_of(k) == "method" and k != "strategy" and k not in uses]
 
 

@@ -145,6 +145,11 @@ class RunConfig:
     ntd_beta: float = _opt(0.0, "method", "every method: FedNTD not-true distillation from the global model, "
                            "weight; 0 = off", _at_least(0), "must be >= 0")
     ntd_temperature: float = _opt(1.0, "method", "every method: FedNTD temperature", _positive, "must be > 0")
+    ccvr_steps: int = _opt(0, "method", "every method: CCVR, server-side SGD steps calibrating the fusion head on "
+                           "virtual features from the multimodal clients' class means/covariances; 0 = off",
+                           _at_least(0), "must be >= 0")
+    ccvr_samples: int = _opt(64, "method", "ccvr: virtual features drawn per class", _at_least(1), "must be >= 1")
+    ccvr_lr: float = _opt(0.01, "method", "ccvr: learning rate of the head calibration", _positive, "must be > 0")
     # --- model ---------------------------------------------------------------------------------------------
     encoder: str = _opt("cnn", "model", "encoder architecture", lambda v: v in ("cnn", "resnet18"),
                         "must be cnn or resnet18")
