@@ -198,7 +198,9 @@ def cmd_methods() -> int:
 
     from fedcmi.methods.registry import METHODS
 
-    table = Table(title="local methods (strategy=NAME)", show_lines=True)
+    table = Table(title="local methods (strategy=NAME)", show_lines=True,
+                  caption="every method also reads the label-skew remedies: logit-adjust, restricted-softmax, "
+                          "ntd-beta, ntd-temperature, ccvr-steps, ccvr-samples, ccvr-lr")
     for col in ("strategy", "model", "modalities", "reads", "its defaults", "defined by"):
         table.add_column(col)
     for spec in METHODS.values():
