@@ -160,10 +160,12 @@ def cmd_simulate(cfg: RunConfig, verbose: bool, resume: bool = False, client_app
 
     from fedcmi.cli.display import results_table
     from fedcmi.data import load_data
+    from fedcmi.data.partition import federation
     from fedcmi.runtime.devices import check_device
     from fedcmi.runtime.simulation import check_resources, simulate
 
     check_device(cfg.device)
+    federation(cfg)  # an infeasible partition (alpha too small for min-partition-size) stops here, not in Ray
     check_resources(cfg)
     if resume:
         from fedcmi.runs.checkpoint import load_checkpoint

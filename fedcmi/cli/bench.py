@@ -54,6 +54,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from fedcmi.bench.plan import cell_complete, make_plan, save_plan
     from fedcmi.bench.report import write_reports
+    from fedcmi.data.partition import federation
     from fedcmi.runtime.simulation import check_resources, run_app
     from server.bench_app import make_bench_app
 
@@ -61,6 +62,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     plan = make_plan(args.preset, out, parse_overrides(args.overrides), args.strategies, args.seeds,
                      args.alphas, args.mixes)
     check_resources(plan.base)
+    for cell in plan.cells():  # every partition of the grid, before Ray starts (cached: cheap)
+        federation(plan.cell_config(cell))
     command = "fedcmi " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "fedcmi bench"
     cells = plan.cells()
     todo = [c for c in cells if not cell_complete(plan.cell_dir(c))]
