@@ -23,6 +23,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedcmi.federated.dominance import ClassStats, Guidance
+from fedcmi.federated.screening import MAX_LOSS, MAX_NUM_EXAMPLES
 from fedcmi.models.build import ModelSpec
 from fedcmi.models.modalities import KINDS
 
@@ -37,6 +38,8 @@ PARTITION_ID, KIND, NUM_EXAMPLES = "partition-id", "kind", "num-examples"
 # class statistics arrays
 SUM_PA, SUM_PB, COUNTS = "sum-pa", "sum-pb", "counts"
 LOSS_PREFIX = "loss"  # metrics whose name starts with it are loss terms, averaged over clients
+REPLY_RECORDS = (ARRAYS, METRICS, CLASS_STATS, INFO)
+NPY_HEADER_SLACK = 4096  # bytes of an .npy header beyond the array's own data
 
 
 class ReplyError(ValueError):
@@ -94,8 +97,13 @@ def read_info(content: RecordDict) -> NodeInfo:
     if INFO not in content.config_records:
         raise ReplyError(f"reply lacks its {INFO!r} record")
     rec = content[INFO]
-    return NodeInfo(_int(rec.get(PARTITION_ID), PARTITION_ID), _kind(rec.get(KIND)),
+    info = NodeInfo(_int(rec.get(PARTITION_ID), PARTITION_ID), _kind(rec.get(KIND)),
                     _int(rec.get(NUM_EXAMPLES), NUM_EXAMPLES))
+    if info.partition_id < 0:
+        raise ReplyError(f"{PARTITION_ID} {info.partition_id} is negative")
+    if not 0 < info.num_examples <= MAX_NUM_EXAMPLES:
+        raise ReplyError(f"{NUM_EXAMPLES} {info.num_examples} must be in [1, 2**53]")
+    return info
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -138,14 +146,27 @@ def reply_content(arrays: Mapping[str, torch.Tensor], num_examples: int, losses:
                        INFO: ConfigRecord({KIND: kind, PARTITION_ID: partition_id})})
 
 
-def read_reply(content: RecordDict) -> Reply:
-    """Every field of a training reply, type-checked; raises :class:`ReplyError` naming the bad one."""
+def read_reply(content: RecordDict, expected: Mapping[str, tuple[tuple[int, ...], str]] | None = None,
+               num_classes: int | None = None) -> Reply:
+    """Every field of a training reply, type-checked; raises :class:`ReplyError` naming the bad one.
+
+    ``expected`` (key -> (shape, dtype) of the global model) and ``num_classes`` let the sizes be checked
+    from the arrays' declared metadata and byte lengths before any array is deserialised, so an unknown or
+    oversized array costs no second copy in memory. (Flower itself has already pulled the whole message
+    into memory by then: a ServerApp has no hook to bound a reply's size before ``Grid.send_and_receive``
+    returns it.)
+    """
+    extra = sorted(set(content.keys()) - set(REPLY_RECORDS))
+    if extra:
+        raise ReplyError(f"unexpected record {extra[0]!r}")
     if ARRAYS not in content.array_records or METRICS not in content.metric_records:
         raise ReplyError(f"reply lacks its {ARRAYS!r} or {METRICS!r} record")
     metrics = content[METRICS]
     n = metrics.get(NUM_EXAMPLES)
     if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(float(n)) or n <= 0:
         raise ReplyError(f"{NUM_EXAMPLES} {n!r} must be a positive finite number")
+    if n > MAX_NUM_EXAMPLES:
+        raise ReplyError(f"{NUM_EXAMPLES} {n!r} is above 2**53")
     pid = _int(metrics.get(PARTITION_ID, -1), PARTITION_ID) if PARTITION_ID in metrics else -1
     kind = None
     if INFO in content.config_records and KIND in content[INFO]:
@@ -155,7 +176,19 @@ def read_reply(content: RecordDict) -> Reply:
         if k.startswith(LOSS_PREFIX):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
                 raise ReplyError(f"metric {k} {v!r} is not a finite number")
+            if abs(v) > MAX_LOSS:
+                raise ReplyError(f"metric {k} {v!r} is beyond {MAX_LOSS:g}")
             losses[k] = float(v)
+    if expected is not None:
+        for k, arr in content[ARRAYS].items():
+            if k not in expected:
+                raise ReplyError(f"unknown parameter {k!r}")
+            _check_declared(arr, k, *expected[k])
+    if num_classes is not None and CLASS_STATS in content.array_records:
+        for k, arr in content[CLASS_STATS].items():
+            if k not in (SUM_PA, SUM_PB, COUNTS):
+                raise ReplyError(f"unexpected {CLASS_STATS} array {k!r}")
+            _check_declared(arr, f"{CLASS_STATS} {k}", (num_classes,), "float64")
     try:
         arrays = {k: v.numpy() for k, v in content[ARRAYS].items()}
     except Exception as exc:  # noqa: BLE001 - a malformed array is a rejected reply, not a crash
@@ -165,9 +198,20 @@ def read_reply(content: RecordDict) -> Reply:
         cs = content[CLASS_STATS]
         try:
             stats = ClassStats(*(cs[k].numpy().astype(np.float64) for k in (SUM_PA, SUM_PB, COUNTS)))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ReplyError(f"malformed {CLASS_STATS} ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise ReplyError(f"malformed {CLASS_STATS} ({type(exc).__name__}: {exc})") from None
     return Reply(pid, kind, float(n), arrays, stats, losses)
+
+
+def _check_declared(arr: Array, key: str, shape: tuple[int, ...], dtype: str) -> None:
+    """An array's declared shape and dtype, and its byte length, before it is deserialised."""
+    if tuple(arr.shape) != tuple(shape):
+        raise ReplyError(f"{key}: shape {tuple(arr.shape)}, expected {tuple(shape)}")
+    if str(arr.dtype) != dtype:
+        raise ReplyError(f"{key}: dtype {arr.dtype}, expected {dtype}")
+    limit = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize + NPY_HEADER_SLACK
+    if len(arr.data) > limit:
+        raise ReplyError(f"{key}: {len(arr.data)} bytes, at most {limit} expected for shape {tuple(shape)}")
 
 
 def _int(value: Any, key: str) -> int:

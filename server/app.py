@@ -50,6 +50,7 @@ def build_strategy(cfg: RunConfig, model_spec: ModelSpec) -> FedCMIStrategy:
     return FedCMIStrategy(clients_per_round=cfg.clients_per_round, model_spec=model_spec,
                           run_config=cfg.client_dict(), gamma=cfg.gamma, warmup_rounds=cfg.warmup_rounds,
                           seed=cfg.seed, min_replies=cfg.min_replies, max_update_norm=cfg.max_update_norm,
+                          update_norm_multiple=cfg.update_norm_multiple,
                           use_modalities=method_spec(cfg.strategy).modalities, rule=rule(cfg.aggregation))
 
 

@@ -13,7 +13,7 @@ from fedcmi.federated.aggregation.mean import weighted_mean
 from fedcmi.models import ModelSpec, group_of
 from server.strategy import FedCMIStrategy, NoClientsError
 
-KINDS = {11: (0, "mm"), 12: (1, "a"), 13: (2, "b"), 14: (3, "a")}
+KINDS = {11: (0, "mm"), 12: (1, "a"), 13: (2, "b"), 14: (3, "a"), 15: (4, "mm")}
 
 
 class FakeGrid:
@@ -98,7 +98,7 @@ def test_guidance_from_statistics_is_sent_next_round():
     assert cfg1["infiltrate"] is False and "dominant" not in cfg1 and cfg1["lr"] == 0.1
     s.aggregate_train(1, [
         _reply(11, 10, _arrays(1, 1, 1), stats=([9.0, 0.0], [3.0, 0.0], [10.0, 0.0])),
-        _reply(13, 40, _arrays(1, 1, 1), stats=([15.0, 6.0], [15.0, 6.0], [30.0, 10.0])),
+        _reply(15, 40, _arrays(1, 1, 1), stats=([15.0, 6.0], [15.0, 6.0], [30.0, 10.0])),
     ])
     assert s.guidance.dominant == "a" and s.guidance.ratio == pytest.approx(7 / 6)
     second = list(s.configure_train(2, s.current_arrays, ConfigRecord(), grid))

@@ -45,6 +45,9 @@ def _aggregation_names() -> tuple[str, ...]:
     return RULE_NAMES
 
 
+UPDATE_NORM_MULTIPLE = 5.0
+
+
 def _opt(default: Any, section: str, doc: str, check: Callable[[Any], bool] | None = None,
          rule: str | Callable[[], str] = "") -> Any:
     meta: dict[str, Any] = {"doc": doc, "section": section, "check": check, "rule": rule}
@@ -152,7 +155,8 @@ class RunConfig:
     # --- server ------------------------------------------------------------------------------------------
     num_server_rounds: int = _opt(40, "server", "federated rounds", _at_least(1), "must be >= 1")
     clients_per_round: int = _opt(10, "server", "clients sampled each round", _at_least(1), "must be >= 1")
-    aggregation: str = _opt("mean", "server", "aggregation rule per modality group (mean, median)",
+    aggregation: str = _opt("mean", "server", "aggregation rule per modality group: mean (FedAvg), median, "
+                            "trimmed-mean (beta 0.2), clipped-mean (updates clipped to the median norm)",
                             lambda v: v in _aggregation_names(), "must be a registered aggregation rule")
     eval_batch_size: int = _opt(512, "server", "server evaluation batch size", _at_least(1), "must be >= 1")
     client_num_gpus: float = _opt(0.0, "server", "GPUs (fractions allowed) per simulated client", _at_least(0),
@@ -166,8 +170,15 @@ class RunConfig:
                             "model kept", _at_least(1), "must be >= 1")
     max_consecutive_skips: int = _opt(3, "reliability", "stop the run after this many skipped rounds in a row",
                                       _at_least(1), "must be >= 1")
-    max_update_norm: float = _opt(1000.0, "reliability", "reject a client update whose L2 distance to the "
-                                  "global model is larger; 0 = off", _at_least(0), "must be >= 0")
+    max_update_norm: float = _opt(0.0, "reliability", "absolute bound: reject a client update whose L2 distance "
+                                  "to the global model is larger; 0 = off (the relative bound "
+                                  "update-norm-multiple is the default defence)", _at_least(0), "must be >= 0")
+    update_norm_multiple: float = _opt(UPDATE_NORM_MULTIPLE, "reliability", "relative bound, per parameter group "
+                                       "(each modality's encoder, the shared head): reject a client update whose "
+                                       "L2 distance to the global model in a group exceeds this multiple of the "
+                                       "median distance of that group over the round's replies; 0 = off. Honest "
+                                       "updates stay below 3x the median in every measured run",
+                                       lambda v: v == 0 or v >= 2, "must be 0 (off) or >= 2")
     # --- output --------------------------------------------------------------------------------------------
     run_name: str = _opt("", "output", "name used in the run directory (default: dataset-strategy)")
     out_dir: str = _opt("", "output", "run directory (default: runs/<time>-<name>)")
