@@ -104,7 +104,7 @@ def test_bound_is_per_group_and_honest_spread_passes():
 def test_update_norm_multiple_is_a_config_key_with_its_default_in_pyproject():
     from fedcmi.config import ConfigError, defaults, effective
 
-    assert defaults()["update-norm-multiple"] == 5.0 and defaults()["max-update-norm"] == 0.0
+    assert defaults()["update-norm-multiple"] == 10.0 and defaults()["max-update-norm"] == 0.0
     with pytest.raises(ConfigError, match="update-norm-multiple=1.5: must be 0"):
         effective({"update-norm-multiple": 1.5})
 
