@@ -26,9 +26,9 @@ from fedcmi.federated.aggregation import rule
 from fedcmi.federated.evaluation import evaluate
 from fedcmi.methods.registry import method_spec
 from fedcmi.models import ModelSpec, model_for
-from fedcmi.runs.checkpoint import load_checkpoint, save_checkpoint
+from fedcmi.runs.checkpoint import save_checkpoint
 from fedcmi.runs.metrics import round_row
-from fedcmi.runs.run_dir import RunDirectory, default_run_dir
+from fedcmi.runs.run_dir import RunDirectory, config_hash, default_run_dir, resumable
 from server.strategy import FedCMIStrategy
 
 logger = logging.getLogger("fedcmi")
@@ -84,8 +84,9 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg)
     cfg = cfg.replace(out_dir=str(out))
     strategy = build_strategy(cfg, model_spec)
-    checkpoint = load_checkpoint(out) if resume else None
+    checkpoint = resumable(out, cfg) if resume else None
     run_dir = RunDirectory(out, cfg, data.modalities, resume_after=checkpoint.round if checkpoint else None)
+    digest = config_hash(cfg)
     logger.info("writing results to %s", out)
     xa, xb, y = (torch.from_numpy(t) for t in data.arrays("test"))
     clock = {"t": time.monotonic()}
@@ -107,7 +108,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
         central_evaluation(server_round, arrays)
-        save_checkpoint(out, server_round, arrays.to_torch_state_dict(), strategy.state())
+        save_checkpoint(out, server_round, arrays.to_torch_state_dict(), strategy.state(), digest)
 
     if checkpoint is None:
         arrays = ArrayRecord(model.state_dict())
@@ -121,13 +122,15 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     try:
         arrays = run_rounds(strategy, grid, arrays, range(first, cfg.num_server_rounds + 1), cfg.round_timeout,
                             cfg.max_consecutive_skips, end_of_round)
+        model.load_state_dict(arrays.to_torch_state_dict())
+        run_dir.save_model(model.state_dict())
+        run_dir.plot()
     except BaseException as exc:
         run_dir.finish("failed", error=f"{type(exc).__name__}: {exc}", rounds=len(run_dir.rows) - 1)
+        run_dir.release()
         raise
-    model.load_state_dict(arrays.to_torch_state_dict())
-    run_dir.save_model(model.state_dict())
-    run_dir.plot()
     run_dir.finish("complete", rounds=cfg.num_server_rounds)
+    run_dir.release()
     return run_dir
 
 
