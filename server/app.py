@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedcmi.config import RunConfig, effective, set_by_flower_run
+from fedcmi.config import ConfigError, RunConfig, effective, load_toml, set_by_flower_run
+from fedcmi.config.run_config import FIELDS, section_of
 from fedcmi.data import load_data
 from fedcmi.federated.aggregation import rule
 from fedcmi.federated.evaluation import evaluate
@@ -150,12 +152,56 @@ def make_server_app(cfg: RunConfig, reporter: Reporter | None = None, outcome: d
 
 app = ServerApp()
 
+# A submitted run (``flwr run``, anyone holding the CA certificate) may set only these keys: what to train
+# and how. Paths, the runtime, the server's reliability policy and its defences come from the server's own
+# configuration: RUNS_DIR_ENV (the folder of run directories, default ``runs``) and SERVER_CONFIG_ENV (a TOML
+# file of server-side keys, e.g. data-root, round-timeout, update-norm-multiple), set where the SuperLink (or
+# the ServerApp's SuperExec container) is started.
+RUNS_DIR_ENV = "FEDCMI_RUNS_DIR"
+SERVER_CONFIG_ENV = "FEDCMI_SERVER_CONFIG"
+SERVER_PATH_KEYS = ("data-root", "text-encoder", "encoder-weights", "out-dir", "ray-address")
+SUBMITTABLE = tuple(k for k in FIELDS if section_of(k) in ("data", "federation", "training", "method", "model")
+                    and k not in SERVER_PATH_KEYS) + (
+    "device", "bf16", "num-server-rounds", "clients-per-round", "aggregation", "eval-batch-size", "run-name")
+
+
+def submitted_config(run_config: dict[str, Any]) -> tuple[RunConfig, bool]:
+    """The effective config of a submitted run and whether it resumes, from the submitted keys (allowlisted)
+    and the server's own configuration; refuses a key a submitter may not set."""
+    submitted = set_by_flower_run(run_config)
+    refused = sorted(k for k in submitted if k not in SUBMITTABLE)
+    if refused:
+        raise ConfigError(f"{refused[0]}: a submitted run cannot set it (server-side; set it in "
+                          f"${SERVER_CONFIG_ENV} on the server)")
+    server_file = os.environ.get(SERVER_CONFIG_ENV)
+    server_keys = load_toml(server_file) if server_file else {}
+    bad = sorted(k for k in server_keys if k in ("out-dir", "run-name"))
+    if bad:
+        raise ConfigError(f"${SERVER_CONFIG_ENV}: {bad[0]} is chosen per run (the folder is ${RUNS_DIR_ENV})")
+    cfg = effective({**submitted, **server_keys}).check_run()
+    root = Path(os.environ.get(RUNS_DIR_ENV, "runs"))
+    out = root / cfg.run_name if cfg.run_name else default_run_dir(cfg, root)
+    # A deployed run resumes when its run-name names an unfinished run (or one it extends) of the same
+    # configuration: run_server checks the checkpoint's config hash and refuses anything else.
+    resume = False
+    if cfg.run_name and (out / "checkpoint" / "state.json").is_file():
+        from fedcmi.runs.run_dir import run_status
+
+        resume = run_status(out) != "complete" or _rounds_done(out) < cfg.num_server_rounds
+    return cfg.replace(out_dir=str(out)), resume
+
+
+def _rounds_done(out: Path) -> int:
+    from fedcmi.runs.checkpoint import load_checkpoint
+
+    return load_checkpoint(out).round
+
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point of ``flwr run .``: config from ``[tool.flwr.app.config]`` and ``--run-config``.
 
     Keys whose value differs from the built-in default count as set by the user; the method's defaults fill
-    the rest (``fedcmi.config.parse.set_by_flower_run``)."""
-    cfg = effective(set_by_flower_run(context.run_config)).check_run()
-    run_server(grid, cfg)
+    the rest (``fedcmi.config.parse.set_by_flower_run``). Only ``SUBMITTABLE`` keys may be set."""
+    cfg, resume = submitted_config(dict(context.run_config))
+    run_server(grid, cfg, resume=resume)

@@ -160,3 +160,38 @@ def test_damaged_checkpoint_fields_stop_before_anything_starts(tmp_path, capsys,
     assert main(["simulate", "--resume", str(out), "num-server-rounds=2"]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1, err
+
+
+# --- item 9 of the issue (brief item 8): a submitted run may set only allowlisted keys ----------------------
+def _submit(run_config: dict, grid=None) -> None:
+    from server.app import main as server_main
+
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    server_main(grid or InProcessGrid(3), ctx)
+
+
+@pytest.mark.parametrize("key, value", [("out-dir", "/srv/other-run"), ("update-norm-multiple", 0.0),
+                                        ("data-root", "/etc"), ("round-timeout", 1.0), ("ray-address", "x:1"),
+                                        ("encoder-weights", "/root/.ssh/id_rsa")])
+def test_a_submitted_run_cannot_set_server_side_keys(tmp_path, monkeypatch, key, value):
+    monkeypatch.setenv("FEDCMI_RUNS_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match=f"{key}: a submitted run cannot set it"):
+        _submit({**TINY, "run-name": "r", key: value})
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_submitted_run_writes_under_the_servers_runs_dir_and_resumes_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDCMI_RUNS_DIR", str(tmp_path / "runs"))
+    server_cfg = tmp_path / "server.toml"
+    server_cfg.write_text("update-norm-multiple = 20.0\n")
+    monkeypatch.setenv("FEDCMI_SERVER_CONFIG", str(server_cfg))
+    _submit({**TINY, "num-server-rounds": 1, "run-name": "demo"})
+    out = tmp_path / "runs" / "demo"
+    assert _status(out)["status"] == "complete"
+    assert json.loads((out / "config.json").read_text())["update-norm-multiple"] == 20.0  # the server's value
+    _submit({**TINY, "num-server-rounds": 2, "run-name": "demo"})  # the same run, extended: resumed
+    assert [r["round"] for r in json.loads((out / "metrics.json").read_text())] == [0, 1, 2]
+    with pytest.raises(ConfigError, match="exists and is not empty"):  # finished: never overwritten
+        _submit({**TINY, "num-server-rounds": 2, "run-name": "demo"})
+    with pytest.raises(ConfigError, match="differs from the configuration"):  # another run under its name
+        _submit({**TINY, "num-server-rounds": 3, "lr": 0.5, "run-name": "demo"})
