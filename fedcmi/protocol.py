@@ -24,6 +24,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedcmi.federated.calibration import FeatureStats
 from fedcmi.federated.dominance import ClassStats, Guidance
+from fedcmi.federated.screening import MAX_LOSS, MAX_NUM_EXAMPLES
 from fedcmi.models.build import ModelSpec
 from fedcmi.models.modalities import KINDS
 
@@ -39,7 +40,10 @@ PARTITION_ID, KIND, NUM_EXAMPLES = "partition-id", "kind", "num-examples"
 # class statistics arrays
 SUM_PA, SUM_PB, COUNTS = "sum-pa", "sum-pb", "counts"
 SUMS, OUTER = "sums", "outer"
+MAX_FEATURE_DIM = 4096  # the widest fusion-head input a CCVR reply may describe (2 x 2048)
 LOSS_PREFIX = "loss"  # metrics whose name starts with it are loss terms, averaged over clients
+REPLY_RECORDS = (ARRAYS, METRICS, CLASS_STATS, INFO, FEATURE_STATS)
+NPY_HEADER_SLACK = 4096  # bytes of an .npy header beyond the array's own data
 
 
 class ReplyError(ValueError):
@@ -98,8 +102,13 @@ def read_info(content: RecordDict) -> NodeInfo:
     if INFO not in content.config_records:
         raise ReplyError(f"reply lacks its {INFO!r} record")
     rec = content[INFO]
-    return NodeInfo(_int(rec.get(PARTITION_ID), PARTITION_ID), _kind(rec.get(KIND)),
+    info = NodeInfo(_int(rec.get(PARTITION_ID), PARTITION_ID), _kind(rec.get(KIND)),
                     _int(rec.get(NUM_EXAMPLES), NUM_EXAMPLES))
+    if info.partition_id < 0:
+        raise ReplyError(f"{PARTITION_ID} {info.partition_id} is negative")
+    if not 0 < info.num_examples <= MAX_NUM_EXAMPLES:
+        raise ReplyError(f"{NUM_EXAMPLES} {info.num_examples} must be in [1, 2**53]")
+    return info
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -147,14 +156,27 @@ def reply_content(arrays: Mapping[str, torch.Tensor], num_examples: int, losses:
     return content
 
 
-def read_reply(content: RecordDict) -> Reply:
-    """Every field of a training reply, type-checked; raises :class:`ReplyError` naming the bad one."""
+def read_reply(content: RecordDict, expected: Mapping[str, tuple[tuple[int, ...], str]] | None = None,
+               num_classes: int | None = None) -> Reply:
+    """Every field of a training reply, type-checked; raises :class:`ReplyError` naming the bad one.
+
+    ``expected`` (key -> (shape, dtype) of the global model) and ``num_classes`` let the sizes be checked
+    from the arrays' declared metadata and byte lengths before any array is deserialised, so an unknown or
+    oversized array costs no second copy in memory. (Flower itself has already pulled the whole message
+    into memory by then: a ServerApp has no hook to bound a reply's size before ``Grid.send_and_receive``
+    returns it.)
+    """
+    extra = sorted(set(content.keys()) - set(REPLY_RECORDS))
+    if extra:
+        raise ReplyError(f"unexpected record {extra[0]!r}")
     if ARRAYS not in content.array_records or METRICS not in content.metric_records:
         raise ReplyError(f"reply lacks its {ARRAYS!r} or {METRICS!r} record")
     metrics = content[METRICS]
     n = metrics.get(NUM_EXAMPLES)
     if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(float(n)) or n <= 0:
         raise ReplyError(f"{NUM_EXAMPLES} {n!r} must be a positive finite number")
+    if n > MAX_NUM_EXAMPLES:
+        raise ReplyError(f"{NUM_EXAMPLES} {n!r} is above 2**53")
     pid = _int(metrics.get(PARTITION_ID, -1), PARTITION_ID) if PARTITION_ID in metrics else -1
     kind = None
     if INFO in content.config_records and KIND in content[INFO]:
@@ -164,7 +186,28 @@ def read_reply(content: RecordDict) -> Reply:
         if k.startswith(LOSS_PREFIX):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
                 raise ReplyError(f"metric {k} {v!r} is not a finite number")
+            if abs(v) > MAX_LOSS:
+                raise ReplyError(f"metric {k} {v!r} is beyond {MAX_LOSS:g}")
             losses[k] = float(v)
+    if expected is not None:
+        for k, arr in content[ARRAYS].items():
+            if k not in expected:
+                raise ReplyError(f"unknown parameter {k!r}")
+            _check_declared(arr, k, *expected[k])
+    if num_classes is not None and CLASS_STATS in content.array_records:
+        for k, arr in content[CLASS_STATS].items():
+            if k not in (SUM_PA, SUM_PB, COUNTS):
+                raise ReplyError(f"unexpected {CLASS_STATS} array {k!r}")
+            _check_declared(arr, f"{CLASS_STATS} {k}", (num_classes,), "float64")
+    if num_classes is not None and FEATURE_STATS in content.array_records:
+        fs = content[FEATURE_STATS]
+        if set(fs.keys()) != {COUNTS, SUMS, OUTER}:
+            raise ReplyError(f"{FEATURE_STATS}: expected the arrays {COUNTS}, {SUMS}, {OUTER}")
+        dim = tuple(fs[SUMS].shape)[-1] if len(fs[SUMS].shape) == 2 else -1
+        if not 0 < dim <= MAX_FEATURE_DIM:
+            raise ReplyError(f"{FEATURE_STATS} {SUMS}: shape {tuple(fs[SUMS].shape)}, expected ({num_classes}, D)")
+        for k, shape in ((COUNTS, (num_classes,)), (SUMS, (num_classes, dim)), (OUTER, (num_classes, dim, dim))):
+            _check_declared(fs[k], f"{FEATURE_STATS} {k}", shape, "float64")
     try:
         arrays = {k: v.numpy() for k, v in content[ARRAYS].items()}
     except Exception as exc:  # noqa: BLE001 - a malformed array is a rejected reply, not a crash
@@ -174,8 +217,8 @@ def read_reply(content: RecordDict) -> Reply:
         cs = content[CLASS_STATS]
         try:
             stats = ClassStats(*(cs[k].numpy().astype(np.float64) for k in (SUM_PA, SUM_PB, COUNTS)))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ReplyError(f"malformed {CLASS_STATS} ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise ReplyError(f"malformed {CLASS_STATS} ({type(exc).__name__}: {exc})") from None
     return Reply(pid, kind, float(n), arrays, stats, losses, read_features(content))
 
 
@@ -186,8 +229,19 @@ def read_features(content: RecordDict) -> FeatureStats | None:
     fs = content[FEATURE_STATS]
     try:
         return FeatureStats(*(fs[k].numpy().astype(np.float64) for k in (COUNTS, SUMS, OUTER)))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ReplyError(f"malformed {FEATURE_STATS} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a malformed record rejects the reply
+        raise ReplyError(f"malformed {FEATURE_STATS} ({type(exc).__name__}: {exc})") from None
+
+
+def _check_declared(arr: Array, key: str, shape: tuple[int, ...], dtype: str) -> None:
+    """An array's declared shape and dtype, and its byte length, before it is deserialised."""
+    if tuple(arr.shape) != tuple(shape):
+        raise ReplyError(f"{key}: shape {tuple(arr.shape)}, expected {tuple(shape)}")
+    if str(arr.dtype) != dtype:
+        raise ReplyError(f"{key}: dtype {arr.dtype}, expected {dtype}")
+    limit = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize + NPY_HEADER_SLACK
+    if len(arr.data) > limit:
+        raise ReplyError(f"{key}: {len(arr.data)} bytes, at most {limit} expected for shape {tuple(shape)}")
 
 
 def _int(value: Any, key: str) -> int:

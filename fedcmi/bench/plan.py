@@ -146,7 +146,8 @@ def make_plan(preset_name: str, out: Path, base_overrides: dict[str, Any], strat
     if on_axes:
         raise ConfigError(f"{on_axes[0]}=: the grid sets it for every cell; use --strategies, --seeds, --alphas, "
                           "--mixes or --out instead")
-    names = [s.strip() for s in strategies.split(",")] if strategies else list(p["strategies"])
+    # a value named twice (fedavg,fedavg or 0.5,5e-1) is one cell, not two runs counted as n=2
+    names = _unique([s.strip() for s in strategies.split(",")] if strategies else list(p["strategies"]))
     unknown = [s for s in names if s not in METHOD_NAMES]
     if unknown or not names:
         raise ConfigError(f"--strategies: unknown strategy {unknown[0]!r}; one of {', '.join(METHOD_NAMES)}"
@@ -154,13 +155,17 @@ def make_plan(preset_name: str, out: Path, base_overrides: dict[str, Any], strat
     n_seeds = p["seeds"] if seeds is None else seeds
     if n_seeds < 1:
         raise ConfigError(f"--seeds {n_seeds}: must be >= 1")
-    alpha_values = [parse_alpha(a) for a in (alphas.split(",") if alphas else p["alphas"])]
-    mix_values = [Mix.parse(m) for m in (mixes.split(",") if mixes else p["mixes"])]
+    alpha_values = _unique([parse_alpha(a) for a in (alphas.split(",") if alphas else p["alphas"])])
+    mix_values = _unique([Mix.parse(m) for m in (mixes.split(",") if mixes else p["mixes"])])
     plan = BenchPlan(dict(p["base"]), explicit, names, n_seeds, alpha_values, mix_values, out)
     for cell in plan.cells():  # every cell's effective config: a user key a method refuses stops here
         plan.cell_config(cell)
     _check_out_dir(plan)
     return plan
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    return list(dict.fromkeys(values))
 
 
 def _check_out_dir(plan: BenchPlan) -> None:

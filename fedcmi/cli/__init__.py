@@ -168,11 +168,17 @@ def cmd_simulate(cfg: RunConfig, verbose: bool, resume: bool = False, client_app
     federation(cfg)  # an infeasible partition (alpha too small for min-partition-size) stops here, not in Ray
     check_resources(cfg)
     if resume:
-        from fedcmi.runs.checkpoint import load_checkpoint
+        from fedcmi.runs.run_dir import resumable, run_status
 
-        done = load_checkpoint(cfg.out_dir).round  # validates the checkpoint before anything starts
+        done = resumable(Path(cfg.out_dir), cfg).round  # checkpoint, config hash, metrics: before anything starts
         if done >= cfg.num_server_rounds:
-            print(f"fedcmi: nothing to resume: {cfg.out_dir} has finished all {cfg.num_server_rounds} rounds")
+            if run_status(Path(cfg.out_dir)) == "complete":
+                print(f"fedcmi: nothing to resume: {cfg.out_dir} has finished all {cfg.num_server_rounds} rounds")
+                return 0
+            from server.app import run_server  # killed after its last checkpoint: write what is missing
+
+            run_server(None, cfg, resume=True)  # no round left to train: no Ray, no clients
+            print(f"fedcmi: {cfg.out_dir}: all {done} rounds were done; wrote the final model, plot and status")
             return 0
     console = Console()
     names = load_data(cfg).modalities

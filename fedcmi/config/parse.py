@@ -99,10 +99,14 @@ def set_by_flower_run(run_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def parse_value(text: str) -> Any:
     """Parse one ``key=value`` right-hand side as a TOML value; bare words stay strings."""
+    if len(text) > 100_000:
+        raise ConfigError(f"value {text[:20]!r}...: longer than 100000 characters")
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError(f"value {text[:20]!r}...: nested too deeply") from None
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -125,6 +129,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {str(p)!r}: values nested too deeply") from None
     nested = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
     return dict(nested) if isinstance(nested, dict) else data
 
