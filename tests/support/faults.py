@@ -73,7 +73,7 @@ def corrupt(content, kinds: set[str]) -> None:  # noqa: ANN001 - a Flower Record
     if "missing" in kinds:
         group = first.split(".", 1)[0]
         arrays = {k: v for k, v in arrays.items() if k.split(".", 1)[0] != group}
-    content[protocol.ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    content[protocol.ARRAYS] = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in arrays.items()})  # keeps 0-d
     if "stats" in kinds:
         stats = content[protocol.CLASS_STATS]
         counts = stats[protocol.COUNTS].numpy()
