@@ -7,6 +7,7 @@ Bad configuration stops before anything starts, with one line naming the key and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -155,11 +156,33 @@ def cmd_partitions(cfg: RunConfig) -> int:
 
 
 def cmd_simulate(cfg: RunConfig, verbose: bool, resume: bool = False, client_app: Any = None) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from fedcmi.runtime.interrupt import Interrupted, handle_signals
 
-    from fedcmi.cli.display import results_table
+    with handle_signals():  # Ctrl-C / SIGTERM from here on: stop within seconds, keep every finished round
+        try:
+            return _simulate(cfg, verbose, resume, client_app)
+        except Interrupted as exc:
+            print(interrupted_line(exc, cfg), file=sys.stderr)
+            return exc.exit_code
+
+
+def interrupted_line(exc: Any, cfg: RunConfig) -> str:
+    """The one line an interrupted run ends with: the signal, the last complete round, how to continue."""
+    status_path = Path(cfg.out_dir or "") / "status.json"
+    done = None
+    if cfg.out_dir and status_path.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            done = json.loads(status_path.read_text(encoding="utf-8")).get("rounds")
+    if done is None:
+        return f"fedcmi: interrupted ({exc.name}) before the first round finished; nothing to resume"
+    return (f"fedcmi: interrupted ({exc.name}) after round {done} of {cfg.num_server_rounds}; "
+            f"continue with: fedcmi simulate --resume {cfg.out_dir}")
+
+
+def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> int:
     from fedcmi.data import load_data
+    from fedcmi.runs.metrics import round_line
+    from fedcmi.runs.run_dir import default_run_dir
     from fedcmi.runtime.devices import check_device
     from fedcmi.runtime.simulation import check_resources, simulate
 
@@ -172,10 +195,29 @@ def cmd_simulate(cfg: RunConfig, verbose: bool, resume: bool = False, client_app
         if done >= cfg.num_server_rounds:
             print(f"fedcmi: nothing to resume: {cfg.out_dir} has finished all {cfg.num_server_rounds} rounds")
             return 0
-    console = Console()
+    if not cfg.out_dir:
+        cfg = cfg.replace(out_dir=str(default_run_dir(cfg)))
     names = load_data(cfg).modalities
-    console.print(f"[bold]fedcmi simulate[/bold]: {cfg.strategy} on {cfg.dataset}, {cfg.num_clients} clients "
-                  f"({cfg.clients_per_round} per round), {cfg.num_server_rounds} rounds, seed {cfg.seed}")
+    header = (f"fedcmi simulate: {cfg.strategy} on {cfg.dataset}, {cfg.num_clients} clients "
+              f"({cfg.clients_per_round} per round), {cfg.num_server_rounds} rounds, seed {cfg.seed}")
+    if not sys.stdout.isatty():  # a file or a pipe: one plain line per round, as it ends
+        print(header, flush=True)
+
+        def line(row: dict[str, Any]) -> None:
+            print(round_line(row, cfg.num_server_rounds, names), flush=True)
+
+        run_dir = simulate(cfg, line, verbose=verbose, resume=resume, client_app=client_app)
+        print(f"results written to {run_dir.path}: " + ", ".join(sorted(p.name for p in run_dir.path.iterdir()
+                                                                          if p.is_file())), flush=True)
+        return 0
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedcmi.cli.display import results_table
+
+    console = Console()
+    console.print(header, markup=False, highlight=False)
     with Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=False) as progress:
         task = progress.add_task("starting Ray and the clients...", total=cfg.num_server_rounds,

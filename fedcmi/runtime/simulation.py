@@ -6,14 +6,19 @@ in this process, its exceptions propagate, Ray is shut down at the end, and fail
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fedcmi.config import ConfigError, RunConfig
 from fedcmi.runs.run_dir import RunDirectory
+from fedcmi.runtime.interrupt import LIVE_TOKENS, STOP, ProcessToken, handle_signals, our_handlers, reinstall
 
 
 class SimulationFailed(RuntimeError):
@@ -77,7 +82,13 @@ def _check_reachable(address: str) -> None:
 
 
 def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: Any = None) -> None:
-    """Run a ServerApp with fedcmi's ClientApp (or ``client_app``) on ``cfg.num_clients`` simulated SuperNodes."""
+    """Run a ServerApp with fedcmi's ClientApp (or ``client_app``) on ``cfg.num_clients`` simulated SuperNodes.
+
+    Ctrl-C or SIGTERM (from here to the end) stops the run within seconds (``fedcmi.runtime.interrupt``):
+    the ServerApp raises :class:`Interrupted` (its ``main`` decides what that means), busy client workers are
+    freed, Ray is shut down and every process this run started is killed. A signal before the ServerApp
+    starts raises :class:`Interrupted` here. Without a signal, leftover processes are killed all the same.
+    """
     backend_config = check_resources(cfg)
     from flwr.simulation import run_simulation
 
@@ -95,14 +106,101 @@ def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: 
     old_level = flwr_logger.level
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
+    token = ProcessToken()
+    LIVE_TOKENS.add(token)
+    finished = threading.Event()
+    with handle_signals(), _tracked_backends() as backends:
+        try:
+            STOP.check()
+            _start_ray(backend_config, token, verbose)
+            STOP.check()
+            threading.Thread(target=_free_workers_on_stop, args=(backends, finished), daemon=True,
+                             name="fedcmi-stop-watch").start()
+            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
+                           backend_config=backend_config)
+        except Exception:
+            STOP.check()  # what broke while stopping is part of the stop, not a failure of its own
+            raise
+        finally:
+            finished.set()
+            for f in filters:
+                flwr_logger.removeFilter(f)
+            _shutdown_ray()
+            flwr_logger.setLevel(old_level)
+            left = token.kill_all()
+            LIVE_TOKENS.discard(token)
+            if left:
+                logging.getLogger("fedcmi").info("killed %s process(es) left by Ray: %s", len(left), left)
+
+
+def _start_ray(backend_config: dict[str, Any], token: ProcessToken, verbose: bool) -> None:
+    """``ray.init`` as Flower's Ray backend would call it (which then finds Ray running and keeps it), but
+    here: with the run's process token in the environment Ray's processes inherit, without Ray taking over
+    SIGTERM, and without colour codes when stderr is not a terminal."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    init_args = dict(backend_config.get("init_args", {}))
+    init_args.setdefault("include_dashboard", False)
+    if not verbose:  # Flower's defaults for a non-verbose simulation
+        init_args.setdefault("logging_level", "WARNING")
+        init_args.setdefault("log_to_driver", True)
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    ours = our_handlers()
+    utils = importlib.import_module("ray._private.utils")
+    original = getattr(utils, "set_sigterm_handler", None)
+    if original is not None:  # ray.init would replace the SIGTERM handler with one that sys.exit()s mid-run
+        utils.set_sigterm_handler = lambda handler: None
     try:
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
-                       backend_config=backend_config)
+        with token.active():
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
     finally:
-        for f in filters:
-            flwr_logger.removeFilter(f)
-        flwr_logger.setLevel(old_level)
-        _shutdown_ray()
+        if original is not None:
+            utils.set_sigterm_handler = original
+        reinstall(ours)
+
+
+@contextlib.contextmanager
+def _tracked_backends() -> Iterator[list[Any]]:
+    """The Ray backends Flower builds meanwhile (their actor pools), to free busy workers on a stop."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    backends: list[Any] = []
+    original = RayBackend.build
+
+    def build(self: Any, app_fn: Any) -> None:
+        original(self, app_fn)
+        backends.append(self)
+
+    RayBackend.build = build
+    try:
+        yield backends
+    finally:
+        RayBackend.build = original
+
+
+def _free_workers_on_stop(backends: list[Any], finished: threading.Event) -> None:
+    """On a stop request, kill the client actors: a worker blocked on a client that is still training
+    (Flower waits for its result before it looks at its stop event) gets an error at once instead."""
+    while not STOP.wait(0.2):
+        if finished.is_set():
+            return
+    logging.getLogger("flwr").setLevel(logging.CRITICAL)  # the killed actors' errors are expected
+    import ray
+
+    for backend in backends:
+        pool = getattr(backend, "pool", None)
+        if pool is None:
+            continue
+        for actor in [*list(pool.pool), *list(pool._future_to_actor.values())]:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
 
 
 def simulate(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None] | None = None,
@@ -112,6 +210,8 @@ def simulate(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None] | None =
 
     outcome: dict[str, Any] = {}
     run_app(make_server_app(cfg, reporter, outcome, resume), cfg, verbose, client_app)
+    if "interrupted" in outcome:
+        raise outcome["interrupted"]
     if "run_dir" not in outcome:
         raise SimulationFailed("the simulation ended before its last round (see the log above)")
     return outcome["run_dir"]
