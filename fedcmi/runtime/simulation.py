@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -108,13 +109,12 @@ def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: 
         flwr_logger.setLevel(logging.WARNING)
     token = ProcessToken()
     LIVE_TOKENS.add(token)
-    finished = threading.Event()
     with handle_signals(), _tracked_backends() as backends:
         try:
             STOP.check()
             _start_ray(backend_config, token, verbose)
             STOP.check()
-            threading.Thread(target=_free_workers_on_stop, args=(backends, finished), daemon=True,
+            threading.Thread(target=_free_workers_on_stop, args=(backends,), daemon=True,
                              name="fedcmi-stop-watch").start()
             run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
                            backend_config=backend_config)
@@ -122,7 +122,7 @@ def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: 
             STOP.check()  # what broke while stopping is part of the stop, not a failure of its own
             raise
         finally:
-            finished.set()
+            backends.close()
             for f in filters:
                 flwr_logger.removeFilter(f)
             _shutdown_ray()
@@ -166,41 +166,72 @@ def _start_ray(backend_config: dict[str, Any], token: ProcessToken, verbose: boo
         reinstall(ours)
 
 
+class _Backends:
+    """The Ray backends Flower builds during a run (their actor pools), so a stop can free busy workers.
+
+    ``lock`` keeps killing actors and shutting Ray down apart: Ray must not be shut down while another
+    thread is in a Ray call."""
+
+    def __init__(self) -> None:
+        self.pools: list[Any] = []
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+
+
 @contextlib.contextmanager
-def _tracked_backends() -> Iterator[list[Any]]:
-    """The Ray backends Flower builds meanwhile (their actor pools), to free busy workers on a stop."""
+def _tracked_backends() -> Iterator[_Backends]:
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
-    backends: list[Any] = []
-    original = RayBackend.build
+    tracked = _Backends()
+    build, terminate = RayBackend.build, RayBackend.terminate
 
-    def build(self: Any, app_fn: Any) -> None:
-        original(self, app_fn)
-        backends.append(self)
+    def tracking_build(self: Any, app_fn: Any) -> None:
+        build(self, app_fn)
+        tracked.pools.append(self.pool)
 
-    RayBackend.build = build
+    def closing_terminate(self: Any) -> None:
+        tracked.close()
+        terminate(self)
+
+    RayBackend.build, RayBackend.terminate = tracking_build, closing_terminate
     try:
-        yield backends
+        yield tracked
     finally:
-        RayBackend.build = original
+        tracked.close()
+        RayBackend.build, RayBackend.terminate = build, terminate
 
 
-def _free_workers_on_stop(backends: list[Any], finished: threading.Event) -> None:
+def _free_workers_on_stop(tracked: _Backends) -> None:
     """On a stop request, kill the client actors: a worker blocked on a client that is still training
-    (Flower waits for its result before it looks at its stop event) gets an error at once instead."""
+    (Flower waits for its result before it looks at its stop event) gets an error at once instead. Runs
+    until Ray is shut down, killing actors as they turn up (one may be handed a message meanwhile)."""
     while not STOP.wait(0.2):
-        if finished.is_set():
+        if tracked.closed:
             return
     logging.getLogger("flwr").setLevel(logging.CRITICAL)  # the killed actors' errors are expected
     import ray
 
-    for backend in backends:
-        pool = getattr(backend, "pool", None)
-        if pool is None:
-            continue
-        for actor in [*list(pool.pool), *list(pool._future_to_actor.values())]:
-            with contextlib.suppress(Exception):
-                ray.kill(actor, no_restart=True)
+    with contextlib.suppress(Exception):  # nor the workers' and raylet's last words about it
+        importlib.import_module("ray._private.worker").global_worker_stdstream_dispatcher.remove_handler(
+            "ray_print_logs")
+    killed: set[str] = set()
+    while True:
+        with tracked.lock:
+            if tracked.closed:
+                break
+            for pool in tracked.pools:
+                for actor in [*list(pool.pool), *list(pool._future_to_actor.values())]:
+                    key = actor._actor_id.hex()
+                    if key not in killed:
+                        killed.add(key)
+                        with contextlib.suppress(Exception):  # already gone is fine
+                            ray.kill(actor, no_restart=True)
+        time.sleep(0.2)
+    logging.getLogger("fedcmi").info("stop: %s client actor(s) killed", len(killed))
 
 
 def simulate(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None] | None = None,
