@@ -135,8 +135,10 @@ def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: 
 
 def _start_ray(backend_config: dict[str, Any], token: ProcessToken, verbose: bool) -> None:
     """``ray.init`` as Flower's Ray backend would call it (which then finds Ray running and keeps it), but
-    here: with the run's process token in the environment Ray's processes inherit, without Ray taking over
-    SIGTERM, and without colour codes when stderr is not a terminal."""
+    here: with the run's process token in the environment Ray's processes inherit; with Ray's processes in
+    their own session, so a terminal's Ctrl-C (sent to the whole foreground process group) reaches this
+    process only, which then stops them in order (Ray's agents abort with a C++ stack dump on SIGINT);
+    without Ray taking over SIGTERM; without colour codes when stderr is not a terminal."""
     import ray
 
     if ray.is_initialized():
@@ -154,13 +156,23 @@ def _start_ray(backend_config: dict[str, Any], token: ProcessToken, verbose: boo
     os.environ["PYTHONPATH"] = pythonpath
     ours = our_handlers()
     utils = importlib.import_module("ray._private.utils")
+    services = importlib.import_module("ray._private.services")
     original = getattr(utils, "set_sigterm_handler", None)
     if original is not None:  # ray.init would replace the SIGTERM handler with one that sys.exit()s mid-run
         utils.set_sigterm_handler = lambda handler: None
+    popen = services.ConsolePopen
+
+    class OwnSession(popen):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnSession
     try:
         with token.active():
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
     finally:
+        services.ConsolePopen = popen
         if original is not None:
             utils.set_sigterm_handler = original
         reinstall(ours)
