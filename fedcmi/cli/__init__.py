@@ -134,9 +134,9 @@ def _resolve(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_partitions(cfg: RunConfig) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from fedcmi.cli.display import console
     from fedcmi.data import load_data
     from fedcmi.data.partition import federation
 
@@ -151,7 +151,7 @@ def cmd_partitions(cfg: RunConfig) -> int:
         counts = [int(c) for c in __import__("numpy").bincount(y[spec.indices], minlength=data.num_classes)]
         table.add_row(str(spec.partition_id), names[spec.kind], str(len(spec.indices)),
                       str(sum(c > 0 for c in counts)), " ".join(f"{c:>3}" for c in counts))
-    Console().print(table)
+    console().print(table)
     return 0
 
 
@@ -235,9 +235,9 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
 
 
 def cmd_methods() -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from fedcmi.cli.display import console
     from fedcmi.methods.registry import METHODS
 
     table = Table(title="local methods (strategy=NAME)", show_lines=True)
@@ -247,7 +247,7 @@ def cmd_methods() -> int:
         table.add_row(spec.name, spec.model, ",".join(spec.modalities), " ".join(spec.uses),
                       " ".join(f"{k}={v}" for k, v in spec.defaults.items()),
                       " ".join(f"{k} {c.text}" for k, c in spec.defining.items()))
-    Console().print(table)
+    console().print(table)
     return 0
 
 

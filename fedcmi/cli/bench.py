@@ -136,12 +136,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _console(tty: bool) -> Any:
-    """rich on a terminal; plain, unwrapped lines (no markup, no colour) on a file or a pipe."""
-    from rich.console import Console
+    from fedcmi.cli.display import console
 
-    if tty:
-        return Console(highlight=False)
-    return Console(highlight=False, markup=False, soft_wrap=True, no_color=True, width=10_000)
+    return console()
 
 
 def _modality_names(row: dict[str, Any]) -> tuple[str, str]:

@@ -107,6 +107,10 @@ def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: 
     old_level = flwr_logger.level
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
+    if not sys.stderr.isatty():  # Flower colours its log lines unconditionally
+        from flwr.supercore.logger import update_console_handler
+
+        update_console_handler(colored=False)
     token = ProcessToken()
     LIVE_TOKENS.add(token)
     with handle_signals(), _tracked_backends() as backends:
