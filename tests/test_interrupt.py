@@ -152,12 +152,17 @@ def test_sigterm_between_rounds_stops_then_resume_matches(tmp_path, whole):
 
 @pytest.mark.parametrize("sig, after_s", [(signal.SIGTERM, 2.0), (signal.SIGINT, 6.0)])
 def test_signal_during_start_up_stops_cleanly(tmp_path, sig, after_s):
-    """During imports, data loading or Ray's start: exit code and one line, nothing left running."""
+    """During imports, data loading or Ray's start: exit code and one line, nothing left running. (A signal
+    before Python has imported the command kills it as the signal's default does: the shell shows 128 + sig
+    too, without the line.)"""
     out = tmp_path / "early"
     proc, took = _interrupt(_simulate(out), sig, after_s=after_s, to_group=sig == signal.SIGINT)
-    assert proc.returncode == 128 + sig, proc.stderr[-3000:]
+    assert proc.returncode in (128 + sig, -sig), proc.stderr[-3000:]
     assert took < STOP_WITHIN_S
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 1
+    assert "Traceback" not in proc.stderr
+    if proc.returncode == 128 + sig:
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+        assert proc.stderr.startswith(f"fedcmi: interrupted ({signal.Signals(sig).name})")
     if (out / "status.json").exists():
         assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
 

@@ -253,6 +253,15 @@ def cmd_methods() -> int:
 
 def main(argv: list[str] | None = None, client_app: Any = None) -> int:
     """The ``fedcmi`` command; ``client_app`` replaces fedcmi's ClientApp in ``simulate`` (e.g. one with mods)."""
+    from fedcmi.runtime.interrupt import sigterm_raises
+
+    with sigterm_raises():  # until a command installs its own handlers: SIGTERM ends like Ctrl-C, with one line
+        return _main(argv, client_app)
+
+
+def _main(argv: list[str] | None, client_app: Any) -> int:
+    from fedcmi.runtime.interrupt import Interrupted
+
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -271,8 +280,11 @@ def main(argv: list[str] | None = None, client_app: Any = None) -> int:
     except UserError as exc:
         print(f"fedcmi: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"fedcmi: interrupted ({exc.name})", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("fedcmi: interrupted; finished rounds are in the run directory", file=sys.stderr)
+        print("fedcmi: interrupted (SIGINT)", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: one line, non-zero exit
         logging.getLogger("fedcmi").debug("failure", exc_info=True)
