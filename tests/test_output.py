@@ -89,3 +89,27 @@ def test_run_files_get_the_users_umask(tmp_path, umask_027):
     for p in written:
         assert stat.S_IMODE(p.stat().st_mode) == 0o640, p.name
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "complete"
+
+
+def test_each_round_goes_through_flowers_logger():
+    """What `flwr run --stream` shows: the ServerApp logs every round on Flower's logger."""
+    import logging
+
+    from server.app import log_round
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    flwr_logger = logging.getLogger("flwr")
+    handler, level = Keep(level=logging.INFO), flwr_logger.level
+    flwr_logger.addHandler(handler)
+    flwr_logger.setLevel(logging.INFO)
+    try:
+        log_round(_row(7), 40, NAMES)
+    finally:
+        flwr_logger.removeHandler(handler)
+        flwr_logger.setLevel(level)
+    assert seen == [round_line(_row(7), 40, NAMES)]
