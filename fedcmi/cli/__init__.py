@@ -22,9 +22,7 @@ from fedcmi.config import META_KEYS, ConfigError, RunConfig, config_keys, defaul
 from fedcmi.config.presets import PRESETS, preset_values
 from fedcmi.errors import UserError
 
-EPILOG_KEYS = "\n".join(f"  {k:<24} {doc} (default: {defaults()[k]!r})" for k, doc in config_keys().items())
-
-SIMULATE_HELP = f"""\
+SIMULATE_HELP = """\
 Simulate a federation on this machine with Flower's simulation engine (Ray).
 
 Each client holds a label-skewed shard of the data set (Dirichlet, alpha) and either both modalities or
@@ -43,9 +41,15 @@ metrics.json, model.safetensors and accuracy.png.
 A method's own settings are defaults: a key you set always wins, and a key that contradicts what defines
 the method (strategy=fedcmi-noinf lambda-cmi=3) is refused. `fedcmi methods` lists each method's keys.
 
-configuration keys (the same as [tool.flwr.app.config] in pyproject.toml):
-{EPILOG_KEYS}
+configuration keys (the same as [tool.flwr.app.config] in pyproject.toml; docs/configuration.md):
+{keys}
 """
+
+
+def _simulate_help() -> str:
+    """Built when the parser is (the defaults import the data sets' code, and with it torch)."""
+    keys = "\n".join(f"  {k:<24} {doc} (default: {defaults()[k]!r})" for k, doc in config_keys().items())
+    return SIMULATE_HELP.format(keys=keys)
 
 PARTITIONS_HELP = """\
 Print the federation a configuration builds: per client its modality kind, sample count and classes.
@@ -65,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedcmi {__version__}")
     sub = parser.add_subparsers(dest="command", required=True,
                                 metavar="{simulate,partitions,methods,prepare,bench}")
-    sim = sub.add_parser("simulate", help="run a federated simulation", description=SIMULATE_HELP,
+    sim = sub.add_parser("simulate", help="run a federated simulation", description=_simulate_help(),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     part = sub.add_parser("partitions", help="show the clients a configuration builds",
                           description=PARTITIONS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,7 +266,14 @@ def main(argv: list[str] | None = None, client_app: Any = None) -> int:
 def _main(argv: list[str] | None, client_app: Any) -> int:
     from fedcmi.runtime.interrupt import Interrupted
 
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the imports are still under way
+        print("fedcmi: interrupted (SIGINT)", file=sys.stderr)
+        return 130
+    except Interrupted as exc:
+        print(f"fedcmi: interrupted ({exc.name})", file=sys.stderr)
+        return exc.exit_code
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flwr").propagate = False  # Flower prints through its own handler
