@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -180,6 +181,31 @@ def _start_ray(backend_config: dict[str, Any], token: ProcessToken, verbose: boo
         if original is not None:
             utils.set_sigterm_handler = original
         reinstall(ours)
+    _filter_worker_logs(strip_ansi=not sys.stderr.isatty())
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NOISE = ("Manually terminating ClientAppActor",)  # Flower's goodbye of every actor at the end of every run
+
+
+def _filter_worker_logs(strip_ansi: bool) -> None:
+    """What Ray forwards from the client actors: without Flower's end-of-run noise and, when stderr is not a
+    terminal, without colour codes (Flower colours its log lines in every process, Ray its prefixes)."""
+    dispatcher = importlib.import_module("ray._private.worker").global_worker_stdstream_dispatcher
+    with dispatcher._lock:
+        named = [(name, handler) for name, handler in dispatcher.handlers if name == "ray_print_logs"]
+    if not named:  # log_to_driver=False: nothing is forwarded
+        return
+    forward = named[0][1]
+
+    def filtered(data: dict[str, Any]) -> None:
+        lines = [_ANSI.sub("", line) if strip_ansi else line for line in data.get("lines", [])
+                 if not any(n in line for n in _NOISE)]
+        if lines:
+            forward({**data, "lines": lines})
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", filtered)
 
 
 class _Backends:
