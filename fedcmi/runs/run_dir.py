@@ -104,7 +104,7 @@ class RunDirectory:
         def series(key: str) -> list[float]:
             return [math.nan if r.get(key) is None else float(r[key]) for r in self.rows]
 
-        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
         for key in (mm, alone_a, alone_b):
             left.plot(rounds, series(key), color=colour[key], lw=2 if key == mm else 1.5, label=labels[key])
         right.plot(rounds, series(worst), color="0.6", lw=1, zorder=1, label=labels[worst])
@@ -117,7 +117,7 @@ class RunDirectory:
             ax.set_xlabel("round")
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8, loc="upper left", frameon=False)
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
         left.set_ylabel("test accuracy")
         fig.suptitle(f"{self.cfg.dataset} / {self.cfg.strategy} ({a} + {b})", fontsize=11)
         fig.tight_layout()
