@@ -268,12 +268,12 @@ def _main(argv: list[str] | None, client_app: Any) -> int:
 
     try:
         args = _parser().parse_args(argv)
-    except KeyboardInterrupt:  # Ctrl-C while the imports are still under way
-        print("fedcmi: interrupted (SIGINT)", file=sys.stderr)
-        return 130
-    except Interrupted as exc:
+    except Interrupted as exc:  # SIGTERM while the imports are still under way
         print(f"fedcmi: interrupted ({exc.name})", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C, likewise
+        print("fedcmi: interrupted (SIGINT)", file=sys.stderr)
+        return 130
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flwr").propagate = False  # Flower prints through its own handler
