@@ -84,3 +84,25 @@ def test_cuda_without_a_gpu_is_refused_before_anything_starts(capsys, monkeypatc
     err = capsys.readouterr().err.strip()
     assert err == "fedcmi: error: device='cuda': no CUDA GPU is visible on this machine (use device=auto or cpu)"
     assert started == []
+
+
+def test_a_signal_while_the_command_imports_ends_with_one_line(monkeypatch, capsys):
+    """During the imports a signal only sets the stop flag (raising inside torch's import can abort)."""
+    import os
+    import signal
+    import time
+
+    import fedcmi.cli as cli
+
+    real = cli._parser
+
+    def parser_hit_by_sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here and must not raise
+        return real()
+
+    monkeypatch.setattr(cli, "_parser", parser_hit_by_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["partitions", "num-clients=4"]) == 143
+    assert capsys.readouterr().err.strip() == "fedcmi: interrupted (SIGTERM)"
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -168,13 +168,3 @@ def test_token_finds_and_kills_exactly_the_processes_started_under_it():
         ours.kill()
         theirs.wait()
 
-
-def test_before_the_handlers_sigterm_raises_like_ctrl_c_and_is_restored_after():
-    from fedcmi.runtime.interrupt import sigterm_raises
-
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Interrupted) as info, sigterm_raises():
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises here, at once
-    assert info.value.exit_code == 143
-    assert signal.getsignal(signal.SIGTERM) == before

@@ -257,23 +257,25 @@ def cmd_methods() -> int:
 
 def main(argv: list[str] | None = None, client_app: Any = None) -> int:
     """The ``fedcmi`` command; ``client_app`` replaces fedcmi's ClientApp in ``simulate`` (e.g. one with mods)."""
-    from fedcmi.runtime.interrupt import sigterm_raises
+    from fedcmi.runtime.interrupt import STOP, Interrupted, handle_signals
 
-    with sigterm_raises():  # until a command installs its own handlers: SIGTERM ends like Ctrl-C, with one line
-        return _main(argv, client_app)
+    # While torch and the rest import, Ctrl-C or SIGTERM only sets a flag: an exception raised in the middle of
+    # an extension module's import can abort the process. simulate and bench keep these handlers to the end
+    # (a clean stop); the other commands get the default behaviour back (Ctrl-C raises KeyboardInterrupt).
+    with handle_signals():
+        args = _parser().parse_args(argv)
+        if STOP.is_set():
+            exc = Interrupted(STOP.signum or 2)
+            print(f"fedcmi: interrupted ({exc.name})", file=sys.stderr)
+            return exc.exit_code
+        if args.command in ("simulate", "bench"):
+            return _main(args, client_app)
+    return _main(args, client_app)
 
 
-def _main(argv: list[str] | None, client_app: Any) -> int:
+def _main(args: argparse.Namespace, client_app: Any) -> int:
     from fedcmi.runtime.interrupt import Interrupted
 
-    try:
-        args = _parser().parse_args(argv)
-    except Interrupted as exc:  # SIGTERM while the imports are still under way
-        print(f"fedcmi: interrupted ({exc.name})", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:  # Ctrl-C, likewise
-        print("fedcmi: interrupted (SIGINT)", file=sys.stderr)
-        return 130
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flwr").propagate = False  # Flower prints through its own handler

@@ -113,25 +113,6 @@ def handle_signals() -> Iterator[StopFlag]:
             signal.signal(s, h)
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise Interrupted(signum)
-
-
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """For the duration (main thread only), SIGTERM raises :class:`Interrupted` as SIGINT raises
-    KeyboardInterrupt: for the moments before :func:`handle_signals` takes over, when nothing runs yet that
-    needs a clean stop."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def our_handlers() -> dict[int, Any]:
     """The handlers :func:`handle_signals` installed, to put back after a library replaced them."""
     return {s: signal.getsignal(s) for s in SIGNALS}
