@@ -65,5 +65,5 @@ def train(msg: Message, context: Context) -> Message:
                          num_classes=task.model_spec.num_classes, server_round=task.server_round,
                          partition_id=node.partition_id)
     content = protocol.reply_content(result.arrays, result.num_examples, result.losses, result.stats,
-                                     node.partition_id, node.kind)
+                                     node.partition_id, node.kind, result.features)
     return Message(content, reply_to=msg)

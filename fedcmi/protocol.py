@@ -22,12 +22,15 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedcmi.federated.calibration import FeatureStats
 from fedcmi.federated.dominance import ClassStats, Guidance
+from fedcmi.federated.screening import MAX_LOSS, MAX_NUM_EXAMPLES
 from fedcmi.models.build import ModelSpec
 from fedcmi.models.modalities import KINDS
 
 # record names
 ARRAYS, CONFIG, METRICS, CLASS_STATS, INFO = "arrays", "config", "metrics", "class-stats", "info"
+FEATURE_STATS = "feature-stats"  # CCVR: per-class moments of the fusion head's inputs (multimodal clients)
 # keys of the training config beside the run-config keys
 SERVER_ROUND, INFILTRATE, DOMINANT, TAU = "server-round", "infiltrate", "dominant", "tau"
 NUM_CLASSES, SHAPE_A, SHAPE_B = "num-classes", "shape-a", "shape-b"
@@ -36,7 +39,11 @@ ROUND_KEYS = (SERVER_ROUND, INFILTRATE, DOMINANT, TAU, NUM_CLASSES, SHAPE_A, SHA
 PARTITION_ID, KIND, NUM_EXAMPLES = "partition-id", "kind", "num-examples"
 # class statistics arrays
 SUM_PA, SUM_PB, COUNTS = "sum-pa", "sum-pb", "counts"
+SUMS, OUTER = "sums", "outer"
+MAX_FEATURE_DIM = 4096  # the widest fusion-head input a CCVR reply may describe (2 x 2048)
 LOSS_PREFIX = "loss"  # metrics whose name starts with it are loss terms, averaged over clients
+REPLY_RECORDS = (ARRAYS, METRICS, CLASS_STATS, INFO, FEATURE_STATS)
+NPY_HEADER_SLACK = 4096  # bytes of an .npy header beyond the array's own data
 
 
 class ReplyError(ValueError):
@@ -71,6 +78,7 @@ class Reply:
     arrays: dict[str, np.ndarray]
     stats: ClassStats | None
     losses: dict[str, float] = field(default_factory=dict)
+    features: FeatureStats | None = None
 
 
 # --- discovery ---------------------------------------------------------------------------------------------
@@ -94,8 +102,13 @@ def read_info(content: RecordDict) -> NodeInfo:
     if INFO not in content.config_records:
         raise ReplyError(f"reply lacks its {INFO!r} record")
     rec = content[INFO]
-    return NodeInfo(_int(rec.get(PARTITION_ID), PARTITION_ID), _kind(rec.get(KIND)),
+    info = NodeInfo(_int(rec.get(PARTITION_ID), PARTITION_ID), _kind(rec.get(KIND)),
                     _int(rec.get(NUM_EXAMPLES), NUM_EXAMPLES))
+    if info.partition_id < 0:
+        raise ReplyError(f"{PARTITION_ID} {info.partition_id} is negative")
+    if not 0 < info.num_examples <= MAX_NUM_EXAMPLES:
+        raise ReplyError(f"{NUM_EXAMPLES} {info.num_examples} must be in [1, 2**53]")
+    return info
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -129,23 +142,41 @@ def server_round_of(content: RecordDict) -> int:
 
 
 def reply_content(arrays: Mapping[str, torch.Tensor], num_examples: int, losses: Mapping[str, float],
-                  stats: ClassStats, partition_id: int, kind: str) -> RecordDict:
+                  stats: ClassStats, partition_id: int, kind: str, features: FeatureStats | None = None) -> RecordDict:
     metrics = MetricRecord({NUM_EXAMPLES: num_examples, PARTITION_ID: partition_id, **losses})
     class_stats = ArrayRecord({SUM_PA: Array(stats.sum_pa.astype(np.float64)),
                                SUM_PB: Array(stats.sum_pb.astype(np.float64)),
                                COUNTS: Array(stats.counts.astype(np.float64))})
-    return RecordDict({ARRAYS: ArrayRecord(dict(arrays)), METRICS: metrics, CLASS_STATS: class_stats,
-                       INFO: ConfigRecord({KIND: kind, PARTITION_ID: partition_id})})
+    content = RecordDict({ARRAYS: ArrayRecord(dict(arrays)), METRICS: metrics, CLASS_STATS: class_stats,
+                          INFO: ConfigRecord({KIND: kind, PARTITION_ID: partition_id})})
+    if features is not None:
+        content[FEATURE_STATS] = ArrayRecord({COUNTS: Array(features.counts.astype(np.float64)),
+                                              SUMS: Array(features.sums.astype(np.float64)),
+                                              OUTER: Array(features.outer.astype(np.float64))})
+    return content
 
 
-def read_reply(content: RecordDict) -> Reply:
-    """Every field of a training reply, type-checked; raises :class:`ReplyError` naming the bad one."""
+def read_reply(content: RecordDict, expected: Mapping[str, tuple[tuple[int, ...], str]] | None = None,
+               num_classes: int | None = None) -> Reply:
+    """Every field of a training reply, type-checked; raises :class:`ReplyError` naming the bad one.
+
+    ``expected`` (key -> (shape, dtype) of the global model) and ``num_classes`` let the sizes be checked
+    from the arrays' declared metadata and byte lengths before any array is deserialised, so an unknown or
+    oversized array costs no second copy in memory. (Flower itself has already pulled the whole message
+    into memory by then: a ServerApp has no hook to bound a reply's size before ``Grid.send_and_receive``
+    returns it.)
+    """
+    extra = sorted(set(content.keys()) - set(REPLY_RECORDS))
+    if extra:
+        raise ReplyError(f"unexpected record {extra[0]!r}")
     if ARRAYS not in content.array_records or METRICS not in content.metric_records:
         raise ReplyError(f"reply lacks its {ARRAYS!r} or {METRICS!r} record")
     metrics = content[METRICS]
     n = metrics.get(NUM_EXAMPLES)
     if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(float(n)) or n <= 0:
         raise ReplyError(f"{NUM_EXAMPLES} {n!r} must be a positive finite number")
+    if n > MAX_NUM_EXAMPLES:
+        raise ReplyError(f"{NUM_EXAMPLES} {n!r} is above 2**53")
     pid = _int(metrics.get(PARTITION_ID, -1), PARTITION_ID) if PARTITION_ID in metrics else -1
     kind = None
     if INFO in content.config_records and KIND in content[INFO]:
@@ -155,7 +186,28 @@ def read_reply(content: RecordDict) -> Reply:
         if k.startswith(LOSS_PREFIX):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
                 raise ReplyError(f"metric {k} {v!r} is not a finite number")
+            if abs(v) > MAX_LOSS:
+                raise ReplyError(f"metric {k} {v!r} is beyond {MAX_LOSS:g}")
             losses[k] = float(v)
+    if expected is not None:
+        for k, arr in content[ARRAYS].items():
+            if k not in expected:
+                raise ReplyError(f"unknown parameter {k!r}")
+            _check_declared(arr, k, *expected[k])
+    if num_classes is not None and CLASS_STATS in content.array_records:
+        for k, arr in content[CLASS_STATS].items():
+            if k not in (SUM_PA, SUM_PB, COUNTS):
+                raise ReplyError(f"unexpected {CLASS_STATS} array {k!r}")
+            _check_declared(arr, f"{CLASS_STATS} {k}", (num_classes,), "float64")
+    if num_classes is not None and FEATURE_STATS in content.array_records:
+        fs = content[FEATURE_STATS]
+        if set(fs.keys()) != {COUNTS, SUMS, OUTER}:
+            raise ReplyError(f"{FEATURE_STATS}: expected the arrays {COUNTS}, {SUMS}, {OUTER}")
+        dim = tuple(fs[SUMS].shape)[-1] if len(fs[SUMS].shape) == 2 else -1
+        if not 0 < dim <= MAX_FEATURE_DIM:
+            raise ReplyError(f"{FEATURE_STATS} {SUMS}: shape {tuple(fs[SUMS].shape)}, expected ({num_classes}, D)")
+        for k, shape in ((COUNTS, (num_classes,)), (SUMS, (num_classes, dim)), (OUTER, (num_classes, dim, dim))):
+            _check_declared(fs[k], f"{FEATURE_STATS} {k}", shape, "float64")
     try:
         arrays = {k: v.numpy() for k, v in content[ARRAYS].items()}
     except Exception as exc:  # noqa: BLE001 - a malformed array is a rejected reply, not a crash
@@ -165,9 +217,31 @@ def read_reply(content: RecordDict) -> Reply:
         cs = content[CLASS_STATS]
         try:
             stats = ClassStats(*(cs[k].numpy().astype(np.float64) for k in (SUM_PA, SUM_PB, COUNTS)))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ReplyError(f"malformed {CLASS_STATS} ({exc})") from None
-    return Reply(pid, kind, float(n), arrays, stats, losses)
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise ReplyError(f"malformed {CLASS_STATS} ({type(exc).__name__}: {exc})") from None
+    return Reply(pid, kind, float(n), arrays, stats, losses, read_features(content))
+
+
+def read_features(content: RecordDict) -> FeatureStats | None:
+    """The CCVR feature moments of a reply, if it carries them."""
+    if FEATURE_STATS not in content.array_records:
+        return None
+    fs = content[FEATURE_STATS]
+    try:
+        return FeatureStats(*(fs[k].numpy().astype(np.float64) for k in (COUNTS, SUMS, OUTER)))
+    except Exception as exc:  # noqa: BLE001 - a malformed record rejects the reply
+        raise ReplyError(f"malformed {FEATURE_STATS} ({type(exc).__name__}: {exc})") from None
+
+
+def _check_declared(arr: Array, key: str, shape: tuple[int, ...], dtype: str) -> None:
+    """An array's declared shape and dtype, and its byte length, before it is deserialised."""
+    if tuple(arr.shape) != tuple(shape):
+        raise ReplyError(f"{key}: shape {tuple(arr.shape)}, expected {tuple(shape)}")
+    if str(arr.dtype) != dtype:
+        raise ReplyError(f"{key}: dtype {arr.dtype}, expected {dtype}")
+    limit = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize + NPY_HEADER_SLACK
+    if len(arr.data) > limit:
+        raise ReplyError(f"{key}: {len(arr.data)} bytes, at most {limit} expected for shape {tuple(shape)}")
 
 
 def _int(value: Any, key: str) -> int:

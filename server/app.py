@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from logging import INFO
@@ -22,15 +23,18 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
-from fedcmi.config import RunConfig, effective, set_by_flower_run
+from fedcmi.config import ConfigError, RunConfig, effective, load_toml, set_by_flower_run
+from fedcmi.config.run_config import FIELDS, section_of
 from fedcmi.data import load_data
 from fedcmi.federated.aggregation import rule
+from fedcmi.federated.calibration import calibrated
+from fedcmi.federated.client_step import round_seed
 from fedcmi.federated.evaluation import evaluate
 from fedcmi.methods.registry import method_spec
 from fedcmi.models import ModelSpec, model_for
-from fedcmi.runs.checkpoint import load_checkpoint, save_checkpoint
+from fedcmi.runs.checkpoint import save_checkpoint
 from fedcmi.runs.metrics import round_line, round_row
-from fedcmi.runs.run_dir import RunDirectory, default_run_dir
+from fedcmi.runs.run_dir import RunDirectory, config_hash, default_run_dir, resumable
 from fedcmi.runtime.interrupt import STOP, Interrupted, StoppableGrid
 from server.strategy import FedCMIStrategy
 
@@ -59,7 +63,9 @@ def build_strategy(cfg: RunConfig, model_spec: ModelSpec) -> FedCMIStrategy:
     return FedCMIStrategy(clients_per_round=cfg.clients_per_round, model_spec=model_spec,
                           run_config=cfg.client_dict(), gamma=cfg.gamma, warmup_rounds=cfg.warmup_rounds,
                           seed=cfg.seed, min_replies=cfg.min_replies, max_update_norm=cfg.max_update_norm,
-                          use_modalities=method_spec(cfg.strategy).modalities, rule=rule(cfg.aggregation))
+                          update_norm_multiple=cfg.update_norm_multiple,
+                          use_modalities=method_spec(cfg.strategy).modalities, rule=rule(cfg.aggregation),
+                          dominance_momentum=cfg.dominance_momentum, tau_min=cfg.tau_min)
 
 
 def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds: range, timeout: float,
@@ -102,15 +108,23 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg)
     cfg = cfg.replace(out_dir=str(out))
     strategy = build_strategy(cfg, model_spec)
-    checkpoint = load_checkpoint(out) if resume else None
+    checkpoint = resumable(out, cfg) if resume else None
     run_dir = RunDirectory(out, cfg, data.modalities, resume_after=checkpoint.round if checkpoint else None)
+    digest = config_hash(cfg)
     logger.info("writing results to %s", out)
     xa, xb, y = (torch.from_numpy(t) for t in data.arrays("test"))
     clock = {"t": time.monotonic()}
 
+    def served(server_round: int) -> torch.nn.Module:
+        """The model as evaluated and saved: with ccvr-steps, its fusion head calibrated on the server (CCVR)."""
+        if cfg.ccvr_steps == 0 or strategy.feature_stats is None:
+            return model
+        return calibrated(model, strategy.feature_stats, samples=cfg.ccvr_samples, steps=cfg.ccvr_steps,
+                          lr=cfg.ccvr_lr, seed=round_seed(cfg.seed, server_round, -1))
+
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> None:
         model.load_state_dict(arrays.to_torch_state_dict())
-        res = evaluate(model, xa, xb, y, data.num_classes, data.modalities, cfg.eval_batch_size,
+        res = evaluate(served(server_round), xa, xb, y, data.num_classes, data.modalities, cfg.eval_batch_size,
                        use_modalities=method.modalities, infiltration_path=method.infiltration_path)
         train = strategy.train_metrics.get(server_round, {})
         guidance = strategy.guidance  # what this round's statistics say (sent with the next round)
@@ -128,7 +142,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
         STOP.check()
         central_evaluation(server_round, arrays)  # checks STOP again before it records anything
-        save_checkpoint(out, server_round, arrays.to_torch_state_dict(), strategy.state())
+        save_checkpoint(out, server_round, arrays.to_torch_state_dict(), strategy.state(), digest)
 
     try:
         if checkpoint is None:
@@ -143,19 +157,22 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         arrays = run_rounds(strategy, grid, arrays, range(first, cfg.num_server_rounds + 1), cfg.round_timeout,
                             cfg.max_consecutive_skips, end_of_round)
         STOP.check()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        run_dir.save_model(served(cfg.num_server_rounds).state_dict())
+        run_dir.plot()
     except Interrupted as exc:
         done = len(run_dir.rows) - 1
         run_dir.finish("interrupted", rounds=done if done >= 0 else None, signal=exc.name)
+        run_dir.release()
         flwr_log(INFO, "interrupted (%s) after round %s of %s; continue with: fedcmi simulate --resume %s",
                  exc.name, done, cfg.num_server_rounds, out)
         raise
     except BaseException as exc:
         run_dir.finish("failed", error=f"{type(exc).__name__}: {exc}", rounds=len(run_dir.rows) - 1)
+        run_dir.release()
         raise
-    model.load_state_dict(arrays.to_torch_state_dict())
-    run_dir.save_model(model.state_dict())
-    run_dir.plot()
     run_dir.finish("complete", rounds=cfg.num_server_rounds)
+    run_dir.release()
     return run_dir
 
 
@@ -181,12 +198,56 @@ def make_server_app(cfg: RunConfig, reporter: Reporter | None = None, outcome: d
 
 app = ServerApp()
 
+# A submitted run (``flwr run``, anyone holding the CA certificate) may set only these keys: what to train
+# and how. Paths, the runtime, the server's reliability policy and its defences come from the server's own
+# configuration: RUNS_DIR_ENV (the folder of run directories, default ``runs``) and SERVER_CONFIG_ENV (a TOML
+# file of server-side keys, e.g. data-root, round-timeout, update-norm-multiple), set where the SuperLink (or
+# the ServerApp's SuperExec container) is started.
+RUNS_DIR_ENV = "FEDCMI_RUNS_DIR"
+SERVER_CONFIG_ENV = "FEDCMI_SERVER_CONFIG"
+SERVER_PATH_KEYS = ("data-root", "text-encoder", "encoder-weights", "out-dir", "ray-address")
+SUBMITTABLE = tuple(k for k in FIELDS if section_of(k) in ("data", "federation", "training", "method", "model")
+                    and k not in SERVER_PATH_KEYS) + (
+    "device", "bf16", "num-server-rounds", "clients-per-round", "aggregation", "eval-batch-size", "run-name")
+
+
+def submitted_config(run_config: dict[str, Any]) -> tuple[RunConfig, bool]:
+    """The effective config of a submitted run and whether it resumes, from the submitted keys (allowlisted)
+    and the server's own configuration; refuses a key a submitter may not set."""
+    submitted = set_by_flower_run(run_config)
+    refused = sorted(k for k in submitted if k not in SUBMITTABLE)
+    if refused:
+        raise ConfigError(f"{refused[0]}: a submitted run cannot set it (server-side; set it in "
+                          f"${SERVER_CONFIG_ENV} on the server)")
+    server_file = os.environ.get(SERVER_CONFIG_ENV)
+    server_keys = load_toml(server_file) if server_file else {}
+    bad = sorted(k for k in server_keys if k in ("out-dir", "run-name"))
+    if bad:
+        raise ConfigError(f"${SERVER_CONFIG_ENV}: {bad[0]} is chosen per run (the folder is ${RUNS_DIR_ENV})")
+    cfg = effective({**submitted, **server_keys}).check_run()
+    root = Path(os.environ.get(RUNS_DIR_ENV, "runs"))
+    out = root / cfg.run_name if cfg.run_name else default_run_dir(cfg, root)
+    # A deployed run resumes when its run-name names an unfinished run (or one it extends) of the same
+    # configuration: run_server checks the checkpoint's config hash and refuses anything else.
+    resume = False
+    if cfg.run_name and (out / "checkpoint" / "state.json").is_file():
+        from fedcmi.runs.run_dir import run_status
+
+        resume = run_status(out) != "complete" or _rounds_done(out) < cfg.num_server_rounds
+    return cfg.replace(out_dir=str(out)), resume
+
+
+def _rounds_done(out: Path) -> int:
+    from fedcmi.runs.checkpoint import load_checkpoint
+
+    return load_checkpoint(out).round
+
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point of ``flwr run .``: config from ``[tool.flwr.app.config]`` and ``--run-config``.
 
     Keys whose value differs from the built-in default count as set by the user; the method's defaults fill
-    the rest (``fedcmi.config.parse.set_by_flower_run``)."""
-    cfg = effective(set_by_flower_run(context.run_config)).check_run()
-    run_server(grid, cfg)
+    the rest (``fedcmi.config.parse.set_by_flower_run``). Only ``SUBMITTABLE`` keys may be set."""
+    cfg, resume = submitted_config(dict(context.run_config))
+    run_server(grid, cfg, resume=resume)

@@ -36,8 +36,9 @@ from flwr.serverapp.strategy import Strategy
 from fedcmi import protocol
 from fedcmi.federated.aggregation import ClientUpdate, Rule, aggregate
 from fedcmi.federated.aggregation.mean import weighted_mean
+from fedcmi.federated.calibration import FeatureStats
 from fedcmi.federated.dominance import ClassStats, Dominance, Guidance, dominance
-from fedcmi.federated.screening import check_arrays, check_class_stats
+from fedcmi.federated.screening import check_arrays, check_class_stats, group_norms, relative_norm_outliers
 from fedcmi.models.build import ModelSpec
 from fedcmi.models.modalities import group_of as default_group_of
 from fedcmi.models.modalities import modalities_of
@@ -97,17 +98,29 @@ class FedCMIStrategy(Strategy):
         Good replies needed to aggregate; with fewer the round is skipped and the global model kept.
     max_update_norm : float (default: 0.0)
         Reject an update whose L2 distance to the global model exceeds this (0 = no bound).
+    update_norm_multiple : float (default: 0.0)
+        Reject an update whose L2 distance to the global model in one parameter group (a modality's
+        encoder, the shared head) exceeds this multiple of the median of that group's distances over the
+        round's screened replies (0 = no bound).
     use_modalities : tuple[str, ...] (default: ("a", "b"))
         Modalities the strategy trains; unimodal baselines sample only clients holding theirs.
     rule : Rule (default: the sample-weighted mean)
         The aggregation rule applied per modality group (``fedcmi.federated.aggregation``).
+    dominance_momentum : float (default: 0.0)
+        Moving average of the class statistics across rounds (0 = this round's only), so one round's
+        participants under label skew cannot flip the dominant modality on their own.
+    tau_min : float (default: 0.0)
+        Lower bound of the class-wise temperatures (0 = none).
     """
 
     def __init__(self, *, clients_per_round: int, model_spec: ModelSpec, run_config: Mapping[str, Any],
                  gamma: float = 2.0, warmup_rounds: int = 1, seed: int = 0,
                  group_of: Callable[[str], str] = default_group_of, discovery_timeout: float = 120.0,
-                 min_replies: int = 1, max_update_norm: float = 0.0,
-                 use_modalities: tuple[str, ...] = ("a", "b"), rule: Rule = weighted_mean) -> None:
+                 min_replies: int = 1, max_update_norm: float = 0.0, update_norm_multiple: float = 0.0,
+                 use_modalities: tuple[str, ...] = ("a", "b"), rule: Rule = weighted_mean,
+                 dominance_momentum: float = 0.0, tau_min: float = 0.0) -> None:
+        self.dominance_momentum, self.tau_min = dominance_momentum, tau_min
+        self.smoothed: ClassStats | None = None  # the moving average of the class statistics
         self.clients_per_round = clients_per_round
         self.model_spec = model_spec
         self.num_classes = model_spec.num_classes
@@ -119,12 +132,15 @@ class FedCMIStrategy(Strategy):
         self.discovery_timeout = discovery_timeout
         self.min_replies = min_replies
         self.max_update_norm = max_update_norm
+        self.update_norm_multiple = update_norm_multiple
         self.use_modalities = use_modalities
         self.rng = random.Random(seed)
         self.nodes: dict[int, tuple[int, str]] = {}  # node id -> (partition id, kind)
+        self.node_sizes: dict[int, int] = {}  # node id -> the sample count it reported at discovery
         self.current_arrays: ArrayRecord | None = None
         self.guidance: Dominance | None = None  # from the latest statistics; sent next round
         self.round_log: dict[int, dict[str, Any]] = {}
+        self.feature_stats: FeatureStats | None = None  # CCVR: the latest round's pooled head-input moments
         self.train_metrics: dict[int, MetricRecord] = {}
 
     # --- bookkeeping ------------------------------------------------------------------------------
@@ -141,7 +157,11 @@ class FedCMIStrategy(Strategy):
         if self.guidance is not None:
             guidance = {"dominant": self.guidance.dominant, "ratio": self.guidance.ratio,
                         "tau": [float(t) for t in self.guidance.tau]}
-        return {"rng": [version, list(internal), gauss], "guidance": guidance}
+        state: dict[str, Any] = {"rng": [version, list(internal), gauss], "guidance": guidance}
+        if self.smoothed is not None:
+            state["smoothed"] = {k: [float(v) for v in getattr(self.smoothed, k)]
+                                 for k in ("sum_pa", "sum_pb", "counts")}
+        return state
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         version, internal, gauss = state["rng"]
@@ -149,16 +169,22 @@ class FedCMIStrategy(Strategy):
         g = state.get("guidance")
         self.guidance = None if g is None else Dominance(g["dominant"], float(g["ratio"]),
                                                          np.asarray(g["tau"], dtype=np.float64))
+        sm = state.get("smoothed")
+        self.smoothed = None if sm is None else ClassStats(*(np.asarray(sm[k], dtype=np.float64)
+                                                              for k in ("sum_pa", "sum_pb", "counts")))
 
-    def discover(self, grid: Grid) -> None:
-        """Ask every connected node for its partition id and modality kind (a QUERY message)."""
+    def discover(self, grid: Grid, wait: bool = True) -> None:
+        """Ask every connected node not yet known for its partition id, modality kind and sample count (a QUERY
+        message). With ``wait`` (the first discovery), wait for clients-per-round nodes and fail without them."""
         deadline = time.monotonic() + self.discovery_timeout
         while True:
             node_ids = sorted(grid.get_node_ids())
-            if len(node_ids) >= self.clients_per_round or time.monotonic() > deadline:
+            if not wait or len(node_ids) >= self.clients_per_round or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         unknown = [n for n in node_ids if n not in self.nodes]
+        if not unknown:
+            return
         msgs = [Message(protocol.query_content(self.run_config), dst_node_id=n, message_type=MessageType.QUERY)
                 for n in unknown]
         for reply in grid.send_and_receive(msgs, timeout=self.discovery_timeout):
@@ -171,8 +197,12 @@ class FedCMIStrategy(Strategy):
             except protocol.ReplyError as exc:
                 log(WARNING, "node %s described itself badly: %s", reply.metadata.src_node_id, exc)
                 continue
-            self.nodes[reply.metadata.src_node_id] = (info.partition_id, info.kind)
-        if len(self.nodes) < self.clients_per_round:
+            node = reply.metadata.src_node_id
+            for other in [n for n, (pid, _) in self.nodes.items() if pid == info.partition_id and n != node]:
+                self._forget(other)  # the same partition rejoined under a new node id: count it once
+            self.nodes[node] = (info.partition_id, info.kind)
+            self.node_sizes[node] = info.num_examples
+        if wait and len(self.nodes) < self.clients_per_round:
             raise NoClientsError(f"only {len(self.nodes)} node(s) answered, {self.clients_per_round} are "
                                  "needed per round (clients-per-round)")
 
@@ -180,10 +210,26 @@ class FedCMIStrategy(Strategy):
         """The modalities a client of this kind trains under this strategy."""
         return tuple(m for m in modalities_of(kind) if m in self.use_modalities)
 
+    def _forget(self, node: int) -> None:
+        self.nodes.pop(node, None)
+        self.node_sizes.pop(node, None)
+
     def sample(self, grid: Grid) -> list[int]:
-        """Node ids of this round's clients: a seeded sample of partition ids, mapped to their nodes."""
+        """Node ids of this round's clients: a seeded sample of partition ids, mapped to their nodes.
+
+        Only nodes the SuperLink lists as online are sampled: a node that left is forgotten (not sampled,
+        not counted) and asked again when it comes back, under the same or a new node id.
+        """
         if len(self.nodes) < self.clients_per_round:
             self.discover(grid)
+        else:
+            online = set(grid.get_node_ids())
+            for node in [n for n in self.nodes if n not in online]:
+                log(WARNING, "partition %s (node %s) has left; not sampled until it rejoins", self.nodes[node][0],
+                    node)
+                self._forget(node)
+            if online - set(self.nodes):
+                self.discover(grid, wait=False)
         by_partition = {pid: nid for nid, (pid, kind) in self.nodes.items() if self.held(kind)}
         k = min(self.clients_per_round, len(by_partition))
         if k == 0:
@@ -214,29 +260,40 @@ class FedCMIStrategy(Strategy):
         return [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
 
     def _screen(self, msg: Message, current: Mapping[str, np.ndarray]) -> tuple[str | None, Any]:
-        """(reason, None) for a bad reply; (None, (partition id, ClientUpdate, ClassStats | None)) for a good one."""
+        """(reason, None) for a bad reply; (None, (partition id, ClientUpdate, ClassStats | None, losses)) for a
+        good one. Every field is untrusted: counts are capped at what the node reported at discovery."""
+        expected = {k: (tuple(v.shape), str(v.dtype)) for k, v in current.items()}
         try:
-            reply = protocol.read_reply(msg.content)
+            reply = protocol.read_reply(msg.content, expected, self.num_classes)
         except protocol.ReplyError as exc:
             return str(exc), None
         node = msg.metadata.src_node_id
+        size = None
         if node in self.nodes:  # trust the server's own record of what this node holds
             pid, kind = self.nodes[node]
+            size = self.node_sizes.get(node)
         elif reply.kind is not None:
             pid, kind = reply.partition_id, reply.kind
         else:
             return "reply from an unknown node without its kind", None
         if reply.partition_id not in (-1, pid):
             return f"claims partition {reply.partition_id}, node holds partition {pid}", None
-        reason = check_arrays(reply.arrays, current, self.held(kind), self.group_of, self.max_update_norm)
+        if size is not None and reply.num_examples > size:
+            return f"num-examples {reply.num_examples:g} exceeds the {size} samples the node reported", None
+        n = reply.num_examples if size is None else min(reply.num_examples, size)
+        epochs = self.run_config.get("local-epochs")
+        max_batches = float(epochs) * n if isinstance(epochs, int) and epochs > 0 else None
+        reason = check_arrays(reply.arrays, current, self.held(kind), self.group_of, self.max_update_norm,
+                              max_batches)
         if reason:
             return reason, None
         if reply.stats is not None:
             s = reply.stats
-            reason = check_class_stats(s.sum_pa, s.sum_pb, s.counts, self.num_classes)
+            reason = check_class_stats(s.sum_pa, s.sum_pb, s.counts, self.num_classes, max_count=n, kind=kind)
             if reason:
                 return reason, None
-        return None, (pid, ClientUpdate(reply.arrays, reply.num_examples, self.held(kind)), reply.stats)
+        return None, (pid, ClientUpdate(reply.arrays, reply.num_examples, self.held(kind)), reply.stats,
+                      reply.losses)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -244,12 +301,15 @@ class FedCMIStrategy(Strategy):
         replies = list(replies)
         info = self.round_log.setdefault(server_round, {})
         current = {k: v.numpy() for k, v in self.current_arrays.items()} if self.current_arrays else {}
-        accepted: list[tuple[int, ClientUpdate, ClassStats | None, Message]] = []
+        accepted: list[tuple[int, ClientUpdate, ClassStats | None, dict[str, float], str]] = []
+        features: dict[int, FeatureStats | None] = {}  # CCVR moments by partition id
         faults: list[str] = []
         failed = rejected = 0
         answered = set()
         for msg in replies:
             node = msg.metadata.src_node_id
+            if node in answered:
+                continue  # one reply per node and round
             answered.add(node)
             who = f"partition {self.nodes[node][0]}" if node in self.nodes else f"node {node}"
             if msg.has_error():
@@ -261,16 +321,37 @@ class FedCMIStrategy(Strategy):
                 rejected += 1
                 faults.append(f"{who}: rejected: {reason}")
                 continue
-            accepted.append((*good, msg))
+            accepted.append((*good, who))
+            fs = protocol.read_features(msg.content)  # screened: readable
+            # moments of a one-modality node, or counting more samples than its update, are not pooled
+            holds_both = set(good[1].modalities) == {"a", "b"}
+            features[good[0]] = fs if fs is not None and holds_both and fs.counts.sum() <= good[1].num_examples \
+                else None
+        # Bound each update relative to the round's others, per parameter group (the holders of that group).
+        norms = [group_norms(t[1].arrays, current, self.group_of, (*t[1].modalities, "shared")) for t in accepted]
+        for g in ("a", "b", "shared"):
+            group = [n[g] for n in norms if g in n]
+            if group and np.median(group) > 0:
+                log(INFO, "round %s: group %s update norms: median %.4g, largest %.3g x median", server_round, g,
+                    float(np.median(group)), max(group) / float(np.median(group)))
+        kept = []
+        for entry, reason in zip(accepted, relative_norm_outliers(norms, self.update_norm_multiple), strict=True):
+            if reason:
+                rejected += 1
+                faults.append(f"{entry[4]}: rejected: {reason}")
+            else:
+                kept.append(entry)
+        accepted = kept
         missing = [n for n in info.get("nodes", []) if n not in answered]
-        faults += [f"partition {self.nodes[n][0]}: no reply within round-timeout" for n in missing]
+        faults += [f"partition {self.nodes[n][0]}: no reply within round-timeout" if n in self.nodes
+                   else f"node {n}: no reply within round-timeout" for n in missing]
         for line in faults:
             log(WARNING, "round %s: %s", server_round, line)
         info.update({"replies": len(accepted), "failed": failed, "rejected": rejected, "timeout": len(missing),
                      "faults": faults, "skipped": len(accepted) < self.min_replies})
         # Replies arrive in any order; sum in partition order so the floating-point result is reproducible.
         accepted.sort(key=lambda t: t[0])
-        metrics = self._train_metrics([t[3] for t in accepted], info)
+        metrics = self._train_metrics([(t[1].num_examples, t[3]) for t in accepted], info)
         self.train_metrics[server_round] = metrics
         if info["skipped"]:
             log(WARNING, "round %s skipped: %s good replies, min-replies is %s; the global model is kept",
@@ -278,26 +359,51 @@ class FedCMIStrategy(Strategy):
             return None, metrics
         new, _ = aggregate(current, [t[1] for t in accepted], self.group_of, self.rule)
         self._update_guidance([t[2] for t in accepted if t[2] is not None])
+        self._pool_features(server_round, [(t[4], features.get(t[0])) for t in accepted])
         return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in new.items()}), metrics
+
+    def _pool_features(self, server_round: int, accepted: list[tuple[str, FeatureStats | None]]) -> None:
+        """CCVR: sum the accepted clients' feature moments; a malformed set is left out (and logged)."""
+        pooled = None
+        for who, features in accepted:
+            if features is None:
+                continue
+            reason = features.check(self.num_classes)
+            if reason:
+                log(WARNING, "round %s: %s: %s; left out of the calibration", server_round, who, reason)
+                continue
+            if pooled is not None and pooled.sums.shape != features.sums.shape:
+                continue
+            pooled = features if pooled is None else pooled + features
+        if pooled is not None:
+            self.feature_stats = pooled
 
     def _update_guidance(self, all_stats: list[ClassStats]) -> None:
         stats = sum(all_stats, ClassStats.zeros(self.num_classes))
-        if stats.counts.sum() > 0:
-            new = dominance(stats, self.gamma)
-            if new is not None:
-                self.guidance = new
+        if stats.counts.sum() <= 0:
+            return
+        if self.dominance_momentum > 0:
+            m = self.dominance_momentum
+            prev = self.smoothed
+            self.smoothed = stats if prev is None else ClassStats(
+                m * prev.sum_pa + (1 - m) * stats.sum_pa, m * prev.sum_pb + (1 - m) * stats.sum_pb,
+                m * prev.counts + (1 - m) * stats.counts)
+            stats = self.smoothed
+        new = dominance(stats, self.gamma)
+        if new is not None:
+            if self.tau_min > 0:
+                new = Dominance(new.dominant, new.ratio, np.maximum(new.tau, self.tau_min))
+            self.guidance = new
 
     @staticmethod
-    def _train_metrics(replies: list[Message], info: Mapping[str, Any]) -> MetricRecord:
+    def _train_metrics(replies: list[tuple[float, dict[str, float]]], info: Mapping[str, Any]) -> MetricRecord:
         """Sample-weighted means of the good clients' loss terms, plus reply counts."""
         totals: dict[str, float] = {}
         weights: dict[str, float] = {}
         examples = 0.0
-        for m in replies:
-            reply = protocol.read_reply(m.content)  # screened already: cannot fail here
-            n = reply.num_examples
+        for n, losses in replies:
             examples += n
-            for k, v in reply.losses.items():
+            for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + n * v
                 weights[k] = weights.get(k, 0.0) + n
         out = MetricRecord({k: totals[k] / weights[k] for k in totals})

@@ -48,7 +48,7 @@ def _stop_and_check(dep: Loopback) -> None:
 
 
 def test_insecure_deployment_with_warm_workers(tmp_path):
-    dep = Loopback(tmp_path / "work", isolation="warm")
+    dep = Loopback(tmp_path / "work", isolation="warm", runs_dir=tmp_path)
     out = tmp_path / "run"
     try:
         dep.start_superlink()
@@ -58,7 +58,7 @@ def test_insecure_deployment_with_warm_workers(tmp_path):
         dep.start_supernode("supernode-bad", f"partition-id={NODES} data-dir='{tmp_path / 'missing'}' "
                                              "modalities='audio'")
         dep.wait_ready()
-        proc = dep.run({**TINY, "out-dir": str(out)})
+        proc = dep.run({**TINY, "run-name": out.name})
         stream = proc.stdout + proc.stderr
         _check_run(out, stream)
         assert "could not describe itself" in stream and f"data-dir='{tmp_path / 'missing'}'" in stream, stream[-3000:]
@@ -68,7 +68,7 @@ def test_insecure_deployment_with_warm_workers(tmp_path):
 
 
 def test_tls_deployment_with_node_authentication(tmp_path):
-    dep = Loopback(tmp_path / "work", tls=True, auth=True, isolation="warm")
+    dep = Loopback(tmp_path / "work", tls=True, auth=True, isolation="warm", runs_dir=tmp_path)
     out = tmp_path / "run"
     try:
         dep.make_certs(NODES + 1)  # the last key is never registered
@@ -81,7 +81,7 @@ def test_tls_deployment_with_node_authentication(tmp_path):
         assert dep.wait_exit("intruder", timeout_s=90) not in (None, 0), dep.log_of("intruder")[-2000:]
         assert "Failed to activate SuperNode" in dep.log_of("intruder")
         dep.wait_ready()
-        proc = dep.run({**TINY, "out-dir": str(out)})
+        proc = dep.run({**TINY, "run-name": out.name})
         _check_run(out, proc.stdout + proc.stderr)
         assert "https" in dep.log_of("superlink").lower() or "ssl" in dep.log_of("superlink").lower()
     finally:

@@ -118,12 +118,13 @@ def test_flwr_run_launcher(tmp_path):
     out = tmp_path / "flwr-run"
     flwr = str(Path(sys.executable).parent / "flwr")
     env = _env(FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               FEDCMI_RUNS_DIR=str(tmp_path),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     try:
         proc = subprocess.run(
             [flwr, "run", ".", "--stream",
              "--run-config", f"num-server-rounds=2 num-clients=4 clients-per-round=2 train-size=800 "
-                             f"test-size=200 out-dir='{out}'",
+                             f"test-size=200 run-name='{out.name}'",
              "--federation-config", "num-supernodes=4 client-resources-num-cpus=1"],
             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     finally:

@@ -13,6 +13,8 @@ import pytest
 from fedcmi.config import ConfigError, defaults, effective, resolve, unused_keys
 from fedcmi.methods.base import TrainSettings
 from fedcmi.methods.registry import METHOD_NAMES, method_spec
+from fedcmi.methods.remedies import KEYS as REMEDY_KEYS
+from fedcmi.methods.remedies import LabelSkew
 from fedcmi.models import ModelSpec
 from server.app import build_strategy
 
@@ -25,11 +27,17 @@ WHERE = {"proximal-mu": ("settings", "proximal_mu"), "lambda-self": ("method", "
          "class-wise-temperature": ("method", "class_wise_temperature"), "temperature": ("method", "temperature"),
          "gamma": ("method", "gamma"), "dominance": ("method", "dominance"),
          "warmup-rounds": ("strategy", "warmup_rounds"), "ogm-alpha": ("method", "alpha"),
-         "pmr-alpha": ("method", "alpha"), "pmr-momentum": ("method", "momentum")}
+         "pmr-alpha": ("method", "alpha"), "pmr-momentum": ("method", "momentum"),
+         "unimodal-zero-fill": ("method", "unimodal_zero_fill"), "normalize-loss": ("method", "normalize_loss"),
+         "dominance-momentum": ("strategy", "dominance_momentum"), "tau-min": ("strategy", "tau_min"),
+         "logit-adjust": ("skew", "logit_adjust"), "restricted-softmax": ("skew", "restricted_alpha"),
+         "ntd-beta": ("skew", "ntd_beta"), "ntd-temperature": ("skew", "ntd_temperature")}
 CANDIDATES = {"proximal-mu": [0.0, 0.37], "lambda-self": [0.0, 1.3], "lambda-cmi": [0.0, 2.5],
               "lambda-cross": [0.0, 2.0], "class-wise-temperature": [False, True], "temperature": [0.7],
               "gamma": [3.5], "dominance": ["global", "local"], "warmup-rounds": [3], "ogm-alpha": [0.3],
-              "pmr-alpha": [0.6], "pmr-momentum": [0.45]}
+              "pmr-alpha": [0.6], "pmr-momentum": [0.45], "unimodal-zero-fill": [0.5], "normalize-loss": [True],
+              "dominance-momentum": [0.8], "tau-min": [0.3], "logit-adjust": [0.0, 1.0], "restricted-softmax": [0.5],
+              "ntd-beta": [1.0], "ntd-temperature": [2.0]}
 
 
 def _user_value(name: str, key: str):
@@ -47,6 +55,8 @@ def _trained_value(cfg, key: str):
         return getattr(TrainSettings.of(cfg, spec), attr)
     if where == "strategy":
         return getattr(build_strategy(cfg, ModelSpec(2, (1,), (1,))), attr)
+    if where == "skew":
+        return getattr(LabelSkew.from_config(cfg), attr)
     return getattr(spec.build(cfg), attr)
 
 
@@ -54,7 +64,7 @@ def _trained_value(cfg, key: str):
 def test_every_key_a_method_reads_reaches_what_trains_when_set(name):
     spec = method_spec(name)
     assert set(spec.uses) <= set(WHERE), "a new method key needs a row in WHERE"
-    for key in spec.uses:
+    for key in (*spec.uses, *REMEDY_KEYS):  # the label-skew remedies combine with every method
         value = _user_value(name, key)
         cfg = effective({"strategy": name, key: value})
         assert cfg.to_dict()[key] == value, (name, key)

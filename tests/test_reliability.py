@@ -116,7 +116,7 @@ def test_sigkill_after_round_2_then_resume_matches_uninterrupted_run(tmp_path):
         proc.wait(timeout=30)
     finally:
         _kill_marked(marker)
-    assert json.loads((killed / "status.json").read_text() if (killed / "status.json").exists() else "{}") == {}
+    assert json.loads((killed / "status.json").read_text())["status"] == "running"  # never "complete"
     assert 2 <= json.loads(state.read_text())["round"] < 4
 
     resumed = _run(killed, resume=True)

@@ -16,9 +16,15 @@ from fedcmi.config import effective
 from fedcmi.data.base import ClientData
 from fedcmi.federated.aggregation import RULES, ClientUpdate, aggregate, rule
 from fedcmi.federated.dominance import Guidance
-from fedcmi.methods.fedavg_la import TINY_COUNT, LogitAdjustedCE, log_label_prior, logit_adjusted_ce
+from fedcmi.methods.fedavg import CrossEntropy
 from fedcmi.methods.registry import METHODS, method_spec
+from fedcmi.methods.remedies import LabelSkew
+from fedcmi.methods.remedies.logit_adjustment import TINY_COUNT, adjust, log_label_prior
 from fedcmi.models.modalities import group_of
+
+
+def logit_adjusted_ce(logits, y, log_prior):
+    return torch.nn.functional.cross_entropy(adjust(logits, log_prior), y)
 
 
 def test_log_label_prior_by_hand():
@@ -44,14 +50,19 @@ def test_logit_adjusted_ce_by_hand():
 def test_fedavg_la_is_a_registered_concat_method_whose_batch_loss_uses_the_clients_prior():
     spec = method_spec("fedavg-la")
     assert "fedavg-la" in METHODS and spec.model == "concat" and not spec.infiltration_path
-    method = spec.build(effective({"strategy": "fedavg-la"}))
-    assert isinstance(method, LogitAdjustedCE)
+    cfg = effective({"strategy": "fedavg-la"})
+    assert cfg.logit_adjust == 1.0
+    method = spec.build(cfg)
+    assert isinstance(method, CrossEntropy)
 
     class Head(torch.nn.Module):  # any model(xa, xb) -> logits
         def forward(self, xa, xb):
             return xa
 
     y = torch.tensor([0, 0, 0, 1])
+    skew = LabelSkew.from_config(cfg)
+    skew.start(Head(), y, 3)  # what local_update does before the first batch
+    method.skew = skew
     method.start(Head(), ClientData(torch.zeros(4, 3), None, y), Guidance(), 3)
     logits = torch.randn(4, 3)
     terms = method.batch_loss(Head(), logits, None, y)

@@ -13,7 +13,7 @@ from fedcmi.federated.aggregation.mean import weighted_mean
 from fedcmi.models import ModelSpec, group_of
 from server.strategy import FedCMIStrategy, NoClientsError
 
-KINDS = {11: (0, "mm"), 12: (1, "a"), 13: (2, "b"), 14: (3, "a")}
+KINDS = {11: (0, "mm"), 12: (1, "a"), 13: (2, "b"), 14: (3, "a"), 15: (4, "mm")}
 
 
 class FakeGrid:
@@ -98,7 +98,7 @@ def test_guidance_from_statistics_is_sent_next_round():
     assert cfg1["infiltrate"] is False and "dominant" not in cfg1 and cfg1["lr"] == 0.1
     s.aggregate_train(1, [
         _reply(11, 10, _arrays(1, 1, 1), stats=([9.0, 0.0], [3.0, 0.0], [10.0, 0.0])),
-        _reply(13, 40, _arrays(1, 1, 1), stats=([15.0, 6.0], [15.0, 6.0], [30.0, 10.0])),
+        _reply(15, 40, _arrays(1, 1, 1), stats=([15.0, 6.0], [15.0, 6.0], [30.0, 10.0])),
     ])
     assert s.guidance.dominant == "a" and s.guidance.ratio == pytest.approx(7 / 6)
     second = list(s.configure_train(2, s.current_arrays, ConfigRecord(), grid))
@@ -144,3 +144,22 @@ def test_aggregate_pure_function_weights():
     assert np.allclose(new["enc_a.x"], 1)  # the b-only client's enc_a is not counted
     assert np.allclose(new["fusion.y"], 3)
     assert contributors == {"enc_a.x": 1, "fusion.y": 2}
+
+
+def test_a_node_that_left_is_not_sampled_and_a_rejoined_one_counts_once():
+    """Issue 12 item 13: a SuperNode killed and restarted with the same key."""
+    s = FedCMIStrategy(clients_per_round=3, model_spec=ModelSpec(2, (1,), (1,)), run_config={}, seed=1)
+    grid = FakeGrid(dict(KINDS))
+    list(s.configure_train(1, ArrayRecord(), ConfigRecord(), grid))
+    gone = grid.nodes.pop(12)  # partition 1's SuperNode dies; the SuperLink stops listing it as online
+    for rnd in range(2, 8):
+        sampled = [m.metadata.dst_node_id for m in s.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid)]
+        assert 12 not in sampled and len(sampled) == 3
+    assert 12 not in s.nodes
+    grid.nodes[22] = gone  # it rejoins (under a new node id; the same id works the same way)
+    grid.nodes[12] = gone  # ...and the old id briefly shows up again too
+    list(s.configure_train(8, ArrayRecord(), ConfigRecord(), grid))
+    assert sorted(pid for pid, _ in s.nodes.values()) == [0, 1, 2, 3, 4]  # partition 1 counted once
+    s.round_log[9] = {"nodes": [22]}
+    _, metrics = s.aggregate_train(9, [])
+    assert metrics["clients-timeout"] == 1 and metrics["clients-failed"] == 0

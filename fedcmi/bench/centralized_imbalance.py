@@ -17,6 +17,7 @@ from fedcmi.federated.evaluation import evaluate
 from fedcmi.models.concat_model import ConcatModel
 from fedcmi.models.encoders import build_encoder
 from fedcmi.models.init import init_weights
+from fedcmi.runs.metrics import ACC_MM, acc_zero
 
 
 class UnimodalModel(nn.Module):
@@ -80,5 +81,5 @@ def imbalance_report(data: MultimodalData, epochs: int = 8, batch_size: int = 64
         uni.eval()
         with torch.no_grad():
             alone[m] = float((uni(t).argmax(1) == ty).float().mean())
-    in_joint = {m: float(res[f"acc_{m}_zero"]) for m in data.modalities}
-    return ImbalanceReport(data.modalities, alone, in_joint, float(res["acc_mm"]))
+    in_joint = {m: float(res[acc_zero(m)]) for m in data.modalities}
+    return ImbalanceReport(data.modalities, alone, in_joint, float(res[ACC_MM]))

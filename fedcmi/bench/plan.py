@@ -18,8 +18,9 @@ from fedcmi.config import ConfigError, RunConfig, effective, normalize
 from fedcmi.methods.registry import METHOD_NAMES
 from fedcmi.runs.files import atomic_write
 
-AXIS_KEYS = ("strategy", "seed", "multimodal-ratio", "unimodal-split", "partitioner", "dirichlet-alpha",
+AXIS_KEYS = ("strategy", "seed", "multimodal-ratio", "unimodal-split", "dirichlet-alpha",
              "run-name", "out-dir")  # set by the grid for every cell; the user sets them with the flags
+DIRICHLET = ("dirichlet", "dirichlet-balanced")  # partitioner= may choose which one the alpha cells use
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,11 @@ class Cell:
     def setting(self) -> str:
         return f"alpha={alpha_label(self.alpha)}, mix={self.mix}"
 
-    def axes(self) -> dict[str, Any]:
-        """The keys this cell sets (the alpha key only for a Dirichlet cell)."""
+    def axes(self, dirichlet: str = "dirichlet") -> dict[str, Any]:
+        """The keys this cell sets (the alpha key only for a Dirichlet cell, with the ``dirichlet`` partitioner)."""
         keys: dict[str, Any] = {"strategy": self.strategy, "seed": self.seed, "multimodal-ratio": self.mix.ratio,
                                 "unimodal-split": self.mix.split,
-                                "partitioner": "iid" if self.alpha is None else "dirichlet"}
+                                "partitioner": "iid" if self.alpha is None else dirichlet}
         if self.alpha is not None:
             keys["dirichlet-alpha"] = self.alpha
         return keys
@@ -93,6 +94,9 @@ BENCH_PRESETS: dict[str, dict[str, Any]] = {
               "mixes": ["0.5:0.5", "1:0.5"], "base": {**BENCH_BASE, "num-server-rounds": 12}},
     "default": {"strategies": list(METHOD_NAMES), "seeds": 3, "alphas": ["0.1", "1", "iid"],
                 "mixes": ["0.5:0.5", "1:0.5", "0.5:1"], "base": {**BENCH_BASE, "num-server-rounds": 15}},
+    "label-skew": {"strategies": ["fedavg", "fedavg-la", "fedcmi", "fedcmi-plus"], "seeds": 5, "alphas": ["0.1"],
+                   "mixes": ["0.5:0.5", "1:0.5"],
+                   "base": {"num-clients": 20, "clients-per-round": 10, "local-epochs": 2, "num-server-rounds": 60}},
     "long": {"strategies": list(METHOD_NAMES), "seeds": 3, "alphas": ["0.5", "1", "iid"],
               "mixes": ["0.5:0.5", "1:0.5", "0.5:1"],
               "base": {"num-clients": 20, "clients-per-round": 10, "local-epochs": 2, "num-server-rounds": 40}},
@@ -117,7 +121,8 @@ class BenchPlan:
 
     def cell_config(self, cell: Cell) -> RunConfig:
         """The effective configuration of one cell."""
-        return effective({**self.explicit, **cell.axes(), "run-name": cell.id,
+        dirichlet = self.explicit.get("partitioner", "dirichlet")
+        return effective({**self.explicit, **cell.axes(dirichlet), "run-name": cell.id,
                           "out-dir": str(self.cell_dir(cell))}, self.lower).check_run()
 
     def cells(self) -> list[Cell]:
@@ -136,10 +141,13 @@ def make_plan(preset_name: str, out: Path, base_overrides: dict[str, Any], strat
     p = BENCH_PRESETS[preset_name]
     explicit = normalize(base_overrides)
     on_axes = [k for k in explicit if k in AXIS_KEYS]
+    if explicit.get("partitioner", "dirichlet") not in DIRICHLET:
+        on_axes.append("partitioner")
     if on_axes:
         raise ConfigError(f"{on_axes[0]}=: the grid sets it for every cell; use --strategies, --seeds, --alphas, "
                           "--mixes or --out instead")
-    names = [s.strip() for s in strategies.split(",")] if strategies else list(p["strategies"])
+    # a value named twice (fedavg,fedavg or 0.5,5e-1) is one cell, not two runs counted as n=2
+    names = _unique([s.strip() for s in strategies.split(",")] if strategies else list(p["strategies"]))
     unknown = [s for s in names if s not in METHOD_NAMES]
     if unknown or not names:
         raise ConfigError(f"--strategies: unknown strategy {unknown[0]!r}; one of {', '.join(METHOD_NAMES)}"
@@ -147,13 +155,17 @@ def make_plan(preset_name: str, out: Path, base_overrides: dict[str, Any], strat
     n_seeds = p["seeds"] if seeds is None else seeds
     if n_seeds < 1:
         raise ConfigError(f"--seeds {n_seeds}: must be >= 1")
-    alpha_values = [parse_alpha(a) for a in (alphas.split(",") if alphas else p["alphas"])]
-    mix_values = [Mix.parse(m) for m in (mixes.split(",") if mixes else p["mixes"])]
+    alpha_values = _unique([parse_alpha(a) for a in (alphas.split(",") if alphas else p["alphas"])])
+    mix_values = _unique([Mix.parse(m) for m in (mixes.split(",") if mixes else p["mixes"])])
     plan = BenchPlan(dict(p["base"]), explicit, names, n_seeds, alpha_values, mix_values, out)
     for cell in plan.cells():  # every cell's effective config: a user key a method refuses stops here
         plan.cell_config(cell)
     _check_out_dir(plan)
     return plan
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    return list(dict.fromkeys(values))
 
 
 def _check_out_dir(plan: BenchPlan) -> None:

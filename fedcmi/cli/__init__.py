@@ -185,19 +185,27 @@ def interrupted_line(exc: Any, cfg: RunConfig) -> str:
 
 def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> int:
     from fedcmi.data import load_data
+    from fedcmi.data.partition import federation
     from fedcmi.runs.metrics import round_line
     from fedcmi.runs.run_dir import default_run_dir
     from fedcmi.runtime.devices import check_device
     from fedcmi.runtime.simulation import check_resources, simulate
 
     check_device(cfg.device)
+    federation(cfg)  # an infeasible partition (alpha too small for min-partition-size) stops here, not in Ray
     check_resources(cfg)
     if resume:
-        from fedcmi.runs.checkpoint import load_checkpoint
+        from fedcmi.runs.run_dir import resumable, run_status
 
-        done = load_checkpoint(cfg.out_dir).round  # validates the checkpoint before anything starts
+        done = resumable(Path(cfg.out_dir), cfg).round  # checkpoint, config hash, metrics: before anything starts
         if done >= cfg.num_server_rounds:
-            print(f"fedcmi: nothing to resume: {cfg.out_dir} has finished all {cfg.num_server_rounds} rounds")
+            if run_status(Path(cfg.out_dir)) == "complete":
+                print(f"fedcmi: nothing to resume: {cfg.out_dir} has finished all {cfg.num_server_rounds} rounds")
+                return 0
+            from server.app import run_server  # killed after its last checkpoint: write what is missing
+
+            run_server(None, cfg, resume=True)  # no round left to train: no Ray, no clients
+            print(f"fedcmi: {cfg.out_dir}: all {done} rounds were done; wrote the final model, plot and status")
             return 0
     if not cfg.out_dir:
         cfg = cfg.replace(out_dir=str(default_run_dir(cfg)))
@@ -244,7 +252,9 @@ def cmd_methods() -> int:
     from fedcmi.cli.display import console
     from fedcmi.methods.registry import METHODS
 
-    table = Table(title="local methods (strategy=NAME)", show_lines=True)
+    table = Table(title="local methods (strategy=NAME)", show_lines=True,
+                  caption="every method also reads the label-skew remedies: logit-adjust, restricted-softmax, "
+                          "ntd-beta, ntd-temperature, ccvr-steps, ccvr-samples, ccvr-lr")
     for col in ("strategy", "model", "modalities", "reads", "its defaults", "defined by"):
         table.add_column(col)
     for spec in METHODS.values():

@@ -21,6 +21,8 @@ presets:
   quick     fedavg, fedprox, fedcmi, fedcmi-plus; alpha 0.5; mixes 0.5:0.5 and 1:0.5; 1 seed
   default   all strategies; alpha 0.1, 1, iid; mixes 0.5:0.5, 1:0.5, 0.5:1; 3 seeds
   long      all strategies; the make-run federation (10 clients per round, 2 epochs, 40 rounds)
+  label-skew  fedavg, fedavg-la, fedcmi, fedcmi-plus at alpha 0.1 (mixes 0.5:0.5, 1:0.5), 5 seeds, 60 rounds
+            of the make-run federation (long enough to converge at alpha 0.1)
 
 a mix is multimodal-ratio:unimodal-split (0.5:1 = half multimodal, the rest hold only the first modality).
 
@@ -36,7 +38,7 @@ examples:
 def add_bench_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="compare strategies over a grid of settings and seeds",
                        description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="quick", help="quick | default | long (default: quick)")
+    p.add_argument("--preset", default="quick", help="quick | default | long | label-skew (default: quick)")
     p.add_argument("--strategies", help="comma-separated strategy names (default: the preset's)")
     p.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: the preset's)")
     p.add_argument("--alphas", help="comma-separated Dirichlet alphas; iid for IID (default: the preset's)")
@@ -61,6 +63,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from fedcmi.bench.plan import cell_complete, make_plan, save_plan
     from fedcmi.bench.report import write_reports
+    from fedcmi.data.partition import federation
     from fedcmi.runs.metrics import round_line
     from fedcmi.runtime.simulation import check_resources, run_app
     from server.bench_app import make_bench_app
@@ -69,6 +72,8 @@ def _bench(args: argparse.Namespace) -> int:
     plan = make_plan(args.preset, out, parse_overrides(args.overrides), args.strategies, args.seeds,
                      args.alphas, args.mixes)
     check_resources(plan.base)
+    for cell in plan.cells():  # every partition of the grid, before Ray starts (cached: cheap)
+        federation(plan.cell_config(cell))
     command = "fedcmi " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "fedcmi bench"
     cells = plan.cells()
     todo = [c for c in cells if not cell_complete(plan.cell_dir(c))]

@@ -78,8 +78,11 @@ def effective(explicit: Mapping[str, Any], lower: Mapping[str, Any] | None = Non
 def unused_keys(cfg: RunConfig) -> list[str]:
     """Method keys the chosen strategy does not read (listed in ``config.json``)."""
     from fedcmi.methods.registry import method_spec
+    from fedcmi.methods.remedies import KEYS as REMEDY_KEYS
 
-    uses = set(method_spec(cfg.strategy).uses)
+    CCVR_KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr")
+
+    uses = {*method_spec(cfg.strategy).uses, *REMEDY_KEYS, *CCVR_KEYS}  # the remedies combine with every method
     return [k for k in FIELDS if section_of(k) == "method" and k != "strategy" and k not in uses]
 
 
@@ -96,10 +99,14 @@ def set_by_flower_run(run_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def parse_value(text: str) -> Any:
     """Parse one ``key=value`` right-hand side as a TOML value; bare words stay strings."""
+    if len(text) > 100_000:
+        raise ConfigError(f"value {text[:20]!r}...: longer than 100000 characters")
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError(f"value {text[:20]!r}...: nested too deeply") from None
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -122,6 +129,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {str(p)!r}: values nested too deeply") from None
     nested = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
     return dict(nested) if isinstance(nested, dict) else data
 

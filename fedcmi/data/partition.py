@@ -55,7 +55,8 @@ def partition_indices(data: MultimodalData, cfg: RunConfig) -> list[np.ndarray]:
     else:
         part = DirichletPartitioner(num_partitions=cfg.num_clients, partition_by="label",
                                     alpha=cfg.dirichlet_alpha, min_partition_size=cfg.min_partition_size,
-                                    self_balancing=False, shuffle=True, seed=cfg.seed)
+                                    self_balancing=cfg.partitioner == "dirichlet-balanced", shuffle=True,
+                                    seed=cfg.seed)
     part.dataset = table
     try:
         with warnings.catch_warnings():  # its retry warnings; failure becomes our own one-line error

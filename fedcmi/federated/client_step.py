@@ -15,10 +15,12 @@ from torch import nn
 
 from fedcmi.config import RunConfig
 from fedcmi.data.base import ClientData
+from fedcmi.federated.calibration import FeatureStats, feature_statistics
 from fedcmi.federated.dominance import ClassStats, Guidance
 from fedcmi.federated.statistics import class_statistics
 from fedcmi.methods.base import TrainSettings, local_update, only
 from fedcmi.methods.registry import method_spec
+from fedcmi.methods.remedies import LabelSkew
 from fedcmi.models.modalities import group_of, trained_groups
 from fedcmi.runtime.devices import autocast, device_of, on_device
 
@@ -31,6 +33,7 @@ class ClientResult:
     num_examples: int
     stats: ClassStats
     losses: dict[str, float] = field(default_factory=dict)
+    features: FeatureStats | None = None  # CCVR moments (multimodal clients, ccvr-steps > 0)
 
 
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -52,10 +55,12 @@ def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: G
     seed = round_seed(cfg.seed, server_round, partition_id)
     with autocast(cfg.bf16, device):
         stats = class_statistics(model, local, num_classes)  # with the received global weights
+        features = (feature_statistics(model, local, num_classes)
+                    if cfg.ccvr_steps > 0 and local.kind == "mm" and len(local) else None)
         torch.manual_seed(seed)
         result = local_update(model, only(local, spec.modalities), spec.build(cfg), guidance,
                               TrainSettings.of(cfg, spec), num_classes=num_classes,
-                              generator=torch.Generator().manual_seed(seed))
+                              generator=torch.Generator().manual_seed(seed), remedies=LabelSkew.from_config(cfg))
     held = trained_groups(data.kind, spec.modalities)
     arrays = {k: v.detach().cpu() for k, v in model.state_dict().items() if group_of(k) in held}
-    return ClientResult(arrays, result.num_examples, stats, result.losses)
+    return ClientResult(arrays, result.num_examples, stats, result.losses, features)

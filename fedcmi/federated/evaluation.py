@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedcmi.runs.metrics import ACC_MM, PER_CLASS, WORST_CLASS, acc_alone, acc_zero
+
 
 @torch.no_grad()
 def predict_paths(model: nn.Module, xa: torch.Tensor, xb: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
@@ -47,12 +49,12 @@ def evaluate(model: nn.Module, xa: torch.Tensor, xb: torch.Tensor, y: torch.Tens
     if len(use_modalities) == 1:
         pred["mm"] = pred[f"{use_modalities[0]}_zero"]
     per_class = per_class_accuracy(pred["mm"], yn, num_classes)
-    res: dict[str, float | list[float]] = {"acc_mm": float((pred["mm"] == yn).mean())}
-    for suffix in ("", "_zero"):
+    res: dict[str, float | list[float]] = {ACC_MM: float((pred["mm"] == yn).mean())}
+    for column, suffix in ((acc_alone, ""), (acc_zero, "_zero")):
         for m, name in zip(("a", "b"), modality_names, strict=True):
             seen = m in use_modalities
-            res[f"acc_{name}{suffix}"] = float((pred[f"{m}{suffix}"] == yn).mean()) if seen else math.nan
-    res["worst_class_acc"] = float(np.nanmin(per_class))
-    res["per_class_acc"] = [float(v) for v in per_class]
+            res[column(name)] = float((pred[f"{m}{suffix}"] == yn).mean()) if seen else math.nan
+    res[WORST_CLASS] = float(np.nanmin(per_class))
+    res[PER_CLASS] = [float(v) for v in per_class]
     model.train(was_training)
     return res

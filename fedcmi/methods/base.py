@@ -17,6 +17,7 @@ from torch import nn
 from fedcmi.data.base import ClientData
 from fedcmi.federated.dominance import Guidance
 from fedcmi.methods.losses import add_proximal_gradient
+from fedcmi.methods.remedies import LabelSkew
 from fedcmi.models.modalities import group_of, modalities_of
 
 if TYPE_CHECKING:
@@ -27,8 +28,14 @@ class LocalMethod:
     """One client's local objective for one round. Subclasses override ``batch_loss`` and any hook.
 
     A fresh object is built for every client round (``MethodSpec.build``), so it may keep round state
-    (a frozen teacher, prototypes) between :meth:`start` and the end of the round.
+    (a frozen teacher, prototypes) between :meth:`start` and the end of the round. Its cross-entropy terms use
+    :meth:`ce`, which applies the run's label-skew remedies (plain cross-entropy when none is on).
     """
+
+    skew: LabelSkew = LabelSkew()
+
+    def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.skew.ce(logits, y)
 
     def start(self, model: nn.Module, data: ClientData, guidance: Guidance, num_classes: int) -> None:
         """Before the first epoch, with the received global weights loaded."""
@@ -128,12 +135,15 @@ def only(data: ClientData, modalities: tuple[str, ...]) -> ClientData:
 
 
 def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidance: Guidance,
-                 settings: TrainSettings, *, num_classes: int,
-                 generator: torch.Generator | None = None) -> TrainResult:
+                 settings: TrainSettings, *, num_classes: int, generator: torch.Generator | None = None,
+                 remedies: LabelSkew | None = None) -> TrainResult:
     """Train ``model`` in place on one client's data; returns the mean of each loss term."""
     named = trainable_parameters(model, data.kind)
     params = [p for _, p in named]
     anchors = [p.detach().clone() for p in params] if settings.proximal_mu > 0 else []
+    if remedies is not None and remedies.active:
+        remedies.start(model, data.y, num_classes)
+        method.skew = remedies
     method.start(model, data, guidance, num_classes)
     opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     model.train()
@@ -150,6 +160,9 @@ def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidan
             xa = data.a[idx] if data.a is not None else None
             xb = data.b[idx] if data.b is not None else None
             terms = method.batch_loss(model, xa, xb, data.y[idx])
+            if method.skew.ntd_beta > 0:
+                terms.update(method.skew.extra_terms(model, xa, xb, data.y[idx]))
+                terms["loss"] = terms["loss"] + method.skew.ntd_beta * terms["loss_ntd"]
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             method.after_backward(model, terms, generator)

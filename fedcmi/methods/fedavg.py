@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedcmi.methods.base import LocalMethod, MethodSpec
@@ -14,7 +13,7 @@ class CrossEntropy(LocalMethod):
 
     def batch_loss(self, model: nn.Module, xa: torch.Tensor | None, xb: torch.Tensor | None,
                    y: torch.Tensor) -> dict[str, torch.Tensor]:
-        fused = F.cross_entropy(model(xa, xb), y)
+        fused = self.ce(model(xa, xb), y)
         return {"loss": fused, "loss_fused": fused}
 
 

@@ -14,7 +14,6 @@ import copy
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedcmi.data.base import ClientData
@@ -24,7 +23,7 @@ from fedcmi.methods.base import LocalMethod, MethodSpec, equals
 from fedcmi.methods.losses import infiltration_distillation, true_class_probability
 
 USES = ("proximal-mu", "lambda-self", "lambda-cmi", "class-wise-temperature", "temperature", "gamma", "dominance",
-        "warmup-rounds", "lambda-cross")
+        "warmup-rounds", "lambda-cross", "unimodal-zero-fill", "normalize-loss", "dominance-momentum", "tau-min")
 
 
 class Distiller:
@@ -66,17 +65,20 @@ class FedCMI(LocalMethod):
     and zero-fills a unimodal client's missing slot."""
 
     def __init__(self, *, lambda_self: float, lambda_cmi: float, lambda_cross: float, class_wise_temperature: bool,
-                 temperature: float, gamma: float, dominance: str, single_projector: bool = False) -> None:
+                 temperature: float, gamma: float, dominance: str, single_projector: bool = False,
+                 unimodal_zero_fill: float = 0.0, normalize_loss: bool = False) -> None:
         self.lambda_self, self.lambda_cmi, self.lambda_cross = lambda_self, lambda_cmi, lambda_cross
         self.class_wise_temperature, self.temperature, self.gamma = class_wise_temperature, temperature, gamma
         self.dominance, self.single_projector = dominance, single_projector
+        self.unimodal_zero_fill, self.normalize_loss = unimodal_zero_fill, normalize_loss
         self.distiller: Distiller | None = None
 
     @classmethod
     def from_config(cls, cfg, single_projector: bool = False) -> FedCMI:  # noqa: ANN001 - RunConfig
         return cls(lambda_self=cfg.lambda_self, lambda_cmi=cfg.lambda_cmi, lambda_cross=cfg.lambda_cross,
                    class_wise_temperature=cfg.class_wise_temperature, temperature=cfg.temperature,
-                   gamma=cfg.gamma, dominance=cfg.dominance, single_projector=single_projector)
+                   gamma=cfg.gamma, dominance=cfg.dominance, single_projector=single_projector,
+                   unimodal_zero_fill=cfg.unimodal_zero_fill, normalize_loss=cfg.normalize_loss)
 
     def start(self, model: nn.Module, data: ClientData, guidance: Guidance, num_classes: int) -> None:
         if data.kind == "mm" and self.lambda_cmi > 0 and guidance.infiltrate:
@@ -84,28 +86,42 @@ class FedCMI(LocalMethod):
 
     def batch_loss(self, model: nn.Module, xa: torch.Tensor | None, xb: torch.Tensor | None,
                    y: torch.Tensor) -> dict[str, torch.Tensor]:
-        if xa is None or xb is None:  # unimodal client: F(self, infiltration), or zero-filled (single)
-            logits = model.forward_zero(xa, xb) if self.single_projector else model(xa, xb)
-            fused = F.cross_entropy(logits, y)
-            return {"loss": fused, "loss_fused": fused}
+        if xa is None or xb is None:
+            return self._unimodal_loss(model, xa, xb, y)
         h_sa, h_ia = model.branches(xa, "a")
         h_sb, h_ib = model.branches(xb, "b")
-        fused = F.cross_entropy(model.fuse(h_sa, h_sb), y)
+        fused = self.ce(model.fuse(h_sa, h_sb), y)
         z_aa, z_bb = model.classify(h_sa, "a"), model.classify(h_sb, "b")
         terms = {"loss_fused": fused}
-        total = fused
+        total, weights = fused, 1.0
         if self.lambda_self > 0:
-            terms["loss_self"] = F.cross_entropy(z_aa, y) + F.cross_entropy(z_bb, y)
+            terms["loss_self"] = self.ce(z_aa, y) + self.ce(z_bb, y)
             total = total + self.lambda_self * terms["loss_self"]
+            weights += 2 * self.lambda_self
         if self.distiller is not None:
             students = {"a": h_sa, "b": h_sb} if self.single_projector else {"a": h_ia, "b": h_ib}
             terms["loss_cmi"] = self.distiller.loss(model, xa, xb, y, z_aa, z_bb, students)
             total = total + self.lambda_cmi * terms["loss_cmi"]
+            weights += self.lambda_cmi
         if self.lambda_cross > 0:  # fedcmi-plus: the unimodal inference paths, trained on multimodal data
-            terms["loss_cross"] = (F.cross_entropy(model.fuse(h_sa, h_ia), y)
-                                   + F.cross_entropy(model.fuse(h_ib, h_sb), y))
+            terms["loss_cross"] = self.ce(model.fuse(h_sa, h_ia), y) + self.ce(model.fuse(h_ib, h_sb), y)
             total = total + self.lambda_cross * terms["loss_cross"]
-        terms["loss"] = total
+            weights += 2 * self.lambda_cross
+        terms["loss"] = total / weights if self.normalize_loss else total
+        return terms
+
+    def _unimodal_loss(self, model: nn.Module, xa: torch.Tensor | None, xb: torch.Tensor | None,
+                       y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """F(self, infiltration), or zero-filled (single projector); optionally also F(self, 0)."""
+        logits = model.forward_zero(xa, xb) if self.single_projector else model(xa, xb)
+        fused = self.ce(logits, y)
+        terms = {"loss_fused": fused}
+        total, weights = fused, 1.0
+        if self.unimodal_zero_fill > 0 and not self.single_projector:
+            terms["loss_zero"] = self.ce(model.forward_zero(xa, xb), y)
+            total = total + self.unimodal_zero_fill * terms["loss_zero"]
+            weights += self.unimodal_zero_fill
+        terms["loss"] = total / weights if self.normalize_loss else total
         return terms
 
 

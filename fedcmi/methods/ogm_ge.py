@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedcmi.methods.base import LocalMethod, MethodSpec
@@ -58,10 +57,10 @@ class OGMGE(LocalMethod):
     def batch_loss(self, model: nn.Module, xa: torch.Tensor | None, xb: torch.Tensor | None,
                    y: torch.Tensor) -> dict[str, torch.Tensor]:
         if xa is None or xb is None:
-            fused = F.cross_entropy(model(xa, xb), y)
+            fused = self.ce(model(xa, xb), y)
             return {"loss": fused, "loss_fused": fused}
         h_a, h_b = model.enc_a(xa), model.enc_b(xb)
-        fused = F.cross_entropy(model.fusion(h_a, h_b), y)
+        fused = self.ce(model.fusion(h_a, h_b), y)
         out_a, out_b = split_head_logits(model.fusion.fc, h_a, h_b)
         coeff_a, coeff_b = ogm_coefficients(out_a, out_b, y, self.alpha)
         return {"loss": fused, "loss_fused": fused, "ogm_coeff_a": torch.tensor(coeff_a),

@@ -85,10 +85,10 @@ class PMR(LocalMethod):
     def batch_loss(self, model: nn.Module, xa: torch.Tensor | None, xb: torch.Tensor | None,
                    y: torch.Tensor) -> dict[str, torch.Tensor]:
         if xa is None or xb is None:
-            fused = F.cross_entropy(model(xa, xb), y)
+            fused = self.ce(model(xa, xb), y)
             return {"loss": fused, "loss_fused": fused}
         h_a, h_b = model.enc_a(xa), model.enc_b(xb)
-        fused = F.cross_entropy(model.fusion(h_a, h_b), y)
+        fused = self.ce(model.fusion(h_a, h_b), y)
         proto = pmr_loss(h_a, h_b, y, self.protos.a, self.protos.b, self.alpha)
         return {"loss": fused + proto, "loss_fused": fused, "loss_proto": proto}
 

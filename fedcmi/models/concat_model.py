@@ -39,6 +39,10 @@ class ConcatModel(nn.Module):
             raise ValueError("forward_zero takes exactly one modality")
         return self.forward(xa, xb)
 
+    def slots(self, xa: torch.Tensor, xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fusion head's inputs on the multimodal path: (enc_a, enc_b)."""
+        return self.enc_a(xa), self.enc_b(xb)
+
     def path_logits(self, xa: torch.Tensor, xb: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every evaluation path; alone = zero-filled, as this model has no other path."""
         ha, hb = self.enc_a(xa), self.enc_b(xb)

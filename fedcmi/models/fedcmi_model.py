@@ -77,6 +77,10 @@ class FedCMIModel(nn.Module):
         h = self.branches(xb, "b")[0]
         return self.fuse(torch.zeros_like(h), h)
 
+    def slots(self, xa: torch.Tensor, xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fusion head's inputs on the multimodal path: (self_a, self_b)."""
+        return self.branches(xa, "a")[0], self.branches(xb, "b")[0]
+
     def path_logits(self, xa: torch.Tensor, xb: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every evaluation path from one pass of each encoder (what evaluation needs)."""
         sa, ia = self.branches(xa, "a")

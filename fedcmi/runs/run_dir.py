@@ -2,13 +2,21 @@
 
 Every file is written atomically (temporary file + rename) after each round, so an interrupted run keeps
 every finished round.
+
+A run directory is written once: a new run claims an empty (or absent) folder by creating its marker file
+``.fedcmi-run`` exclusively, and every process that writes it (a run, a resume) holds an exclusive ``flock``
+on ``.fedcmi-run`` while it does, so two resumes of one folder cannot race and a folder fedcmi did not create
+is never written into.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,14 +25,100 @@ from typing import Any
 import torch
 
 from fedcmi.config import META_KEYS, RunConfig, unused_keys
+from fedcmi.errors import ConfigError
+from fedcmi.runs.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from fedcmi.runs.files import atomic_write, csv_text, save_tensors
 from fedcmi.runs.metrics import ROUND, accuracy_columns, column_labels
 
 MODEL_FILE = "model.safetensors"
+MARKER = ".fedcmi-run"
+# keys that may differ between a checkpoint and its resume (more rounds; the folder's own path)
+RESUMABLE_KEYS = ("num-server-rounds", "out-dir")
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
-    return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+    path = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+    if path.resolve().parent != Path(root).resolve():
+        raise ConfigError(f"run-name={cfg.run_name!r}: the run directory must lie in {root}")
+    return path
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """SHA-256 of the effective configuration a checkpoint was trained with (less the keys a resume may change)."""
+    values = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder fedcmi created (older runs, from before the marker, by their config.json and checkpoint)."""
+    return (path / MARKER).is_file() or ((path / "config.json").is_file()
+                                         and (path / "checkpoint" / "state.json").is_file())
+
+
+def claim(path: Path, resume: bool) -> int:
+    """Claim ``path`` for this process; returns the descriptor holding its lock (closed by :meth:`release`).
+
+    A new run needs an absent or empty folder and creates the marker exclusively (two runs started at once
+    on one folder: one of them is refused); a resume needs a folder fedcmi created. Either way the lock must
+    be free: a folder another process is writing is refused.
+    """
+    if resume:
+        if not path.is_dir() or not is_run_dir(path):
+            raise ConfigError(f"{path}: not a fedcmi run directory; refusing to write into it")
+        flags = os.O_RDWR | os.O_CREAT
+    else:
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise ConfigError(f"{path}: exists and is not empty; a run directory is written once (choose another, "
+                              "or continue it with --resume)")
+        path.mkdir(parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(path / MARKER, flags, 0o644)
+    except FileExistsError:
+        raise ConfigError(f"{path}: another run claimed this folder first") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"{path}: another process is writing this run directory") from None
+    if not resume:
+        os.write(fd, json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()}).encode())
+    return fd
+
+
+def resumable(path: Path, cfg: RunConfig) -> Checkpoint:
+    """The checkpoint of ``path`` if ``cfg`` may resume it: readable, trained with this configuration (only
+    num-server-rounds may grow), its metrics all present. Checked before anything starts; one-line errors."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.config_hash is not None and checkpoint.config_hash != config_hash(cfg):
+        raise CheckpointError(f"{path / 'config.json'}: differs from the configuration the checkpoint was trained "
+                              "with (edited after the run started?); refusing to resume a different run")
+    if checkpoint.round > cfg.num_server_rounds:
+        raise CheckpointError(f"{path}: the checkpoint is at round {checkpoint.round}, beyond num-server-rounds="
+                              f"{cfg.num_server_rounds}")
+    check_metrics(path, checkpoint.round)
+    return checkpoint
+
+
+def run_status(path: Path) -> str | None:
+    """``status`` of ``status.json`` with the final model present, or None."""
+    try:
+        status = json.loads((path / "status.json").read_text(encoding="utf-8"))["status"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return status if (path / MODEL_FILE).is_file() or status != "complete" else None
+
+
+def check_metrics(path: Path, rounds: int) -> None:
+    """``metrics.json`` of a run to resume holds rounds 0..``rounds`` (checked before anything starts)."""
+    file = path / "metrics.json"
+    try:
+        rows = json.loads(file.read_text(encoding="utf-8"))
+        present = [int(r[ROUND]) for r in rows]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"{file}: unreadable or truncated ({type(exc).__name__}); cannot resume") from None
+    if present[:rounds + 1] != list(range(rounds + 1)):
+        raise ConfigError(f"{file}: rounds 0..{rounds} of the checkpoint are not all present; cannot resume")
 
 
 def _json_safe(value: Any) -> Any:
@@ -42,12 +136,15 @@ class RunDirectory:
                  resume_after: int | None = None) -> None:
         """A new run directory, or (``resume_after=k``) an existing one keeping its rows of rounds 0..k."""
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock = claim(self.path, resume=resume_after is not None)
         self.cfg = cfg
         self.modality_names = modality_names
         self.rows: list[dict[str, Any]] = []
+        if resume_after is not None:
+            check_metrics(self.path, resume_after)
+        self.write_config(cfg)  # on a resume too: an extended run records its new num-server-rounds
+        self.finish("running", rounds=resume_after or 0)
         if resume_after is None:
-            self.write_config(cfg)
             return
         rows = json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
         for row in rows:
@@ -130,3 +227,9 @@ class RunDirectory:
 
     def finish(self, status: str, **extra: Any) -> None:
         atomic_write(self.path / "status.json", json.dumps({"status": status, **extra}, indent=2) + "\n")
+
+    def release(self) -> None:
+        """Give up the folder's lock (a process that exits releases it anyway)."""
+        if self.lock >= 0:
+            os.close(self.lock)
+            self.lock = -1

@@ -124,6 +124,7 @@ class Loopback:
     bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     superlink_port: int = 0
+    runs_dir: Path | None = None  # the ServerApp's run directories (FEDCMI_RUNS_DIR); default work/runs
 
     def __post_init__(self) -> None:
         if self.auth and not self.tls:
@@ -132,6 +133,7 @@ class Loopback:
             raise ValueError(f"isolation={self.isolation!r}: must be one of {', '.join(ISOLATIONS)}")
         self.work = Path(self.work).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
+        self.runs_dir = Path(self.runs_dir or self.work / "runs").resolve()
         self.certs = self.work / "certs"
 
     # --- environment ----------------------------------------------------------------------------
@@ -140,6 +142,7 @@ class Loopback:
         return {**os.environ, "FLWR_HOME": str(self.work / home), "FLWR_TELEMETRY_ENABLED": "0",
                 "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                 "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": POLL_INTERVAL_S, "HF_DATASETS_OFFLINE": "1",
+                "FEDCMI_RUNS_DIR": str(self.runs_dir),
                 "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def _tool(self, name: str) -> str:
@@ -285,7 +288,7 @@ class Loopback:
 def demo(work: Path, out: Path, *, tls: bool, isolation: str, rounds: int = 2, num_nodes: int = 3,
          extra: dict[str, object] | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """Start a loopback federation, run ``rounds`` rounds of fedcmi, stop everything; (flwr run, wall s)."""
-    dep = Loopback(work, tls=tls, auth=tls, isolation=isolation)
+    dep = Loopback(work, tls=tls, auth=tls, isolation=isolation, runs_dir=out.parent)
     try:
         if tls:
             dep.make_certs(num_nodes)
@@ -297,7 +300,7 @@ def demo(work: Path, out: Path, *, tls: bool, isolation: str, rounds: int = 2, n
                                 dep.key(i) if tls else None)
         config: dict[str, object] = {"num-server-rounds": rounds, "num-clients": num_nodes,
                                      "clients-per-round": min(2, num_nodes), "train-size": 600, "test-size": 200,
-                                     "out-dir": str(out.resolve()), **(extra or {})}
+                                     "run-name": out.name, **(extra or {})}
         dep.wait_ready()
         start = time.monotonic()
         proc = dep.run(config)

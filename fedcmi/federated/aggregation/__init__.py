@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from fedcmi.federated.aggregation.base import ClientUpdate, Rule, aggregate
+from fedcmi.federated.aggregation.clipped_mean import clipped_mean
 from fedcmi.federated.aggregation.mean import weighted_mean
 from fedcmi.federated.aggregation.median import coordinate_median
+from fedcmi.federated.aggregation.trimmed_mean import trimmed_mean
 
 RULES: dict[str, Rule] = {
     "mean": weighted_mean,
     "median": coordinate_median,
+    "trimmed-mean": trimmed_mean,
+    "clipped-mean": clipped_mean,
 }
 RULE_NAMES: tuple[str, ...] = tuple(RULES)
 

@@ -1,0 +1,65 @@
+"""Label skew: compare variants run by `fedcmi bench`, paired by seed, with 95 % t intervals.
+
+Each variant is LABEL=BENCH_DIR:STRATEGY (the bench folder of one `fedcmi bench` command and one of its
+strategies). A cell's score is the mean over its last 5 rounds (single rounds swing under label skew).
+
+    python benchmarks/label_skew.py --baseline fedavg \
+        fedavg=runs/plain:fedavg fedcmi=runs/plain:fedcmi fedavg+la=runs/la:fedavg fedcmi+la=runs/la:fedcmi
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fedcmi.bench.stats import paired_difference, t_interval, verdict
+
+LAST = 5
+
+
+def scores(bench: Path, strategy: str, metric: str) -> dict[int, float]:
+    """seed -> mean of ``metric`` over the last rounds, for every finished cell of ``strategy``."""
+    out = {}
+    for cell in sorted((bench / "cells").glob(f"{strategy}__*")):
+        status = cell / "status.json"
+        if not status.is_file() or json.loads(status.read_text())["status"] != "complete":
+            continue
+        rows = json.loads((cell / "metrics.json").read_text())
+        seed = int(cell.name.rsplit("seed-", 1)[1])
+        vals = [r[metric] for r in rows[-LAST:] if r.get(metric) is not None]
+        out[seed] = float(np.mean(vals))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("variants", nargs="+", metavar="LABEL=DIR:STRATEGY")
+    ap.add_argument("--baseline", required=True, help="label of the variant the others are compared with")
+    ap.add_argument("--metrics", default="acc_mm,acc_visual,acc_audio")
+    args = ap.parse_args()
+    variants = {}
+    for item in args.variants:
+        label, _, rest = item.partition("=")
+        folder, _, strategy = rest.rpartition(":")
+        variants[label] = (Path(folder), strategy)
+    for metric in args.metrics.split(","):
+        per = {label: scores(folder, strategy, metric) for label, (folder, strategy) in variants.items()}
+        base = per[args.baseline]
+        print(f"\n{metric} (mean of the last {LAST} rounds; 95 % t interval over seeds; paired difference vs "
+              f"{args.baseline})")
+        print(f"| variant | n | {metric} | vs {args.baseline} | verdict |")
+        print("|---|---|---|---|---|")
+        for label, s in per.items():
+            iv = t_interval(s.values())
+            if label == args.baseline:
+                print(f"| {label} | {iv.n} | {iv.text()} | – | – |")
+                continue
+            diff = paired_difference(s, base)
+            print(f"| {label} | {iv.n} | {iv.text()} | {diff.text()} | {verdict(diff)} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Issue 12, items 1-5: a single bad client must not sink the federation. Each attack of the issue is
+replayed through the strategy (``aggregate_train`` on hand-made replies) and must reject that reply only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+from fedcmi.federated.aggregation import RULES, ClientUpdate, aggregate, rule
+from fedcmi.federated.aggregation.clipped_mean import clipped_mean
+from fedcmi.federated.aggregation.trimmed_mean import trimmed_mean
+from fedcmi.models import ModelSpec, group_of
+from server.strategy import FedCMIStrategy
+
+# six multimodal nodes and one audio-only node, each reported 100 samples at discovery
+NODES = {30 + i: (i, "mm") for i in range(6)} | {36: (6, "a")}
+SIZE = 100
+ZERO = {"enc_a.w": np.zeros(4, np.float32), "enc_b.w": np.zeros(3, np.float32),
+        "fusion.w": np.zeros(2, np.float32), "enc_a.bn.num_batches_tracked": np.array(50, dtype=np.int64)}
+STATS = (np.array([3.0, 1.0]), np.array([2.0, 1.0]), np.array([4.0, 2.0]))
+
+
+def honest(i: int) -> dict[str, np.ndarray]:
+    """Client i's honest update: a small step, different per client (norms within 2x of each other)."""
+    step = 0.01 * (1 + i % 3)
+    return {"enc_a.w": np.full(4, step, np.float32), "enc_b.w": np.full(3, -step, np.float32),
+            "fusion.w": np.full(2, step, np.float32), "enc_a.bn.num_batches_tracked": np.array(50 + 4, np.int64)}
+
+
+def reply(node: int, arrays: dict, n: object = SIZE, stats=STATS, pid: object = None, kind: object = None,
+          metrics: dict | None = None, records: dict | None = None) -> Message:
+    request = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    p, k = NODES[node]
+    if k != "mm" and stats is STATS:
+        stats = (np.zeros(2), np.zeros(2), np.zeros(2))
+    m = MetricRecord({"partition-id": p, "loss": 0.5})
+    if n is not None:
+        m["num-examples"] = n
+    if pid is not None:
+        m["partition-id"] = pid
+    content = RecordDict({
+        "arrays": ArrayRecord({key: Array(np.asarray(v)) for key, v in arrays.items()}),
+        "metrics": m,
+        "info": ConfigRecord({"kind": k if kind is None else kind, "partition-id": p}),
+        "class-stats": ArrayRecord({key: Array(np.asarray(v, np.float64))
+                                    for key, v in zip(("sum-pa", "sum-pb", "counts"), stats, strict=True)}),
+    })
+    for key, value in (metrics or {}).items():
+        content["metrics"][key] = value
+    for key, value in (records or {}).items():
+        content[key] = value
+    return Message(content, reply_to=request)
+
+
+def strategy(**kw) -> FedCMIStrategy:
+    kw.setdefault("update_norm_multiple", 5.0)
+    s = FedCMIStrategy(clients_per_round=6, model_spec=ModelSpec(2, (1,), (1,)),
+                       run_config={"strategy": "fedcmi", "local-epochs": 2}, **kw)
+    s.nodes = dict(NODES)
+    s.node_sizes = dict.fromkeys(NODES, SIZE)
+    s.current_arrays = ArrayRecord({k: Array(v) for k, v in ZERO.items()})
+    s.round_log[1] = {"nodes": list(NODES)[:6]}
+    return s
+
+
+def run_round(s: FedCMIStrategy, bad: Message, bad_node: int = 35) -> tuple[dict, MetricRecord, list[str]]:
+    replies = [reply(30 + i, honest(i)) for i in range(6) if 30 + i != bad_node] + [bad]
+    arrays, metrics = s.aggregate_train(1, replies)
+    return {k: v.numpy() for k, v in arrays.items()}, metrics, s.round_log[1]["faults"]
+
+
+def honest_mean(skip: int = 5) -> dict[str, float]:
+    steps = [0.01 * (1 + i % 3) for i in range(6) if i != skip]
+    return {"enc_a.w": float(np.mean(steps)), "enc_b.w": -float(np.mean(steps))}
+
+
+def assert_rejected_alone(out: dict, metrics: MetricRecord, faults: list[str], reason: str) -> None:
+    assert metrics["clients-rejected"] == 1 and metrics["clients-ok"] == 5, faults
+    assert any(reason in f and f.startswith("partition 5: rejected") for f in faults), faults
+    assert np.allclose(out["enc_a.w"], honest_mean()["enc_a.w"], atol=1e-7)  # exactly the honest mean
+    assert all(np.all(np.isfinite(v)) for v in out.values())
+
+
+# --- item 1: updates bounded relative to the round, per modality group -----------------------------------------
+def test_noise_just_under_the_old_absolute_bound_is_rejected_relative_to_the_round():
+    noise = np.random.default_rng(0).standard_normal(4).astype(np.float32)
+    noise *= 990 / np.linalg.norm(noise)  # accepted by the old absolute max-update-norm 1000
+    out, metrics, faults = run_round(strategy(), reply(35, {**honest(5), "enc_a.w": noise}))
+    assert_rejected_alone(out, metrics, faults, "group 'a' update norm 990 exceeds update-norm-multiple 5")
+
+
+def test_bound_is_per_group_and_honest_spread_passes():
+    # the attacker's enc_a is honest, its enc_b is 6x the median step: the b group alone rejects it
+    bad = {**honest(5), "enc_b.w": np.full(3, -0.12, np.float32)}
+    out, metrics, faults = run_round(strategy(), reply(35, bad))
+    assert_rejected_alone(out, metrics, faults, "group 'b'")
+    # honest clients whose steps differ 3x are all accepted
+    s = strategy()
+    _, metrics = s.aggregate_train(1, [reply(30 + i, honest(i)) for i in range(6)])
+    assert metrics["clients-ok"] == 6 and metrics["clients-rejected"] == 0
+
+
+def test_update_norm_multiple_is_a_config_key_with_its_default_in_pyproject():
+    from fedcmi.config import ConfigError, defaults, effective
+
+    assert defaults()["update-norm-multiple"] == 10.0 and defaults()["max-update-norm"] == 0.0
+    with pytest.raises(ConfigError, match="update-norm-multiple=1.5: must be 0"):
+        effective({"update-norm-multiple": 1.5})
+
+
+# --- item 2: counts capped at discovery, consistent with the kind, no overflow -----------------------------------
+@pytest.mark.parametrize("n, reason", [(1e9, "exceeds the 100 samples the node reported"),
+                                       (1e308, "above 2**53"), (101, "exceeds the 100 samples")])
+def test_false_sample_count_is_rejected(n, reason):
+    out, metrics, faults = run_round(strategy(), reply(35, honest(5), n=n))
+    assert_rejected_alone(out, metrics, faults, reason)
+
+
+def test_two_clients_with_1e308_samples_do_not_overflow_the_server():
+    s = strategy()
+    replies = [reply(30 + i, honest(i)) for i in range(4)] + [reply(34, honest(4), n=1e308),
+                                                              reply(35, honest(5), n=1e308)]
+    arrays, metrics = s.aggregate_train(1, replies)
+    assert metrics["clients-rejected"] == 2 and metrics["num-examples"] == 400
+    assert all(np.all(np.isfinite(v.numpy())) for v in arrays.values())
+
+
+def test_forged_class_statistics_are_rejected():
+    s = strategy()
+    forged = (np.zeros(2), np.array([1e15, 0.0]), np.array([1e15, 0.0]))
+    arrays, metrics = s.aggregate_train(1, [reply(30 + i, honest(i)) for i in range(5)]
+                                        + [reply(36, {k: v for k, v in honest(6).items() if group_of(k) != "b"},
+                                                 stats=forged)])
+    assert metrics["clients-rejected"] == 1
+    assert any("class-stats from a one-modality node (kind a)" in f for f in s.round_log[1]["faults"])
+    # counts above what a multimodal node reported (1e15 > 100) are rejected too
+    out, metrics, faults = run_round(strategy(), reply(35, honest(5), stats=forged))
+    assert_rejected_alone(out, metrics, faults, "class-stats counts: 1e+15 samples, the node reported 100")
+
+
+# --- item 3: every field untrusted; a bad one rejects that reply only ------------------------------------------
+LIST = [1.0, 2.0]
+
+
+@pytest.mark.parametrize("kw, reason", [
+    ({"pid": LIST}, "partition-id [1.0, 2.0] is not an integer"),
+    ({"metrics": {"loss": LIST}}, "metric loss [1.0, 2.0] is not a finite number"),
+    ({"metrics": {"loss-self": float("nan")}}, "metric loss-self nan is not a finite number"),
+    ({"metrics": {"loss": 1e300}}, "beyond"),
+    ({"n": LIST}, "num-examples [1.0, 2.0] must be a positive finite number"),
+    ({"n": None}, "num-examples None"),
+    ({"kind": "xyz"}, "kind 'xyz' is not one of"),
+    ({"records": {"junk": ArrayRecord({"x": Array(np.zeros(3))})}}, "unexpected record 'junk'"),
+    ({"stats": (np.zeros(3), np.zeros(3), np.zeros(3))}, "class-stats sum-pa: shape (3,), expected (2,)"),
+])
+def test_malformed_reply_fields_reject_that_reply_only(kw, reason):
+    out, metrics, faults = run_round(strategy(), reply(35, honest(5), **kw))
+    assert_rejected_alone(out, metrics, faults, reason)
+
+
+def test_oversized_array_is_rejected_before_it_is_deserialised(monkeypatch):
+    big = Array(np.zeros(3, np.float32))
+    big.data = big.data + bytes(8 * 1024 * 1024)  # declared shape (3,), 8 MB of payload
+    unknown = Array(np.zeros((1000, 1000), np.float32))
+    calls = []
+    original = Array.numpy
+    monkeypatch.setattr(Array, "numpy", lambda self: calls.append(len(self.data)) or original(self))
+    for arrays, reason in (({**honest(5), "enc_b.w": big}, "enc_b.w: 8388"), ({**honest(5), "evil": unknown},
+                                                                             "unknown parameter 'evil'")):
+        calls.clear()
+        s = strategy()
+        content = reply(35, {k: v for k, v in arrays.items() if not isinstance(v, Array)})
+        bad_arrays = content.content["arrays"]
+        for k, v in arrays.items():
+            if isinstance(v, Array):
+                bad_arrays[k] = v
+        out, metrics, faults = run_round(s, content)
+        assert_rejected_alone(out, metrics, faults, reason)
+        assert max(calls) < 1024 * 1024  # the large array was never deserialised
+
+
+def test_integer_buffers_are_checked():
+    bad = {**honest(5), "enc_a.bn.num_batches_tracked": np.array(3_600_000_000_000_000_000, np.int64)}
+    out, metrics, faults = run_round(strategy(), reply(35, bad))
+    assert_rejected_alone(out, metrics, faults, "integer buffer moved by 3.6e+18, allowed 0..200")
+    assert out["enc_a.bn.num_batches_tracked"] == 54
+    bad = {**honest(5), "enc_a.bn.num_batches_tracked": np.array(10, np.int64)}  # a counter cannot go back
+    assert_rejected_alone(*run_round(strategy(), reply(35, bad)), "integer buffer")
+
+
+# --- item 4: robust rules as plug-ins, per modality group -------------------------------------------------
+def test_trimmed_mean_by_hand():
+    values = [np.array([1.0, 10.0]), np.array([2.0, 20.0]), np.array([3.0, 30.0]), np.array([4.0, 40.0]),
+              np.array([100.0, -1000.0])]
+    # n=5, beta 0.2: one value cut at each end per coordinate -> (2+3+4)/3 and (10+20+30)/3
+    assert np.allclose(trimmed_mean(np.zeros(2), values, [1] * 5), [3.0, 20.0])
+    assert np.allclose(trimmed_mean(np.zeros(2), values[:4], [9, 1, 1, 1]), [2.5, 25.0])  # n=4: nothing cut
+
+
+def test_clipped_mean_by_hand():
+    current = np.array([1.0, 1.0])
+    values = [np.array([2.0, 1.0]), np.array([1.0, 3.0]), np.array([1.0, 101.0])]  # update norms 1, 2, 100
+    # median norm 2: updates (1,0), (0,2), (0,100)->(0,2); weights 1,1,2 -> (1/4, (2 + 4)/4)
+    assert np.allclose(clipped_mean(current, values, [1, 1, 2]), [1.25, 2.5])
+
+
+def test_rules_are_registered_and_run_per_modality_group():
+    assert {"mean", "median", "trimmed-mean", "clipped-mean"} <= set(RULES)
+    current = {"enc_a.x": np.zeros(1), "enc_b.x": np.zeros(1), "fusion.y": np.zeros(1)}
+    ups = [ClientUpdate({"enc_a.x": np.array([v]), "enc_b.x": np.array([v]), "fusion.y": np.array([v])}, 1, mods)
+           for v, mods in ((1.0, ("a", "b")), (2.0, ("a", "b")), (3.0, ("a",)), (4.0, ("a",)), (50.0, ("a",)))]
+    new, count = aggregate(current, ups, group_of, rule("trimmed-mean"))
+    assert count == {"enc_a.x": 5, "enc_b.x": 2, "fusion.y": 5}  # enc_b over the two clients that hold b
+    assert new["enc_a.x"][0] == pytest.approx(3.0) and new["enc_b.x"][0] == pytest.approx(1.5)
+    new, _ = aggregate(current, ups, group_of, rule("median"))
+    assert new["enc_a.x"][0] == 3.0 and new["enc_b.x"][0] == 1.5
+    new, _ = aggregate(current, ups, group_of, rule("clipped-mean"))
+    assert new["enc_a.x"][0] == pytest.approx((1 + 2 + 3 + 3 + 3) / 5)  # 4 and 50 clipped to the median 3
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed-mean", "clipped-mean"])
+def test_robust_rules_through_the_strategy_resist_a_noisy_client(name):
+    s = strategy(rule=rule(name), update_norm_multiple=0.0)  # no norm screening: the rule alone
+    noise = {**honest(5), "enc_a.w": np.full(4, 50.0, np.float32)}
+    arrays, metrics = s.aggregate_train(1, [reply(30 + i, honest(i)) for i in range(5)] + [reply(35, noise)])
+    assert metrics["clients-ok"] == 6
+    assert abs(float(arrays["enc_a.w"].numpy()[0])) < 0.05  # the mean would be (0.01+0.02+0.03+0.01+0.02+50)/6

@@ -1,0 +1,197 @@
+"""Issue 12, items 6 and 7: a run directory is written once, names cannot escape the runs folder, two
+writers cannot race; a resume finishes what a kill left, follows an extension, refuses an edited config and
+checks a damaged checkpoint before anything starts.
+
+Rounds run in-process (the real ServerApp loop, Strategy and ClientApp handlers; a grid hands each message to
+its node's handler), so no Ray is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from flwr.app import Context, MessageType, RecordDict
+
+import clients.app as client_app
+from fedcmi.cli import main
+from fedcmi.config import ConfigError, effective
+from fedcmi.runs.run_dir import MARKER, claim, default_run_dir
+from server.app import run_server
+
+TINY = {"num-clients": 3, "clients-per-round": 2, "train-size": 150, "test-size": 60, "local-epochs": 1,
+        "num-server-rounds": 2, "min-partition-size": 5}
+
+
+class InProcessGrid:
+    """Delivers each message to the ClientApp handler of its node (partition i = node 100 + i)."""
+
+    def __init__(self, n: int, fail_from_round: int | None = None):
+        self.n, self.fail_from_round = n, fail_from_round
+
+    def get_node_ids(self):
+        return [100 + i for i in range(self.n)]
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for m in messages:
+            node = m.metadata.dst_node_id
+            ctx = Context(run_id=1, node_id=node, node_config={"partition-id": node - 100, "num-partitions": self.n},
+                          state=RecordDict(), run_config={})
+            if m.metadata.message_type == MessageType.QUERY:
+                replies.append(client_app.describe(m, ctx))
+                continue
+            rnd = int(m.content["config"]["server-round"])
+            if self.fail_from_round is not None and rnd >= self.fail_from_round:
+                raise KeyboardInterrupt  # the process is stopped in this round
+            replies.append(client_app.train(m, ctx))
+        return replies
+
+
+def _run(out, rounds: int = 2, resume: bool = False, grid=None) -> None:
+    cfg = effective({**TINY, "num-server-rounds": rounds, "out-dir": str(out)})
+    run_server(grid or InProcessGrid(3), cfg, resume=resume)
+
+
+def _status(out) -> dict:
+    return json.loads((out / "status.json").read_text())
+
+
+# --- item 6 --------------------------------------------------------------------------------------------------
+def test_a_run_directory_is_created_once_and_never_overwritten(tmp_path):
+    out = tmp_path / "run"
+    _run(out)
+    before = (out / "metrics.json").read_text()
+    with pytest.raises(ConfigError, match="exists and is not empty; a run directory is written once"):
+        _run(out)  # what a reused deployment out-dir did: overwrite a finished run
+    assert (out / "metrics.json").read_text() == before and _status(out)["status"] == "complete"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(ConfigError, match="not a fedcmi run directory"):
+        _run(foreign, resume=True)
+    with pytest.raises(ConfigError, match="exists and is not empty"):
+        _run(foreign)
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+
+
+def test_two_writers_of_one_run_directory_cannot_race(tmp_path):
+    out = tmp_path / "run"
+    _run(out)
+    fd = claim(out, resume=True)  # a resume in progress holds the lock
+    try:
+        with pytest.raises(ConfigError, match="another process is writing this run directory"):
+            _run(out, rounds=3, resume=True)
+    finally:
+        os.close(fd)
+    empty = tmp_path / "new"
+    fd = claim(empty, resume=False)
+    try:
+        with pytest.raises(ConfigError, match="exists and is not empty"):  # the marker is already there
+            claim(empty, resume=False)
+    finally:
+        os.close(fd)
+    assert (empty / MARKER).is_file()
+
+
+def test_run_name_cannot_escape_the_runs_folder(tmp_path):
+    with pytest.raises(ConfigError, match="run-name='../../x'"):
+        effective({"run-name": "../../x"})
+    cfg = effective({"run-name": "ok-name.1"})
+    assert default_run_dir(cfg, tmp_path).parent == tmp_path
+
+
+# --- item 7 --------------------------------------------------------------------------------------------------
+def test_killed_after_the_last_checkpoint_resume_writes_the_missing_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    _run(out)
+    for name in ("model.safetensors", "accuracy.png", "status.json"):
+        (out / name).unlink()  # killed after the last checkpoint, before the final files
+    assert main(["simulate", "--resume", str(out)]) == 0
+    assert "wrote the final model, plot and status" in capsys.readouterr().out
+    assert (out / "model.safetensors").is_file() and (out / "accuracy.png").is_file()
+    assert _status(out) == {"status": "complete", "rounds": 2}
+    assert main(["simulate", "--resume", str(out)]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+
+
+def test_an_extended_run_updates_config_and_status(tmp_path):
+    out = tmp_path / "run"
+    _run(out)
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, rounds=4, resume=True, grid=InProcessGrid(3, fail_from_round=4))  # stopped in round 4
+    assert json.loads((out / "config.json").read_text())["num-server-rounds"] == 4
+    status = _status(out)
+    assert status["status"] == "failed" and status["rounds"] == 3  # not "complete, 2"
+    _run(out, rounds=4, resume=True)
+    assert _status(out) == {"status": "complete", "rounds": 4}
+    assert [r["round"] for r in json.loads((out / "metrics.json").read_text())] == [0, 1, 2, 3, 4]
+
+
+def test_an_edited_config_is_refused_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    _run(out, rounds=1)
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "status.json").unlink()
+    cfg["num-clients"] = 4
+    (out / "config.json").write_text(json.dumps(cfg))
+    assert main(["simulate", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "differs from the configuration the checkpoint was trained with" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda st, m: st.update(round=-5), "round -5 is not a round number"),
+    (lambda st, m: st.update(round="2"), "round '2' is not a round number"),
+    (lambda st, m: st.update(strategy={}), "corrupt strategy state (rng missing or malformed)"),
+    (lambda st, m: st["strategy"].update(guidance={"dominant": "a", "ratio": None, "tau": []}), "guidance ratio"),
+    (lambda st, m: m.write_text(m.read_text()[:40]), "metrics.json: unreadable or truncated"),
+    (lambda st, m: m.write_text("[]"), "rounds 0..1 of the checkpoint are not all present"),
+])
+def test_damaged_checkpoint_fields_stop_before_anything_starts(tmp_path, capsys, damage, needle):
+    out = tmp_path / "run"
+    _run(out, rounds=1)
+    (out / "status.json").unlink()
+    state_file = out / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    damage(state, out / "metrics.json")
+    state_file.write_text(json.dumps(state))
+    assert main(["simulate", "--resume", str(out), "num-server-rounds=2"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
+
+
+# --- item 9 of the issue (brief item 8): a submitted run may set only allowlisted keys ----------------------
+def _submit(run_config: dict, grid=None) -> None:
+    from server.app import main as server_main
+
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    server_main(grid or InProcessGrid(3), ctx)
+
+
+@pytest.mark.parametrize("key, value", [("out-dir", "/srv/other-run"), ("update-norm-multiple", 0.0),
+                                        ("data-root", "/etc"), ("round-timeout", 1.0), ("ray-address", "x:1"),
+                                        ("encoder-weights", "/root/.ssh/id_rsa")])
+def test_a_submitted_run_cannot_set_server_side_keys(tmp_path, monkeypatch, key, value):
+    monkeypatch.setenv("FEDCMI_RUNS_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match=f"{key}: a submitted run cannot set it"):
+        _submit({**TINY, "run-name": "r", key: value})
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_submitted_run_writes_under_the_servers_runs_dir_and_resumes_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDCMI_RUNS_DIR", str(tmp_path / "runs"))
+    server_cfg = tmp_path / "server.toml"
+    server_cfg.write_text("update-norm-multiple = 20.0\n")
+    monkeypatch.setenv("FEDCMI_SERVER_CONFIG", str(server_cfg))
+    _submit({**TINY, "num-server-rounds": 1, "run-name": "demo"})
+    out = tmp_path / "runs" / "demo"
+    assert _status(out)["status"] == "complete"
+    assert json.loads((out / "config.json").read_text())["update-norm-multiple"] == 20.0  # the server's value
+    _submit({**TINY, "num-server-rounds": 2, "run-name": "demo"})  # the same run, extended: resumed
+    assert [r["round"] for r in json.loads((out / "metrics.json").read_text())] == [0, 1, 2]
+    with pytest.raises(ConfigError, match="exists and is not empty"):  # finished: never overwritten
+        _submit({**TINY, "num-server-rounds": 2, "run-name": "demo"})
+    with pytest.raises(ConfigError, match="differs from the configuration"):  # another run under its name
+        _submit({**TINY, "num-server-rounds": 3, "lr": 0.5, "run-name": "demo"})
