@@ -168,3 +168,14 @@ def test_token_finds_and_kills_exactly_the_processes_started_under_it():
         ours.kill()
         theirs.wait()
 
+
+
+def test_a_grid_without_push_and_pull_is_called_as_it_is_and_checked_after():
+    class Plain:
+        def send_and_receive(self, messages, *, timeout=None):
+            return [_reply(str(m)) for m in messages]
+
+    assert len(StoppableGrid(Plain()).send_and_receive(["a", "b"], timeout=1)) == 2
+    STOP.request()
+    with pytest.raises(Interrupted):
+        StoppableGrid(Plain()).send_and_receive(["a"], timeout=1)
