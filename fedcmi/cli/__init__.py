@@ -219,8 +219,8 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
             print(round_line(row, cfg.num_server_rounds, names), flush=True)
 
         run_dir = simulate(cfg, line, verbose=verbose, resume=resume, client_app=client_app)
-        print(f"results written to {run_dir.path}: " + ", ".join(sorted(p.name for p in run_dir.path.iterdir()
-                                                                          if p.is_file())), flush=True)
+        files = sorted(p.name for p in run_dir.path.iterdir() if p.is_file() and not p.name.startswith("."))
+        print(f"results written to {run_dir.path}: " + ", ".join(files), flush=True)
         return 0
 
     from rich.console import Console
