@@ -14,11 +14,13 @@ import math
 import os
 import time
 from collections.abc import Callable
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
 from fedcmi.config import ConfigError, RunConfig, effective, load_toml, set_by_flower_run
@@ -31,8 +33,9 @@ from fedcmi.federated.evaluation import evaluate
 from fedcmi.methods.registry import method_spec
 from fedcmi.models import ModelSpec, model_for
 from fedcmi.runs.checkpoint import save_checkpoint
-from fedcmi.runs.metrics import round_row
+from fedcmi.runs.metrics import round_line, round_row
 from fedcmi.runs.run_dir import RunDirectory, config_hash, default_run_dir, resumable
+from fedcmi.runtime.interrupt import STOP, Interrupted, StoppableGrid
 from server.strategy import FedCMIStrategy
 
 logger = logging.getLogger("fedcmi")
@@ -50,6 +53,12 @@ def _modality_name(data_modalities: tuple[str, str], code: str | None) -> str:
     return data_modalities[0] if code == "a" else data_modalities[1]
 
 
+def log_round(row: dict[str, Any], total: int, names: tuple[str, str]) -> None:
+    """One line per round through Flower's logger, as Flower's own strategies report (``flwr run --stream``
+    shows it; ``fedcmi simulate`` prints its own line instead)."""
+    flwr_log(INFO, "%s", round_line(row, total, names))
+
+
 def build_strategy(cfg: RunConfig, model_spec: ModelSpec) -> FedCMIStrategy:
     return FedCMIStrategy(clients_per_round=cfg.clients_per_round, model_spec=model_spec,
                           run_config=cfg.client_dict(), gamma=cfg.gamma, warmup_rounds=cfg.warmup_rounds,
@@ -61,12 +70,17 @@ def build_strategy(cfg: RunConfig, model_spec: ModelSpec) -> FedCMIStrategy:
 
 def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds: range, timeout: float,
                max_consecutive_skips: int, on_round_end: Callable[[int, ArrayRecord], None]) -> ArrayRecord:
-    """Train the given rounds; ``on_round_end`` evaluates and checkpoints after each (skipped ones too)."""
+    """Train the given rounds; ``on_round_end`` evaluates and checkpoints after each (skipped ones too).
+
+    A stop request (``fedcmi.runtime.interrupt.STOP``) raises :class:`Interrupted` before a round's replies
+    are aggregated: a round is aggregated and recorded whole or not at all."""
     skips = 0
     for server_round in rounds:
+        STOP.check()
         logger.info("round %s/%s", server_round, rounds.stop - 1)
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
         replies = grid.send_and_receive(messages, timeout=timeout)
+        STOP.check()
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         skips = skips + 1 if new_arrays is None else 0
         if new_arrays is not None:
@@ -80,7 +94,12 @@ def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds
 
 
 def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, resume: bool = False) -> RunDirectory:
-    """Run (or resume) the rounds of ``cfg`` on ``grid``; every finished round is on disk when it ends."""
+    """Run (or resume) the rounds of ``cfg`` on ``grid``; every finished round is on disk when it ends.
+
+    On a stop request it raises :class:`Interrupted` within a poll interval (while waiting for nodes or
+    replies) or at the next step, after writing ``status.json`` as ``interrupted`` with the last complete
+    round; ``--resume`` continues from there exactly."""
+    grid = StoppableGrid(grid)
     torch.manual_seed(cfg.seed)
     data = load_data(cfg)
     method = method_spec(cfg.strategy)
@@ -114,29 +133,40 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
                         guidance.ratio if guidance else math.nan, strategy.round_log.get(server_round, {}),
                         time.monotonic() - clock["t"])
         clock["t"] = time.monotonic()
+        STOP.check()  # from here the row and its checkpoint are written together
         run_dir.add_round(row)
+        log_round(row, cfg.num_server_rounds, data.modalities)
         if reporter is not None:
             reporter(row)
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
-        central_evaluation(server_round, arrays)
+        STOP.check()
+        central_evaluation(server_round, arrays)  # checks STOP again before it records anything
         save_checkpoint(out, server_round, arrays.to_torch_state_dict(), strategy.state(), digest)
 
-    if checkpoint is None:
-        arrays = ArrayRecord(model.state_dict())
-        end_of_round(0, arrays)
-        first = 1
-    else:
-        arrays = ArrayRecord(checkpoint.tensors)
-        strategy.load_state(checkpoint.strategy)
-        first = checkpoint.round + 1
-        logger.info("resuming %s after round %s", out, checkpoint.round)
     try:
+        if checkpoint is None:
+            arrays = ArrayRecord(model.state_dict())
+            end_of_round(0, arrays)
+            first = 1
+        else:
+            arrays = ArrayRecord(checkpoint.tensors)
+            strategy.load_state(checkpoint.strategy)
+            first = checkpoint.round + 1
+            logger.info("resuming %s after round %s", out, checkpoint.round)
         arrays = run_rounds(strategy, grid, arrays, range(first, cfg.num_server_rounds + 1), cfg.round_timeout,
                             cfg.max_consecutive_skips, end_of_round)
+        STOP.check()
         model.load_state_dict(arrays.to_torch_state_dict())
         run_dir.save_model(served(cfg.num_server_rounds).state_dict())
         run_dir.plot()
+    except Interrupted as exc:
+        done = len(run_dir.rows) - 1
+        run_dir.finish("interrupted", rounds=done if done >= 0 else None, signal=exc.name)
+        run_dir.release()
+        flwr_log(INFO, "interrupted (%s) after round %s of %s; continue with: fedcmi simulate --resume %s",
+                 exc.name, done, cfg.num_server_rounds, out)
+        raise
     except BaseException as exc:
         run_dir.finish("failed", error=f"{type(exc).__name__}: {exc}", rounds=len(run_dir.rows) - 1)
         run_dir.release()
@@ -153,7 +183,13 @@ def make_server_app(cfg: RunConfig, reporter: Reporter | None = None, outcome: d
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_dir = run_server(grid, cfg, reporter, resume=resume)
+        try:
+            run_dir = run_server(grid, cfg, reporter, resume=resume)
+        except Interrupted as exc:  # not an error of the app: the caller (fedcmi simulate) reports it
+            if outcome is None:
+                raise
+            outcome["interrupted"] = exc
+            return
         if outcome is not None:
             outcome["run_dir"] = run_dir
 

@@ -55,3 +55,54 @@ def test_console_script_help_is_for_newcomers():
     for key in ("dirichlet-alpha", "multimodal-ratio", "unimodal-split", "clients-per-round", "proximal-mu"):
         assert key in out
     assert "examples:" in out
+
+
+def test_version(capsys):
+    from fedcmi import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fedcmi {__version__}"
+
+
+def test_partitions_does_not_check_clients_per_round(capsys):
+    """partitions trains nothing: num-clients below the default clients-per-round (10) is fine there ..."""
+    assert main(["partitions", "num-clients=8"]) == 0
+    assert "8 clients" in capsys.readouterr().out
+    assert main(["simulate", "num-clients=8"]) == 2  # ... but not for a run
+    assert "clients-per-round=10: must be <= num-clients (8)" in capsys.readouterr().err
+
+
+def test_cuda_without_a_gpu_is_refused_before_anything_starts(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    started = []
+    monkeypatch.setattr("fedcmi.runtime.simulation.simulate", lambda *a, **k: started.append(1))
+    assert main(["simulate", "device=cuda", "num-clients=2", "clients-per-round=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "fedcmi: error: device='cuda': no CUDA GPU is visible on this machine (use device=auto or cpu)"
+    assert started == []
+
+
+def test_a_signal_while_the_command_imports_ends_with_one_line(monkeypatch, capsys):
+    """During the imports a signal only sets the stop flag (raising inside torch's import can abort)."""
+    import os
+    import signal
+    import time
+
+    import fedcmi.cli as cli
+
+    real = cli._parser
+
+    def parser_hit_by_sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here and must not raise
+        return real()
+
+    monkeypatch.setattr(cli, "_parser", parser_hit_by_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["partitions", "num-clients=4"]) == 143
+    assert capsys.readouterr().err.strip() == "fedcmi: interrupted (SIGTERM)"
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -1,7 +1,7 @@
 """A real Flower deployment on 127.0.0.1: flower-superlink + flower-supernode processes, `flwr run`.
 
 Insecure and with TLS + SuperNode authentication, both with the long-lived ClientApp worker (the
-documented default; Flower's one-process-per-message SuperExec is measured in the README, not tested here:
+documented default; Flower's one-process-per-message SuperExec is measured in docs/deployment.md, not tested here:
 it takes 1-2 minutes a run on two shared cores). Every process is stopped by PID in a
 ``finally``; the tests then check that none of them, nor their children, is still alive.
 """

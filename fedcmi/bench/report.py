@@ -74,8 +74,8 @@ def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], c
         settings.setdefault((r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"]), []).append(r)
     lines = ["# fedcmi bench summary", "", f"Command: `{command}`", "",
              f"Test accuracy averaged over each run's last {LAST} rounds, then mean ± std over seeds (n = seeds "
-             "finished); results.csv also has the final round alone. Best mean per column in bold. `acc_<m>`: "
-             "modality m alone through its infiltration path (zero-filled for models without one); "
+             "finished; no ± for n = 1); results.csv also has the final round alone. Best mean per column in "
+             "bold. `acc_<m>`: modality m alone through its infiltration path (zero-filled for models without one); "
              "`acc_<m>_zero`: alone with the other slot zeroed; – : the strategy never sees that modality.",
              ""]
     for (alpha, ratio, split), rows in sorted(settings.items(), key=lambda kv: (str(kv[0][0]), kv[0][1], kv[0][2])):
@@ -96,22 +96,50 @@ def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], c
                 if n == 0:
                     cells.append("–")
                     continue
-                text = f"{mean:.3f} ± {std:.3f}"
+                text = f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"  # one seed: no spread to show
                 cells.append(f"**{text}**" if math.isclose(mean, best[m]) else text)
             lines.append(f"| {s} | {len(by_strategy[s])} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
+def _method_of(strategy: str, names: tuple[str, str]) -> str:
+    """The registry name behind a displayed strategy name (``unimodal-audio`` -> ``unimodal-a``)."""
+    for code, name in zip(("a", "b"), names, strict=True):
+        if strategy == f"unimodal-{name}":
+            return f"unimodal-{code}"
+    return strategy
+
+
+def strategy_colours(strategies: Iterable[str], names: tuple[str, str]) -> dict[str, Any]:
+    """A colour per strategy that is the same in every plot of every bench: fixed by the method's place in
+    the registry, not by its place in one plot (tab10 and four more that none of its ten resembles)."""
+    import matplotlib
+
+    from fedcmi.methods.registry import METHOD_NAMES
+
+    palette = [*matplotlib.colormaps["tab10"].colors, "#000000", "#1b9e77", "#e6ab02", "#00007f"]
+    out = {}
+    for s in strategies:
+        method = _method_of(s, names)
+        i = METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES) + sum(map(ord, s))
+        out[s] = palette[i % len(palette)]
+    return out
+
+
 def plot_reports(out: Path, finals: Sequence[dict[str, Any]], rounds: Sequence[dict[str, Any]],
                  names: tuple[str, str]) -> list[Path]:
-    """Per setting: accuracy against rounds (one panel per evaluation path) and a bar chart per modality."""
+    """Per setting: accuracy against rounds (a grid of panels, one per evaluation path, legend in its own
+    panel) and a bar chart per modality; a strategy has the same colour everywhere."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fedcmi.runs.metrics import column_labels
+
     metrics = _metric_names(names)
+    labels_of = column_labels(names)
     written = []
     keys = sorted({(r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"]) for r in finals},
                   key=lambda k: (str(k[0]), k[1], k[2]))
@@ -119,10 +147,12 @@ def plot_reports(out: Path, finals: Sequence[dict[str, Any]], rounds: Sequence[d
         tag = f"alpha-{alpha}_mix-{ratio:g}-{split:g}"
         rows = [r for r in rounds if (r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"])
                 == (alpha, ratio, split)]
-        strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-        fig, axes = plt.subplots(1, len(metrics) - 1, figsize=(4 * (len(metrics) - 1), 3.6), sharey=True)
-        for ax, m in zip(axes, metrics[:-1], strict=True):
-            ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 13 strategies: more colours than the default 10
+        strategies = sorted(dict.fromkeys(r["strategy"] for r in rows), key=lambda s: _order(s, names))
+        colours = strategy_colours(strategies, names)
+        panels = metrics[:-1]  # mm, each alone, each zero-filled (the worst class is in results.csv)
+        fig, grid = plt.subplots(2, 3, figsize=(12, 7), sharex=True, sharey=True)
+        axes = list(grid.flat)
+        for ax, m in zip(axes, panels, strict=False):
             for s in strategies:
                 per_round: dict[int, list[float]] = {}
                 for r in rows:
@@ -131,20 +161,26 @@ def plot_reports(out: Path, finals: Sequence[dict[str, Any]], rounds: Sequence[d
                 xs = sorted(per_round)
                 ys = [np.nanmean(per_round[x]) for x in xs]
                 if xs and not all(math.isnan(v) for v in ys):
-                    ax.plot(xs, ys, label=s, lw=1.2)
-            ax.set_title(m, fontsize=9)
-            ax.set_xlabel("round")
+                    ax.plot(xs, ys, label=s, lw=1.4, color=colours[s])
+            ax.set_title(labels_of[m], fontsize=11)
             ax.grid(alpha=0.3)
-        axes[0].set_ylabel("test accuracy (mean over seeds)")
-        axes[-1].legend(fontsize=6, loc="lower right")
-        fig.suptitle(f"alpha = {alpha}, mix = {ratio:g}:{split:g}", fontsize=10)
+            ax.tick_params(labelsize=9, labelbottom=True)
+        for ax in grid[-1]:
+            ax.set_xlabel("round", fontsize=10)
+        for ax in grid[:, 0]:
+            ax.set_ylabel("test accuracy\n(mean over seeds)", fontsize=10)
+        legend_ax = axes[len(panels)]
+        legend_ax.axis("off")
+        handles = [plt.Line2D([], [], color=colours[s], lw=2.5) for s in strategies]
+        legend_ax.legend(handles, strategies, loc="center", fontsize=10, frameon=False, title="strategy")
+        fig.suptitle(f"test accuracy per round: alpha = {alpha}, mix = {ratio:g}:{split:g}", fontsize=12)
         fig.tight_layout()
         written.append(_save(fig, out / f"rounds_{tag}.png"))
         plt.close(fig)
 
         finals_here = [r for r in finals if (r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"])
                        == (alpha, ratio, split)]
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
         for ax, name in zip(axes, names, strict=True):
             labels, means, stds = [], [], []
             for s in strategies:
@@ -153,16 +189,24 @@ def plot_reports(out: Path, finals: Sequence[dict[str, Any]], rounds: Sequence[d
                 if n:
                     labels.append(s)
                     means.append(mean)
-                    stds.append(std)
-            ax.bar(range(len(labels)), means, yerr=stds, capsize=2)
-            ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
-            ax.set_title(f"{name} alone (mean of the last {LAST} rounds)", fontsize=9)
+                    stds.append(std if n > 1 else 0.0)
+            ax.bar(range(len(labels)), means, yerr=stds if any(stds) else None, capsize=2,
+                   color=[colours[s] for s in labels])
+            ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+            ax.set_title(f"{name} alone (mean of the last {LAST} rounds)", fontsize=10)
             ax.grid(axis="y", alpha=0.3)
         axes[0].set_ylabel("test accuracy")
         fig.tight_layout()
         written.append(_save(fig, out / f"bars_{tag}.png"))
         plt.close(fig)
     return written
+
+
+def _order(strategy: str, names: tuple[str, str]) -> tuple[int, str]:
+    from fedcmi.methods.registry import METHOD_NAMES
+
+    method = _method_of(strategy, names)
+    return (METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES), strategy)
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -7,6 +7,7 @@ Bad configuration stops before anything starts, with one line naming the key and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -21,9 +22,7 @@ from fedcmi.config import META_KEYS, ConfigError, RunConfig, config_keys, defaul
 from fedcmi.config.presets import PRESETS, preset_values
 from fedcmi.errors import UserError
 
-EPILOG_KEYS = "\n".join(f"  {k:<24} {doc} (default: {defaults()[k]!r})" for k, doc in config_keys().items())
-
-SIMULATE_HELP = f"""\
+SIMULATE_HELP = """\
 Simulate a federation on this machine with Flower's simulation engine (Ray).
 
 Each client holds a label-skewed shard of the data set (Dirichlet, alpha) and either both modalities or
@@ -42,9 +41,15 @@ metrics.json, model.safetensors and accuracy.png.
 A method's own settings are defaults: a key you set always wins, and a key that contradicts what defines
 the method (strategy=fedcmi-noinf lambda-cmi=3) is refused. `fedcmi methods` lists each method's keys.
 
-configuration keys (the same as [tool.flwr.app.config] in pyproject.toml):
-{EPILOG_KEYS}
+configuration keys (the same as [tool.flwr.app.config] in pyproject.toml; docs/configuration.md):
+{keys}
 """
+
+
+def _simulate_help() -> str:
+    """Built when the parser is (the defaults import the data sets' code, and with it torch)."""
+    keys = "\n".join(f"  {k:<24} {doc} (default: {defaults()[k]!r})" for k, doc in config_keys().items())
+    return SIMULATE_HELP.format(keys=keys)
 
 PARTITIONS_HELP = """\
 Print the federation a configuration builds: per client its modality kind, sample count and classes.
@@ -64,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedcmi {__version__}")
     sub = parser.add_subparsers(dest="command", required=True,
                                 metavar="{simulate,partitions,methods,prepare,bench}")
-    sim = sub.add_parser("simulate", help="run a federated simulation", description=SIMULATE_HELP,
+    sim = sub.add_parser("simulate", help="run a federated simulation", description=_simulate_help(),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     part = sub.add_parser("partitions", help="show the clients a configuration builds",
                           description=PARTITIONS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,9 +138,9 @@ def _resolve(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_partitions(cfg: RunConfig) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from fedcmi.cli.display import console
     from fedcmi.data import load_data
     from fedcmi.data.partition import federation
 
@@ -150,17 +155,39 @@ def cmd_partitions(cfg: RunConfig) -> int:
         counts = [int(c) for c in __import__("numpy").bincount(y[spec.indices], minlength=data.num_classes)]
         table.add_row(str(spec.partition_id), names[spec.kind], str(len(spec.indices)),
                       str(sum(c > 0 for c in counts)), " ".join(f"{c:>3}" for c in counts))
-    Console().print(table)
+    console().print(table)
     return 0
 
 
 def cmd_simulate(cfg: RunConfig, verbose: bool, resume: bool = False, client_app: Any = None) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from fedcmi.runtime.interrupt import Interrupted, handle_signals
 
-    from fedcmi.cli.display import results_table
+    with handle_signals():  # Ctrl-C / SIGTERM from here on: stop within seconds, keep every finished round
+        try:
+            return _simulate(cfg, verbose, resume, client_app)
+        except Interrupted as exc:
+            print(interrupted_line(exc, cfg), file=sys.stderr)
+            return exc.exit_code
+
+
+def interrupted_line(exc: Any, cfg: RunConfig) -> str:
+    """The one line an interrupted run ends with: the signal, the last complete round, how to continue."""
+    status_path = Path(cfg.out_dir or "") / "status.json"
+    done = None
+    if cfg.out_dir and status_path.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            done = json.loads(status_path.read_text(encoding="utf-8")).get("rounds")
+    if done is None:
+        return f"fedcmi: interrupted ({exc.name}) before the first round finished; nothing to resume"
+    return (f"fedcmi: interrupted ({exc.name}) after round {done} of {cfg.num_server_rounds}; "
+            f"continue with: fedcmi simulate --resume {cfg.out_dir}")
+
+
+def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> int:
     from fedcmi.data import load_data
     from fedcmi.data.partition import federation
+    from fedcmi.runs.metrics import round_line
+    from fedcmi.runs.run_dir import default_run_dir
     from fedcmi.runtime.devices import check_device
     from fedcmi.runtime.simulation import check_resources, simulate
 
@@ -180,10 +207,29 @@ def cmd_simulate(cfg: RunConfig, verbose: bool, resume: bool = False, client_app
             run_server(None, cfg, resume=True)  # no round left to train: no Ray, no clients
             print(f"fedcmi: {cfg.out_dir}: all {done} rounds were done; wrote the final model, plot and status")
             return 0
-    console = Console()
+    if not cfg.out_dir:
+        cfg = cfg.replace(out_dir=str(default_run_dir(cfg)))
     names = load_data(cfg).modalities
-    console.print(f"[bold]fedcmi simulate[/bold]: {cfg.strategy} on {cfg.dataset}, {cfg.num_clients} clients "
-                  f"({cfg.clients_per_round} per round), {cfg.num_server_rounds} rounds, seed {cfg.seed}")
+    header = (f"fedcmi simulate: {cfg.strategy} on {cfg.dataset}, {cfg.num_clients} clients "
+              f"({cfg.clients_per_round} per round), {cfg.num_server_rounds} rounds, seed {cfg.seed}")
+    if not sys.stdout.isatty():  # a file or a pipe: one plain line per round, as it ends
+        print(header, flush=True)
+
+        def line(row: dict[str, Any]) -> None:
+            print(round_line(row, cfg.num_server_rounds, names), flush=True)
+
+        run_dir = simulate(cfg, line, verbose=verbose, resume=resume, client_app=client_app)
+        files = sorted(p.name for p in run_dir.path.iterdir() if p.is_file() and not p.name.startswith("."))
+        print(f"results written to {run_dir.path}: " + ", ".join(files), flush=True)
+        return 0
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedcmi.cli.display import results_table
+
+    console = Console()
+    console.print(header, markup=False, highlight=False)
     with Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=False) as progress:
         task = progress.add_task("starting Ray and the clients...", total=cfg.num_server_rounds,
@@ -201,9 +247,9 @@ def cmd_simulate(cfg: RunConfig, verbose: bool, resume: bool = False, client_app
 
 
 def cmd_methods() -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from fedcmi.cli.display import console
     from fedcmi.methods.registry import METHODS
 
     table = Table(title="local methods (strategy=NAME)", show_lines=True,
@@ -215,13 +261,31 @@ def cmd_methods() -> int:
         table.add_row(spec.name, spec.model, ",".join(spec.modalities), " ".join(spec.uses),
                       " ".join(f"{k}={v}" for k, v in spec.defaults.items()),
                       " ".join(f"{k} {c.text}" for k, c in spec.defining.items()))
-    Console().print(table)
+    console().print(table)
     return 0
 
 
 def main(argv: list[str] | None = None, client_app: Any = None) -> int:
     """The ``fedcmi`` command; ``client_app`` replaces fedcmi's ClientApp in ``simulate`` (e.g. one with mods)."""
-    args = _parser().parse_args(argv)
+    from fedcmi.runtime.interrupt import STOP, Interrupted, handle_signals
+
+    # While torch and the rest import, Ctrl-C or SIGTERM only sets a flag: an exception raised in the middle of
+    # an extension module's import can abort the process. simulate and bench keep these handlers to the end
+    # (a clean stop); the other commands get the default behaviour back (Ctrl-C raises KeyboardInterrupt).
+    with handle_signals():
+        args = _parser().parse_args(argv)
+        if STOP.is_set():
+            exc = Interrupted(STOP.signum or 2)
+            print(f"fedcmi: interrupted ({exc.name})", file=sys.stderr)
+            return exc.exit_code
+        if args.command in ("simulate", "bench"):
+            return _main(args, client_app)
+    return _main(args, client_app)
+
+
+def _main(args: argparse.Namespace, client_app: Any) -> int:
+    from fedcmi.runtime.interrupt import Interrupted
+
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flwr").propagate = False  # Flower prints through its own handler
@@ -239,8 +303,11 @@ def main(argv: list[str] | None = None, client_app: Any = None) -> int:
     except UserError as exc:
         print(f"fedcmi: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"fedcmi: interrupted ({exc.name})", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("fedcmi: interrupted; finished rounds are in the run directory", file=sys.stderr)
+        print("fedcmi: interrupted (SIGINT)", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: one line, non-zero exit
         logging.getLogger("fedcmi").debug("failure", exc_info=True)

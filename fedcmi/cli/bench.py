@@ -49,12 +49,22 @@ def add_bench_parser(sub: Any) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from fedcmi.runtime.interrupt import Interrupted, handle_signals
 
+    with handle_signals():  # Ctrl-C / SIGTERM: stop within seconds; finished cells and rounds are kept
+        try:
+            return _bench(args)
+        except Interrupted as exc:
+            print(f"fedcmi: interrupted ({exc.name}); finished cells and rounds are kept: run the same command "
+                  "again to continue", file=sys.stderr)
+            return exc.exit_code
+
+
+def _bench(args: argparse.Namespace) -> int:
     from fedcmi.bench.plan import cell_complete, make_plan, save_plan
     from fedcmi.bench.report import write_reports
     from fedcmi.data.partition import federation
+    from fedcmi.runs.metrics import round_line
     from fedcmi.runtime.simulation import check_resources, run_app
     from server.bench_app import make_bench_app
 
@@ -67,15 +77,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
     command = "fedcmi " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "fedcmi bench"
     cells = plan.cells()
     todo = [c for c in cells if not cell_complete(plan.cell_dir(c))]
-    console = Console()
-    console.print(f"[bold]fedcmi bench[/bold] --preset {args.preset}: {len(cells)} cells "
+    tty = sys.stdout.isatty()
+    console = _console(tty)
+    console.print(f"fedcmi bench --preset {args.preset}: {len(cells)} cells "
                   f"({len(plan.strategies)} strategies x {len(plan.alphas)} alphas x {len(plan.mixes)} mixes x "
                   f"{plan.seeds} seeds), {len(cells) - len(todo)} already finished; writing to {out}")
     out.mkdir(parents=True, exist_ok=True)
     save_plan(plan, command)
     outcome: dict[str, str] = {}
+    interrupted: dict[str, Any] = {}
     started = time.monotonic()
-    if todo:
+    if todo and not tty:  # a file or a pipe: one plain line per cell and per round, as they end
+        done = {"n": len(cells) - len(todo)}
+        current = {"cell": ""}
+
+        def on_cell_line(cell: Any, state: str) -> None:
+            current["cell"] = cell.id
+            if state == "start":
+                print(f"cell {done['n'] + 1}/{len(cells)} {cell.id}", flush=True)
+            else:
+                done["n"] += 1
+                print(f"cell {done['n']}/{len(cells)} {cell.id}: {state}", flush=True)
+
+        def on_round_line(row: dict[str, Any]) -> None:
+            names = _modality_names(row)
+            print("  " + round_line(row, plan.base.num_server_rounds, names), flush=True)
+
+        run_app(make_bench_app(plan, todo, outcome, on_cell_line, on_round_line, interrupted), plan.base,
+                args.verbose)
+    elif todo:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         with Progress(TextColumn("[bold]cells"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                       TextColumn("{task.description}"), console=console) as progress:
             task = progress.add_task("starting Ray and the clients...", total=len(cells),
@@ -93,14 +125,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 progress.update(task, description=f"{current['cell']}  round {row['round']}  "
                                                   f"mm {row['acc_mm']:.3f}")
 
-            run_app(make_bench_app(plan, todo, outcome, on_cell, on_round), plan.base, args.verbose)
+            run_app(make_bench_app(plan, todo, outcome, on_cell, on_round, interrupted), plan.base, args.verbose)
+    if "signal" in interrupted:
+        raise interrupted["signal"]
     failed = {k: v for k, v in outcome.items() if v != "complete"}
     n, files = write_reports(plan, command)
     console.print(f"{len(outcome) - len(failed)} cells run, {len(cells) - len(todo)} reused, {len(failed)} failed "
                   f"in {time.monotonic() - started:.0f} s; {n} cells in the reports")
     for cell_id, why in failed.items():
-        console.print(f"[red]failed[/red] {cell_id}: {why}")
+        console.print(f"failed {cell_id}: {why}", style="red" if tty else None)
     if files:
         console.print(f"reports: {out / 'summary.md'}, {out / 'results.csv'}, {out / 'rounds.csv'} and "
                       f"{len(files) - 3} plots")
     return 1 if failed else 0
+
+
+def _console(tty: bool) -> Any:
+    from fedcmi.cli.display import console
+
+    return console()
+
+
+def _modality_names(row: dict[str, Any]) -> tuple[str, str]:
+    """The two modality names of a metrics row (its ``acc_<name>`` columns)."""
+    names = [k[4:] for k in row if k.startswith("acc_") and k != "acc_mm" and not k.endswith("_zero")]
+    return names[0], names[1]

@@ -5,7 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
+
+
+def console() -> Console:
+    """rich on a terminal; on a file or a pipe: no colour, no markup, and no wrapping or cutting at 80 columns."""
+    import sys
+
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(highlight=False, no_color=True, soft_wrap=True, width=10_000)
 
 
 def results_table(rows: Sequence[dict[str, Any]], names: tuple[str, str]) -> Table:

@@ -11,7 +11,7 @@ Read a real data set in the layout it is distributed in, compute the model input
 preprocessing and write a
 Hugging Face data set (Arrow, official train/test split) that `fedcmi simulate dataset=<name>
 data-root=<root>` loads. Re-running skips finished work; unreadable files are skipped, counted and named
-in <out>/prepare-report.txt. The README ("Real data sets") gives each layout.
+in <out>/prepare-report.txt. docs/datasets.md gives each layout.
 
 examples:
   fedcmi prepare crema-d --root ~/data/CREMA-D

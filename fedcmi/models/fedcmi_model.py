@@ -68,7 +68,7 @@ class FedCMIModel(nn.Module):
         raise ValueError("forward needs at least one modality")
 
     def forward_zero(self, xa: torch.Tensor | None = None, xb: torch.Tensor | None = None) -> torch.Tensor:
-        """Unimodal logits with the missing slot zero-filled (the spec's acc_a / acc_v)."""
+        """Unimodal logits with the missing slot zero-filled (acc_<m>_zero)."""
         if (xa is None) == (xb is None):
             raise ValueError("forward_zero takes exactly one modality")
         if xa is not None:

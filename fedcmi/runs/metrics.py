@@ -52,3 +52,18 @@ def round_row(server_round: int, accuracies: Mapping[str, Any], losses: Mapping[
         "clients_rejected": int(round_info.get("rejected", 0)), "clients_timeout": int(round_info.get("timeout", 0)),
         SKIPPED: int(round_info.get("skipped", False)), FAULTS: "; ".join(round_info.get("faults", [])),
         WALL_S: round(wall_s, 3)}
+
+
+def round_line(row: Mapping[str, Any], total: int, names: tuple[str, str]) -> str:
+    """A round in one plain line: accuracies (mm, each modality alone, worst class), replies and time."""
+    a, b = names
+    head = f"round {row[ROUND]}/{total}"
+    accs = (f"mm {row[ACC_MM]:.3f}  {a} {row[acc_alone(a)]:.3f}  {b} {row[acc_alone(b)]:.3f}  "
+            f"worst class {row[WORST_CLASS]:.3f}")
+    if row[ROUND] == 0:
+        return f"{head}  {accs}  (initial model)"
+    asked = sum(int(row.get(k, 0)) for k in CLIENT_COUNTS)
+    bad = [f"{row[k]} {k.split('_')[1]}" for k in CLIENT_COUNTS[1:] if row.get(k)]
+    replies = f"replies {row.get('clients_ok', 0)}/{asked}" + (f" ({', '.join(bad)})" if bad else "")
+    tail = "  skipped: global model kept" if row.get(SKIPPED) else ""
+    return f"{head}  {accs}  {replies}  {row[WALL_S]:.1f} s{tail}"

@@ -184,29 +184,43 @@ class RunDirectory:
                             metadata={"dataset": self.cfg.dataset, "strategy": self.cfg.strategy})
 
     def plot(self) -> Path:
-        """accuracy.png: one curve per evaluation path."""
+        """accuracy.png: two panels. Left: multimodal and each modality alone (the numbers that matter);
+        right: each alone with the other slot zeroed, over the worst class (thin, grey, underneath)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
+        a, b = self.modality_names
         labels = column_labels(self.modality_names)
-        fig, ax = plt.subplots(figsize=(7, 4.2))
+        mm, alone_a, alone_b, zero_a, zero_b, worst = accuracy_columns(self.modality_names)
+        colour = {mm: "black", alone_a: "tab:blue", alone_b: "tab:orange", zero_a: "tab:blue", zero_b: "tab:orange"}
         rounds = [r[ROUND] for r in self.rows]
-        for key in accuracy_columns(self.modality_names):
-            label = labels[key]
-            style = "--" if key.endswith("_zero") else (":" if key.startswith("worst") else "-")
-            ax.plot(rounds, [r.get(key) for r in self.rows], style, marker="o", ms=3, label=label)
-        ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.set_title(f"{self.cfg.dataset} / {self.cfg.strategy}")
-        ax.legend(fontsize=8, loc="lower right")
+
+        def series(key: str) -> list[float]:
+            return [math.nan if r.get(key) is None else float(r[key]) for r in self.rows]
+
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+        for key in (mm, alone_a, alone_b):
+            left.plot(rounds, series(key), color=colour[key], lw=2 if key == mm else 1.5, label=labels[key])
+        right.plot(rounds, series(worst), color="0.6", lw=1, zorder=1, label=labels[worst])
+        for key in (zero_a, zero_b):
+            right.plot(rounds, series(key), "--", color=colour[key], lw=1.5, zorder=2, label=labels[key])
+        left.set_title("multimodal and each modality alone", fontsize=10)
+        right.set_title("alone with the other slot zeroed; worst class", fontsize=10)
+        for ax in (left, right):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("round")
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+        left.set_ylabel("test accuracy")
+        fig.suptitle(f"{self.cfg.dataset} / {self.cfg.strategy} ({a} + {b})", fontsize=11)
         fig.tight_layout()
         path = self.path / "accuracy.png"
         buf = io.BytesIO()
-        fig.savefig(buf, dpi=110)
+        fig.savefig(buf, dpi=100)
         plt.close(fig)
         atomic_write(path, buf.getvalue())
         return path

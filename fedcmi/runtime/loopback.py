@@ -1,7 +1,7 @@
 """A real Flower deployment on one machine: SuperLink + SuperNodes on 127.0.0.1, then ``flwr run``.
 
 What ``make deploy-demo`` and ``tests/test_deployment.py`` run, and a worked example of the steps on real
-machines (README "Deploying real clients"): certificates (``deploy/make-certs.sh``), SuperNode keys and
+machines (docs/deployment.md): certificates (``deploy/make-certs.sh``), SuperNode keys and
 their registration, node configs, ports, a connection in ``$FLWR_HOME/config.toml``. Every process is
 started here, tracked by PID and stopped by PID (with its children: the ``flower-superexec`` and app
 processes Flower spawns), also when something fails.

@@ -6,14 +6,21 @@ in this process, its exceptions propagate, Ray is shut down at the end, and fail
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
+import re
 import socket
-from collections.abc import Callable
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fedcmi.config import ConfigError, RunConfig
 from fedcmi.runs.run_dir import RunDirectory
+from fedcmi.runtime.interrupt import LIVE_TOKENS, STOP, ProcessToken, handle_signals, our_handlers, reinstall
 
 
 class SimulationFailed(RuntimeError):
@@ -77,7 +84,13 @@ def _check_reachable(address: str) -> None:
 
 
 def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: Any = None) -> None:
-    """Run a ServerApp with fedcmi's ClientApp (or ``client_app``) on ``cfg.num_clients`` simulated SuperNodes."""
+    """Run a ServerApp with fedcmi's ClientApp (or ``client_app``) on ``cfg.num_clients`` simulated SuperNodes.
+
+    Ctrl-C or SIGTERM (from here to the end) stops the run within seconds (``fedcmi.runtime.interrupt``):
+    the ServerApp raises :class:`Interrupted` (its ``main`` decides what that means), busy client workers are
+    freed, Ray is shut down and every process this run started is killed. A signal before the ServerApp
+    starts raises :class:`Interrupted` here. Without a signal, leftover processes are killed all the same.
+    """
     backend_config = check_resources(cfg)
     from flwr.simulation import run_simulation
 
@@ -95,14 +108,172 @@ def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: 
     old_level = flwr_logger.level
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
+    if not sys.stderr.isatty():  # Flower colours its log lines unconditionally
+        from flwr.supercore.logger import update_console_handler
+
+        update_console_handler(colored=False)
+    token = ProcessToken()
+    LIVE_TOKENS.add(token)
+    with handle_signals(), _tracked_backends() as backends:
+        try:
+            STOP.check()
+            _start_ray(backend_config, token, verbose)
+            STOP.check()
+            threading.Thread(target=_free_workers_on_stop, args=(backends,), daemon=True,
+                             name="fedcmi-stop-watch").start()
+            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
+                           backend_config=backend_config)
+        except Exception:
+            STOP.check()  # what broke while stopping is part of the stop, not a failure of its own
+            raise
+        finally:
+            backends.close()
+            for f in filters:
+                flwr_logger.removeFilter(f)
+            _shutdown_ray()
+            flwr_logger.setLevel(old_level)
+            left = token.kill_all()
+            LIVE_TOKENS.discard(token)
+            if left:
+                logging.getLogger("fedcmi").info("killed %s process(es) left by Ray: %s", len(left), left)
+
+
+def _start_ray(backend_config: dict[str, Any], token: ProcessToken, verbose: bool) -> None:
+    """``ray.init`` as Flower's Ray backend would call it (which then finds Ray running and keeps it), but
+    here: with the run's process token in the environment Ray's processes inherit; with Ray's processes in
+    their own session, so a terminal's Ctrl-C (sent to the whole foreground process group) reaches this
+    process only, which then stops them in order (Ray's agents abort with a C++ stack dump on SIGINT);
+    without Ray taking over SIGTERM; without colour codes when stderr is not a terminal."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    init_args = dict(backend_config.get("init_args", {}))
+    init_args.setdefault("include_dashboard", False)
+    if not verbose:  # Flower's defaults for a non-verbose simulation
+        init_args.setdefault("logging_level", "WARNING")
+        init_args.setdefault("log_to_driver", True)
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    ours = our_handlers()
+    utils = importlib.import_module("ray._private.utils")
+    services = importlib.import_module("ray._private.services")
+    original = getattr(utils, "set_sigterm_handler", None)
+    if original is not None:  # ray.init would replace the SIGTERM handler with one that sys.exit()s mid-run
+        utils.set_sigterm_handler = lambda handler: None
+    popen = services.ConsolePopen
+
+    class OwnSession(popen):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnSession
     try:
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
-                       backend_config=backend_config)
+        with token.active():
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
     finally:
-        for f in filters:
-            flwr_logger.removeFilter(f)
-        flwr_logger.setLevel(old_level)
-        _shutdown_ray()
+        services.ConsolePopen = popen
+        if original is not None:
+            utils.set_sigterm_handler = original
+        reinstall(ours)
+    _filter_worker_logs(strip_ansi=not sys.stderr.isatty())
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NOISE = ("Manually terminating ClientAppActor",)  # Flower's goodbye of every actor at the end of every run
+
+
+def _filter_worker_logs(strip_ansi: bool) -> None:
+    """What Ray forwards from the client actors: without Flower's end-of-run noise and, when stderr is not a
+    terminal, without colour codes (Flower colours its log lines in every process, Ray its prefixes)."""
+    dispatcher = importlib.import_module("ray._private.worker").global_worker_stdstream_dispatcher
+    with dispatcher._lock:
+        named = [(name, handler) for name, handler in dispatcher.handlers if name == "ray_print_logs"]
+    if not named:  # log_to_driver=False: nothing is forwarded
+        return
+    forward = named[0][1]
+
+    def filtered(data: dict[str, Any]) -> None:
+        lines = [_ANSI.sub("", line) if strip_ansi else line for line in data.get("lines", [])
+                 if not any(n in line for n in _NOISE)]
+        if lines:
+            forward({**data, "lines": lines})
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", filtered)
+
+
+class _Backends:
+    """The Ray backends Flower builds during a run (their actor pools), so a stop can free busy workers.
+
+    ``lock`` keeps killing actors and shutting Ray down apart: Ray must not be shut down while another
+    thread is in a Ray call."""
+
+    def __init__(self) -> None:
+        self.pools: list[Any] = []
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+
+
+@contextlib.contextmanager
+def _tracked_backends() -> Iterator[_Backends]:
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    tracked = _Backends()
+    build, terminate = RayBackend.build, RayBackend.terminate
+
+    def tracking_build(self: Any, app_fn: Any) -> None:
+        build(self, app_fn)
+        tracked.pools.append(self.pool)
+
+    def closing_terminate(self: Any) -> None:
+        tracked.close()
+        terminate(self)
+
+    RayBackend.build, RayBackend.terminate = tracking_build, closing_terminate
+    try:
+        yield tracked
+    finally:
+        tracked.close()
+        RayBackend.build, RayBackend.terminate = build, terminate
+
+
+def _free_workers_on_stop(tracked: _Backends) -> None:
+    """On a stop request, kill the client actors: a worker blocked on a client that is still training
+    (Flower waits for its result before it looks at its stop event) gets an error at once instead. Runs
+    until Ray is shut down, killing actors as they turn up (one may be handed a message meanwhile)."""
+    while not STOP.wait(0.2):
+        if tracked.closed:
+            return
+    logging.getLogger("flwr").setLevel(logging.CRITICAL)  # the killed actors' errors are expected
+    import ray
+
+    with contextlib.suppress(Exception):  # nor the workers' and raylet's last words about it
+        importlib.import_module("ray._private.worker").global_worker_stdstream_dispatcher.remove_handler(
+            "ray_print_logs")
+    killed: set[str] = set()
+    while True:
+        with tracked.lock:
+            if tracked.closed:
+                break
+            for pool in tracked.pools:
+                for actor in [*list(pool.pool), *list(pool._future_to_actor.values())]:
+                    key = actor._actor_id.hex()
+                    if key not in killed:
+                        killed.add(key)
+                        with contextlib.suppress(Exception):  # already gone is fine
+                            ray.kill(actor, no_restart=True)
+        time.sleep(0.2)
+    logging.getLogger("fedcmi").info("stop: %s client actor(s) killed", len(killed))
 
 
 def simulate(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None] | None = None,
@@ -112,6 +283,8 @@ def simulate(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None] | None =
 
     outcome: dict[str, Any] = {}
     run_app(make_server_app(cfg, reporter, outcome, resume), cfg, verbose, client_app)
+    if "interrupted" in outcome:
+        raise outcome["interrupted"]
     if "run_dir" not in outcome:
         raise SimulationFailed("the simulation ended before its last round (see the log above)")
     return outcome["run_dir"]

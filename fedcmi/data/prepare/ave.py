@@ -7,7 +7,7 @@
     <root>/audio/<VideoID>.wav             the audio track of each video (any rate; resampled to 16 kHz)
     <root>/frames/<VideoID>/*.jpg          frames at 1 fps, file k (in name order) = second k of the video
 
-Only the annotated event segment [StartTime, EndTime) is used (spec A.3): its audio, tiled/cut to 10 s
+Only the annotated event segment [StartTime, EndTime) is used: its audio, tiled/cut to 10 s
 (1 x 257 x 1004), and ``frames`` frames spread evenly over the segment's seconds. A line whose segment is
 not a finite, non-empty, non-negative interval, or whose VideoID is not a plain file name, is a skipped
 sample (named in prepare-report.txt), as is a segment outside its video.

@@ -23,7 +23,7 @@ from fedcmi.data.prepare.media import SampleError, image_files, stack_frames, wa
 from fedcmi.data.prepare.video import video_frames
 from fedcmi.data.prepare.writer import Item, Source
 
-EMOTIONS = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]  # spec A.3 label order
+EMOTIONS = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]  # the label order of the authors' code
 SECONDS = 3.0
 FRAMES_DIR = "Image-01-FPS"
 

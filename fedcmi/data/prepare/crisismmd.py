@@ -7,7 +7,7 @@
 
 The TSV header names the columns; used are ``image_id``, ``tweet_text``, ``image`` (a path relative to
 <root>, e.g. data_image/california_wildfires/10_10_2017/917791044158185473_0.jpg) and ``label``.
-Text is cleaned and tokenised to ``max_length`` ids with the given BERT-family tokenizer (spec A.3: 40).
+Text is cleaned and tokenised to ``max_length`` ids with the given BERT-family tokenizer (the authors' code: 40).
 """
 
 from __future__ import annotations

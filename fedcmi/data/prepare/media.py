@@ -1,4 +1,4 @@
-"""Decoding and spec A.3 preprocessing: WAV -> log spectrogram, image files -> normalised tensors, text -> ids.
+"""Decoding and the FedCMI authors' preprocessing: WAV -> log spectrogram, images -> tensors, text -> ids.
 
 Every decoder raises :class:`SampleError` naming the file, so one bad file skips one sample, never the run.
 Files are untrusted: sizes are checked against the caps below before anything is decoded, so a decompression
