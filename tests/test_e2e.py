@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,12 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", **extra}
 
 
+MARK = uuid.uuid4().hex  # in the environment of every process the runs of this module start
+
+
 def _simulate(out: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run([*FEDCMI, "simulate", "--out", str(out), *SMALL, *overrides], capture_output=True,
-                          text=True, env=_env(), cwd=ROOT, timeout=600)
+                          text=True, env=_env(FEDCMI_TEST_MARK=MARK), cwd=ROOT, timeout=600)
 
 
 def _rows(run: Path) -> list[dict[str, str]]:
@@ -39,8 +43,18 @@ def _rows(run: Path) -> list[dict[str, str]]:
 
 
 def _ray_processes() -> list[str]:
+    """Ray processes started by this module's runs (other runs on the machine are not ours to judge)."""
     out = subprocess.run(["pgrep", "-a", "-f", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if line.strip() and "<defunct>" not in line]
+    ours = []
+    for line in out.splitlines():
+        if not line.strip() or "<defunct>" in line:
+            continue
+        try:
+            if f"FEDCMI_TEST_MARK={MARK}".encode() in Path(f"/proc/{line.split()[0]}/environ").read_bytes():
+                ours.append(line)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass
+    return ours
 
 
 @pytest.fixture(scope="module")
