@@ -260,8 +260,8 @@ class FedCMIStrategy(Strategy):
         return [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
 
     def _screen(self, msg: Message, current: Mapping[str, np.ndarray]) -> tuple[str | None, Any]:
-        """(reason, None) for a bad reply; (None, (partition id, ClientUpdate, ClassStats | None, losses)) for a
-        good one. Every field is untrusted: counts are capped at what the node reported at discovery."""
+        """(reason, None) for a bad reply; (None, (partition id, ClientUpdate, ClassStats | None, losses, CCVR moments
+        | None)) for a good one. Every field is untrusted: counts are capped at what the node reported at discovery."""
         expected = {k: (tuple(v.shape), str(v.dtype)) for k, v in current.items()}
         try:
             reply = protocol.read_reply(msg.content, expected, self.num_classes)
@@ -292,8 +292,12 @@ class FedCMIStrategy(Strategy):
             reason = check_class_stats(s.sum_pa, s.sum_pb, s.counts, self.num_classes, max_count=n, kind=kind)
             if reason:
                 return reason, None
-        return None, (pid, ClientUpdate(reply.arrays, reply.num_examples, self.held(kind)), reply.stats,
-                      reply.losses)
+        held = self.held(kind)
+        # CCVR moments are pooled only from a client holding both modalities, counting no more than it trained on
+        fs = reply.features
+        features = fs if fs is not None and set(held) == {"a", "b"} and fs.counts.sum() <= n else None
+        return None, (pid, ClientUpdate(reply.arrays, reply.num_examples, held), reply.stats, reply.losses,
+                      features)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -321,12 +325,8 @@ class FedCMIStrategy(Strategy):
                 rejected += 1
                 faults.append(f"{who}: rejected: {reason}")
                 continue
-            accepted.append((*good, who))
-            fs = protocol.read_features(msg.content)  # screened: readable
-            # moments of a one-modality node, or counting more samples than its update, are not pooled
-            holds_both = set(good[1].modalities) == {"a", "b"}
-            features[good[0]] = fs if fs is not None and holds_both and fs.counts.sum() <= good[1].num_examples \
-                else None
+            *screened, features[good[0]] = good
+            accepted.append((*screened, who))
         # Bound each update relative to the round's others, per parameter group (the holders of that group).
         norms = [group_norms(t[1].arrays, current, self.group_of, (*t[1].modalities, "shared")) for t in accepted]
         for g in ("a", "b", "shared"):

@@ -250,11 +250,13 @@ def cmd_methods() -> int:
     from rich.table import Table
 
     from fedcmi.cli.display import console
+    from fedcmi.federated.calibration import KEYS as CCVR_KEYS
     from fedcmi.methods.registry import METHODS
+    from fedcmi.methods.remedies import KEYS as REMEDY_KEYS
 
     table = Table(title="local methods (strategy=NAME)", show_lines=True,
-                  caption="every method also reads the label-skew remedies: logit-adjust, restricted-softmax, "
-                          "ntd-beta, ntd-temperature, ccvr-steps, ccvr-samples, ccvr-lr")
+                  caption="every method also reads the label-skew remedies: "
+                          + ", ".join((*REMEDY_KEYS, *CCVR_KEYS)))
     for col in ("strategy", "model", "modalities", "reads", "its defaults", "defined by"):
         table.add_column(col)
     for spec in METHODS.values():

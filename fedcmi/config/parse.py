@@ -77,10 +77,9 @@ def effective(explicit: Mapping[str, Any], lower: Mapping[str, Any] | None = Non
 
 def unused_keys(cfg: RunConfig) -> list[str]:
     """Method keys the chosen strategy does not read (listed in ``config.json``)."""
+    from fedcmi.federated.calibration import KEYS as CCVR_KEYS
     from fedcmi.methods.registry import method_spec
     from fedcmi.methods.remedies import KEYS as REMEDY_KEYS
-
-    CCVR_KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr")
 
     uses = {*method_spec(cfg.strategy).uses, *REMEDY_KEYS, *CCVR_KEYS}  # the remedies combine with every method
     return [k for k in FIELDS if section_of(k) == "method" and k != "strategy" and k not in uses]

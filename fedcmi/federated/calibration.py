@@ -20,6 +20,8 @@ from torch import nn
 
 from fedcmi.data.base import ClientData
 
+KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr")  # read by the server for every method
+
 
 @dataclass(frozen=True)
 class FeatureStats:

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from fedcmi.methods.base import LocalMethod, MethodSpec
+from fedcmi.methods.base import MethodSpec
+from fedcmi.methods.fedavg import CrossEntropy
 from fedcmi.methods.losses import true_class_probability
 
 
@@ -50,15 +51,14 @@ def ogm_modulate(model: nn.Module, coeffs: tuple[float, float], generator: torch
                 p.grad.mul_(coeff).add_(noise * std)
 
 
-class OGMGE(LocalMethod):
+class OGMGE(CrossEntropy):
     def __init__(self, alpha: float) -> None:
         self.alpha = alpha
 
     def batch_loss(self, model: nn.Module, xa: torch.Tensor | None, xb: torch.Tensor | None,
                    y: torch.Tensor) -> dict[str, torch.Tensor]:
-        if xa is None or xb is None:
-            fused = self.ce(model(xa, xb), y)
-            return {"loss": fused, "loss_fused": fused}
+        if xa is None or xb is None:  # a unimodal batch: FedAvg's cross-entropy
+            return super().batch_loss(model, xa, xb, y)
         h_a, h_b = model.enc_a(xa), model.enc_b(xb)
         fused = self.ce(model.fusion(h_a, h_b), y)
         out_a, out_b = split_head_logits(model.fusion.fc, h_a, h_b)

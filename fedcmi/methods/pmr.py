@@ -13,7 +13,8 @@ from torch import nn
 
 from fedcmi.data.base import ClientData
 from fedcmi.federated.dominance import Guidance
-from fedcmi.methods.base import LocalMethod, MethodSpec
+from fedcmi.methods.base import MethodSpec
+from fedcmi.methods.fedavg import CrossEntropy
 from fedcmi.methods.losses import true_class_probability
 
 
@@ -69,7 +70,7 @@ class Prototypes:
         model.train(was_training)
 
 
-class PMR(LocalMethod):
+class PMR(CrossEntropy):
     def __init__(self, alpha: float, momentum: float) -> None:
         self.alpha, self.momentum = alpha, momentum
         self.protos: Prototypes | None = None
@@ -84,9 +85,8 @@ class PMR(LocalMethod):
 
     def batch_loss(self, model: nn.Module, xa: torch.Tensor | None, xb: torch.Tensor | None,
                    y: torch.Tensor) -> dict[str, torch.Tensor]:
-        if xa is None or xb is None:
-            fused = self.ce(model(xa, xb), y)
-            return {"loss": fused, "loss_fused": fused}
+        if xa is None or xb is None:  # a unimodal batch: FedAvg's cross-entropy
+            return super().batch_loss(model, xa, xb, y)
         h_a, h_b = model.enc_a(xa), model.enc_b(xb)
         fused = self.ce(model.fusion(h_a, h_b), y)
         proto = pmr_loss(h_a, h_b, y, self.protos.a, self.protos.b, self.alpha)
