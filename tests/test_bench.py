@@ -33,10 +33,26 @@ def test_summary_table_from_rows():
     assert "## alpha = 0.1, multimodal-ratio = 0.5, unimodal-split = 0.5" in md
     assert "`fedcmi bench --preset x`" in md
     lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
-    assert "| 0.600 ± 0.100 |" in lines["fedavg"]  # mean and population std of 0.5, 0.7
+    # 0.5, 0.7: mean 0.6, sample sd 0.1414, t(0.975, 1 dof) = 12.706 -> half-width 12.706 * 0.1414 / sqrt(2)
+    assert "| 0.600 ± 1.271 |" in lines["fedavg"]
     assert "**0.800 ± 0.000**" in lines["fedcmi"]  # best acc_mm in bold
     assert "| – |" in lines["unimodal-audio"]      # never sees visual
     assert lines["fedavg"].count("**") == 4         # ties on the last two columns are all bold
+    # paired with fedavg per seed: fedcmi 0.8-0.5, 0.8-0.7 -> +0.2, half-width 12.706 * 0.1414 / sqrt(2)
+    assert lines["fedcmi"].endswith("| +0.200 ± 1.271 (tie) |") and lines["fedavg"].endswith("| (reference) |")
+    assert lines["unimodal-audio"].endswith("| +0.000 ± 1.271 (tie) |")
+
+
+def test_summary_paired_column_names_a_clear_win():
+    rows = [{"strategy": s, "seed": seed, "dirichlet_alpha": "1", "multimodal_ratio": 1.0, "unimodal_split": 0.5,
+             "acc_mm": acc, "acc_audio": acc, "acc_visual": acc, "acc_audio_zero": acc, "acc_visual_zero": acc,
+             "worst_class_acc": acc}
+            for seed, base in enumerate((0.50, 0.60, 0.55))
+            for s, acc in (("fedavg", base), ("fedcmi", base + 0.1 + 0.01 * seed))]
+    md = summary_markdown(rows, ("audio", "visual"), "x")
+    fedcmi = next(line for line in md.splitlines() if line.startswith("| fedcmi"))
+    # differences 0.10, 0.11, 0.12: mean 0.11, sd 0.01, t(0.975, 2) = 4.303 -> 4.303 * 0.01 / sqrt(3) = 0.0248
+    assert fedcmi.endswith("| +0.110 ± 0.025 (better) |")
 
 
 def test_bad_grids_are_refused_before_anything_runs(tmp_path, capsys):

@@ -47,8 +47,9 @@ def test_summary_shows_no_spread_for_one_seed():
     md = summary_markdown([_final("fedavg", 0, 0.5), _final("fedavg", 1, 0.7), _final("fedcmi", 0, 0.8)], NAMES,
                           "fedcmi bench")
     lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| fed")}
-    assert "| 0.600 ± 0.100 |" in lines["fedavg"]
+    assert "| 0.600 ± 1.271 |" in lines["fedavg"]
     assert "**0.800**" in lines["fedcmi"] and "±" not in lines["fedcmi"]
+    assert lines["fedcmi"].endswith("| +0.300 (tie (n < 2)) |")  # one common seed: no interval
 
 
 def test_a_strategy_keeps_its_colour_in_every_plot():

@@ -5,17 +5,20 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedcmi.bench.plan import BenchPlan, Cell, alpha_label, cell_complete
+from fedcmi.bench.stats import paired_difference, t_interval, verdict
 from fedcmi.methods.unimodal import display_name
 from fedcmi.runs.files import atomic_write, csv_text
-from fedcmi.runs.metrics import ROUND, WALL_S, acc_alone, accuracy_columns
+from fedcmi.runs.metrics import ACC_MM, ROUND, WALL_S, acc_alone, accuracy_columns
 
+BASELINE = "fedavg"  # every summary table compares each strategy with it, seed by seed
+PAIRED_METRIC = ACC_MM
 LAST = 5  # the summary averages the last rounds: under label skew single rounds swing by 10-30 points
 
 
@@ -63,44 +66,61 @@ def _mean_std(values: Iterable[Any]) -> tuple[float, float, int]:
 
 
 def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], command: str) -> str:
-    """One table per setting (alpha, mix): rows strategies, mean ± std over seeds, best in bold.
+    """One table per setting (alpha, mix): rows strategies, mean ± 95 % interval over seeds, best in bold, and a
+    paired comparison with FedAvg on multimodal accuracy (a difference inside its interval is a tie).
 
     Each cell's value is its mean over the last rounds (``LAST``; ``results.csv`` has both that and the final
     round): a single round's accuracy under strong label skew swings too much to rank strategies on."""
     metrics = _metric_names(names)
-    keyed = [f"{m}_last{LAST}" for m in metrics]
+    keyed = dict(zip(metrics, (f"{m}_last{LAST}" for m in metrics), strict=True))
     settings: dict[tuple[str, float, float], list[dict[str, Any]]] = {}
     for r in finals:
         settings.setdefault((r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"]), []).append(r)
     lines = ["# fedcmi bench summary", "", f"Command: `{command}`", "",
-             f"Test accuracy averaged over each run's last {LAST} rounds, then mean ± std over seeds (n = seeds "
-             "finished; no ± for n = 1); results.csv also has the final round alone. Best mean per column in "
-             "bold. `acc_<m>`: modality m alone through its infiltration path (zero-filled for models without one); "
-             "`acc_<m>_zero`: alone with the other slot zeroed; – : the strategy never sees that modality.",
-             ""]
+             f"Test accuracy averaged over each run's last {LAST} rounds, then mean ± the half-width of a 95 % "
+             "Student-t interval over seeds (n = seeds finished; no ± for n = 1); results.csv also has the final "
+             "round alone. Best mean per column in bold. `vs fedavg`: the mean per-seed difference in "
+             f"{PAIRED_METRIC} to fedavg on the same seeds ± its 95 % interval, and the verdict (better / worse only "
+             "when the interval excludes 0, else tie). `acc_<m>`: modality m alone through its infiltration path "
+             "(zero-filled for models without one); `acc_<m>_zero`: alone with the other slot zeroed; – : the "
+             "strategy never sees that modality.", ""]
     for (alpha, ratio, split), rows in sorted(settings.items(), key=lambda kv: (str(kv[0][0]), kv[0][1], kv[0][2])):
         lines += [f"## alpha = {alpha}, multimodal-ratio = {ratio:g}, unimodal-split = {split:g}", ""]
-        by_strategy: dict[str, list[dict[str, Any]]] = {}
+        by_strategy: dict[str, dict[int, dict[str, Any]]] = {}
         for r in rows:
-            by_strategy.setdefault(r["strategy"], []).append(r)
-        stats = {s: {m: _mean_std(r.get(k, r.get(m)) for r in rs) for m, k in zip(metrics, keyed, strict=True)}
+            by_strategy.setdefault(r["strategy"], {})[int(r["seed"])] = r
+
+        def value(r: dict[str, Any], metric: str) -> float:
+            v = r.get(keyed[metric], r.get(metric))
+            return math.nan if v is None else float(v)
+
+        stats = {s: {m: t_interval(value(r, m) for r in rs.values()) for m in metrics}
                  for s, rs in by_strategy.items()}
-        best = {m: max((st[m][0] for st in stats.values() if not math.isnan(st[m][0])), default=math.nan)
-                for m in metrics}
-        lines.append("| strategy | n | " + " | ".join(metrics) + " |")
-        lines.append("|---|---|" + "---|" * len(metrics))
+        best = {m: max((st[m].mean for st in stats.values() if st[m].n), default=math.nan) for m in metrics}
+        reference = by_strategy.get(BASELINE)
+        lines.append("| strategy | n | " + " | ".join(metrics) + (f" | vs {BASELINE} |" if reference else " |"))
+        lines.append("|---|---|" + "---|" * (len(metrics) + bool(reference)))
         for s, st in stats.items():
-            cells = []
-            for m in metrics:
-                mean, std, n = st[m]
-                if n == 0:
-                    cells.append("–")
-                    continue
-                text = f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"  # one seed: no spread to show
-                cells.append(f"**{text}**" if math.isclose(mean, best[m]) else text)
+            cells = [("**" + st[m].text() + "**" if st[m].n and math.isclose(st[m].mean, best[m]) else st[m].text())
+                     for m in metrics]
+            if reference:
+                cells.append(_versus(by_strategy[s], reference, s, lambda r: value(r, PAIRED_METRIC)))
             lines.append(f"| {s} | {len(by_strategy[s])} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _versus(rows: dict[int, dict[str, Any]], reference: dict[int, dict[str, Any]], strategy: str,
+            value: Callable[[dict[str, Any]], float]) -> str:
+    """The paired difference to the reference strategy over the seeds both finished, with its verdict."""
+    if strategy == BASELINE:
+        return "(reference)"
+    mine = {seed: value(r) for seed, r in rows.items() if not math.isnan(value(r))}
+    theirs = {seed: value(r) for seed, r in reference.items() if not math.isnan(value(r))}
+    diff = paired_difference(mine, theirs)
+    if diff.n == 0:
+        return "–"
+    return f"{diff.mean:+.3f}" + (f" ± {diff.half_width:.3f}" if diff.n > 1 else "") + f" ({verdict(diff)})"
 
 
 def _method_of(strategy: str, names: tuple[str, str]) -> str:
