@@ -27,7 +27,7 @@ presets:
 a mix is multimodal-ratio:unimodal-split (0.5:1 = half multimodal, the rest hold only the first modality).
 
 writes to --out (default runs/bench-<preset>): results.csv (final round per cell), rounds.csv (every
-round), summary.md (mean ± std over seeds, best in bold), rounds_*.png and bars_*.png, cells/<cell>/.
+round), summary.md (mean ± 95 % interval over seeds, best in bold, paired difference to fedavg), rounds_*.png and bars_*.png, cells/<cell>/.
 
 examples:
   fedcmi bench --preset quick
