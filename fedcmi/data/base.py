@@ -109,14 +109,12 @@ class ClientData:
         """Only ``modalities`` (unimodal baselines see one) and only the samples holding at least one of them."""
         if set(modalities) == {"a", "b"}:
             return self
-        keep_a, keep_b = "a" in modalities and self.a is not None, "b" in modalities and self.b is not None
-        data = ClientData(self.a if keep_a else None, self.b if keep_b else None, self.y,
-                          self.has_a if keep_a else None, self.has_b if keep_b else None)
-        if not data.partial:
-            return data
-        held = data.present("a") | data.present("b")
-        data = data.subset(held)
-        return ClientData(data.a, data.b, data.y)  # one modality, every remaining sample holds it
+        (m,) = modalities  # one modality
+        x = getattr(self, m)
+        if x is None or not self.partial:
+            return ClientData(x if m == "a" else None, x if m == "b" else None, self.y)
+        keep = self.present(m)  # the samples holding it; every one of them does
+        return ClientData(x[keep] if m == "a" else None, x[keep] if m == "b" else None, self.y[keep])
 
     def __len__(self) -> int:
         return len(self.y)
