@@ -26,6 +26,7 @@ import torch
 
 from fedcmi.config import ConfigError, RunConfig
 from fedcmi.data import ClientData, MultimodalData
+from fedcmi.data.corruption import corrupt
 from fedcmi.data.partition import ClientSpec, client_data, federation
 from fedcmi.data.prepared import load_prepared
 from fedcmi.data.registry import load_data
@@ -55,10 +56,15 @@ class NodeData:
         return modalities_of(self.kind)
 
     def client_data(self, cfg: RunConfig) -> ClientData:
-        """The node's training tensors; only the modalities it holds are ever loaded."""
+        """The node's training tensors; only the modalities it holds are ever loaded. The run's per-sample
+        corruption (missing modalities, missing labels, label noise) is applied here, by partition id."""
         if self.data_dir is None:
-            return client_data(load_data(cfg), ClientSpec(self.partition_id, self.kind, self.indices))
-        return _prepared_client_data(self.data_dir, self.modalities)
+            data = load_data(cfg)
+            held = client_data(data, ClientSpec(self.partition_id, self.kind, self.indices))
+        else:
+            data = _open(self.data_dir)
+            held = _prepared_client_data(self.data_dir, self.modalities)
+        return corrupt(held, cfg, self.partition_id, data.num_classes)
 
 
 def _int_key(node_config: Mapping[str, Any], key: str) -> int:

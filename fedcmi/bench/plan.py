@@ -1,4 +1,5 @@
-"""The plan of ``fedcmi bench``: a grid of (strategy, Dirichlet alpha, modality mix, seed) cells.
+"""The plan of ``fedcmi bench``: a grid of (strategy, Dirichlet alpha, modality mix, seed) cells, optionally
+crossed with missing-modality rates and label-noise rates (``--missing-rates``, ``--label-noise``).
 
 ``server/bench_app.py`` runs the cells and ``fedcmi.bench.report`` turns finished ones into reports. Each
 cell is an ordinary run directory under ``cells/`` (the same files ``fedcmi simulate`` writes), so a
@@ -61,21 +62,49 @@ def alpha_label(alpha: float | None) -> str:
     return "iid" if alpha is None else f"{alpha:g}"
 
 
+MISSING_KEYS = ("missing-a-rate", "missing-b-rate")  # the --missing-rates axis sets both to the cell's rate
+NOISE_KEYS = ("label-noise-rate",)  # the --label-noise axis
+
+
+def parse_rates(text: str, flag: str, upper: float) -> list[float | None]:
+    """Comma-separated rates in [0, upper] (an axis of the grid)."""
+    out: list[float | None] = []
+    for item in text.split(","):
+        try:
+            rate = float(item)
+        except ValueError:
+            raise ConfigError(f"{flag} {item!r}: a number in [0, {upper:g}]") from None
+        if not 0 <= rate <= upper:
+            raise ConfigError(f"{flag} {item!r}: must be in [0, {upper:g}]")
+        out.append(rate)
+    return out
+
+
 @dataclass(frozen=True)
 class Cell:
     strategy: str
     alpha: float | None
     mix: Mix
     seed: int
+    missing: float | None = None  # missing-a-rate = missing-b-rate of the cell; None: not an axis
+    noise: float | None = None  # label-noise-rate of the cell; None: not an axis
 
     @property
     def id(self) -> str:
         mix = f"{self.mix.ratio:g}-{self.mix.split:g}"
-        return f"{self.strategy}__alpha-{alpha_label(self.alpha)}__mix-{mix}__seed-{self.seed}"
+        return f"{self.strategy}__alpha-{alpha_label(self.alpha)}__mix-{mix}{self.corruption_tag}__seed-{self.seed}"
+
+    @property
+    def corruption_tag(self) -> str:
+        """``__missing-0.3__noise-0.2`` for the corruption axes the grid has ('' without them)."""
+        tag = f"__missing-{self.missing:g}" if self.missing is not None else ""
+        return tag + (f"__noise-{self.noise:g}" if self.noise is not None else "")
 
     @property
     def setting(self) -> str:
-        return f"alpha={alpha_label(self.alpha)}, mix={self.mix}"
+        extra = "" if self.missing is None else f", missing={self.missing:g}"
+        extra += "" if self.noise is None else f", label-noise={self.noise:g}"
+        return f"alpha={alpha_label(self.alpha)}, mix={self.mix}{extra}"
 
     def axes(self, dirichlet: str = "dirichlet") -> dict[str, Any]:
         """The keys this cell sets (the alpha key only for a Dirichlet cell, with the ``dirichlet`` partitioner)."""
@@ -84,6 +113,10 @@ class Cell:
                                 "partitioner": "iid" if self.alpha is None else dirichlet}
         if self.alpha is not None:
             keys["dirichlet-alpha"] = self.alpha
+        if self.missing is not None:
+            keys.update(dict.fromkeys(MISSING_KEYS, self.missing))
+        if self.noise is not None:
+            keys["label-noise-rate"] = self.noise
         return keys
 
 
@@ -114,6 +147,8 @@ class BenchPlan:
     alphas: list[float | None]
     mixes: list[Mix]
     out: Path
+    missing: list[float | None] = field(default_factory=lambda: [None])
+    noise: list[float | None] = field(default_factory=lambda: [None])
     base: RunConfig = field(init=False)
 
     def __post_init__(self) -> None:
@@ -126,26 +161,28 @@ class BenchPlan:
                           "out-dir": str(self.cell_dir(cell))}, self.lower).check_run()
 
     def cells(self) -> list[Cell]:
-        return [Cell(s, a, m, seed) for a in self.alphas for m in self.mixes for seed in range(self.seeds)
-                for s in self.strategies]
+        return [Cell(s, a, m, seed, miss, noise) for a in self.alphas for m in self.mixes for miss in self.missing
+                for noise in self.noise for seed in range(self.seeds) for s in self.strategies]
 
     def cell_dir(self, cell: Cell) -> Path:
         return self.out / "cells" / cell.id
 
 
 def make_plan(preset_name: str, out: Path, base_overrides: dict[str, Any], strategies: str | None = None,
-              seeds: int | None = None, alphas: str | None = None, mixes: str | None = None) -> BenchPlan:
+              seeds: int | None = None, alphas: str | None = None, mixes: str | None = None,
+              missing_rates: str | None = None, label_noise: str | None = None) -> BenchPlan:
     """The grid of a preset, with any of its axes or base keys overridden; validated before anything runs."""
     if preset_name not in BENCH_PRESETS:
         raise ConfigError(f"--preset {preset_name!r}: one of {', '.join(BENCH_PRESETS)}")
     p = BENCH_PRESETS[preset_name]
     explicit = normalize(base_overrides)
-    on_axes = [k for k in explicit if k in AXIS_KEYS]
+    on_axes = [k for k in explicit if k in AXIS_KEYS or (missing_rates and k in MISSING_KEYS)
+               or (label_noise and k in NOISE_KEYS)]
     if explicit.get("partitioner", "dirichlet") not in DIRICHLET:
         on_axes.append("partitioner")
     if on_axes:
         raise ConfigError(f"{on_axes[0]}=: the grid sets it for every cell; use --strategies, --seeds, --alphas, "
-                          "--mixes or --out instead")
+                          "--mixes, --missing-rates, --label-noise or --out instead")
     # a value named twice (fedavg,fedavg or 0.5,5e-1) is one cell, not two runs counted as n=2
     names = _unique([s.strip() for s in strategies.split(",")] if strategies else list(p["strategies"]))
     unknown = [s for s in names if s not in METHOD_NAMES]
@@ -157,7 +194,9 @@ def make_plan(preset_name: str, out: Path, base_overrides: dict[str, Any], strat
         raise ConfigError(f"--seeds {n_seeds}: must be >= 1")
     alpha_values = _unique([parse_alpha(a) for a in (alphas.split(",") if alphas else p["alphas"])])
     mix_values = _unique([Mix.parse(m) for m in (mixes.split(",") if mixes else p["mixes"])])
-    plan = BenchPlan(dict(p["base"]), explicit, names, n_seeds, alpha_values, mix_values, out)
+    missing = _unique(parse_rates(missing_rates, "--missing-rates", 0.5)) if missing_rates else [None]
+    noise = _unique(parse_rates(label_noise, "--label-noise", 1.0)) if label_noise else [None]
+    plan = BenchPlan(dict(p["base"]), explicit, names, n_seeds, alpha_values, mix_values, out, missing, noise)
     for cell in plan.cells():  # every cell's effective config: a user key a method refuses stops here
         plan.cell_config(cell)
     _check_out_dir(plan)

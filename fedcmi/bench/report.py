@@ -23,9 +23,25 @@ LAST = 5  # the summary averages the last rounds: under label skew single rounds
 
 
 def _cell_keys(cell: Cell, names: tuple[str, str]) -> dict[str, Any]:
-    return {"strategy": display_name(cell.strategy, names), "seed": cell.seed,
+    keys = {"strategy": display_name(cell.strategy, names), "seed": cell.seed,
             "dirichlet_alpha": alpha_label(cell.alpha), "multimodal_ratio": cell.mix.ratio,
             "unimodal_split": cell.mix.split}
+    if cell.missing is not None:
+        keys["missing_rate"] = cell.missing
+    if cell.noise is not None:
+        keys["label_noise_rate"] = cell.noise
+    return keys
+
+
+def _setting(r: dict[str, Any]) -> tuple:
+    """A row's setting: (alpha, ratio, split, missing rate, label-noise rate); -1 for an axis the grid lacks."""
+    return (r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"], r.get("missing_rate", -1.0),
+            r.get("label_noise_rate", -1.0))
+
+
+def _corruption_text(missing: float, noise: float, sep: str = ", ") -> str:
+    return (f"{sep}missing rate = {missing:g}" if missing >= 0 else "") + \
+        (f"{sep}label noise = {noise:g}" if noise >= 0 else "")
 
 
 def collect(plan: BenchPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]], tuple[str, str]]:
@@ -73,9 +89,9 @@ def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], c
     round): a single round's accuracy under strong label skew swings too much to rank strategies on."""
     metrics = _metric_names(names)
     keyed = dict(zip(metrics, (f"{m}_last{LAST}" for m in metrics), strict=True))
-    settings: dict[tuple[str, float, float], list[dict[str, Any]]] = {}
+    settings: dict[tuple, list[dict[str, Any]]] = {}
     for r in finals:
-        settings.setdefault((r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"]), []).append(r)
+        settings.setdefault(_setting(r), []).append(r)
     lines = ["# fedcmi bench summary", "", f"Command: `{command}`", "",
              f"Test accuracy averaged over each run's last {LAST} rounds, then mean ± the half-width of a 95 % "
              "Student-t interval over seeds (n = seeds finished; no ± for n = 1); results.csv also has the final "
@@ -84,8 +100,10 @@ def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], c
              "when the interval excludes 0, else tie). `acc_<m>`: modality m alone through its infiltration path "
              "(zero-filled for models without one); `acc_<m>_zero`: alone with the other slot zeroed; – : the "
              "strategy never sees that modality.", ""]
-    for (alpha, ratio, split), rows in sorted(settings.items(), key=lambda kv: (str(kv[0][0]), kv[0][1], kv[0][2])):
-        lines += [f"## alpha = {alpha}, multimodal-ratio = {ratio:g}, unimodal-split = {split:g}", ""]
+    for (alpha, ratio, split, missing, noise), rows in sorted(settings.items(),
+                                                               key=lambda kv: (str(kv[0][0]), *kv[0][1:])):
+        lines += [f"## alpha = {alpha}, multimodal-ratio = {ratio:g}, unimodal-split = {split:g}"
+                  f"{_corruption_text(missing, noise)}", ""]
         by_strategy: dict[str, dict[int, dict[str, Any]]] = {}
         for r in rows:
             by_strategy.setdefault(r["strategy"], {})[int(r["seed"])] = r
@@ -161,12 +179,12 @@ def plot_reports(out: Path, finals: Sequence[dict[str, Any]], rounds: Sequence[d
     metrics = _metric_names(names)
     labels_of = column_labels(names)
     written = []
-    keys = sorted({(r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"]) for r in finals},
-                  key=lambda k: (str(k[0]), k[1], k[2]))
-    for alpha, ratio, split in keys:
-        tag = f"alpha-{alpha}_mix-{ratio:g}-{split:g}"
-        rows = [r for r in rounds if (r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"])
-                == (alpha, ratio, split)]
+    keys = sorted({_setting(r) for r in finals}, key=lambda k: (str(k[0]), *k[1:]))
+    for key in keys:
+        alpha, ratio, split, missing, noise = key
+        tag = f"alpha-{alpha}_mix-{ratio:g}-{split:g}" + _corruption_text(missing, noise, "_").replace(
+            "missing rate = ", "missing-").replace("label noise = ", "noise-")
+        rows = [r for r in rounds if _setting(r) == key]
         strategies = sorted(dict.fromkeys(r["strategy"] for r in rows), key=lambda s: _order(s, names))
         colours = strategy_colours(strategies, names)
         panels = metrics[:-1]  # mm, each alone, each zero-filled (the worst class is in results.csv)
@@ -193,13 +211,13 @@ def plot_reports(out: Path, finals: Sequence[dict[str, Any]], rounds: Sequence[d
         legend_ax.axis("off")
         handles = [plt.Line2D([], [], color=colours[s], lw=2.5) for s in strategies]
         legend_ax.legend(handles, strategies, loc="center", fontsize=10, frameon=False, title="strategy")
-        fig.suptitle(f"test accuracy per round: alpha = {alpha}, mix = {ratio:g}:{split:g}", fontsize=12)
+        fig.suptitle(f"test accuracy per round: alpha = {alpha}, mix = {ratio:g}:{split:g}"
+                     f"{_corruption_text(missing, noise)}", fontsize=12)
         fig.tight_layout()
         written.append(_save(fig, out / f"rounds_{tag}.png"))
         plt.close(fig)
 
-        finals_here = [r for r in finals if (r["dirichlet_alpha"], r["multimodal_ratio"], r["unimodal_split"])
-                       == (alpha, ratio, split)]
+        finals_here = [r for r in finals if _setting(r) == key]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
         for ax, name in zip(axes, names, strict=True):
             labels, means, stds = [], [], []

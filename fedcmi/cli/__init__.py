@@ -142,6 +142,7 @@ def cmd_partitions(cfg: RunConfig) -> int:
 
     from fedcmi.cli.display import console
     from fedcmi.data import load_data
+    from fedcmi.data.corruption import active, plan
     from fedcmi.data.partition import federation
 
     data = load_data(cfg)
@@ -149,13 +150,19 @@ def cmd_partitions(cfg: RunConfig) -> int:
     names = {"mm": "+".join(data.modalities), "a": data.modalities[0], "b": data.modalities[1]}
     table = Table(title=f"{cfg.dataset}: {cfg.num_clients} clients, {cfg.partitioner}"
                   + (f" alpha={cfg.dirichlet_alpha}" if cfg.partitioner == "dirichlet" else ""))
-    for col in ("client", "modalities", "samples", "classes", "label counts"):
-        table.add_column(col, justify="right" if col in ("client", "samples", "classes") else "left")
+    corrupted = active(cfg)  # per-sample corruption columns only when the run has some
+    extra = (f"no {data.modalities[0]}", f"no {data.modalities[1]}", "unlabeled", "noisy") if corrupted else ()
+    for col in ("client", "modalities", "samples", *extra, "classes", "label counts"):
+        table.add_column(col, justify="left" if col in ("modalities", "label counts") else "right")
     for spec in federation(cfg):
         counts = [int(c) for c in __import__("numpy").bincount(y[spec.indices], minlength=data.num_classes)]
-        table.add_row(str(spec.partition_id), names[spec.kind], str(len(spec.indices)),
+        lost = [str(v) for v in plan(len(spec.indices), spec.kind, cfg, spec.partition_id).counts().values()]
+        table.add_row(str(spec.partition_id), names[spec.kind], str(len(spec.indices)), *(lost if corrupted else []),
                       str(sum(c > 0 for c in counts)), " ".join(f"{c:>3}" for c in counts))
     console().print(table)
+    if corrupted:
+        console().print("label counts are the true labels; no <m>: samples of a multimodal client without that "
+                        "modality; unlabeled and noisy: training samples (docs/missing-and-noise.md)")
     return 0
 
 

@@ -25,6 +25,9 @@ presets:
             of the make-run federation (long enough to converge at alpha 0.1)
 
 a mix is multimodal-ratio:unimodal-split (0.5:1 = half multimodal, the rest hold only the first modality).
+--missing-rates 0,0.3 adds an axis: each multimodal client's samples lack the first modality at that rate and
+other samples the second at the same rate (missing-a-rate = missing-b-rate; at most 0.5). --label-noise 0,0.2
+adds a label-noise-rate axis (docs/missing-and-noise.md).
 
 writes to --out (default runs/bench-<preset>): results.csv (final round per cell), rounds.csv (every
 round), summary.md (mean ± 95 % interval over seeds, best in bold, paired difference to fedavg), rounds_*.png and bars_*.png, cells/<cell>/.
@@ -32,6 +35,7 @@ round), summary.md (mean ± 95 % interval over seeds, best in bold, paired diffe
 examples:
   fedcmi bench --preset quick
   fedcmi bench --strategies fedavg,fedcmi --alphas 0.1,iid --seeds 2 num-server-rounds=10
+  fedcmi bench --strategies fedavg,fedcmi --missing-rates 0,0.3,0.5 --label-noise 0,0.2
 """
 
 
@@ -43,6 +47,9 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: the preset's)")
     p.add_argument("--alphas", help="comma-separated Dirichlet alphas; iid for IID (default: the preset's)")
     p.add_argument("--mixes", help="comma-separated ratio:split mixes (default: the preset's)")
+    p.add_argument("--missing-rates", help="comma-separated missing-modality rates in [0, 0.5] (an axis; default: "
+                   "none, the base keys apply)")
+    p.add_argument("--label-noise", help="comma-separated label-noise rates in [0, 1] (an axis; default: none)")
     p.add_argument("--out", metavar="DIR", help="bench folder (default: runs/bench-<preset>)")
     p.add_argument("--verbose", action="store_true", help="show Flower's own log")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="base configuration overrides")
@@ -70,7 +77,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     out = Path(args.out or f"runs/bench-{args.preset}")
     plan = make_plan(args.preset, out, parse_overrides(args.overrides), args.strategies, args.seeds,
-                     args.alphas, args.mixes)
+                     args.alphas, args.mixes, args.missing_rates, args.label_noise)
     check_resources(plan.base)
     for cell in plan.cells():  # every partition of the grid, before Ray starts (cached: cheap)
         federation(plan.cell_config(cell))
@@ -79,9 +86,11 @@ def _bench(args: argparse.Namespace) -> int:
     todo = [c for c in cells if not cell_complete(plan.cell_dir(c))]
     tty = sys.stdout.isatty()
     console = _console(tty)
-    console.print(f"fedcmi bench --preset {args.preset}: {len(cells)} cells "
-                  f"({len(plan.strategies)} strategies x {len(plan.alphas)} alphas x {len(plan.mixes)} mixes x "
-                  f"{plan.seeds} seeds), {len(cells) - len(todo)} already finished; writing to {out}")
+    corruptions = len(plan.missing) * len(plan.noise)
+    axes = f"{len(plan.strategies)} strategies x {len(plan.alphas)} alphas x {len(plan.mixes)} mixes x "
+    axes += f"{corruptions} corruption settings x " if corruptions > 1 else ""
+    console.print(f"fedcmi bench --preset {args.preset}: {len(cells)} cells ({axes}{plan.seeds} seeds), "
+                  f"{len(cells) - len(todo)} already finished; writing to {out}")
     out.mkdir(parents=True, exist_ok=True)
     save_plan(plan, command)
     outcome: dict[str, str] = {}

@@ -103,6 +103,22 @@ class RunConfig:
     signal_b: float = _opt(0.25, "data", "synthetic-av: class signal of the second modality", _at_least(0),
                            "must be >= 0")
     noise: float = _opt(1.0, "data", "synthetic-av: noise standard deviation", _positive, "must be > 0")
+    # per-sample corruption of each client's training data (fedcmi.data.corruption; test data never)
+    missing_a_rate: float = _opt(0.0, "data", "multimodal clients: share of each client's training samples that lack "
+                                 "the first modality (exactly round(rate * n), seeded by seed and partition); "
+                                 "unimodal clients keep theirs", _unit, "must be in [0, 1]")
+    missing_b_rate: float = _opt(0.0, "data", "multimodal clients: share of samples that lack the second modality "
+                                 "(never the same samples as missing-a-rate, so no sample loses both)", _unit,
+                                 "must be in [0, 1]")
+    missing_label_rate: float = _opt(0.0, "data", "every client: share of training samples without a label "
+                                     "(left out of every supervised loss and statistic; a client keeps >= 1)",
+                                     lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
+    label_noise_rate: float = _opt(0.0, "data", "every client: share of training samples whose label is replaced "
+                                   "by a wrong one (label-noise-model; other samples than the unlabeled ones)",
+                                   _unit, "must be in [0, 1]")
+    label_noise_model: str = _opt("symmetric", "data", "label noise: symmetric (uniform over the other classes) or "
+                                  "pair (class c -> c + 1 mod classes)", lambda v: v in ("symmetric", "pair"),
+                                  "must be symmetric or pair")
     # --- federation ----------------------------------------------------------------------------------------
     num_clients: int = _opt(20, "federation", "clients in the federation", _at_least(1), "must be >= 1")
     partitioner: str = _opt("dirichlet", "federation", "label partitioner: dirichlet, dirichlet-balanced (the FedCMI "
@@ -248,6 +264,12 @@ class RunConfig:
         if _is_prepared(self.dataset) and not self.data_root:
             raise ConfigError(f"dataset={self.dataset!r} needs data-root=DIR (prepare it with "
                               f"`fedcmi prepare {self.dataset} --root DIR`)")
+        if self.missing_a_rate + self.missing_b_rate > 1 + 1e-9:
+            raise ConfigError(f"missing-a-rate={self.missing_a_rate} + missing-b-rate={self.missing_b_rate}: must "
+                              "be <= 1 (a sample never loses both modalities)")
+        if self.missing_label_rate + self.label_noise_rate > 1 + 1e-9:
+            raise ConfigError(f"missing-label-rate={self.missing_label_rate} + label-noise-rate="
+                              f"{self.label_noise_rate}: must be <= 1 (a noisy sample has a label)")
         if self.fusion == "sgmft" and (self.feature_dim % self.sgmft_tokens
                                        or (self.feature_dim // self.sgmft_tokens) % self.sgmft_heads):
             raise ConfigError(f"feature-dim={self.feature_dim}: with fusion=sgmft it must split into "

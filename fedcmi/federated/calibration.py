@@ -60,7 +60,11 @@ class FeatureStats:
 
 @torch.no_grad()
 def feature_statistics(model: nn.Module, data: ClientData, num_classes: int, batch_size: int = 512) -> FeatureStats:
-    """The moments of the head's inputs of a multimodal client (eval mode, the weights as they are)."""
+    """The moments of the head's inputs of a multimodal client (eval mode, the weights as they are).
+
+    Only labeled samples holding both modalities: the multimodal path's slots need both.
+    """
+    data = data.labeled().complete()
     was_training = model.training
     model.eval()
     stats = None

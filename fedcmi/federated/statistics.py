@@ -20,8 +20,13 @@ def self_logits(model: nn.Module, x: torch.Tensor, m: str) -> torch.Tensor:
 
 @torch.no_grad()
 def class_statistics(model: nn.Module, data: ClientData, num_classes: int, batch_size: int = 512) -> ClassStats:
-    """Per-class sums of each self branch's true-class probability (multimodal clients; the FedCMI authors' code)."""
+    """Per-class sums of each self branch's true-class probability (multimodal clients; the FedCMI authors' code).
+
+    Only labeled samples that hold both modalities count, so P_a(c) and P_b(c) compare the two modalities on
+    the same samples (a sample missing one, or its label, says nothing about the ratio).
+    """
     stats = ClassStats.zeros(num_classes)
+    data = data.labeled().complete()
     if data.kind != "mm" or len(data) == 0:
         return stats
     was_training = model.training

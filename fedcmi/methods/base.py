@@ -7,7 +7,7 @@ gradients (:meth:`LocalMethod.after_backward`), adds the proximal gradient and s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -129,15 +129,44 @@ def trainable_parameters(model: nn.Module, kind: str) -> list[tuple[str, nn.Para
 
 def only(data: ClientData, modalities: tuple[str, ...]) -> ClientData:
     """The client's data restricted to the modalities a method trains (unimodal baselines see one)."""
-    if set(modalities) == {"a", "b"}:
-        return data
-    return ClientData(data.a if "a" in modalities else None, data.b if "b" in modalities else None, data.y)
+    return data.holding(modalities)
+
+
+def batches(data: ClientData, batch_size: int,
+            generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, tuple[str, ...]]]:
+    """One epoch's mini-batches: (sample indices, the modalities every one of them holds).
+
+    A seeded permutation cut into batches. When some samples lack a modality (``ClientData.partial``) the
+    permutation is first split by presence (both, only ``a``, only ``b``), each part cut into batches, and the
+    batches visited in a seeded random order: every batch is homogeneous, so a sample with only ``a`` trains
+    exactly as a sample of a client holding only ``a`` does, and the missing modality's encoder and projectors
+    get no gradient from it. Without missing modalities this is the plain permutation (same random draws).
+    """
+    n = len(data)
+    order = torch.randperm(n, generator=generator).to(data.y.device)
+    if not data.partial:
+        held = tuple(m for m in ("a", "b") if getattr(data, m) is not None)
+        for start in range(0, n, batch_size):
+            yield order[start:start + batch_size], held
+        return
+    has_a, has_b = data.present("a")[order], data.present("b")[order]
+    parts = ((has_a & has_b, ("a", "b")), (has_a & ~has_b, ("a",)), (~has_a & has_b, ("b",)))
+    chunks = []
+    for mask, held in parts:
+        rows = order[mask]
+        chunks += [(rows[start:start + batch_size], held) for start in range(0, len(rows), batch_size)]
+    for i in torch.randperm(len(chunks), generator=generator).tolist():
+        yield chunks[i]
 
 
 def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidance: Guidance,
                  settings: TrainSettings, *, num_classes: int, generator: torch.Generator | None = None,
                  remedies: LabelSkew | None = None) -> TrainResult:
-    """Train ``model`` in place on one client's data; returns the mean of each loss term."""
+    """Train ``model`` in place on one client's labeled data; returns the mean of each loss term.
+
+    Unlabeled samples (``missing-label-rate``) are left out: no method has an unsupervised term.
+    """
+    data = data.labeled()
     named = trainable_parameters(model, data.kind)
     params = [p for _, p in named]
     anchors = [p.detach().clone() for p in params] if settings.proximal_mu > 0 else []
@@ -148,17 +177,15 @@ def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidan
     opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     model.train()
     totals: dict[str, float] = {}
-    steps = 0
+    counts: dict[str, int] = {}  # per term: a term only some batches have (multimodal ones) is their mean
     n = len(data)
     for _ in range(settings.epochs):
         method.before_epoch(model, data)
-        order = torch.randperm(n, generator=generator).to(data.y.device)
-        for start in range(0, n, settings.batch_size):
-            idx = order[start:start + settings.batch_size]
+        for idx, held in batches(data, settings.batch_size, generator):
             if len(idx) < 2:  # BatchNorm needs two samples; a lone leftover is dropped
                 continue
-            xa = data.a[idx] if data.a is not None else None
-            xb = data.b[idx] if data.b is not None else None
+            xa = data.a[idx] if "a" in held else None
+            xb = data.b[idx] if "b" in held else None
             terms = method.batch_loss(model, xa, xb, data.y[idx])
             if method.skew.ntd_beta > 0:
                 terms.update(method.skew.extra_terms(model, xa, xb, data.y[idx]))
@@ -171,5 +198,5 @@ def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidan
             opt.step()
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
-            steps += 1
-    return TrainResult(n, {k: v / max(steps, 1) for k, v in totals.items()})
+                counts[k] = counts.get(k, 0) + 1
+    return TrainResult(n, {k: v / counts[k] for k, v in totals.items()})

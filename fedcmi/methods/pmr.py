@@ -61,12 +61,18 @@ class Prototypes:
 
     @torch.no_grad()
     def refresh(self, model: nn.Module, data: ClientData, batch_size: int = 512) -> None:
+        """Each modality's prototypes from the samples that hold it (a missing modality adds nothing)."""
         was_training = model.training
         model.eval()
-        ha = torch.cat([model.enc_a(data.a[i:i + batch_size]) for i in range(0, len(data), batch_size)])
-        hb = torch.cat([model.enc_b(data.b[i:i + batch_size]) for i in range(0, len(data), batch_size)])
-        self.a = class_prototypes(ha, data.y, self.num_classes, self.a, self.momentum)
-        self.b = class_prototypes(hb, data.y, self.num_classes, self.b, self.momentum)
+        for m in ("a", "b"):
+            x, y = getattr(data, m), data.y
+            if data.partial:
+                keep = data.present(m)
+                x, y = x[keep], y[keep]
+            enc = getattr(model, f"enc_{m}")
+            h = (torch.cat([enc(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x)
+                 else torch.zeros(0, enc.out_dim, device=y.device))
+            setattr(self, m, class_prototypes(h, y, self.num_classes, getattr(self, m), self.momentum))
         model.train(was_training)
 
 

@@ -34,4 +34,4 @@ def on_device(data: ClientData, device: torch.device) -> ClientData:
     """The client's tensors on ``device``; on CUDA from pinned memory, so the copies are asynchronous."""
     if device.type != "cuda":
         return data
-    return ClientData(*(None if t is None else t.pin_memory() for t in (data.a, data.b, data.y))).to(device)
+    return data.map(lambda t: t.pin_memory()).to(device)
