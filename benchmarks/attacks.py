@@ -5,7 +5,7 @@ All scenarios run one after another in one simulated federation (Ray and the cli
 The attackers are a Flower mod around fedcmi's ClientApp (``tests/support/attacks.py``; nothing of it
 ships in the product): partitions 4 and 2 (both multimodal; 4 holds the most samples) attack with
 
-* ``noise``: Gaussian noise just under the server's relative bound (0.95 x update-norm-multiple x their own
+* ``noise``: Gaussian noise aimed under the server's relative bound (0.5 x update-norm-multiple x their own
   honest update norm, per parameter group);
 * ``count``: num-examples = 1e9;
 * ``stats``: forged class statistics (the second modality always right, the first never);
