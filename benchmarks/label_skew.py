@@ -20,15 +20,20 @@ from fedcmi.bench.stats import paired_difference, t_interval, verdict
 LAST = 5
 
 
-def scores(bench: Path, strategy: str, metric: str) -> dict[int, float]:
-    """seed -> mean of ``metric`` over the last rounds, for every finished cell of ``strategy``."""
+def scores(bench: Path, strategy: str, metric: str, setting: str = "") -> dict[int, float]:
+    """seed -> mean of ``metric`` over the last rounds, for every finished cell of ``strategy`` (whose id
+    contains ``setting``, e.g. ``alpha-0.1__mix-1-0.5``; several settings of one strategy would share seeds)."""
     out = {}
     for cell in sorted((bench / "cells").glob(f"{strategy}__*")):
+        if setting not in cell.name:
+            continue
         status = cell / "status.json"
         if not status.is_file() or json.loads(status.read_text())["status"] != "complete":
             continue
         rows = json.loads((cell / "metrics.json").read_text())
         seed = int(cell.name.rsplit("seed-", 1)[1])
+        if seed in out:
+            raise SystemExit(f"{bench}: {strategy} has several settings for seed {seed}; pick one with --setting")
         vals = [r[metric] for r in rows[-LAST:] if r.get(metric) is not None]
         out[seed] = float(np.mean(vals))
     return out
@@ -39,6 +44,7 @@ def main() -> None:
     ap.add_argument("variants", nargs="+", metavar="LABEL=DIR:STRATEGY")
     ap.add_argument("--baseline", required=True, help="label of the variant the others are compared with")
     ap.add_argument("--metrics", default="acc_mm,acc_visual,acc_audio")
+    ap.add_argument("--setting", default="", help="only cells whose id contains this, e.g. alpha-0.1__mix-1-0.5")
     args = ap.parse_args()
     variants = {}
     for item in args.variants:
@@ -46,7 +52,7 @@ def main() -> None:
         folder, _, strategy = rest.rpartition(":")
         variants[label] = (Path(folder), strategy)
     for metric in args.metrics.split(","):
-        per = {label: scores(folder, strategy, metric) for label, (folder, strategy) in variants.items()}
+        per = {label: scores(folder, strategy, metric, args.setting) for label, (folder, strategy) in variants.items()}
         base = per[args.baseline]
         print(f"\n{metric} (mean of the last {LAST} rounds; 95 % t interval over seeds; paired difference vs "
               f"{args.baseline})")
