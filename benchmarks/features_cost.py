@@ -7,9 +7,12 @@
 2. Training (``encoder=features``): seconds per local batch of FedCMI and FedAvg on the token embeddings the
    extraction gives (``T x D`` per modality), through ``methods.base.local_update``, then seconds per round
    of the paper's federation (``--clients-per-round`` clients x ``--epochs`` local epochs over 1/num_clients of
-   the training set, run one after the other: the figure for one process; Ray runs clients side by side).
+   the training set), with ``--cores // --threads`` clients side by side (Ray with client-num-cpus=threads).
 
-    python benchmarks/features_cost.py --arch mobilenet_v2 --threads 2
+On a shared or busy machine use ``--threads 1``: two torch threads per process on two contended cores were
+ten times slower than one in our runs (docs/features.md).
+
+    python benchmarks/features_cost.py --arch mobilenet_v2 --threads 1 --cores 2
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ def main() -> None:
     ap.add_argument("--num-clients", type=int, default=10)
     ap.add_argument("--clients-per-round", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process (per client)")
+    ap.add_argument("--cores", type=int, default=2, help="cores of the machine: clients side by side")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     _, _, k, n_train, n_test = PAPER[args.dataset]
@@ -103,11 +107,12 @@ def main() -> None:
     for strategy in args.strategies.split(","):
         s = train_batch(strategy, (tok_a, tok_b), k, args.batch_size, args.batches, args.feature_dim)
         epoch = s * steps
-        round_s = epoch * args.epochs * args.clients_per_round
+        side_by_side = max(1, args.cores // args.threads)
+        round_s = epoch * args.epochs * -(-args.clients_per_round // side_by_side)
         print(f"{args.dataset} {strategy:6s} encoder=features feature-dim={args.feature_dim} batch={args.batch_size} "
               f"threads={args.threads}: {s * 1000:.1f} ms/batch -> one local epoch of a client with {per_client} "
               f"samples ({steps} batches) ~ {epoch:.2f} s; one round ({args.clients_per_round} clients x "
-              f"{args.epochs} epochs, one after the other) ~ {round_s:.0f} s")
+              f"{args.epochs} epochs, {min(side_by_side, args.clients_per_round)} side by side) ~ {round_s:.0f} s")
 
 
 if __name__ == "__main__":
