@@ -34,6 +34,7 @@ def add_features_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", metavar="DIR")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="samples per encoder batch")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's; 1 on a busy machine)")
     p.add_argument("--shard-size", type=int, default=256, metavar="N", help="samples per resumable shard")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(resume=None, config=None, overrides=[], verbose=False)
@@ -45,9 +46,13 @@ def cmd_features(args: argparse.Namespace) -> int:
     from fedcmi.config import ConfigError
     from fedcmi.data.features import extract_features
 
-    for flag in ("batch_size", "shard_size"):
-        if getattr(args, flag) < 1:
+    for flag in ("batch_size", "shard_size", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')}={getattr(args, flag)}: must be >= 1")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     with Progress(TextColumn("[bold]features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   disable=args.no_progress) as bar:
         task = bar.add_task("", total=None)
