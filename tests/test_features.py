@@ -188,6 +188,18 @@ def test_every_method_trains_only_the_small_heads_on_features(env, extra):
         assert moved, strategy
 
 
+def test_ogm_ge_modulates_the_feature_projection(env):
+    from fedcmi.methods.ogm_ge import ogm_modulate
+    from fedcmi.models import build_model
+
+    model = build_model("features", ((10, 1280), (2, 1280)), 6, 16, decomposed=False)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    ogm_modulate(model, (0.5, 1.0), torch.Generator().manual_seed(0))
+    assert not torch.equal(model.enc_a.proj.weight.grad, torch.ones_like(model.enc_a.proj.weight))
+    assert torch.equal(model.enc_a.proj.bias.grad, torch.ones_like(model.enc_a.proj.bias))  # weights only
+
+
 def test_a_deployed_node_reads_a_features_directory(env):
     from clients.node_data import NodeConfigError, node_data
 

@@ -33,6 +33,8 @@ def segment_pool(x: torch.Tensor, segments: int) -> torch.Tensor:
 class FeatureTokens(nn.Module):
     """Precomputed tokens ``B x T x D`` -> ``B x out_dim`` (pooled per segment, normed, projected per token)."""
 
+    modulated_grad_dims = (2,)  # OGM-GE modulates the projection weight: the frozen CNN has no trainable convs
+
     def __init__(self, shape: tuple[int, ...], out_dim: int, segments: int = 1) -> None:
         super().__init__()
         if len(shape) != 2:
