@@ -34,6 +34,22 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def calibrated(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised CNN with its BatchNorm statistics measured on random inputs, as training would leave
+    them: at init (running mean 0, variance 1) mobilenet_v2's activations shrink to ~1e-7 by the last layer, a
+    scale no pretrained encoder has."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 3, 64, 64, generator=gen))
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, Path]:
     from torchvision.models import mobilenet_v2, resnet18
@@ -43,7 +59,7 @@ def env(tmp_path_factory) -> dict[str, Path]:
     crisismmd_tree(base / "CrisisMMD", per_class=8)
     tiny_bert(base / "bert")
     torch.manual_seed(0)
-    torch.save(mobilenet_v2(width_mult=0.25).state_dict(), base / "mobilenet_v2.pth")
+    torch.save(calibrated(mobilenet_v2(width_mult=0.25)).state_dict(), base / "mobilenet_v2.pth")
     torch.save(resnet18().state_dict(), base / "resnet18.pth")
     env = {"base": base, "mnv2": base / "mobilenet_v2.pth", "r18": base / "resnet18.pth", "bert": base / "bert",
            "crema-d": prepare("crema-d", base / "CREMA-D", show_progress=False, image_size=32).path,
@@ -150,6 +166,15 @@ def test_a_missing_or_wrong_encoder_is_one_line_and_exit_2(env, tmp_path, capsys
     assert rc == 2 and "not a transformers model directory" in capsys.readouterr().err
 
 
+def test_an_untrained_encoder_is_flagged(env, tmp_path, caplog):
+    from torchvision.models import mobilenet_v2
+
+    torch.save(mobilenet_v2(width_mult=0.25).state_dict(), tmp_path / "init.pth")  # BatchNorm at init
+    extract_features(env["crisismmd"], tmp_path / "f", image=str(tmp_path / "init.pth"), text=str(env["bert"]))
+    flagged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(flagged) == 1 and flagged[0].startswith("image embeddings of the first sample are all below")
+
+
 def test_features_and_the_encoder_key_must_agree(env):
     with pytest.raises(ConfigError, match="train on it with encoder=features"):
         load_data(RunConfig(dataset="crema-d", data_root=str(env["crema-d-feat"])))
@@ -178,7 +203,7 @@ def test_every_method_trains_only_the_small_heads_on_features(env, extra):
         assert (spec.shape_a, spec.shape_b) == ((10, 1280), (2, 1280))
         model = model_for(cfg, spec, method_spec(strategy).decomposed)
         width = 16 // (4 if extra else 1)  # per segment (SG-MFT token)
-        assert sum(p.numel() for p in model.enc_a.parameters()) == 2 * 1280 + 1280 * width + width  # norm, proj
+        assert sum(p.numel() for p in model.enc_a.parameters()) == 1280 * width + width  # the projection only
         state = {k: v.clone() for k, v in model.state_dict().items()}
         client = client_data(data, build_federation(data, cfg)[0])
         guidance = Guidance(infiltrate=True, dominant="a", tau=np.ones(6))

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 FEATURES = "features"  # the manifest entry that marks a features directory
 WORK = ".work"
+TINY = 1e-4  # embeddings smaller than this everywhere come from an untrained or broken encoder
 FEATURES_SUFFIX = "-features"  # default output: <prepared dir>-features, beside it
 
 
@@ -188,7 +189,13 @@ def _extract(prepared: str | Path, out: str | Path | None, image: str | None, au
         return ExtractOutcome(target, dict(manifest.get("rows", {})), manifest[FEATURES]["shapes"],
                               already_done=True, seconds=time.perf_counter() - started)
     probe = _read_rows(first, 0, 1)
-    shapes = {c: list(_encode(encs[c], probe[c], dev, 1).shape[1:]) for c in ("a", "b")}
+    probed = {c: _encode(encs[c], probe[c], dev, 1) for c in ("a", "b")}
+    shapes = {c: list(v.shape[1:]) for c, v in probed.items()}
+    for c, v in probed.items():  # an untrained CNN's activations vanish (BatchNorm at init): say so early
+        if float(np.abs(v).max()) < TINY:
+            logger.warning("%s embeddings of the first sample are all below %g in magnitude (max %.1e): is %s a "
+                           "trained model?", src.modalities["ab".index(c)], TINY, float(np.abs(v).max()),
+                           encs[c].path)
     label = first.features["label"]
     features = Features({"idx": Value("int64"), "key": Value("string"),
                          **{c: Array2D(shape=tuple(shapes[c]), dtype="float32") for c in ("a", "b")},
