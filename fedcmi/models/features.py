@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 TOKEN_NORM = 4.0  # the norm of a pooled token fed to the projection (measured: 1 learns slowly, 1280 diverges)
 
 
