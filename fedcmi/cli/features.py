@@ -53,13 +53,22 @@ def cmd_features(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    with Progress(TextColumn("[bold]features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=args.no_progress) as bar:
-        task = bar.add_task("", total=None)
+    bar = Progress(TextColumn("[bold]features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   disable=args.no_progress)
+    task = bar.add_task("", total=None)
+
+    def progress(done: int, total: int) -> None:  # the bar appears with the first shard, after the checks
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
+    try:
         outcome = extract_features(args.prepared, args.out, image=args.image_encoder, audio=args.audio_encoder,
                                    text=args.text_encoder, device=args.device, batch_size=args.batch_size,
-                                   shard_size=args.shard_size,
-                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                   shard_size=args.shard_size, progress=progress)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     rows = ", ".join(f"{split} {n}" for split, n in outcome.rows.items())
     shapes = ", ".join(f"{c} {'x'.join(map(str, s))}" for c, s in outcome.shapes.items())
     if outcome.already_done:

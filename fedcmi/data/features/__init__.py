@@ -168,7 +168,10 @@ def _extract(prepared: str | Path, out: str | Path | None, image: str | None, au
              text: str | None, device: str, batch_size: int, shard_size: int,
              progress: Callable[[int, int], None] | None) -> ExtractOutcome:
     started = time.perf_counter()
-    src = load_prepared(prepared)
+    try:
+        src = load_prepared(prepared)
+    except ConfigError as exc:  # its messages name data-root, the simulate key; here it is the argument
+        raise ConfigError(str(exc).removeprefix("data-root=")) from None
     if is_features(src.manifest):
         raise ConfigError(f"{src.path} already holds extracted features; give the prepared directory")
     if device == "cuda" and not torch.cuda.is_available():
