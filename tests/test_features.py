@@ -194,10 +194,12 @@ def test_every_method_trains_only_the_small_heads_on_features(env, extra):
     base = {"dataset": "crema-d", "data-root": str(env["crema-d-feat"]), "encoder": "features",
             "num-clients": 2, "multimodal-ratio": 1.0, "min-partition-size": 2, "local-epochs": 1,
             "batch-size": 4, "feature-dim": 16, **extra}
-    for strategy in METHOD_NAMES:
+    remedies = {"logit-adjust": 1.0, "restricted-softmax": 0.5, "ntd-beta": 0.5, "ccvr-steps": 2}
+    for strategy in (*METHOD_NAMES, "remedies"):
         if extra and strategy == "ogm-ge":  # OGM-GE splits the concat head's weights (as in raw mode)
             continue
-        cfg = effective({**base, "strategy": strategy})
+        cfg = effective({**base, **({"strategy": strategy} if strategy != "remedies" else remedies)})
+        strategy = cfg.strategy
         data = load_data(cfg)
         spec = ModelSpec.of(data)
         assert (spec.shape_a, spec.shape_b) == ((10, 1280), (2, 1280))
