@@ -5,7 +5,8 @@ Two modes, so the same ClientApp runs in simulation, in a loopback demo and on r
 * **embedded** (demos, and what the simulation engine injects): ``partition-id`` and ``num-partitions``;
   the node trains on that partition of the run's embedded data set, with the modality kind the run's
   seeded federation assigns to it.
-* **prepared** (real clients): ``partition-id``, ``data-dir`` (a directory made by ``fedcmi prepare``:
+* **prepared** (real clients): ``partition-id``, ``data-dir`` (a directory made by ``fedcmi prepare``, or
+  by ``fedcmi features`` for ``encoder=features``:
   a ``datasets.DatasetDict`` saved with ``save_to_disk`` plus ``fedcmi.json``) and ``modalities`` (the
   modalities this node holds, comma-separated names such as ``"audio,visual"``, or ``a``/``b``).
   ``partition-id`` is still required: it is the node's stable, unique id that the server samples by.
@@ -27,6 +28,7 @@ import torch
 from fedcmi.config import ConfigError, RunConfig
 from fedcmi.data import ClientData, MultimodalData
 from fedcmi.data.corruption import corrupt
+from fedcmi.data.features import check_encoder
 from fedcmi.data.partition import ClientSpec, client_data, federation
 from fedcmi.data.prepared import load_prepared
 from fedcmi.data.registry import load_data
@@ -94,7 +96,7 @@ def node_data(node_config: Mapping[str, Any], cfg: RunConfig) -> NodeData:
     """Parse and check the node config; embedded mode without ``data-dir``, prepared mode with it."""
     pid = _int_key(node_config, "partition-id")
     if "data-dir" in node_config:
-        return _prepared_node(node_config, pid)
+        return _prepared_node(node_config, pid, cfg)
     parts = _int_key(node_config, "num-partitions")
     if parts != cfg.num_clients:
         raise NodeConfigError(f"node config num-partitions={parts} differs from the run's "
@@ -105,13 +107,17 @@ def node_data(node_config: Mapping[str, Any], cfg: RunConfig) -> NodeData:
     return NodeData(pid, spec.kind, len(spec.indices), indices=spec.indices)
 
 
-def _prepared_node(node_config: Mapping[str, Any], pid: int) -> NodeData:
+def _prepared_node(node_config: Mapping[str, Any], pid: int, cfg: RunConfig) -> NodeData:
     data_dir = Path(str(node_config["data-dir"])).expanduser()
     if not data_dir.is_dir():
         raise NodeConfigError(f"node config data-dir={str(data_dir)!r}: no such directory")
     if "modalities" not in node_config:
         raise NodeConfigError(f"node config has no 'modalities' (the modalities this node holds in {data_dir})")
     data = _open(data_dir)
+    try:  # a features directory (`fedcmi features`) needs encoder=features, and the other way round
+        check_encoder(getattr(data, "manifest", {}), cfg.encoder, f"node config data-dir={str(data_dir)!r}")
+    except ConfigError as exc:
+        raise NodeConfigError(str(exc)) from None
     kind = kind_of(str(node_config["modalities"]), list(data.modalities), str(data_dir))
     return NodeData(pid, kind, len(data.train), data_dir=data_dir)
 

@@ -1,5 +1,5 @@
 """The ``fedcmi`` command: ``simulate`` a federation, show its ``partitions``, list the ``methods``,
-``prepare`` a real data set, ``bench`` strategies side by side.
+``prepare`` a real data set, extract its frozen-encoder ``features``, ``bench`` strategies side by side.
 
 Bad configuration stops before anything starts, with one line naming the key and the rule, and exit code 2.
 """
@@ -17,6 +17,7 @@ from typing import Any
 
 from fedcmi import __version__
 from fedcmi.cli.bench import add_bench_parser, cmd_bench
+from fedcmi.cli.features import add_features_parser, cmd_features
 from fedcmi.cli.prepare import add_prepare_parser, cmd_prepare
 from fedcmi.config import META_KEYS, ConfigError, RunConfig, config_keys, defaults, effective, parse_overrides, resolve
 from fedcmi.config.presets import PRESETS, preset_values
@@ -68,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fedcmi {__version__}")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{simulate,partitions,methods,prepare,bench}")
+                                metavar="{simulate,partitions,methods,prepare,features,bench}")
     sim = sub.add_parser("simulate", help="run a federated simulation", description=_simulate_help(),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     part = sub.add_parser("partitions", help="show the clients a configuration builds",
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
                           "only num-server-rounds may be overridden)")
     sim.add_argument("--verbose", action="store_true", help="show Flower's own log")
     add_prepare_parser(sub)
+    add_features_parser(sub)
     add_bench_parser(sub)
     return parser
 
@@ -301,6 +303,8 @@ def _main(args: argparse.Namespace, client_app: Any) -> int:
     try:
         if args.command == "prepare":
             return cmd_prepare(args)
+        if args.command == "features":
+            return cmd_features(args)
         if args.command == "bench":
             return cmd_bench(args)
         if args.command == "methods":

@@ -30,7 +30,8 @@ other samples the second at the same rate (missing-a-rate = missing-b-rate; at m
 adds a label-noise-rate axis (docs/missing-and-noise.md).
 
 writes to --out (default runs/bench-<preset>): results.csv (final round per cell), rounds.csv (every
-round), summary.md (mean ± 95 % interval over seeds, best in bold, paired difference to fedavg), rounds_*.png and bars_*.png, cells/<cell>/.
+round), summary.md (mean ± 95 % interval over seeds, best in bold, paired difference to fedavg),
+rounds_*.png and bars_*.png, cells/<cell>/.
 
 examples:
   fedcmi bench --preset quick

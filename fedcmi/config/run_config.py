@@ -189,8 +189,9 @@ class RunConfig:
     ccvr_samples: int = _opt(64, "method", "ccvr: virtual features drawn per class", _at_least(1), "must be >= 1")
     ccvr_lr: float = _opt(0.01, "method", "ccvr: learning rate of the head calibration", _positive, "must be > 0")
     # --- model ---------------------------------------------------------------------------------------------
-    encoder: str = _opt("cnn", "model", "encoder architecture", lambda v: v in ("cnn", "resnet18"),
-                        "must be cnn or resnet18")
+    encoder: str = _opt("cnn", "model", "encoder architecture: cnn, resnet18, or features (train on the token "
+                        "embeddings of `fedcmi features`: data-root is the features directory)",
+                        lambda v: v in ("cnn", "resnet18", "features"), "must be cnn, resnet18 or features")
     projector: str = _opt("linear", "model", "projector type", lambda v: v in ("linear", "mlp"),
                           "must be linear or mlp")
     feature_dim: int = _opt(64, "model", "encoder/projector width", _at_least(1), "must be >= 1")
@@ -270,6 +271,9 @@ class RunConfig:
         if self.missing_label_rate + self.label_noise_rate > 1 + 1e-9:
             raise ConfigError(f"missing-label-rate={self.missing_label_rate} + label-noise-rate="
                               f"{self.label_noise_rate}: must be <= 1 (a noisy sample has a label)")
+        if self.encoder == "features" and not _is_prepared(self.dataset):
+            raise ConfigError(f"encoder=features: dataset={self.dataset!r} has no extracted features; use a prepared "
+                              "data set with data-root=<directory made by `fedcmi features`>")
         if self.fusion == "sgmft" and (self.feature_dim % self.sgmft_tokens
                                        or (self.feature_dim // self.sgmft_tokens) % self.sgmft_heads):
             raise ConfigError(f"feature-dim={self.feature_dim}: with fusion=sgmft it must split into "

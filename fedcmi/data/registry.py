@@ -8,6 +8,7 @@ from fedcmi.config import ConfigError, RunConfig
 from fedcmi.data.base import MultimodalData
 from fedcmi.data.cache import cached
 from fedcmi.data.embedded import digits_cg, synthetic_av
+from fedcmi.data.features import check_encoder
 from fedcmi.data.prepared import load_prepared
 from fedcmi.data.sources import is_prepared
 
@@ -27,16 +28,17 @@ def _cached(name: str, num_classes: int, train_size: int, test_size: int, signal
 def load_data(cfg: RunConfig) -> MultimodalData:
     """The data set a run config names. The data itself is fixed; the run seed drives partitions."""
     if is_prepared(cfg.dataset):
-        return _real(cfg.dataset, cfg.data_root)
+        return _real(cfg.dataset, cfg.data_root, cfg.encoder)
     if cfg.dataset == "synthetic-av":
         return _cached(cfg.dataset, cfg.num_classes, cfg.train_size, cfg.test_size, cfg.signal_a,
                        cfg.signal_b, cfg.noise)
     return _cached(cfg.dataset, 0, 0, 0, 0.0, 0.0, 0.0)
 
 
-def _real(name: str, data_root: str) -> MultimodalData:
+def _real(name: str, data_root: str, encoder: str) -> MultimodalData:
     """A prepared real data set (``fedcmi prepare``), checked to be the one the config names."""
     data = load_prepared(data_root)
     if data.name != name:
         raise ConfigError(f"data-root={data_root!r} holds {data.name!r}, not dataset={name!r}")
+    check_encoder(data.manifest, encoder, f"data-root={data_root!r}")
     return data

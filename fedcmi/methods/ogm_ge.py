@@ -40,11 +40,17 @@ def ogm_coefficients(out_a: torch.Tensor, out_b: torch.Tensor, y: torch.Tensor,
 
 
 def ogm_modulate(model: nn.Module, coeffs: tuple[float, float], generator: torch.Generator | None) -> None:
-    """Scale each encoder's convolution gradients by its coefficient and add the GE noise."""
+    """Scale each encoder's convolution gradients by its coefficient and add the GE noise.
+
+    An encoder without convolutions (``encoder=features``) names the weight ranks that stand in for them
+    (``modulated_grad_dims``).
+    """
     with torch.no_grad():
         for m, coeff in zip(("a", "b"), coeffs, strict=True):
-            for p in getattr(model, f"enc_{m}").parameters():
-                if p.grad is None or p.grad.dim() != 4:
+            enc = getattr(model, f"enc_{m}")
+            dims = getattr(enc, "modulated_grad_dims", (4,))
+            for p in enc.parameters():
+                if p.grad is None or p.grad.dim() not in dims:
                     continue
                 std = float(p.grad.std()) + 1e-8
                 noise = torch.randn(p.grad.shape, generator=generator, dtype=p.grad.dtype).to(p.grad.device)

@@ -25,7 +25,16 @@ def build_model(encoder: str, shapes: tuple[tuple[int, ...], tuple[int, ...]], n
 
     A 1-D input shape is a token-id sequence and gets the ``text_encoder`` (transformers), projected to the
     other encoder's width; ``encoder_weights`` initialises ResNet-18 encoders (see ``models.pretrained``).
+    ``encoder="features"``: the inputs are token embeddings from ``fedcmi features`` (``models.features``).
     """
+    if encoder == "features":
+        from fedcmi.models.features import FeatureTokens
+
+        segments = sgmft_tokens if fusion == "sgmft" else 1
+        encs: list[nn.Module | None] = [FeatureTokens(s, feature_dim, segments) for s in shapes]
+        return _assemble(encs, num_classes, feature_dim, decomposed, projector, fusion,
+                         sgmft_tokens, sgmft_heads, sgmft_layers)
+
     def image_encoder(shape: tuple[int, ...]) -> nn.Module:
         if encoder == "resnet18" and encoder_weights:
             from fedcmi.models.pretrained import resnet18_encoder
@@ -38,12 +47,19 @@ def build_model(encoder: str, shapes: tuple[tuple[int, ...], tuple[int, ...]], n
             return FrameAveraged(enc)
         return enc
 
-    encs: list[nn.Module | None] = [None if len(s) == 1 else image_encoder(s) for s in shapes]
+    encs = [None if len(s) == 1 else image_encoder(s) for s in shapes]
     width = next((e.out_dim for e in encs if e is not None), feature_dim)
     if any(e is None for e in encs):
         from fedcmi.models.pretrained import TextEncoder
 
         encs = [e if e is not None else TextEncoder(text_encoder, out_dim=width) for e in encs]
+    return _assemble(encs, num_classes, feature_dim, decomposed, projector, fusion,
+                     sgmft_tokens, sgmft_heads, sgmft_layers)
+
+
+def _assemble(encs: list[nn.Module | None], num_classes: int, feature_dim: int, decomposed: bool,
+              projector: str, fusion: str, sgmft_tokens: int, sgmft_heads: int, sgmft_layers: int) -> nn.Module:
+    """The model around two built encoders: FedCMI's projectors and head, or the concat baseline's head."""
     enc_a, enc_b = encs
     sgmft = {"tokens": sgmft_tokens, "heads": sgmft_heads, "layers": sgmft_layers} if fusion == "sgmft" else {}
     if decomposed:
