@@ -91,7 +91,8 @@ def test_the_three_reported_overrides_now_train_with_the_users_values():
 @pytest.mark.parametrize("name, key, bad", [("fedcmi-noprox", "proximal-mu", 0.1),
                                             ("fedcmi-fixedtemp", "class-wise-temperature", True),
                                             ("fedcmi-local", "dominance", "global"),
-                                            ("fedcmi-plus", "lambda-cross", 0.0), ("fedprox", "proximal-mu", 0.0)])
+                                            ("fedcmi-plus", "lambda-cross", 0.0), ("fedprox", "proximal-mu", 0.0),
+                                            ("ogm-ge", "fusion", "sgmft")])  # it splits the concat head's fc
 def test_contradicting_a_defining_key_is_refused(name, key, bad):
     with pytest.raises(ConfigError, match=f"strategy={name} is defined by {key}"):
         effective({"strategy": name, key: bad})

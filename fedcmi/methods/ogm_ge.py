@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from fedcmi.methods.base import MethodSpec
+from fedcmi.methods.base import MethodSpec, equals
 from fedcmi.methods.fedavg import CrossEntropy
 from fedcmi.methods.losses import true_class_probability
 
@@ -81,4 +81,5 @@ class OGMGE(CrossEntropy):
 SPEC = MethodSpec("ogm-ge", "OGM-GE on multimodal clients: dominant encoder's gradients scaled by "
                   "1 - tanh(alpha * ratio) plus Gaussian noise (FedAvg otherwise)",
                   build=lambda cfg: OGMGE(cfg.ogm_alpha), uses=("ogm-alpha", "proximal-mu"),
-                  defaults={"proximal-mu": 0.0})
+                  defaults={"proximal-mu": 0.0},
+                  defining={"fusion": equals("concat")})  # the per-modality logits split the concat head's fc
