@@ -81,7 +81,7 @@ values = st.one_of(st.none(), st.booleans(), st.integers(-5, 100), st.floats(all
 @given(st.dictionaries(st.sampled_from([*config_keys(), "nope", "x"]), values, max_size=6))
 def test_random_configurations_accept_or_raise_config_error(mapping):
     try:
-        cfg = from_mapping(mapping)
+        cfg = from_mapping(mapping).check_run()  # the federation rules are checked before a run starts
     except ConfigError:
         return
     assert cfg.clients_per_round <= cfg.num_clients
