@@ -117,7 +117,10 @@ def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: 
     with handle_signals(), _tracked_backends() as backends:
         try:
             STOP.check()
+            warm = threading.Thread(target=_store_federation, args=(cfg,), daemon=True, name="fedcmi-federation")
+            warm.start()
             _start_ray(backend_config, token, verbose)
+            warm.join()
             STOP.check()
             threading.Thread(target=_free_workers_on_stop, args=(backends,), daemon=True,
                              name="fedcmi-stop-watch").start()
@@ -136,6 +139,22 @@ def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: 
             LIVE_TOKENS.discard(token)
             if left:
                 logging.getLogger("fedcmi").info("killed %s process(es) left by Ray: %s", len(left), left)
+
+
+def _store_federation(cfg: RunConfig) -> None:
+    """Build the federation into the machine's data cache while Ray starts (a no-op when it is there), so
+    no client actor imports flwr-datasets or reads the Arrow table to find its partition. A problem is left
+    for the clients to report, as before."""
+    from fedcmi.data.sources import is_prepared
+
+    if is_prepared(cfg.dataset):
+        return
+    try:
+        from fedcmi.data.partition import federation
+
+        federation(cfg)
+    except Exception as exc:  # noqa: BLE001 - the nodes report it in their replies
+        logging.getLogger("fedcmi").debug("federation not stored ahead: %s: %s", type(exc).__name__, exc)
 
 
 def _start_ray(backend_config: dict[str, Any], token: ProcessToken, verbose: bool) -> None:
