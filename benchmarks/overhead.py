@@ -18,6 +18,11 @@ threads per actor and as many actors in parallel as fit.
     python benchmarks/overhead.py                      # make run's setting (40 rounds)
     python benchmarks/overhead.py client-num-cpus=2    # one actor, sequential, like (b)
     python benchmarks/overhead.py num-server-rounds=10 --plain-threads 1
+    python benchmarks/overhead.py num-server-rounds=15 --no-plain   # only (a), pipelined and sequential
+
+(a) runs twice, the second time with ``pipelined-eval`` flipped (``--no-compare-eval`` skips it): the
+steady-state s/round of pipelined and sequential central evaluation from the same invocation, their ratio
+(``pipelined_ratio``) and whether the two runs' metrics are identical.
 """
 
 from __future__ import annotations
@@ -257,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value run-config overrides (default: make run)")
     parser.add_argument("--no-compare-eval", dest="compare_eval", action="store_false",
                         help="skip the second simulation with pipelined-eval flipped")
+    parser.add_argument("--no-plain", dest="plain", action="store_false",
+                        help="skip (b), the plain loop: only the Flower figures")
     parser.add_argument("--plain-threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads of the plain loop's client training (default: all CPUs)")
     args = parser.parse_args(argv)
@@ -271,11 +278,17 @@ def main(argv: list[str] | None = None) -> int:
             mem_o = PeakMemory().start()
             o = run_flower(other, time.monotonic())
             mem_o.stop()
-    mem_b = PeakMemory().start()
-    b = run_plain(cfg, args.plain_threads)
-    mem_b.stop()
-    print(f"peak memory in GiB: (a) {mem_a.peak_rss / GIB:.2f} RSS, (b) {mem_b.peak_rss / GIB:.2f} RSS")
-    report(cfg, a, b, mem_a, mem_b, args.plain_threads)
+    if args.plain:
+        mem_b = PeakMemory().start()
+        b = run_plain(cfg, args.plain_threads)
+        mem_b.stop()
+        print(f"peak memory in GiB: (a) {mem_a.peak_rss / GIB:.2f} RSS, (b) {mem_b.peak_rss / GIB:.2f} RSS")
+        report(cfg, a, b, mem_a, mem_b, args.plain_threads)
+    else:
+        load = os.getloadavg()
+        print(f"(a) flower: start-up {a['startup']:.1f} s to the end of round 1; steady state "
+              f"{mean(a['steady']):.3f} s/round; discovery query {sum(a['seconds'].get('discovery', {}).values()):.2f} "
+              f"s; {mem_a.line()}; {os.cpu_count()} CPUs, load average now {load[0]:.2f} {load[1]:.2f}")
     if args.compare_eval:
         compare_eval(cfg, a, o, mem_o)
     print(f"(a) where the memory goes at the PSS peak (benchmarks/procmem.py):\n{mem_a.roles()}")

@@ -43,7 +43,7 @@ def _kib(path: Path, field: str) -> int:
 
 def _name(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:60].strip()
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:400].strip()
     except OSError:
         return "?"
 
@@ -64,12 +64,13 @@ def role(command: str) -> str:
     """The kind of process a command line is, for the breakdown: where the memory goes."""
     if "ClientAppActor" in command:
         return "client actors"
-    if "ray::IDLE" in command or "default_worker.py" in command:
+    head = command.split()[:3]
+    if command.startswith("ray::IDLE") or any(h.endswith("default_worker.py") for h in head):
         return "idle Ray workers"
-    if any(n in command for n in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "Agent",
-                                  "runtime_env")):
+    if command.startswith("ray::") or any(h.endswith(("raylet", "gcs_server", "log_monitor.py", "monitor.py",
+                                                       "dashboard.py", "agent.py", "main.py")) for h in head):
         return "Ray daemons"
-    return "driver (ServerApp) and others"
+    return "driver (ServerApp)"
 
 
 def by_role(procs: list[tuple[str, int, int]]) -> dict[str, tuple[int, int, int]]:
@@ -109,13 +110,14 @@ class PeakMemory:
 
     def breakdown(self) -> str:
         """The processes at the RSS peak, largest first."""
-        return "\n".join(f"  {r / GIB:6.2f} GiB RSS {p / GIB:6.2f} GiB PSS  {name}" for name, r, p in self.at_peak)
+        return "\n".join(f"  {r / GIB:6.2f} GiB RSS {p / GIB:6.2f} GiB PSS  {name[:60]}" for name, r, p in self.at_peak)
 
     def roles(self) -> str:
         """Where the memory goes at the PSS peak: per kind of process, and per process."""
         lines = [f"  {ps / GIB:5.2f} GiB PSS {rs / GIB:5.2f} GiB RSS  {n} x {name}"
                  for name, (n, rs, ps) in sorted(by_role(self.at_pss_peak).items(), key=lambda kv: -kv[1][2])]
-        lines += [f"    {p / GIB:5.2f} GiB PSS {r / GIB:5.2f} GiB RSS  {name}" for name, r, p in self.at_pss_peak[:8]]
+        lines += [f"    {p / GIB:5.2f} GiB PSS {r / GIB:5.2f} GiB RSS  {name[:70]}"
+                  for name, r, p in self.at_pss_peak[:8]]
         return "\n".join(lines)
 
     def reset(self) -> None:

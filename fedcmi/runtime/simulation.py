@@ -251,6 +251,7 @@ def _tracked_backends() -> Iterator[_Backends]:
     build, terminate = RayBackend.build, RayBackend.terminate
 
     def tracking_build(self: Any, app_fn: Any) -> None:
+        self.actor_kwargs = {**self.actor_kwargs, "on_actor_init_fn": warm_actor}
         build(self, app_fn)
         tracked.pools.append(self.pool)
 
@@ -264,6 +265,13 @@ def _tracked_backends() -> Iterator[_Backends]:
     finally:
         tracked.close()
         RayBackend.build, RayBackend.terminate = build, terminate
+
+
+def warm_actor() -> None:
+    """Runs in each client actor as Ray creates it, while the ServerApp loads its data and evaluates the
+    initial model: the ClientApp's imports (torch, fedcmi; seconds per process) are then done before the
+    discovery query arrives instead of after it."""
+    importlib.import_module("clients.app")
 
 
 def _free_workers_on_stop(tracked: _Backends) -> None:
