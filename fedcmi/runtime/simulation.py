@@ -270,7 +270,12 @@ def _tracked_backends() -> Iterator[_Backends]:
 def warm_actor() -> None:
     """Runs in each client actor as Ray creates it, while the ServerApp loads its data and evaluates the
     initial model: the ClientApp's imports (torch, fedcmi; seconds per process) are then done before the
-    discovery query arrives instead of after it."""
+    discovery query arrives instead of after it. Not when Ray restarts a crashed actor: there the warm-up
+    would only keep the actor unavailable longer (messages sent to it meanwhile fail)."""
+    import ray
+
+    if ray.get_runtime_context().was_current_actor_reconstructed:
+        return
     importlib.import_module("clients.app")
 
 
