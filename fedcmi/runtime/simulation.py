@@ -272,10 +272,14 @@ def warm_actor() -> None:
     initial model: the ClientApp's imports (torch, fedcmi; seconds per process) are then done before the
     discovery query arrives instead of after it. Not when Ray restarts a crashed actor: there the warm-up
     would only keep the actor unavailable longer (messages sent to it meanwhile fail)."""
+    import warnings
+
     import ray
 
-    if ray.get_runtime_context().was_current_actor_reconstructed:
-        return
+    with warnings.catch_warnings():  # Ray 2.55 warns about its own deprecated actor_id inside this call
+        warnings.simplefilter("ignore")
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            return
     importlib.import_module("clients.app")
 
 
