@@ -18,6 +18,11 @@ threads per actor and as many actors in parallel as fit.
     python benchmarks/overhead.py                      # make run's setting (40 rounds)
     python benchmarks/overhead.py client-num-cpus=2    # one actor, sequential, like (b)
     python benchmarks/overhead.py num-server-rounds=10 --plain-threads 1
+    python benchmarks/overhead.py num-server-rounds=15 --no-plain   # only (a), pipelined and sequential
+
+(a) runs twice, the second time with ``pipelined-eval`` flipped (``--no-compare-eval`` skips it): the
+steady-state s/round of pipelined and sequential central evaluation from the same invocation, their ratio
+(``pipelined_ratio``) and whether the two runs' metrics are identical.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import random  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -68,7 +74,13 @@ class StepTimers:
     def __init__(self) -> None:
         self.seconds: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
         self.round = 0
-        self.stack: list[str] = []
+        self._local = threading.local()  # the pipelined evaluation thread has its own stack
+
+    @property
+    def stack(self) -> list[str]:
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        return self._local.stack
 
     def wrap(self, owner: Any, name: str, step: str, sets_round: bool = False) -> None:
         original = getattr(owner, name)
@@ -92,7 +104,14 @@ class StepTimers:
         setattr(owner, name, timed)
 
 
+_TIMERS: list[StepTimers] = []
+
+
 def instrument() -> StepTimers:
+    """Wrap the server's steps once per process; later calls get the same timers, cleared."""
+    if _TIMERS:
+        _TIMERS[0].seconds.clear()
+        return _TIMERS[0]
     import server.app
     from fedcmi.runs.run_dir import RunDirectory
     from fedcmi.runtime.flower_dispatch import install
@@ -109,10 +128,12 @@ def instrument() -> StepTimers:
     timers.wrap(server.app, "evaluate", "central evaluation")
     timers.wrap(RunDirectory, "add_round", "results files")
     timers.wrap(server.app, "save_checkpoint", "checkpoint")
+    _TIMERS.append(timers)
     return timers
 
 
-def run_flower(cfg: RunConfig) -> dict[str, Any]:
+def run_flower(cfg: RunConfig, t0: float = T0) -> dict[str, Any]:
+    """One simulation of ``cfg``; start-up counts from ``t0`` (default: this script's start, imports included)."""
     from fedcmi.runtime.simulation import simulate
 
     timers = instrument()
@@ -125,8 +146,8 @@ def run_flower(cfg: RunConfig) -> dict[str, Any]:
 
     simulate(cfg, reporter)
     steady = [r["wall_s"] for r in rows if r["round"] >= 2]
-    return {"rows": rows, "startup": ends[1] - T0, "round0": ends[0] - T0, "round1": rows[1]["wall_s"],
-            "steady": steady, "timers": timers}
+    return {"rows": rows, "startup": ends[1] - t0, "round0": ends[0] - t0, "round1": rows[1]["wall_s"],
+            "steady": steady, "timers": timers, "seconds": {k: dict(v) for k, v in timers.seconds.items()}}
 
 
 # --- (b) the same work in a plain loop ------------------------------------------------------------------
@@ -200,7 +221,7 @@ def report(cfg: RunConfig, a: dict[str, Any], b: dict[str, Any], mem_a: PeakMemo
         f"{a['round0']:.1f} s; round 1 took {a['round1']:.1f} s, discovery query included)")
     say(f"(a) flower: steady state {a_round:.3f} s/round (median {statistics.median(a['steady']):.3f}, rounds "
         f"2..{cfg.num_server_rounds}), {n / a_round:.1f} client updates/s; {mem_a.line()}")
-    steps = a["timers"].seconds
+    steps = a["seconds"]
     parts = []
     for step in ("sample+configure", "messages+client training", "screen+aggregate", "central evaluation",
                  "results files", "checkpoint"):
@@ -220,23 +241,57 @@ def report(cfg: RunConfig, a: dict[str, Any], b: dict[str, Any], mem_a: PeakMemo
     return ratio
 
 
+def compare_eval(cfg: RunConfig, a: dict[str, Any], o: dict[str, Any], mem_o: PeakMemory,
+                 say: Callable[[str], None] = print) -> float:
+    """Sequential against pipelined central evaluation, from two simulations of the same config: s/round and
+    whether the metrics are the same (every column but wall_s)."""
+    seq, pipe = (o, a) if cfg.pipelined_eval else (a, o)
+    s_seq, s_pipe = mean(seq["steady"]), mean(pipe["steady"])
+    same = all({k: v for k, v in x.items() if k != "wall_s"} == {k: v for k, v in y.items() if k != "wall_s"}
+               for x, y in zip(seq["rows"], pipe["rows"], strict=True))
+    say(f"(a') pipelined-eval={str(not cfg.pipelined_eval).lower()} (second run, imports warm): start-up "
+        f"{o['startup']:.1f} s; steady state {mean(o['steady']):.3f} s/round; {mem_o.line()}")
+    say(f"evaluation: sequential {s_seq:.3f} s/round, pipelined {s_pipe:.3f} s/round; metrics identical: {same}")
+    ratio = s_pipe / s_seq
+    say(f"pipelined_ratio={ratio:.3f}  (pipelined / sequential steady-state s/round; goal <= 0.85)")
+    return ratio
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="key=value run-config overrides (default: make run)")
+    parser.add_argument("--no-compare-eval", dest="compare_eval", action="store_false",
+                        help="skip the second simulation with pipelined-eval flipped")
+    parser.add_argument("--no-plain", dest="plain", action="store_false",
+                        help="skip (b), the plain loop: only the Flower figures")
     parser.add_argument("--plain-threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads of the plain loop's client training (default: all CPUs)")
     args = parser.parse_args(argv)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     with tempfile.TemporaryDirectory(prefix="fedcmi-overhead-") as tmp:
         cfg = resolve(overrides=parse_overrides(args.overrides)).replace(out_dir=str(Path(tmp) / "run"))
+        other = cfg.replace(pipelined_eval=not cfg.pipelined_eval, out_dir=str(Path(tmp) / "other"))
         mem_a = PeakMemory().start()
         a = run_flower(cfg)
         mem_a.stop()
-    mem_b = PeakMemory().start()
-    b = run_plain(cfg, args.plain_threads)
-    mem_b.stop()
-    print(f"peak memory in GiB: (a) {mem_a.peak_rss / GIB:.2f} RSS, (b) {mem_b.peak_rss / GIB:.2f} RSS")
-    report(cfg, a, b, mem_a, mem_b, args.plain_threads)
+        if args.compare_eval:  # the same run with evaluation the other way, right after, in this process
+            mem_o = PeakMemory().start()
+            o = run_flower(other, time.monotonic())
+            mem_o.stop()
+    if args.plain:
+        mem_b = PeakMemory().start()
+        b = run_plain(cfg, args.plain_threads)
+        mem_b.stop()
+        print(f"peak memory in GiB: (a) {mem_a.peak_rss / GIB:.2f} RSS, (b) {mem_b.peak_rss / GIB:.2f} RSS")
+        report(cfg, a, b, mem_a, mem_b, args.plain_threads)
+    else:
+        load = os.getloadavg()
+        print(f"(a) flower: start-up {a['startup']:.1f} s to the end of round 1; steady state "
+              f"{mean(a['steady']):.3f} s/round; discovery query {sum(a['seconds'].get('discovery', {}).values()):.2f} "
+              f"s; {mem_a.line()}; {os.cpu_count()} CPUs, load average now {load[0]:.2f} {load[1]:.2f}")
+    if args.compare_eval:
+        compare_eval(cfg, a, o, mem_o)
+    print(f"(a) where the memory goes at the PSS peak (benchmarks/procmem.py):\n{mem_a.roles()}")
     return 0
 
 

@@ -43,7 +43,7 @@ def _kib(path: Path, field: str) -> int:
 
 def _name(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:60].strip()
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:400].strip()
     except OSError:
         return "?"
 
@@ -60,6 +60,28 @@ def tree_memory(root: int) -> tuple[int, int, list[tuple[str, int, int]]]:
     return rss, pss, procs
 
 
+def role(command: str) -> str:
+    """The kind of process a command line is, for the breakdown: where the memory goes."""
+    if "ClientAppActor" in command:
+        return "client actors"
+    head = command.split()[:3]
+    if command.startswith("ray::IDLE") or any(h.endswith("default_worker.py") for h in head):
+        return "idle Ray workers"
+    if command.startswith("ray::") or any(h.endswith(("raylet", "gcs_server", "log_monitor.py", "monitor.py",
+                                                       "dashboard.py", "agent.py", "main.py")) for h in head):
+        return "Ray daemons"
+    return "driver (ServerApp)"
+
+
+def by_role(procs: list[tuple[str, int, int]]) -> dict[str, tuple[int, int, int]]:
+    """role -> (process count, summed RSS, summed PSS)."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for name, r, p in procs:
+        n, rs, ps = out.get(role(name), (0, 0, 0))
+        out[role(name)] = (n + 1, rs + r, ps + p)
+    return out
+
+
 class PeakMemory:
     """Samples ``tree_memory`` of a process tree every ``interval`` seconds in a thread; keeps the peaks."""
 
@@ -68,6 +90,7 @@ class PeakMemory:
         self.interval = interval
         self.peak_rss = self.peak_pss = self.peak_procs = 0
         self.at_peak: list[tuple[str, int, int]] = []
+        self.at_pss_peak: list[tuple[str, int, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="peak-memory")
 
@@ -80,12 +103,22 @@ class PeakMemory:
         rss, pss, procs = tree_memory(self.root)
         if rss > self.peak_rss:
             self.at_peak = sorted(procs, key=lambda p: -p[1])
+        if pss > self.peak_pss:
+            self.at_pss_peak = sorted(procs, key=lambda p: -p[2])
         self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
         self.peak_procs = max(self.peak_procs, len(procs))
 
     def breakdown(self) -> str:
         """The processes at the RSS peak, largest first."""
-        return "\n".join(f"  {r / GIB:6.2f} GiB RSS {p / GIB:6.2f} GiB PSS  {name}" for name, r, p in self.at_peak)
+        return "\n".join(f"  {r / GIB:6.2f} GiB RSS {p / GIB:6.2f} GiB PSS  {name[:60]}" for name, r, p in self.at_peak)
+
+    def roles(self) -> str:
+        """Where the memory goes at the PSS peak: per kind of process, and per process."""
+        lines = [f"  {ps / GIB:5.2f} GiB PSS {rs / GIB:5.2f} GiB RSS  {n} x {name}"
+                 for name, (n, rs, ps) in sorted(by_role(self.at_pss_peak).items(), key=lambda kv: -kv[1][2])]
+        lines += [f"    {p / GIB:5.2f} GiB PSS {r / GIB:5.2f} GiB RSS  {name[:70]}"
+                  for name, r, p in self.at_pss_peak[:8]]
+        return "\n".join(lines)
 
     def reset(self) -> None:
         self.peak_rss = self.peak_pss = self.peak_procs = 0

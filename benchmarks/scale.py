@@ -58,7 +58,7 @@ def one(n: int, per_round: int, rounds: int, per_client: int, extra: list[str]) 
     return {"clients": n, "per_round": per_round, "s_per_round": statistics.fmean(steady),
             "s_per_round_median": statistics.median(steady), "discovery_s": sum(timers.seconds["discovery"].values()),
             "startup_s": ends[1] - t0, "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss,
-            "processes": mem.peak_procs, "final_acc_mm": rows[-1]["acc_mm"], "at_peak": mem.breakdown()}
+            "processes": mem.peak_procs, "final_acc_mm": rows[-1]["acc_mm"], "at_peak": mem.roles()}
 
 
 def main(argv: list[str] | None = None) -> int:

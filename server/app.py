@@ -36,6 +36,7 @@ from fedcmi.runs.checkpoint import save_checkpoint
 from fedcmi.runs.metrics import round_line, round_row
 from fedcmi.runs.run_dir import RunDirectory, config_hash, default_run_dir, resumable
 from fedcmi.runtime.interrupt import STOP, Interrupted, StoppableGrid
+from server.pipeline import Recorder, RoundSnapshot
 from server.strategy import FedCMIStrategy
 
 logger = logging.getLogger("fedcmi")
@@ -65,7 +66,14 @@ def build_strategy(cfg: RunConfig, model_spec: ModelSpec) -> FedCMIStrategy:
                           seed=cfg.seed, min_replies=cfg.min_replies, max_update_norm=cfg.max_update_norm,
                           update_norm_multiple=cfg.update_norm_multiple,
                           use_modalities=method_spec(cfg.strategy).modalities, rule=rule(cfg.aggregation),
-                          dominance_momentum=cfg.dominance_momentum, tau_min=cfg.tau_min)
+                          dominance_momentum=cfg.dominance_momentum, tau_min=cfg.tau_min,
+                          discovery_timeout=discovery_timeout(cfg))
+
+
+def discovery_timeout(cfg: RunConfig) -> float:
+    """Seconds the first discovery may take: discovery-timeout, or round-timeout when that is 0 (a loaded
+    machine starts actors slowly; a fixed 120 s failed whole bench cells there)."""
+    return cfg.discovery_timeout or cfg.round_timeout
 
 
 def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds: range, timeout: float,
@@ -115,34 +123,49 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     xa, xb, y = (torch.from_numpy(t) for t in data.arrays("test"))
     clock = {"t": time.monotonic()}
 
-    def served(server_round: int) -> torch.nn.Module:
+    def served(server_round: int, feature_stats: Any) -> torch.nn.Module:
         """The model as evaluated and saved: with ccvr-steps, its fusion head calibrated on the server (CCVR)."""
-        if cfg.ccvr_steps == 0 or strategy.feature_stats is None:
+        if cfg.ccvr_steps == 0 or feature_stats is None:
             return model
-        return calibrated(model, strategy.feature_stats, samples=cfg.ccvr_samples, steps=cfg.ccvr_steps,
+        return calibrated(model, feature_stats, samples=cfg.ccvr_samples, steps=cfg.ccvr_steps,
                           lr=cfg.ccvr_lr, seed=round_seed(cfg.seed, server_round, -1))
 
-    def central_evaluation(server_round: int, arrays: ArrayRecord) -> None:
-        model.load_state_dict(arrays.to_torch_state_dict())
-        res = evaluate(served(server_round), xa, xb, y, data.num_classes, data.modalities, cfg.eval_batch_size,
-                       use_modalities=method.modalities, infiltration_path=method.infiltration_path)
-        train = strategy.train_metrics.get(server_round, {})
-        guidance = strategy.guidance  # what this round's statistics say (sent with the next round)
-        row = round_row(server_round, res, {k: v for k, v in train.items() if k.startswith("loss")},
+    def snapshot(server_round: int, arrays: ArrayRecord) -> RoundSnapshot:
+        """The round as it ended: what its record reads, before the next round changes the strategy."""
+        now = time.monotonic()
+        wall, clock["t"] = now - clock["t"], now
+        return RoundSnapshot(server_round, arrays, dict(strategy.train_metrics.get(server_round, {})),
+                             strategy.guidance, dict(strategy.round_log.get(server_round, {})),
+                             strategy.feature_stats, strategy.state(), wall)
+
+    def record(snap: RoundSnapshot) -> None:
+        """Evaluate centrally, write the metrics row, then the checkpoint that names it."""
+        model.load_state_dict(snap.arrays.to_torch_state_dict())
+        res = evaluate(served(snap.server_round, snap.feature_stats), xa, xb, y, data.num_classes, data.modalities,
+                       cfg.eval_batch_size, use_modalities=method.modalities,
+                       infiltration_path=method.infiltration_path)
+        guidance = snap.guidance  # what this round's statistics say (sent with the next round)
+        wall = snap.wall_s if cfg.pipelined_eval else time.monotonic() - clock["t"] + snap.wall_s
+        row = round_row(snap.server_round, res, {k: v for k, v in snap.train_metrics.items() if k.startswith("loss")},
                         _modality_name(data.modalities, guidance.dominant if guidance else None),
-                        guidance.ratio if guidance else math.nan, strategy.round_log.get(server_round, {}),
-                        time.monotonic() - clock["t"])
-        clock["t"] = time.monotonic()
-        STOP.check()  # from here the row and its checkpoint are written together
+                        guidance.ratio if guidance else math.nan, snap.round_log, wall)
+        if not cfg.pipelined_eval:
+            clock["t"] = time.monotonic()
+            STOP.check()  # from here the row and its checkpoint are written together
         run_dir.add_round(row)
         log_round(row, cfg.num_server_rounds, data.modalities)
         if reporter is not None:
             reporter(row)
+        save_checkpoint(out, snap.server_round, snap.arrays.to_torch_state_dict(), snap.strategy_state, digest)
+
+    # Sequential: the round is recorded before the next starts, and a stop request during its evaluation
+    # leaves it unrecorded. Pipelined: recorded while the next round trains; a round that was aggregated is
+    # always recorded (close() finishes it), so either way the checkpoint and metrics.json agree.
+    recorder = Recorder(record, background=cfg.pipelined_eval)
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
         STOP.check()
-        central_evaluation(server_round, arrays)  # checks STOP again before it records anything
-        save_checkpoint(out, server_round, arrays.to_torch_state_dict(), strategy.state(), digest)
+        recorder.submit(snapshot(server_round, arrays))
 
     try:
         if checkpoint is None:
@@ -156,11 +179,13 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
             logger.info("resuming %s after round %s", out, checkpoint.round)
         arrays = run_rounds(strategy, grid, arrays, range(first, cfg.num_server_rounds + 1), cfg.round_timeout,
                             cfg.max_consecutive_skips, end_of_round)
+        recorder.drain()
         STOP.check()
         model.load_state_dict(arrays.to_torch_state_dict())
-        run_dir.save_model(served(cfg.num_server_rounds).state_dict())
+        run_dir.save_model(served(cfg.num_server_rounds, strategy.feature_stats).state_dict())
         run_dir.plot()
     except Interrupted as exc:
+        recorder.close()
         done = len(run_dir.rows) - 1
         run_dir.finish("interrupted", rounds=done if done >= 0 else None, signal=exc.name)
         run_dir.release()
@@ -168,9 +193,11 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
                  exc.name, done, cfg.num_server_rounds, out)
         raise
     except BaseException as exc:
+        recorder.close()
         run_dir.finish("failed", error=f"{type(exc).__name__}: {exc}", rounds=len(run_dir.rows) - 1)
         run_dir.release()
         raise
+    recorder.close()
     run_dir.finish("complete", rounds=cfg.num_server_rounds)
     run_dir.release()
     return run_dir

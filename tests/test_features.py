@@ -20,9 +20,9 @@ from datasets import load_from_disk
 
 from fedcmi.cli import main
 from fedcmi.config import ConfigError, RunConfig, effective
-from fedcmi.data import features as features_mod
 from fedcmi.data import load_data, load_prepared
-from fedcmi.data.features import extract_features
+from fedcmi.data.features import extract as features_mod
+from fedcmi.data.features.extract import extract_features
 from fedcmi.data.partition import build_federation, client_data
 from fedcmi.data.prepare import prepare
 from tests.prepare_fixtures import crema_d_tree, crisismmd_tree, tiny_bert

@@ -1,4 +1,4 @@
-"""``fedcmi features``: the command-line face of :mod:`fedcmi.data.features`."""
+"""``fedcmi features``: the command-line face of :mod:`fedcmi.data.features.extract`."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from fedcmi.config import ConfigError
-    from fedcmi.data.features import extract_features
+    from fedcmi.data.features.extract import extract_features
 
     for flag in ("batch_size", "shard_size", "threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:

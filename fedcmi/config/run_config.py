@@ -223,9 +223,14 @@ class RunConfig:
                                   "must be >= 0")
     ray_address: str = _opt("", "server", "Ray cluster to join, e.g. '10.0.0.5:6379' (started with `ray start "
                                           "--head`); '' = start a local Ray")
+    pipelined_eval: bool = _opt(True, "server", "evaluate and checkpoint round r in a background thread (one "
+                                "torch thread) while round r+1 trains; the same numbers as false (sequential)")
     # --- reliability ---------------------------------------------------------------------------------------
     round_timeout: float = _opt(600.0, "reliability", "seconds to wait for client replies per round", _positive,
                                 "must be > 0")
+    discovery_timeout: float = _opt(0.0, "reliability", "seconds to wait for clients-per-round nodes to connect "
+                                    "and describe themselves before round 1; 0 = round-timeout", _at_least(0),
+                                    "must be >= 0")
     min_replies: int = _opt(1, "reliability", "good replies needed to aggregate a round; fewer = round skipped, "
                             "model kept", _at_least(1), "must be >= 1")
     max_consecutive_skips: int = _opt(3, "reliability", "stop the run after this many skipped rounds in a row",

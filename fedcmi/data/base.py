@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from datasets import Dataset
+
+if TYPE_CHECKING:  # a client actor that never reads the Arrow tables never imports `datasets` (~0.2 GiB)
+    from datasets import Dataset
 
 
 @dataclass
@@ -24,6 +28,7 @@ class MultimodalData:
     train: Dataset
     test: Dataset
     _cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    cache_dir: Path | None = field(default=None, repr=False)  # its folder in the machine's data cache, if any
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x_a, x_b, y) of a split as numpy arrays, converted once and cached."""

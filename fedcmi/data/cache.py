@@ -20,6 +20,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,9 +46,7 @@ def cache_root() -> Path | None:
 def cache_key(name: str, params: tuple) -> str:
     import torch
 
-    from fedcmi.data import embedded
-
-    source = hashlib.sha256(Path(embedded.__file__).read_bytes()).hexdigest()
+    source = hashlib.sha256(Path(__file__).with_name("embedded.py").read_bytes()).hexdigest()  # not imported
     text = json.dumps([name, list(params), source, torch.__version__, np.__version__])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -95,14 +94,43 @@ def _save(data: MultimodalData, path: Path) -> None:
             ds_logging.enable_progress_bar()
 
 
-def _open(path: Path) -> MultimodalData:
-    """The cached data set; arrays are copy-on-write maps (writable, shared until written)."""
-    from datasets import Dataset
+class LazyDataset:
+    """A saved ``datasets.Dataset`` opened on first use. Why: a client actor needs only the memory-mapped
+    arrays, and importing ``datasets`` (with pandas, pyarrow) costs each process ~1.5 s and ~0.15 GiB."""
 
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._ds: Any = None
+
+    def _get(self) -> Any:
+        if self._ds is None:
+            from datasets import Dataset
+
+            self._ds = Dataset.load_from_disk(str(self._path))
+        return self._ds
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._get(), name)
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._get())
+
+
+def _open(path: Path) -> MultimodalData:
+    """The cached data set; arrays are copy-on-write maps (writable, shared until written), the Arrow
+    tables are opened when first read."""
     meta = json.loads((path / DONE).read_text(encoding="utf-8"))
-    splits = {s: Dataset.load_from_disk(str(path / s)) for s in SPLITS}
+    splits: dict[str, Any] = {s: LazyDataset(path / s) for s in SPLITS}
     data = MultimodalData(meta["name"], tuple(meta["modalities"]), int(meta["num_classes"]), splits["train"],
-                          splits["test"])
+                          splits["test"], cache_dir=path)
     for split in SPLITS:
         xa, xb = (np.load(path / f"{split}-{c}.npy", mmap_mode="c") for c in ("a", "b"))
         data._cache[split] = (xa, xb, np.load(path / f"{split}-y.npy"))

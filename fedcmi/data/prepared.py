@@ -17,10 +17,12 @@ import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset, DatasetDict, load_from_disk
+
+if TYPE_CHECKING:  # imported where used: a process on embedded data never loads `datasets`
+    from datasets import Dataset
 
 from fedcmi.config import ConfigError
 from fedcmi.data.base import MultimodalData
@@ -107,6 +109,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 @lru_cache(maxsize=4)
 def _load(path: str) -> PreparedData:
+    from datasets import DatasetDict, load_from_disk
+
     p = Path(path)
     manifest = read_manifest(p)
     try:

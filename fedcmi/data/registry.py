@@ -7,7 +7,6 @@ from functools import lru_cache
 from fedcmi.config import ConfigError, RunConfig
 from fedcmi.data.base import MultimodalData
 from fedcmi.data.cache import cached
-from fedcmi.data.embedded import digits_cg, synthetic_av
 from fedcmi.data.features import check_encoder
 from fedcmi.data.prepared import load_prepared
 from fedcmi.data.sources import is_prepared
@@ -17,11 +16,21 @@ from fedcmi.data.sources import is_prepared
 def _cached(name: str, num_classes: int, train_size: int, test_size: int, signal_a: float,
             signal_b: float, noise: float) -> MultimodalData:
     # built once per machine and memory-mapped by every process (driver, Ray actors): fedcmi/data/cache.py
+    # fedcmi.data.embedded imports `datasets`, so only a cache miss imports it
     if name == "synthetic-av":
-        return cached(name, (num_classes, train_size, test_size, signal_a, signal_b, noise),
-                      lambda: synthetic_av(num_classes, train_size, test_size, signal_a, signal_b, noise))
+        def build() -> MultimodalData:
+            from fedcmi.data.embedded import synthetic_av
+
+            return synthetic_av(num_classes, train_size, test_size, signal_a, signal_b, noise)
+
+        return cached(name, (num_classes, train_size, test_size, signal_a, signal_b, noise), build)
     if name == "digits-cg":
-        return cached(name, (), digits_cg)
+        def build_digits() -> MultimodalData:
+            from fedcmi.data.embedded import digits_cg
+
+            return digits_cg()
+
+        return cached(name, (), build_digits)
     raise ValueError(f"unknown data set {name!r}")
 
 

@@ -33,7 +33,8 @@ from fedcmi.runs.metrics import ROUND, accuracy_columns, column_labels
 MODEL_FILE = "model.safetensors"
 MARKER = ".fedcmi-run"
 # keys that may differ between a checkpoint and its resume (more rounds; the folder's own path)
-RESUMABLE_KEYS = ("num-server-rounds", "out-dir")
+# keys that never change a result: a resume may change them, and checkpoints from before a key existed still match
+RESUMABLE_KEYS = ("num-server-rounds", "out-dir", "pipelined-eval", "discovery-timeout")
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:

@@ -117,7 +117,10 @@ def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: 
     with handle_signals(), _tracked_backends() as backends:
         try:
             STOP.check()
+            warm = threading.Thread(target=_store_federation, args=(cfg,), daemon=True, name="fedcmi-federation")
+            warm.start()
             _start_ray(backend_config, token, verbose)
+            warm.join()
             STOP.check()
             threading.Thread(target=_free_workers_on_stop, args=(backends,), daemon=True,
                              name="fedcmi-stop-watch").start()
@@ -136,6 +139,22 @@ def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: 
             LIVE_TOKENS.discard(token)
             if left:
                 logging.getLogger("fedcmi").info("killed %s process(es) left by Ray: %s", len(left), left)
+
+
+def _store_federation(cfg: RunConfig) -> None:
+    """Build the federation into the machine's data cache while Ray starts (a no-op when it is there), so
+    no client actor imports flwr-datasets or reads the Arrow table to find its partition. A problem is left
+    for the clients to report, as before."""
+    from fedcmi.data.sources import is_prepared
+
+    if is_prepared(cfg.dataset):
+        return
+    try:
+        from fedcmi.data.partition import federation
+
+        federation(cfg)
+    except Exception as exc:  # noqa: BLE001 - the nodes report it in their replies
+        logging.getLogger("fedcmi").debug("federation not stored ahead: %s: %s", type(exc).__name__, exc)
 
 
 def _start_ray(backend_config: dict[str, Any], token: ProcessToken, verbose: bool) -> None:
@@ -232,6 +251,7 @@ def _tracked_backends() -> Iterator[_Backends]:
     build, terminate = RayBackend.build, RayBackend.terminate
 
     def tracking_build(self: Any, app_fn: Any) -> None:
+        self.actor_kwargs = {**self.actor_kwargs, "on_actor_init_fn": warm_actor}
         build(self, app_fn)
         tracked.pools.append(self.pool)
 
@@ -245,6 +265,22 @@ def _tracked_backends() -> Iterator[_Backends]:
     finally:
         tracked.close()
         RayBackend.build, RayBackend.terminate = build, terminate
+
+
+def warm_actor() -> None:
+    """Runs in each client actor as Ray creates it, while the ServerApp loads its data and evaluates the
+    initial model: the ClientApp's imports (torch, fedcmi; seconds per process) are then done before the
+    discovery query arrives instead of after it. Not when Ray restarts a crashed actor: there the warm-up
+    would only keep the actor unavailable longer (messages sent to it meanwhile fail)."""
+    import warnings
+
+    import ray
+
+    with warnings.catch_warnings():  # Ray 2.55 warns about its own deprecated actor_id inside this call
+        warnings.simplefilter("ignore")
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            return
+    importlib.import_module("clients.app")
 
 
 def _free_workers_on_stop(tracked: _Backends) -> None:
