@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Array2D, Dataset, DatasetDict, Features, Value, concatenate_datasets, load_from_disk
+from datasets import Array2D, Dataset, Features, Value, concatenate_datasets, load_from_disk
 
 from fedcmi.data.features import FEATURES, is_features
 from fedcmi.data.features.encoders import FrozenEncoder, audio_encoder, image_encoder, text_encoder
+from fedcmi.data.prepare.writer import install_splits
 from fedcmi.data.prepared import MANIFEST, load_prepared
 from fedcmi.errors import ConfigError
 
@@ -117,20 +118,8 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> bool:
 
 
 def _finalize(out: Path, shard_dirs: dict[str, list[Path]]) -> dict[str, int]:
-    splits = {}
-    for split, dirs in shard_dirs.items():
-        ds = concatenate_datasets([load_from_disk(str(d / "data")) for d in dirs])
-        splits[split] = ds.remove_columns("idx").add_column("idx", np.arange(len(ds), dtype=np.int64))
-    final = out / ".final.tmp"
-    shutil.rmtree(final, ignore_errors=True)
-    DatasetDict(splits).save_to_disk(str(final))
-    for entry in final.iterdir():
-        dest = out / entry.name
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        entry.replace(dest)
-    final.rmdir()
-    return {s: len(d) for s, d in splits.items()}
+    return install_splits(out, {split: concatenate_datasets([load_from_disk(str(d / "data")) for d in dirs])
+                                for split, dirs in shard_dirs.items()})
 
 
 def extract_features(prepared: str | Path, out: str | Path | None = None, *, image: str | None = None,

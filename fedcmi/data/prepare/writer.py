@@ -145,8 +145,15 @@ def _finalize(src: Source, out: Path, shard_dirs: dict[str, list[Path]]) -> dict
         if not parts:
             raise ConfigError(f"{src.name}: no usable samples in split {split!r} (skipped ones are listed in "
                               f"{out / WORK}/{split}/*/skipped.json)")
-        ds = concatenate_datasets(parts)
-        splits[split] = ds.remove_columns("idx").add_column("idx", np.arange(len(ds), dtype=np.int64))
+        splits[split] = concatenate_datasets(parts)
+    return install_splits(out, splits)
+
+
+def install_splits(out: Path, splits: dict[str, Any]) -> dict[str, int]:
+    """Renumber each split's ``idx`` and save the DatasetDict into ``out`` through a temporary folder, so a
+    crash leaves either the old splits or the new ones (shared by ``prepare`` and ``features``)."""
+    splits = {name: ds.remove_columns("idx").add_column("idx", np.arange(len(ds), dtype=np.int64))
+              for name, ds in splits.items()}
     final = out / ".final.tmp"
     shutil.rmtree(final, ignore_errors=True)
     DatasetDict(splits).save_to_disk(str(final))
