@@ -302,7 +302,11 @@ class FedCMIStrategy(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Screen every reply, then average the good ones per modality; too few good ones skip the round."""
-        replies = list(replies)
+        # Replies arrive in any order; take them in partition order (unknown nodes last, by node id) so the
+        # faults listed and the floating-point sums are the same in every run.
+        replies = sorted(replies, key=lambda m: (m.metadata.src_node_id not in self.nodes,
+                                                 self.nodes.get(m.metadata.src_node_id, (0,))[0],
+                                                 m.metadata.src_node_id))
         info = self.round_log.setdefault(server_round, {})
         current = {k: v.numpy() for k, v in self.current_arrays.items()} if self.current_arrays else {}
         accepted: list[tuple[int, ClientUpdate, ClassStats | None, dict[str, float], str]] = []
@@ -349,8 +353,7 @@ class FedCMIStrategy(Strategy):
             log(WARNING, "round %s: %s", server_round, line)
         info.update({"replies": len(accepted), "failed": failed, "rejected": rejected, "timeout": len(missing),
                      "faults": faults, "skipped": len(accepted) < self.min_replies})
-        # Replies arrive in any order; sum in partition order so the floating-point result is reproducible.
-        accepted.sort(key=lambda t: t[0])
+        accepted.sort(key=lambda t: t[0])  # by partition id (a node's reply may claim -1: its node's id counts)
         metrics = self._train_metrics([(t[1].num_examples, t[3]) for t in accepted], info)
         self.train_metrics[server_round] = metrics
         if info["skipped"]:

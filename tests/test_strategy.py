@@ -163,3 +163,19 @@ def test_a_node_that_left_is_not_sampled_and_a_rejoined_one_counts_once():
     s.round_log[9] = {"nodes": [22]}
     _, metrics = s.aggregate_train(9, [])
     assert metrics["clients-timeout"] == 1 and metrics["clients-failed"] == 0
+
+
+def test_faults_are_listed_in_partition_order_whatever_order_the_replies_arrive_in():
+    """The faults column of metrics.csv is reproducible: two bad replies arriving in either order give one list,
+    and the good replies sum to the same bits."""
+    bad = {k: v for k, v in _arrays(1, 1, 1).items() if k != "enc_a.w"}  # a client holding a misses enc_a
+    results = []
+    for order in ((14, 12, 15, 11), (11, 15, 12, 14)):
+        s = _strategy()
+        good = {11: _arrays(0.1, 0.3, 0.7), 15: _arrays(0.2, 0.6, 0.9)}
+        replies = [_reply(n, 3 + n % 4, good[n] if n in good else bad) for n in order]
+        arrays, _ = s.aggregate_train(1, replies)
+        results.append((s.round_log[1]["faults"], {k: v.numpy().tobytes() for k, v in arrays.items()}))
+    faults, _ = results[0]
+    assert [f.split(":")[0] for f in faults] == ["partition 1", "partition 3"]
+    assert results[0] == results[1]
