@@ -80,3 +80,36 @@ def test_path_logits_match_each_forward_path(model):
             assert torch.allclose(paths["b"], m(xb=xb), atol=1e-6)
             assert torch.allclose(paths["a_zero"], m.forward_zero(xa=xa), atol=1e-6)
             assert torch.allclose(paths["b_zero"], m.forward_zero(xb=xb), atol=1e-6)
+
+
+@pytest.mark.parametrize("decomposed", [True, False])
+def test_unimodal_evaluation_runs_one_encoder_and_predicts_as_the_full_pass(decomposed):
+    """A unimodal baseline is scored without the encoder it never trains, with the very predictions the full
+    pass gives on that modality's paths (bit for bit, batched the same)."""
+    from fedcmi.federated.evaluation import evaluate, predict_paths
+
+    torch.manual_seed(1)
+    m = build_model("cnn", SHAPES, 6, 16, decomposed=decomposed).eval()
+    xa, xb = torch.randn(37, *SHAPES[0]), torch.randn(37, *SHAPES[1])
+    y = torch.randint(0, 6, (37,))
+    full = predict_paths(m, xa, xb, batch_size=16)
+    for only, enc, other in (("a", m.enc_a, m.enc_b), ("b", m.enc_b, m.enc_a)):
+        calls = {"own": 0, "other": 0}
+
+        def counter(key: str, calls: dict = calls):
+            return lambda *_: calls.__setitem__(key, calls[key] + 1)
+
+        hooks = [enc.register_forward_hook(counter("own")), other.register_forward_hook(counter("other"))]
+        alone = predict_paths(m, xa, xb, batch_size=16, only=only)
+        res = evaluate(m, xa, xb, y, 6, ("x", "y"), batch_size=16, use_modalities=(only,))
+        for h in hooks:
+            h.remove()
+        assert calls == {"own": 6, "other": 0}  # 3 batches, twice
+        assert set(alone) == {only, f"{only}_zero"}
+        for path in alone:
+            assert (alone[path] == full[path]).all()
+        yn = y.numpy()
+        name, unseen = ("x", "y") if only == "a" else ("y", "x")
+        assert res["acc_mm"] == pytest.approx(float((full[f"{only}_zero"] == yn).mean()))
+        assert res[f"acc_{name}"] == pytest.approx(float((full[only] == yn).mean()))
+        assert res[f"acc_{unseen}"] != res[f"acc_{unseen}"]  # NaN: never seen

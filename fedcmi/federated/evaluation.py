@@ -13,12 +13,14 @@ from fedcmi.runs.metrics import ACC_MM, PER_CLASS, WORST_CLASS, acc_alone, acc_z
 
 
 @torch.no_grad()
-def predict_paths(model: nn.Module, xa: torch.Tensor, xb: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
-    """Predicted class of every test sample on every evaluation path (one encoder pass per modality)."""
+def predict_paths(model: nn.Module, xa: torch.Tensor, xb: torch.Tensor, batch_size: int,
+                  only: str | None = None) -> dict[str, np.ndarray]:
+    """Predicted class of every test sample on every evaluation path (one encoder pass per modality); ``only``
+    a modality: that modality's paths alone (a unimodal baseline never uses the other encoder)."""
     preds: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(xa), batch_size):
         sl = slice(start, start + batch_size)
-        for path, logits in model.path_logits(xa[sl], xb[sl]).items():
+        for path, logits in model.path_logits(xa[sl], xb[sl], only=only).items():
             preds.setdefault(path, []).append(logits.argmax(dim=1).cpu())
     return {path: torch.cat(p).numpy() for path, p in preds.items()}
 
@@ -43,9 +45,11 @@ def evaluate(model: nn.Module, xa: torch.Tensor, xb: torch.Tensor, y: torch.Tens
     was_training = model.training
     model.eval()
     yn = y.cpu().numpy()
-    pred = predict_paths(model, xa, xb, batch_size)
+    only = use_modalities[0] if len(use_modalities) == 1 else None
+    pred = predict_paths(model, xa, xb, batch_size, only)
     if not infiltration_path:
-        pred["a"], pred["b"] = pred["a_zero"], pred["b_zero"]
+        for m in use_modalities:
+            pred[m] = pred[f"{m}_zero"]
     if len(use_modalities) == 1:
         pred["mm"] = pred[f"{use_modalities[0]}_zero"]
     per_class = per_class_accuracy(pred["mm"], yn, num_classes)

@@ -43,8 +43,17 @@ class ConcatModel(nn.Module):
         """The fusion head's inputs on the multimodal path: (enc_a, enc_b)."""
         return self.enc_a(xa), self.enc_b(xb)
 
-    def path_logits(self, xa: torch.Tensor, xb: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits of every evaluation path; alone = zero-filled, as this model has no other path."""
+    def path_logits(self, xa: torch.Tensor, xb: torch.Tensor, only: str | None = None) -> dict[str, torch.Tensor]:
+        """Logits of every evaluation path; alone = zero-filled, as this model has no other path. ``only`` "a" or
+        "b": just that modality's paths, without running the other encoder."""
+        if only == "a":
+            ha = self.enc_a(xa)
+            alone = self.fusion(ha, torch.zeros_like(ha))
+            return {"a": alone, "a_zero": alone}
+        if only == "b":
+            hb = self.enc_b(xb)
+            alone = self.fusion(torch.zeros_like(hb), hb)
+            return {"b": alone, "b_zero": alone}
         ha, hb = self.enc_a(xa), self.enc_b(xb)
         alone_a, alone_b = self.fusion(ha, torch.zeros_like(ha)), self.fusion(torch.zeros_like(hb), hb)
         return {"mm": self.fusion(ha, hb), "a": alone_a, "b": alone_b, "a_zero": alone_a, "b_zero": alone_b}

@@ -81,8 +81,15 @@ class FedCMIModel(nn.Module):
         """The fusion head's inputs on the multimodal path: (self_a, self_b)."""
         return self.branches(xa, "a")[0], self.branches(xb, "b")[0]
 
-    def path_logits(self, xa: torch.Tensor, xb: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits of every evaluation path from one pass of each encoder (what evaluation needs)."""
+    def path_logits(self, xa: torch.Tensor, xb: torch.Tensor, only: str | None = None) -> dict[str, torch.Tensor]:
+        """Logits of every evaluation path from one pass of each encoder (what evaluation needs); ``only`` "a"
+        or "b": just that modality's two paths (alone, zero-filled), without running the other encoder."""
+        if only is not None:
+            s, i = self.branches(xa if only == "a" else xb, only)
+            zero = torch.zeros_like(s)
+            if only == "a":
+                return {"a": self.fuse(s, i), "a_zero": self.fuse(s, zero)}
+            return {"b": self.fuse(i, s), "b_zero": self.fuse(zero, s)}
         sa, ia = self.branches(xa, "a")
         sb, ib = self.branches(xb, "b")
         return {"mm": self.fuse(sa, sb), "a": self.fuse(sa, ia), "b": self.fuse(ib, sb),
