@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from logging import INFO
@@ -42,6 +43,7 @@ from server.strategy import FedCMIStrategy
 logger = logging.getLogger("fedcmi")
 
 Reporter = Callable[[dict[str, Any]], None]
+_MODEL_INIT = threading.Lock()
 
 
 class RunAborted(RuntimeError):
@@ -108,11 +110,12 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     replies) or at the next step, after writing ``status.json`` as ``interrupted`` with the last complete
     round; ``--resume`` continues from there exactly."""
     grid = StoppableGrid(grid)
-    torch.manual_seed(cfg.seed)
     data = load_data(cfg)
     method = method_spec(cfg.strategy)
     model_spec = ModelSpec.of(data)
-    model = model_for(cfg, model_spec, method.decomposed)
+    with _MODEL_INIT:  # torch's global RNG draws the initial model: one seeded draw at a time (fedcmi bench --jobs)
+        torch.manual_seed(cfg.seed)
+        model = model_for(cfg, model_spec, method.decomposed)
     out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg)
     cfg = cfg.replace(out_dir=str(out))
     strategy = build_strategy(cfg, model_spec)

@@ -58,7 +58,8 @@ def test_summary_paired_column_names_a_clear_win():
 def test_bad_grids_are_refused_before_anything_runs(tmp_path, capsys):
     for args, needle in ((["--preset", "huge"], "--preset 'huge'"), (["--strategies", "fedfoo"], "fedfoo"),
                          (["--mixes", "2:1"], "must be in [0, 1]"), (["--alphas", "-1"], "must be > 0"),
-                         (["--seeds", "0"], "--seeds 0"), (["lr=-1"], "lr=-1.0: must be > 0")):
+                         (["--seeds", "0"], "--seeds 0"), (["lr=-1"], "lr=-1.0: must be > 0"),
+                         (["--jobs", "0"], "--jobs 0: must be at least 1")):
         assert main(["bench", "--out", str(tmp_path / "b"), *args]) == 2
         assert needle in capsys.readouterr().err
     plan = make_plan("quick", tmp_path / "c", {})
@@ -96,3 +97,33 @@ def test_every_strategy_runs_through_flower_and_the_grid_resumes(tmp_path):
         changed = (c / "metrics.json").stat().st_mtime_ns != stamps[c.name]
         assert changed == (c == victim), c.name
     assert json.loads((victim / "status.json").read_text())["status"] == "complete"
+
+    # The first run had 3 cells at a time (the default); one at a time, from scratch, gives the same numbers.
+    alone = tmp_path / "alone"
+    some = ["fedcmi", "fedcmi-plus", "unimodal-a"]
+    cmd_alone = [*cmd[:cmd.index("--strategies") + 1], ",".join(some), *cmd[cmd.index("--alphas"):]]
+    cmd_alone[cmd_alone.index("--out") + 1] = str(alone)
+    third = subprocess.run([*cmd_alone, "--jobs", "1"], capture_output=True, text=True, env=env, cwd=ROOT,
+                           timeout=900)
+    assert third.returncode == 0 and "1 at a time" in third.stdout, third.stderr[-2000:]
+    for c in sorted((alone / "cells").iterdir()):
+        ours, theirs = (json.loads((d / c.name / "metrics.json").read_text()) for d in (alone / "cells", out / "cells"))
+        assert [{k: v for k, v in r.items() if k != "wall_s"} for r in ours] == \
+            [{k: v for k, v in r.items() if k != "wall_s"} for r in theirs], c.name
+    assert len(list((alone / "cells").iterdir())) == len(some)
+
+
+def test_default_jobs_fill_the_actors():
+    """3 cells at once on a few cores; with more client actors than 2/3 of a round's clients, enough cells
+    that their rounds keep every actor busy (2 x actors / clients-per-round)."""
+    from fedcmi.cli.bench import default_jobs
+    from fedcmi.config import RunConfig
+
+    def backend(cpus, per_client):
+        return {"client_resources": {"num_cpus": per_client}, "init_args": {"num_cpus": cpus}}
+
+    cfg = RunConfig().replace(clients_per_round=5)
+    assert default_jobs(cfg, backend(2, 1)) == 3
+    assert default_jobs(cfg, backend(16, 1)) == 7  # 16 actors, 5 clients a round: ceil(32 / 5)
+    assert default_jobs(cfg, backend(16, 4)) == 3  # 4 actors
+    assert default_jobs(cfg, {"client_resources": {"num_cpus": 1}, "init_args": {"address": "ray://h:1"}}) == 3

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from fedcmi.config import parse_overrides
+from fedcmi.config import ConfigError, parse_overrides
 
 BENCH_HELP = """\
 Compare imbalance strategies side by side: every (strategy, Dirichlet alpha, modality mix, seed) cell is a
@@ -51,6 +52,9 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--missing-rates", help="comma-separated missing-modality rates in [0, 0.5] (an axis; default: "
                    "none, the base keys apply)")
     p.add_argument("--label-noise", help="comma-separated label-noise rates in [0, 1] (an axis; default: none)")
+    p.add_argument("--jobs", type=int, metavar="N", help="cells run at once on the one federation (default: "
+                   "3, more when there are more client actors than 2/3 of a round's clients); results are the "
+                   "same for any N")
     p.add_argument("--out", metavar="DIR", help="bench folder (default: runs/bench-<preset>)")
     p.add_argument("--verbose", action="store_true", help="show Flower's own log")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="base configuration overrides")
@@ -79,7 +83,10 @@ def _bench(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/bench-{args.preset}")
     plan = make_plan(args.preset, out, parse_overrides(args.overrides), args.strategies, args.seeds,
                      args.alphas, args.mixes, args.missing_rates, args.label_noise)
-    check_resources(plan.base)
+    backend = check_resources(plan.base)
+    jobs = default_jobs(plan.base, backend) if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: must be at least 1 (cells run at once)")
     for cell in plan.cells():  # every partition of the grid, before Ray starts (cached: cheap)
         federation(plan.cell_config(cell))
     command = "fedcmi " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "fedcmi bench"
@@ -91,29 +98,31 @@ def _bench(args: argparse.Namespace) -> int:
     axes = f"{len(plan.strategies)} strategies x {len(plan.alphas)} alphas x {len(plan.mixes)} mixes x "
     axes += f"{corruptions} corruption settings x " if corruptions > 1 else ""
     console.print(f"fedcmi bench --preset {args.preset}: {len(cells)} cells ({axes}{plan.seeds} seeds), "
-                  f"{len(cells) - len(todo)} already finished; writing to {out}")
+                  f"{len(cells) - len(todo)} already finished, {jobs} at a time; writing to {out}")
     out.mkdir(parents=True, exist_ok=True)
     save_plan(plan, command)
     outcome: dict[str, str] = {}
     interrupted: dict[str, Any] = {}
     started = time.monotonic()
     if todo and not tty:  # a file or a pipe: one plain line per cell and per round, as they end
-        done = {"n": len(cells) - len(todo)}
-        current = {"cell": ""}
+        done = {"n": len(cells) - len(todo), "started": len(cells) - len(todo)}
+        lock = threading.Lock()  # cells report from their own threads
 
         def on_cell_line(cell: Any, state: str) -> None:
-            current["cell"] = cell.id
-            if state == "start":
-                print(f"cell {done['n'] + 1}/{len(cells)} {cell.id}", flush=True)
-            else:
-                done["n"] += 1
-                print(f"cell {done['n']}/{len(cells)} {cell.id}: {state}", flush=True)
+            with lock:
+                if state == "start":
+                    done["started"] += 1
+                    print(f"cell {done['started']}/{len(cells)} {cell.id}", flush=True)
+                else:
+                    done["n"] += 1
+                    print(f"cell {done['n']}/{len(cells)} {cell.id}: {state}", flush=True)
 
-        def on_round_line(row: dict[str, Any]) -> None:
-            names = _modality_names(row)
-            print("  " + round_line(row, plan.base.num_server_rounds, names), flush=True)
+        def on_round_line(cell: Any, row: dict[str, Any]) -> None:
+            line = round_line(row, plan.base.num_server_rounds, _modality_names(row))
+            with lock:
+                print(f"  {cell.id} {line}" if jobs > 1 else f"  {line}", flush=True)
 
-        run_app(make_bench_app(plan, todo, outcome, on_cell_line, on_round_line, interrupted), plan.base,
+        run_app(make_bench_app(plan, todo, outcome, on_cell_line, on_round_line, interrupted, jobs), plan.base,
                 args.verbose)
     elif todo:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -122,20 +131,17 @@ def _bench(args: argparse.Namespace) -> int:
                       TextColumn("{task.description}"), console=console) as progress:
             task = progress.add_task("starting Ray and the clients...", total=len(cells),
                                      completed=len(cells) - len(todo))
-            current = {"cell": ""}
-
             def on_cell(cell: Any, state: str) -> None:
-                current["cell"] = cell.id
                 if state == "start":
                     progress.update(task, description=f"{cell.id}")
                 else:
                     progress.advance(task)
 
-            def on_round(row: dict[str, Any]) -> None:
-                progress.update(task, description=f"{current['cell']}  round {row['round']}  "
-                                                  f"mm {row['acc_mm']:.3f}")
+            def on_round(cell: Any, row: dict[str, Any]) -> None:
+                progress.update(task, description=f"{cell.id}  round {row['round']}  mm {row['acc_mm']:.3f}")
 
-            run_app(make_bench_app(plan, todo, outcome, on_cell, on_round, interrupted), plan.base, args.verbose)
+            run_app(make_bench_app(plan, todo, outcome, on_cell, on_round, interrupted, jobs), plan.base,
+                    args.verbose)
     if "signal" in interrupted:
         raise interrupted["signal"]
     failed = {k: v for k, v in outcome.items() if v != "complete"}
@@ -148,6 +154,18 @@ def _bench(args: argparse.Namespace) -> int:
         console.print(f"reports: {out / 'summary.md'}, {out / 'results.csv'}, {out / 'rounds.csv'} and "
                       f"{len(files) - 3} plots")
     return 1 if failed else 0
+
+
+def default_jobs(base: Any, backend: dict[str, Any]) -> int:
+    """Cells at once by default: 3, or enough that the cells' rounds can keep every client actor busy
+    (2 x actors / clients-per-round) where there are more actors. Why 3 on a few cores: one cell leaves
+    them idle while its server evaluates and waits for its slowest client; on 2 cores 3 beat 2 and 4."""
+    import math
+
+    cpus = backend.get("init_args", {}).get("num_cpus") or 0
+    per_client = backend["client_resources"]["num_cpus"] or 1
+    actors = int(cpus // per_client) if cpus else 0
+    return max(3, math.ceil(2 * actors / max(1, base.clients_per_round)))
 
 
 def _console(tty: bool) -> Any:

@@ -187,10 +187,7 @@ class RunDirectory:
     def plot(self) -> Path:
         """accuracy.png: two panels. Left: multimodal and each modality alone (the numbers that matter);
         right: each alone with the other slot zeroed, over the worst class (thin, grey, underneath)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # not pyplot: its global state is not thread-safe (bench --jobs)
         from matplotlib.ticker import MaxNLocator
 
         a, b = self.modality_names
@@ -202,7 +199,8 @@ class RunDirectory:
         def series(key: str) -> list[float]:
             return [math.nan if r.get(key) is None else float(r[key]) for r in self.rows]
 
-        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+        fig = Figure(figsize=(11, 4.8))
+        left, right = fig.subplots(1, 2, sharey=True)
         for key in (mm, alone_a, alone_b):
             left.plot(rounds, series(key), color=colour[key], lw=2 if key == mm else 1.5, label=labels[key])
         right.plot(rounds, series(worst), color="0.6", lw=1, zorder=1, label=labels[worst])
@@ -222,7 +220,6 @@ class RunDirectory:
         path = self.path / "accuracy.png"
         buf = io.BytesIO()
         fig.savefig(buf, dpi=100)
-        plt.close(fig)
         atomic_write(path, buf.getvalue())
         return path
 
