@@ -25,9 +25,10 @@ pytestmark = pytest.mark.slow
 FAULTY_RUN = ROOT / "tests" / "support" / "faulty_run.py"  # fedcmi simulate with the fault-injection mod
 
 
-def _run(out: Path, *args: str, resume: bool = False, env: dict | None = None,
-         faults: str = "", hang_seconds: float = 10.0) -> subprocess.CompletedProcess:
-    cmd = ([sys.executable, str(FAULTY_RUN), "--faults", faults, "--hang-seconds", str(hang_seconds), "simulate"]
+def _run(out: Path, *args: str, resume: bool = False, env: dict | None = None, faults: str = "",
+         hang_seconds: float = 10.0, restart_delay: float = 0.0) -> subprocess.CompletedProcess:
+    cmd = ([sys.executable, str(FAULTY_RUN), "--faults", faults, "--hang-seconds", str(hang_seconds),
+            "--restart-delay", str(restart_delay), "simulate"]
            if faults else [sys.executable, "-m", "fedcmi.cli", "simulate"])
     cmd += ["--resume", str(out), *args] if resume else ["--out", str(out), *SMALL, *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
@@ -45,7 +46,7 @@ def _model_finite(out: Path) -> bool:
 def test_client_faults_are_counted_and_survived(tmp_path):
     out = tmp_path / "faults"
     proc = _run(out, "num-clients=4", "clients-per-round=4", "num-server-rounds=3", "round-timeout=20",
-                faults="raise:0@1,nan:3@1,exit:1@2,hang:2@3,shape:1@3", hang_seconds=25)
+                faults="raise:0@1,nan:3@1,exit:1@2,hang:2@3,shape:1@3", hang_seconds=25, restart_delay=3)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r1, r2, r3 = _rows(out)[1:]
     assert r1["clients_failed"] == 1 and r1["clients_rejected"] == 1 and r1["clients_ok"] == 2
@@ -54,6 +55,9 @@ def test_client_faults_are_counted_and_survived(tmp_path):
     assert r2["clients_failed"] >= 1 and r2["clients_ok"] >= 1  # the dead process is restarted by Ray
     assert r3["clients_timeout"] == 1 and "no reply within round-timeout" in r3["faults"]
     assert r3["clients_rejected"] == 1 and "shape" in r3["faults"]
+    # Round 3 starts while Ray restarts the actor that died (slowly: restart-delay); its messages wait for it
+    # rather than fail with "The actor is restarting" (as they did on a loaded machine, skipping the round).
+    assert r3["clients_failed"] == 0 and r3["clients_ok"] == 2, r3["faults"]
     assert all(r["skipped"] == 0 for r in (r1, r2, r3))
     assert json.loads((out / "status.json").read_text())["status"] == "complete"
     assert _model_finite(out) and math.isfinite(r3["acc_mm"])

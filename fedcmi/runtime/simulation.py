@@ -48,8 +48,12 @@ def check_resources(cfg: RunConfig) -> dict[str, Any]:
     """
     # max_restarts: Ray restarts a client actor whose process died, so one crashing client costs one failed
     # reply instead of a dead actor that fails every later message (Flower's pool never replaces actors).
+    # max_task_retries: a message handed to that actor while it restarts waits for it (retried once it is
+    # back) instead of failing at once ("The actor is restarting"), which on a loaded machine cost the next
+    # round its clients; the message that crashed the process is retried once, then fails.
     backend: dict[str, Any] = {"client_resources": {"num_cpus": cfg.client_num_cpus,
-                                                    "num_gpus": cfg.client_num_gpus, "max_restarts": -1}}
+                                                    "num_gpus": cfg.client_num_gpus, "max_restarts": -1,
+                                                    "max_task_retries": 1}}
     if cfg.ray_address:
         _check_reachable(cfg.ray_address)
         backend["init_args"] = {"address": cfg.ray_address}
@@ -271,7 +275,7 @@ def warm_actor() -> None:
     """Runs in each client actor as Ray creates it, while the ServerApp loads its data and evaluates the
     initial model: the ClientApp's imports (torch, fedcmi; seconds per process) are then done before the
     discovery query arrives instead of after it. Not when Ray restarts a crashed actor: there the warm-up
-    would only keep the actor unavailable longer (messages sent to it meanwhile fail)."""
+    would only keep the actor unavailable longer (messages sent to it meanwhile wait for it)."""
     import warnings
 
     import ray

@@ -116,4 +116,22 @@ def faulty_client_app(spec: str, hang_seconds: float = 10.0) -> ClientApp:
     return app
 
 
-__all__ = ["Fault", "faulty_client_app", "parse_faults"]
+def slow_restart(seconds: float, warm: Callable[[], None]) -> Callable[[], None]:
+    """An actor init function that first sleeps ``seconds`` in an actor Ray restarted after its process died:
+    a loaded machine's slow restart, so that the next round's messages reach the actor while it restarts."""
+
+    def init() -> None:
+        import warnings
+
+        import ray
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if ray.get_runtime_context().was_current_actor_reconstructed:
+                time.sleep(seconds)
+        warm()
+
+    return init
+
+
+__all__ = ["Fault", "faulty_client_app", "parse_faults", "slow_restart"]

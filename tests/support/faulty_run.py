@@ -1,6 +1,6 @@
 """``fedcmi simulate`` with the product ClientApp wrapped in the fault-injection mod (tests only).
 
-    python tests/support/faulty_run.py --faults raise:0@1,nan:3@1 [--hang-seconds 10] simulate ... key=value
+    python tests/support/faulty_run.py --faults raise:0@1,nan:3@1 [--hang-seconds 10] [--restart-delay 0] simulate ...
 """
 
 from __future__ import annotations
@@ -22,5 +22,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--faults", required=True)
     parser.add_argument("--hang-seconds", type=float, default=10.0)
+    parser.add_argument("--restart-delay", type=float, default=0.0, help="seconds a restarted actor takes to start")
     args, rest = parser.parse_known_args()
+    if args.restart_delay:
+        import fedcmi.runtime.simulation as simulation
+
+        simulation.warm_actor = faults.slow_restart(args.restart_delay, simulation.warm_actor)
     sys.exit(main(rest, client_app=faults.faulty_client_app(args.faults, args.hang_seconds)))
