@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from fedcmi.bench.plan import Mix, make_plan
 from fedcmi.bench.report import summary_markdown
@@ -98,7 +100,14 @@ def test_every_strategy_runs_through_flower_and_the_grid_resumes(tmp_path):
         assert changed == (c == victim), c.name
     assert json.loads((victim / "status.json").read_text())["status"] == "complete"
 
-    # The first run had 3 cells at a time (the default); one at a time, from scratch, gives the same numbers.
+    # The concat baseline has no infiltration path: alone = zero-filled, and its model has no such layer.
+    fedavg = next(c for c in cells if c.name.startswith("fedavg__"))
+    last = json.loads((fedavg / "metrics.json").read_text())[-1]
+    assert last["acc_audio"] == last["acc_audio_zero"] and last["acc_visual"] == last["acc_visual_zero"]
+    assert "inf_b.weight" not in load_file(str(fedavg / "model.safetensors"))
+
+    # The first run had 3 cells at a time (the default); one at a time, from scratch in a new federation,
+    # gives the same numbers and the same final models (the same seed, whatever runs beside it).
     alone = tmp_path / "alone"
     some = ["fedcmi", "fedcmi-plus", "unimodal-a"]
     cmd_alone = [*cmd[:cmd.index("--strategies") + 1], ",".join(some), *cmd[cmd.index("--alphas"):]]
@@ -110,6 +119,8 @@ def test_every_strategy_runs_through_flower_and_the_grid_resumes(tmp_path):
         ours, theirs = (json.loads((d / c.name / "metrics.json").read_text()) for d in (alone / "cells", out / "cells"))
         assert [{k: v for k, v in r.items() if k != "wall_s"} for r in ours] == \
             [{k: v for k, v in r.items() if k != "wall_s"} for r in theirs], c.name
+        ours, theirs = (load_file(str(d / c.name / "model.safetensors")) for d in (alone / "cells", out / "cells"))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), c.name
     assert len(list((alone / "cells").iterdir())) == len(some)
 
 
