@@ -66,6 +66,8 @@ def test_fedcmi_simulation_writes_results_and_learns(fedcmi_run):
     out, proc = fedcmi_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"results written to {out}" in " ".join(proc.stdout.split())
+    for noise in ("Manually terminating ClientAppActor", "ClientAppActor.terminate failed"):  # end-of-run chatter
+        assert noise not in proc.stderr, proc.stderr[-2000:]
     rows = _rows(out)
     assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
     for col in ("acc_mm", "acc_audio", "acc_visual", "acc_audio_zero", "acc_visual_zero", "worst_class_acc",

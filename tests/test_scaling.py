@@ -93,3 +93,23 @@ def test_dispatch_takes_each_undelivered_message_once():
     assert all(m.metadata.delivered_at for m in got)
     assert "m5" not in state.message_ins_store
     assert _take_undelivered(state, {1, 2, 3}) == []
+
+
+def test_ray_end_of_run_notes_are_dropped_and_other_notes_kept(monkeypatch):
+    """Ray prints "(raylet)" notes straight to the terminal; the end-of-run retry note of every actor's
+    goodbye is dropped, any other note (a real client crash) still reaches the user."""
+    import ray._private.worker as worker
+
+    from fedcmi.runtime.simulation import _filter_raylet_notes
+
+    printed = []
+    monkeypatch.setattr(worker, "print_to_stdstream", lambda data, ignore_prefix: printed.append(data["lines"]))
+    _filter_raylet_notes()
+    _filter_raylet_notes()  # once per process: not wrapped twice
+    note = ("Task ClientAppActor.terminate failed. There are 1 retries remaining, so the task will be retried. "
+            "Error: The actor is temporarily unavailable: IntentionalSystemExit")
+    crash = "Task ClientAppActor.run failed. There are 1 retries remaining, so the task will be retried."
+    worker.print_to_stdstream({"lines": [note], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    worker.print_to_stdstream({"lines": [note, crash], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    assert printed == [[crash]]
+    assert worker.print_to_stdstream._fedcmi_filtered

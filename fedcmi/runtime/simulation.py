@@ -208,7 +208,9 @@ def _start_ray(backend_config: dict[str, Any], token: ProcessToken, verbose: boo
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_NOISE = ("Manually terminating ClientAppActor",)  # Flower's goodbye of every actor at the end of every run
+# Flower's goodbye of every actor at the end of every run, and Ray's note that this goodbye (the actor exits
+# on purpose) is "retried" under max_task_retries: neither is news to a user.
+_NOISE = ("Manually terminating ClientAppActor", "Task ClientAppActor.terminate failed")
 
 
 def _filter_worker_logs(strip_ansi: bool) -> None:
@@ -229,6 +231,24 @@ def _filter_worker_logs(strip_ansi: bool) -> None:
 
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", filtered)
+    _filter_raylet_notes()
+
+
+def _filter_raylet_notes() -> None:
+    """Ray prints its own notes ("(raylet) ...": task retries, errors) straight through ``print_to_stdstream``,
+    not through the dispatcher above: drop the noise there too (once per process)."""
+    worker = importlib.import_module("ray._private.worker")
+    original = worker.print_to_stdstream
+    if getattr(original, "_fedcmi_filtered", False):
+        return
+
+    def print_filtered(data: dict[str, Any], ignore_prefix: bool) -> None:
+        lines = [line for line in data.get("lines", []) if not any(n in line for n in _NOISE)]
+        if lines:
+            original({**data, "lines": lines}, ignore_prefix)
+
+    print_filtered._fedcmi_filtered = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = print_filtered
 
 
 class _Backends:
