@@ -62,13 +62,10 @@ def run_cells(grid: Grid, plan: BenchPlan, cells: list[Cell],
 
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="fedcmi-cell") as pool:
         futures = [pool.submit(one, cell) for cell in cells]
-    stops = [f.exception() for f in futures if isinstance(f.exception(), Interrupted)]
-    errors = [f.exception() for f in futures if f.exception() is not None and not isinstance(f.exception(),
-                                                                                            Interrupted)]
-    if errors:  # a bug of the runner itself (a cell's own failure is in outcome): not to be swallowed
-        raise errors[0]
-    if stops:
-        raise stops[0]
+    raised = [exc for f in futures if (exc := f.exception()) is not None]
+    # A bug of the runner itself first (a cell's own failure is in outcome), then a stop request.
+    for exc in sorted(raised, key=lambda e: isinstance(e, Interrupted)):
+        raise exc
     return outcome
 
 
