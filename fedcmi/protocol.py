@@ -27,6 +27,7 @@ from fedcmi.federated.dominance import ClassStats, Guidance
 from fedcmi.federated.screening import MAX_LOSS, MAX_NUM_EXAMPLES
 from fedcmi.models.build import ModelSpec
 from fedcmi.models.modalities import KINDS
+from fedcmi.npy import record_arrays, record_state_dict
 
 # record names
 ARRAYS, CONFIG, METRICS, CLASS_STATS, INFO = "arrays", "config", "metrics", "class-stats", "info"
@@ -134,7 +135,7 @@ def read_train(content: RecordDict) -> TrainInstruction:
     spec = ModelSpec(int(sent[NUM_CLASSES]), tuple(int(s) for s in sent[SHAPE_A]),
                      tuple(int(s) for s in sent[SHAPE_B]))
     return TrainInstruction(run_config_of(content), int(sent.get(SERVER_ROUND, 0)), guidance, spec,
-                            content[ARRAYS].to_torch_state_dict())
+                            record_state_dict(content[ARRAYS]))
 
 
 def server_round_of(content: RecordDict) -> int:
@@ -209,14 +210,15 @@ def read_reply(content: RecordDict, expected: Mapping[str, tuple[tuple[int, ...]
         for k, shape in ((COUNTS, (num_classes,)), (SUMS, (num_classes, dim)), (OUTER, (num_classes, dim, dim))):
             _check_declared(fs[k], f"{FEATURE_STATS} {k}", shape, "float64")
     try:
-        arrays = {k: v.numpy() for k, v in content[ARRAYS].items()}
+        arrays = record_arrays(content[ARRAYS])
     except Exception as exc:  # noqa: BLE001 - a malformed array is a rejected reply, not a crash
         raise ReplyError(f"unreadable arrays ({type(exc).__name__}: {exc})") from None
     stats = None
     if CLASS_STATS in content.array_records:
         cs = content[CLASS_STATS]
         try:
-            stats = ClassStats(*(cs[k].numpy().astype(np.float64) for k in (SUM_PA, SUM_PB, COUNTS)))
+            got = record_arrays(cs, (SUM_PA, SUM_PB, COUNTS))
+            stats = ClassStats(*(got[k].astype(np.float64) for k in (SUM_PA, SUM_PB, COUNTS)))
         except Exception as exc:  # noqa: BLE001 - as above
             raise ReplyError(f"malformed {CLASS_STATS} ({type(exc).__name__}: {exc})") from None
     return Reply(pid, kind, float(n), arrays, stats, losses, read_features(content))
@@ -228,7 +230,8 @@ def read_features(content: RecordDict) -> FeatureStats | None:
         return None
     fs = content[FEATURE_STATS]
     try:
-        return FeatureStats(*(fs[k].numpy().astype(np.float64) for k in (COUNTS, SUMS, OUTER)))
+        got = record_arrays(fs, (COUNTS, SUMS, OUTER))
+        return FeatureStats(*(got[k].astype(np.float64) for k in (COUNTS, SUMS, OUTER)))
     except Exception as exc:  # noqa: BLE001 - a malformed record rejects the reply
         raise ReplyError(f"malformed {FEATURE_STATS} ({type(exc).__name__}: {exc})") from None
 

@@ -33,6 +33,7 @@ from fedcmi.federated.client_step import round_seed
 from fedcmi.federated.evaluation import evaluate
 from fedcmi.methods.registry import method_spec
 from fedcmi.models import ModelSpec, model_for
+from fedcmi.npy import record_state_dict
 from fedcmi.runs.checkpoint import save_checkpoint
 from fedcmi.runs.metrics import round_line, round_row
 from fedcmi.runs.run_dir import RunDirectory, config_hash, default_run_dir, resumable
@@ -143,7 +144,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
 
     def record(snap: RoundSnapshot) -> None:
         """Evaluate centrally, write the metrics row, then the checkpoint that names it."""
-        model.load_state_dict(snap.arrays.to_torch_state_dict())
+        model.load_state_dict(record_state_dict(snap.arrays))
         res = evaluate(served(snap.server_round, snap.feature_stats), xa, xb, y, data.num_classes, data.modalities,
                        cfg.eval_batch_size, use_modalities=method.modalities,
                        infiltration_path=method.infiltration_path)
@@ -159,7 +160,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         log_round(row, cfg.num_server_rounds, data.modalities)
         if reporter is not None:
             reporter(row)
-        save_checkpoint(out, snap.server_round, snap.arrays.to_torch_state_dict(), snap.strategy_state, digest)
+        save_checkpoint(out, snap.server_round, record_state_dict(snap.arrays), snap.strategy_state, digest)
 
     # Sequential: the round is recorded before the next starts, and a stop request during its evaluation
     # leaves it unrecorded. Pipelined: recorded while the next round trains; a round that was aggregated is
@@ -184,7 +185,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
                             cfg.max_consecutive_skips, end_of_round)
         recorder.drain()
         STOP.check()
-        model.load_state_dict(arrays.to_torch_state_dict())
+        model.load_state_dict(record_state_dict(arrays))
         run_dir.save_model(served(cfg.num_server_rounds, strategy.feature_stats).state_dict())
         run_dir.plot()
     except Interrupted as exc:

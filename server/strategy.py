@@ -42,6 +42,7 @@ from fedcmi.federated.screening import check_arrays, check_class_stats, group_no
 from fedcmi.models.build import ModelSpec
 from fedcmi.models.modalities import group_of as default_group_of
 from fedcmi.models.modalities import modalities_of
+from fedcmi.npy import record_arrays
 
 _logger = logging.getLogger("fedcmi.server")
 
@@ -308,7 +309,7 @@ class FedCMIStrategy(Strategy):
                                                  self.nodes.get(m.metadata.src_node_id, (0,))[0],
                                                  m.metadata.src_node_id))
         info = self.round_log.setdefault(server_round, {})
-        current = {k: v.numpy() for k, v in self.current_arrays.items()} if self.current_arrays else {}
+        current = record_arrays(self.current_arrays) if self.current_arrays else {}
         accepted: list[tuple[int, ClientUpdate, ClassStats | None, dict[str, float], str]] = []
         features: dict[int, FeatureStats | None] = {}  # CCVR moments by partition id
         faults: list[str] = []

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcmi import npy
 from fedcmi.data.base import MultimodalData
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,6 @@ def _open(path: Path) -> MultimodalData:
     data = MultimodalData(meta["name"], tuple(meta["modalities"]), int(meta["num_classes"]), splits["train"],
                           splits["test"], cache_dir=path)
     for split in SPLITS:
-        xa, xb = (np.load(path / f"{split}-{c}.npy", mmap_mode="c") for c in ("a", "b"))
-        data._cache[split] = (xa, xb, np.load(path / f"{split}-y.npy"))
+        xa, xb = (npy.load(path / f"{split}-{c}.npy", mmap_mode="c") for c in ("a", "b"))
+        data._cache[split] = (xa, xb, npy.load(path / f"{split}-y.npy"))
     return data

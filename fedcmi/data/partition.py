@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedcmi import npy
 from fedcmi.config import ConfigError, RunConfig
 from fedcmi.data.base import ClientData, MultimodalData
 from fedcmi.data.registry import load_data
@@ -119,8 +120,8 @@ def stored_federation(data: MultimodalData, cfg: RunConfig) -> list[ClientSpec]:
     actor then needs neither the Arrow table nor flwr-datasets (seconds of imports, ~0.15 GiB per process)."""
     path = _stored_path(data, cfg)
     if path is not None and path.is_file():
-        with np.load(path) as f:
-            kinds, sizes, flat = [str(k) for k in f["kinds"]], f["sizes"], f["indices"]
+        f = npy.load_npz(path)
+        kinds, sizes, flat = [str(k) for k in f["kinds"]], f["sizes"], f["indices"]
         bounds = np.concatenate([[0], np.cumsum(sizes)])
         return [ClientSpec(i, kinds[i], flat[bounds[i]:bounds[i + 1]]) for i in range(len(kinds))]
     specs = build_federation(data, cfg)

@@ -25,6 +25,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 
 from fedcmi import protocol
 from fedcmi.models.modalities import group_of
+from fedcmi.npy import record_arrays
 
 KINDS = ("noise", "count", "stats", "metrics")
 
@@ -43,8 +44,8 @@ def attack(content, kind: str, sent: ArrayRecord, multiple: float, seed: int) ->
     """Turn an honest training reply (``content``, changed in place) into the attack ``kind``."""
     if kind == "noise":
         rng = np.random.default_rng(seed)
-        arrays = {k: v.numpy() for k, v in content[protocol.ARRAYS].items()}
-        glob = {k: sent[k].numpy() for k in arrays}
+        arrays = record_arrays(content[protocol.ARRAYS])
+        glob = record_arrays(sent, arrays)
         groups: dict[str, list[str]] = {}
         for k, v in arrays.items():
             if np.issubdtype(v.dtype, np.floating):
@@ -59,7 +60,7 @@ def attack(content, kind: str, sent: ArrayRecord, multiple: float, seed: int) ->
     elif kind == "count":
         content[protocol.METRICS][protocol.NUM_EXAMPLES] = 1e9
     elif kind == "stats":
-        counts = content[protocol.CLASS_STATS][protocol.COUNTS].numpy()
+        counts = record_arrays(content[protocol.CLASS_STATS], [protocol.COUNTS])[protocol.COUNTS]
         content[protocol.CLASS_STATS] = ArrayRecord({protocol.SUM_PA: Array(np.zeros_like(counts)),
                                                      protocol.SUM_PB: Array(counts.copy()),
                                                      protocol.COUNTS: Array(counts.copy())})

@@ -21,6 +21,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 from flwr.clientapp import ClientApp
 
 from fedcmi import protocol
+from fedcmi.npy import record_arrays
 
 BEFORE_TRAINING = ("raise", "hang", "exit")
 CORRUPTIONS = ("nan", "inf", "shape", "dtype", "missing", "stats", "norm")
@@ -58,7 +59,7 @@ def faults_for(faults: list[Fault], partition: int, server_round: int) -> set[st
 
 def corrupt(content, kinds: set[str]) -> None:  # noqa: ANN001 - a Flower RecordDict, changed in place
     """Damage a training reply in the ways the server must reject."""
-    arrays = {k: v.numpy() for k, v in content[protocol.ARRAYS].items()}
+    arrays = record_arrays(content[protocol.ARRAYS])
     first = next(k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating))
     if "nan" in kinds:
         arrays[first] = np.full_like(arrays[first], np.nan)
@@ -76,7 +77,7 @@ def corrupt(content, kinds: set[str]) -> None:  # noqa: ANN001 - a Flower Record
     content[protocol.ARRAYS] = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in arrays.items()})  # keeps 0-d
     if "stats" in kinds:
         stats = content[protocol.CLASS_STATS]
-        counts = stats[protocol.COUNTS].numpy()
+        counts = record_arrays(stats, [protocol.COUNTS])[protocol.COUNTS]
         content[protocol.CLASS_STATS] = ArrayRecord({
             protocol.SUM_PA: Array(counts + 5.0), protocol.SUM_PB: stats[protocol.SUM_PB],
             protocol.COUNTS: Array(np.maximum(counts, 1.0) * -1.0)})
