@@ -14,6 +14,7 @@ from torch import nn
 
 from fedcmi.data.base import MultimodalData
 from fedcmi.federated.evaluation import evaluate
+from fedcmi.methods.sgd import SGD
 from fedcmi.models.concat_model import ConcatModel
 from fedcmi.models.encoders import build_encoder
 from fedcmi.models.init import init_weights
@@ -36,7 +37,7 @@ class UnimodalModel(nn.Module):
 def _fit(model: nn.Module, step_inputs, y: torch.Tensor, epochs: int, batch_size: int, lr: float,
          seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    opt = SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=gen)

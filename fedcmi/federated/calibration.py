@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedcmi.data.base import ClientData
+from fedcmi.methods.sgd import SGD
 
 KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr")  # read by the server for every method
 
@@ -98,9 +99,9 @@ def calibrated(model: nn.Module, stats: FeatureStats, *, samples: int, steps: in
     half = dim // 2
     head = out.fusion
     head.train()
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9)
+    opt = SGD(head.parameters(), lr=lr, momentum=0.9)
     for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         F.cross_entropy(head(x[:, :half], x[:, half:]), y).backward()
         opt.step()
     out.eval()

@@ -18,6 +18,7 @@ from fedcmi.data.base import ClientData
 from fedcmi.federated.dominance import Guidance
 from fedcmi.methods.losses import add_proximal_gradient
 from fedcmi.methods.remedies import LabelSkew
+from fedcmi.methods.sgd import SGD
 from fedcmi.models.modalities import group_of, modalities_of
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidan
         remedies.start(model, data.y, num_classes)
         method.skew = remedies
     method.start(model, data, guidance, num_classes)
-    opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    opt = SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     model.train()
     totals: dict[str, float] = {}
     counts: dict[str, int] = {}  # per term: a term only some batches have (multimodal ones) is their mean
@@ -190,7 +191,7 @@ def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidan
             if method.skew.ntd_beta > 0:
                 terms.update(method.skew.extra_terms(model, xa, xb, data.y[idx]))
                 terms["loss"] = terms["loss"] + method.skew.ntd_beta * terms["loss_ntd"]
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             terms["loss"].backward()
             method.after_backward(model, terms, generator)
             if anchors:

@@ -196,9 +196,14 @@ def _start_ray(backend_config: dict[str, Any], token: ProcessToken, verbose: boo
             super().__init__(*args, **kwargs)
 
     services.ConsolePopen = OwnSession
+    # A local Ray's workers inherit this environment (PYTHONPATH included) from the raylet it starts; a job
+    # runtime_env would make every worker wait for Ray's runtime-env agent first (about a second of start-up).
+    # A cluster's workers were started elsewhere and need it.
+    local = init_args.get("address") == "local"
+    runtime_env = {} if local else {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
     try:
         with token.active():
-            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+            ray.init(**runtime_env, **init_args)
     finally:
         services.ConsolePopen = popen
         if original is not None:
