@@ -144,7 +144,8 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
 
     def record(snap: RoundSnapshot) -> None:
         """Evaluate centrally, write the metrics row, then the checkpoint that names it."""
-        model.load_state_dict(record_state_dict(snap.arrays))
+        state = record_state_dict(snap.arrays)  # read once: load_state_dict copies it, the checkpoint saves it
+        model.load_state_dict(state)
         res = evaluate(served(snap.server_round, snap.feature_stats), xa, xb, y, data.num_classes, data.modalities,
                        cfg.eval_batch_size, use_modalities=method.modalities,
                        infiltration_path=method.infiltration_path)
@@ -160,7 +161,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         log_round(row, cfg.num_server_rounds, data.modalities)
         if reporter is not None:
             reporter(row)
-        save_checkpoint(out, snap.server_round, record_state_dict(snap.arrays), snap.strategy_state, digest)
+        save_checkpoint(out, snap.server_round, state, snap.strategy_state, digest)
 
     # Sequential: the round is recorded before the next starts, and a stop request during its evaluation
     # leaves it unrecorded. Pipelined: recorded while the next round trains; a round that was aggregated is
