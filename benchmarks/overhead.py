@@ -22,7 +22,10 @@ threads per actor and as many actors in parallel as fit.
 
 (a) runs twice, the second time with ``pipelined-eval`` flipped (``--no-compare-eval`` skips it): the
 steady-state s/round of pipelined and sequential central evaluation from the same invocation, their ratio
-(``pipelined_ratio``) and whether the two runs' metrics are identical.
+(``pipelined_ratio``) and whether the two runs' metrics are identical. ``--baseline key=value`` (repeatable)
+sets keys of the sequential run only, to compare against an older default in the same invocation:
+
+    python benchmarks/overhead.py num-server-rounds=20 --no-plain --baseline eval-batch-size=512
 """
 
 from __future__ import annotations
@@ -266,11 +269,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip (b), the plain loop: only the Flower figures")
     parser.add_argument("--plain-threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads of the plain loop's client training (default: all CPUs)")
+    parser.add_argument("--baseline", action="append", default=[], metavar="key=value",
+                        help="a key of the sequential run only (e.g. an older default); repeatable")
     args = parser.parse_args(argv)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     with tempfile.TemporaryDirectory(prefix="fedcmi-overhead-") as tmp:
-        cfg = resolve(overrides=parse_overrides(args.overrides)).replace(out_dir=str(Path(tmp) / "run"))
+        overrides = parse_overrides(args.overrides)
+        cfg = resolve(overrides=overrides).replace(out_dir=str(Path(tmp) / "run"))
         other = cfg.replace(pipelined_eval=not cfg.pipelined_eval, out_dir=str(Path(tmp) / "other"))
+        if args.baseline:
+            if not (cfg.pipelined_eval and args.compare_eval):
+                parser.error("--baseline sets keys of the second, sequential run: keep pipelined-eval on and the "
+                             "comparison (no --no-compare-eval)")
+            other = resolve(overrides={**overrides, **parse_overrides(args.baseline)}).replace(
+                pipelined_eval=False, out_dir=other.out_dir)
+            print(f"the sequential run also sets {' '.join(args.baseline)}")
         mem_a = PeakMemory().start()
         a = run_flower(cfg)
         mem_a.stop()

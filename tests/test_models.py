@@ -113,3 +113,24 @@ def test_unimodal_evaluation_runs_one_encoder_and_predicts_as_the_full_pass(deco
         assert res["acc_mm"] == pytest.approx(float((full[f"{only}_zero"] == yn).mean()))
         assert res[f"acc_{name}"] == pytest.approx(float((full[only] == yn).mean()))
         assert res[f"acc_{unseen}"] != res[f"acc_{unseen}"]  # NaN: never seen
+
+
+def test_evaluation_does_not_depend_on_how_the_test_set_is_batched():
+    """The default eval-batch-size was chosen for speed (docs/scaling.md): every path's predictions over a test
+    set that is not a multiple of it (a short last batch) match one pass over the whole set."""
+    from fedcmi.config import effective
+    from fedcmi.federated.evaluation import evaluate, predict_paths
+
+    size = effective({}).eval_batch_size
+    n = 2 * size + 37
+    torch.manual_seed(2)
+    m = build_model("cnn", SHAPES, 6, 16, decomposed=True).eval()
+    xa, xb = torch.randn(n, *SHAPES[0]), torch.randn(n, *SHAPES[1])
+    y = torch.randint(0, 6, (n,))
+    whole = predict_paths(m, xa, xb, batch_size=n)
+    batched = predict_paths(m, xa, xb, batch_size=size)
+    assert set(batched) == {"mm", "a", "b", "a_zero", "b_zero"} and len(batched["mm"]) == n
+    for path in whole:
+        assert (batched[path] == whole[path]).all(), path
+    assert evaluate(m, xa, xb, y, 6, ("x", "y"), batch_size=size) == evaluate(m, xa, xb, y, 6, ("x", "y"),
+                                                                              batch_size=n)
