@@ -68,7 +68,6 @@ def test_bad_grids_are_refused_before_anything_runs(tmp_path, capsys):
     assert [str(m) for m in plan.mixes] == ["0.5:0.5", "1:0.5"] and Mix.parse("1:0.5") == Mix(1.0, 0.5)
 
 
-
 def test_a_bench_started_under_another_default_names_the_key_and_how_to_continue(tmp_path):
     """A folder written when a default was different (eval-batch-size was 512) is refused with both values and
     the key=value that continues it; with that key set, the plan is accepted."""
@@ -81,6 +80,7 @@ def test_a_bench_started_under_another_default_names_the_key_and_how_to_continue
         make_plan("quick", tmp_path / "b", {})
     assert "(eval-batch-size: 512 there, 256 now); continue it with eval-batch-size=512" in str(err.value)
     assert make_plan("quick", tmp_path / "b", {"eval-batch-size": 512}).base.eval_batch_size == 512
+
 
 @pytest.mark.slow
 def test_every_strategy_runs_through_flower_and_the_grid_resumes(tmp_path):

@@ -219,10 +219,10 @@ def _check_out_dir(plan: BenchPlan) -> None:
         # keys added to fedcmi after the bench started are not a difference (they default to old behaviour)
         diff = sorted(k for k in saved if k in base and saved[k] != base[k])
         if diff:
-            key, was = diff[0], saved[diff[0]]
-            text = was if isinstance(was, str) else json.dumps(was)
-            raise ConfigError(f"{plan.out}: holds a bench with a different base configuration ({key}: {text} there, "
-                              f"{base[key]!r} now); continue it with {key}={text}, or use another --out")
+            key = diff[0]
+            was, now = (v if isinstance(v, str) else json.dumps(v) for v in (saved[key], base[key]))
+            raise ConfigError(f"{plan.out}: holds a bench with a different base configuration ({key}: {was} there, "
+                              f"{now} now); continue it with {key}={was}, or use another --out")
     elif plan.out.exists() and any(plan.out.iterdir()):
         raise ConfigError(f"--out {plan.out}: exists, is not empty and is not a fedcmi bench folder")
 
