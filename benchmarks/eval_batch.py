@@ -1,12 +1,13 @@
 """Cost of one central evaluation per ``eval-batch-size``, and whether every path's predictions stay the same.
 
 Builds the run's model (seeded, untrained) and test set, then times ``predict_paths`` (every evaluation path,
-one encoder pass per modality) over the whole test set at each batch size, with ``--threads`` torch threads
-(the pipelined evaluation thread uses one), and compares every path's logits with those of the first batch
-size bit for bit. Batch size does not change the arithmetic of one sample, but a backend may pick another
-kernel for another batch shape; the comparison says whether it did here.
+one encoder pass per modality) over the whole test set at each batch size, the sizes interleaved so that a
+drift in the machine's speed reaches them all alike, with ``--threads`` torch threads (the pipelined
+evaluation thread uses one). Every path's logits are compared with those at the first size, bit for bit:
+batch size does not change the arithmetic of one sample, but a backend may pick another kernel for another
+batch shape, and the comparison says whether it did here.
 
-    python benchmarks/eval_batch.py [--sizes 512 256 128 64] [--threads 1] [--repeat 5] [key=value ...]
+    python benchmarks/eval_batch.py [--sizes 512 256 128 64] [--threads 1] [--repeat 15] [key=value ...]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch  # noqa: E402
 
 from fedcmi.config import effective, parse_overrides  # noqa: E402
 from fedcmi.data.registry import load_data  # noqa: E402
+from fedcmi.federated.evaluation import predict_paths  # noqa: E402
 from fedcmi.methods.registry import method_spec  # noqa: E402
 from fedcmi.models.build import ModelSpec, model_for  # noqa: E402
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 256, 128, 64])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -52,19 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     model = model_for(cfg, ModelSpec.of(data), method_spec(cfg.strategy).decomposed).eval()
     print(f"{cfg.dataset}, {len(xa)} test samples, encoder {cfg.encoder}, strategy {cfg.strategy}, "
           f"{args.threads} torch thread(s), median of {args.repeat}")
-    reference = None
-    for size in args.sizes:
-        logits = all_logits(model, xa, xb, size)  # warm-up, and the logits compared
-        times = []
-        for _ in range(args.repeat):
+    logits = {size: all_logits(model, xa, xb, size) for size in args.sizes}  # also the warm-up
+    times: dict[int, list[float]] = {size: [] for size in args.sizes}
+    for _ in range(args.repeat):  # sizes interleaved, so a drift in the machine's speed reaches them all alike
+        for size in args.sizes:
             start = time.perf_counter()
-            all_logits(model, xa, xb, size)
-            times.append(time.perf_counter() - start)
-        if reference is None:
-            reference, same = logits, "(reference)"
-        else:
-            same = "identical" if all(torch.equal(logits[p], reference[p]) for p in reference) else "DIFFERENT"
-        print(f"eval-batch-size={size:<5d} {1000 * statistics.median(times):8.1f} ms per evaluation   logits {same}")
+            predict_paths(model, xa, xb, size)  # what the server's evaluation runs
+            times[size].append(time.perf_counter() - start)
+    reference = logits[args.sizes[0]]
+    for size in args.sizes:
+        same = ("(reference)" if size == args.sizes[0] else "identical"
+                if all(torch.equal(logits[size][p], reference[p]) for p in reference) else "DIFFERENT")
+        ms = sorted(1000 * t for t in times[size])
+        print(f"eval-batch-size={size:<5d} {statistics.median(ms):8.1f} ms per evaluation (range {ms[0]:.1f}-"
+              f"{ms[-1]:.1f})   logits {same}")
     return 0
 
 
