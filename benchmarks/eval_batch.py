@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
+    if min(*args.sizes, args.threads, args.repeat) < 1:
+        parser.error("--sizes, --threads and --repeat must be at least 1")
     torch.set_num_threads(args.threads)
     cfg = effective(parse_overrides(args.overrides)).check_run()
     data = load_data(cfg)

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores the floor divides by")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
+    if min(args.jobs, args.cores) < 1:
+        parser.error("--jobs and --cores must be at least 1")
     with tempfile.TemporaryDirectory() as tmp:
         plan = make_plan(args.preset, Path(tmp) / "bench", parse_overrides(args.overrides), args.strategies,
                          args.seeds, args.alphas, args.mixes)

@@ -218,8 +218,8 @@ class RunConfig:
     aggregation: str = _opt("mean", "server", "aggregation rule per modality group: mean (FedAvg), median, "
                             "trimmed-mean (beta 0.2), clipped-mean (updates clipped to the median norm)",
                             lambda v: v in _aggregation_names(), "must be a registered aggregation rule")
-    # 256 (the authors' test batch): on CPU a 512 batch's activations spill out of cache, up to 1.4x slower for
-    # the default model with the same predictions (docs/scaling.md, benchmarks/eval_batch.py)
+    # 256 (the authors' test batch): on CPU a 512 batch's activations spill out of cache, 1.2-1.4x slower for
+    # the default model in most processes, with the same predictions (docs/scaling.md, benchmarks/eval_batch.py)
     eval_batch_size: int = _opt(256, "server", "server evaluation batch size", _at_least(1), "must be >= 1")
     client_num_gpus: float = _opt(0.0, "server", "GPUs (fractions allowed) per simulated client", _at_least(0),
                                   "must be >= 0")
