@@ -15,6 +15,9 @@ ROUND = "round"
 ACC_MM, WORST_CLASS, PER_CLASS = "acc_mm", "worst_class_acc", "per_class_acc"
 DOMINANT, RATIO, FAULTS, WALL_S, SKIPPED = "dominant", "ratio", "faults", "wall_s", "skipped"
 CLIENT_COUNTS = ("clients_ok", "clients_failed", "clients_rejected", "clients_timeout")
+# Accepted replies the server changed: weight capped (a size claim above what the server can vouch for) or
+# update clipped; counted among clients_ok, shown beside the counts above.
+CAPPED, CLIPPED = "clients_capped", "clients_clipped"
 
 
 def acc_alone(name: str) -> str:
@@ -50,6 +53,7 @@ def round_row(server_round: int, accuracies: Mapping[str, Any], losses: Mapping[
         DOMINANT: dominant, RATIO: ratio if ratio is not None else math.nan,
         "clients_ok": int(round_info.get("replies", 0)), "clients_failed": int(round_info.get("failed", 0)),
         "clients_rejected": int(round_info.get("rejected", 0)), "clients_timeout": int(round_info.get("timeout", 0)),
+        CAPPED: int(round_info.get("capped", 0)), CLIPPED: int(round_info.get("clipped", 0)),
         SKIPPED: int(round_info.get("skipped", False)), FAULTS: "; ".join(round_info.get("faults", [])),
         WALL_S: round(wall_s, 3)}
 
