@@ -27,10 +27,12 @@ from flwr.serverapp import Grid, ServerApp
 from fedcmi.config import ConfigError, RunConfig, effective, load_toml, set_by_flower_run
 from fedcmi.config.run_config import FIELDS, section_of
 from fedcmi.data import load_data
+from fedcmi.data.partition import federation
 from fedcmi.federated.aggregation import rule
 from fedcmi.federated.calibration import calibrated
 from fedcmi.federated.client_step import round_seed
 from fedcmi.federated.evaluation import evaluate
+from fedcmi.federated.membership import Known, Membership, load_registry
 from fedcmi.methods.registry import method_spec
 from fedcmi.models import ModelSpec, model_for
 from fedcmi.npy import record_state_dict
@@ -63,8 +65,25 @@ def log_round(row: dict[str, Any], total: int, names: tuple[str, str]) -> None:
     flwr_log(INFO, "%s", round_line(row, total, names))
 
 
-def build_strategy(cfg: RunConfig, model_spec: ModelSpec) -> FedCMIStrategy:
-    return FedCMIStrategy(clients_per_round=cfg.clients_per_round, model_spec=model_spec,
+def membership_for(cfg: RunConfig) -> Membership:
+    """What backs each node's claims (``membership=``): the federation this config builds, the operator's node
+    registry, or nothing (claims capped per round)."""
+    mode = cfg.membership
+    if mode == "auto":
+        mode = "registry" if cfg.node_registry else "federation"
+    if mode == "registry":
+        if not cfg.node_registry:
+            raise ConfigError("membership=registry needs node-registry=FILE (the operator's node registry)")
+        return Membership("registry", load_registry(cfg.node_registry))
+    if mode == "federation":
+        known = {s.partition_id: Known(s.partition_id, s.kind, len(s.indices)) for s in federation(cfg)}
+        return Membership("federation", known)
+    return Membership("claims")
+
+
+def build_strategy(cfg: RunConfig, model_spec: ModelSpec, membership: Membership | None = None) -> FedCMIStrategy:
+    """The run's strategy; ``membership`` None = claims mode (tests; ``run_server`` passes ``membership_for``)."""
+    return FedCMIStrategy(membership=membership, clients_per_round=cfg.clients_per_round, model_spec=model_spec,
                           run_config=cfg.client_dict(), gamma=cfg.gamma, warmup_rounds=cfg.warmup_rounds,
                           seed=cfg.seed, min_replies=cfg.min_replies, max_update_norm=cfg.max_update_norm,
                           update_norm_multiple=cfg.update_norm_multiple,
@@ -119,7 +138,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         model = model_for(cfg, model_spec, method.decomposed)
     out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg)
     cfg = cfg.replace(out_dir=str(out))
-    strategy = build_strategy(cfg, model_spec)
+    strategy = build_strategy(cfg, model_spec, membership_for(cfg))
     checkpoint = resumable(out, cfg) if resume else None
     run_dir = RunDirectory(out, cfg, data.modalities, resume_after=checkpoint.round if checkpoint else None)
     digest = config_hash(cfg)
@@ -158,6 +177,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
             clock["t"] = time.monotonic()
             STOP.check()  # from here the row and its checkpoint are written together
         run_dir.add_round(row)
+        run_dir.add_replies(snap.round_log.get("screen", []))
         log_round(row, cfg.num_server_rounds, data.modalities)
         if reporter is not None:
             reporter(row)
@@ -237,7 +257,7 @@ app = ServerApp()
 # the ServerApp's SuperExec container) is started.
 RUNS_DIR_ENV = "FEDCMI_RUNS_DIR"
 SERVER_CONFIG_ENV = "FEDCMI_SERVER_CONFIG"
-SERVER_PATH_KEYS = ("data-root", "text-encoder", "encoder-weights", "out-dir", "ray-address")
+SERVER_PATH_KEYS = ("data-root", "text-encoder", "encoder-weights", "out-dir", "ray-address", "node-registry")
 SUBMITTABLE = tuple(k for k in FIELDS if section_of(k) in ("data", "federation", "training", "method", "model")
                     and k not in SERVER_PATH_KEYS) + (
     "device", "bf16", "num-server-rounds", "clients-per-round", "aggregation", "eval-batch-size", "run-name")

@@ -21,10 +21,12 @@ the right round number and skip rounds.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from logging import INFO, WARNING
 from typing import Any
 
@@ -38,7 +40,8 @@ from fedcmi.federated.aggregation import ClientUpdate, Rule, aggregate
 from fedcmi.federated.aggregation.mean import weighted_mean
 from fedcmi.federated.calibration import FeatureStats
 from fedcmi.federated.dominance import ClassStats, Dominance, Guidance, dominance
-from fedcmi.federated.screening import check_arrays, check_class_stats, group_norms, relative_norm_outliers
+from fedcmi.federated.membership import Member, Membership, capped_weights
+from fedcmi.federated.screening import UpdateScreen, check_arrays, check_class_stats, group_norms, local_steps
 from fedcmi.models.build import ModelSpec
 from fedcmi.models.modalities import group_of as default_group_of
 from fedcmi.models.modalities import modalities_of
@@ -73,6 +76,21 @@ class NoClientsError(RuntimeError):
     """Raised when a round gets no usable reply at all: continuing would only repeat the failure."""
 
 
+@dataclass
+class Accepted:
+    """A reply that passed the checks: whose it is, what it sent, and the weight the server gives it."""
+
+    who: str
+    partition_id: int
+    kind: str
+    update: ClientUpdate  # num_examples is the weight the server vouches for
+    claimed: float  # the sample count the reply claimed
+    stats: ClassStats | None
+    losses: dict[str, float]
+    features: FeatureStats | None
+    capped: bool = False
+
+
 class FedCMIStrategy(Strategy):
     """Per-modality FedAvg with server-side dominant-modality guidance.
 
@@ -101,8 +119,11 @@ class FedCMIStrategy(Strategy):
         Reject an update whose L2 distance to the global model exceeds this (0 = no bound).
     update_norm_multiple : float (default: 0.0)
         Reject an update whose L2 distance to the global model in one parameter group (a modality's
-        encoder, the shared head) exceeds this multiple of the median of that group's distances over the
-        round's screened replies (0 = no bound).
+        encoder, the shared head), per local step, exceeds this multiple of the group's reference
+        (``fedcmi.federated.screening.UpdateScreen``; 0 = no bound).
+    membership : Membership | None
+        Who may join and the sample counts the server vouches for (``fedcmi.federated.membership``);
+        ``None``: claims mode (nothing backs a node's claims; weights capped per round).
     use_modalities : tuple[str, ...] (default: ("a", "b"))
         Modalities the strategy trains; unimodal baselines sample only clients holding theirs.
     rule : Rule (default: the sample-weighted mean)
@@ -119,7 +140,8 @@ class FedCMIStrategy(Strategy):
                  group_of: Callable[[str], str] = default_group_of, discovery_timeout: float = 120.0,
                  min_replies: int = 1, max_update_norm: float = 0.0, update_norm_multiple: float = 0.0,
                  use_modalities: tuple[str, ...] = ("a", "b"), rule: Rule = weighted_mean,
-                 dominance_momentum: float = 0.0, tau_min: float = 0.0) -> None:
+                 dominance_momentum: float = 0.0, tau_min: float = 0.0,
+                 membership: Membership | None = None) -> None:
         self.dominance_momentum, self.tau_min = dominance_momentum, tau_min
         self.smoothed: ClassStats | None = None  # the moving average of the class statistics
         self.clients_per_round = clients_per_round
@@ -134,10 +156,12 @@ class FedCMIStrategy(Strategy):
         self.min_replies = min_replies
         self.max_update_norm = max_update_norm
         self.update_norm_multiple = update_norm_multiple
+        self.screen = UpdateScreen(update_norm_multiple)
+        self.membership = membership if membership is not None else Membership("claims")
+        self.refusals: dict[int, str] = {}  # node id -> why discovery refused it (logged when it changes)
+        self.discovery_faults: list[str] = []  # refusals since the last round was recorded
         self.use_modalities = use_modalities
         self.rng = random.Random(seed)
-        self.nodes: dict[int, tuple[int, str]] = {}  # node id -> (partition id, kind)
-        self.node_sizes: dict[int, int] = {}  # node id -> the sample count it reported at discovery
         self.current_arrays: ArrayRecord | None = None
         self.guidance: Dominance | None = None  # from the latest statistics; sent next round
         self.round_log: dict[int, dict[str, Any]] = {}
@@ -158,7 +182,9 @@ class FedCMIStrategy(Strategy):
         if self.guidance is not None:
             guidance = {"dominant": self.guidance.dominant, "ratio": self.guidance.ratio,
                         "tau": [float(t) for t in self.guidance.tau]}
-        state: dict[str, Any] = {"rng": [version, list(internal), gauss], "guidance": guidance}
+        state: dict[str, Any] = {"rng": [version, list(internal), gauss], "guidance": guidance,
+                                 "screen": self.screen.state(),
+                                 "claims": {str(p): n for p, n in sorted(self.membership.first_claims.items())}}
         if self.smoothed is not None:
             state["smoothed"] = {k: [float(v) for v in getattr(self.smoothed, k)]
                                  for k in ("sum_pa", "sum_pb", "counts")}
@@ -170,50 +196,75 @@ class FedCMIStrategy(Strategy):
         g = state.get("guidance")
         self.guidance = None if g is None else Dominance(g["dominant"], float(g["ratio"]),
                                                          np.asarray(g["tau"], dtype=np.float64))
+        self.screen.load_state(state.get("screen", {}))
+        self.membership.first_claims = {int(p): int(n) for p, n in state.get("claims", {}).items()}
         sm = state.get("smoothed")
         self.smoothed = None if sm is None else ClassStats(*(np.asarray(sm[k], dtype=np.float64)
                                                               for k in ("sum_pa", "sum_pb", "counts")))
 
     def discover(self, grid: Grid, wait: bool = True) -> None:
-        """Ask every connected node not yet known for its partition id, modality kind and sample count (a QUERY
-        message). With ``wait`` (the first discovery), wait for clients-per-round nodes and fail without them."""
+        """Ask every connected node not yet admitted for its partition id, modality kind and sample count (a QUERY
+        message) and admit it through the membership rule. With ``wait`` (the first discovery), wait for
+        clients-per-round nodes; fail when none is admitted, or when fewer connected than needed."""
         deadline = time.monotonic() + self.discovery_timeout
         while True:
             node_ids = sorted(grid.get_node_ids())
             if not wait or len(node_ids) >= self.clients_per_round or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        unknown = [n for n in node_ids if n not in self.nodes]
+        unknown = [n for n in node_ids if n not in self.membership]
         if not unknown:
             return
         msgs = [Message(protocol.query_content(self.run_config), dst_node_id=n, message_type=MessageType.QUERY)
                 for n in unknown]
+        online = set(node_ids)
         for reply in grid.send_and_receive(msgs, timeout=self.discovery_timeout):
+            node = reply.metadata.src_node_id
             if reply.has_error():
-                log(WARNING, "node %s could not describe itself: %s", reply.metadata.src_node_id,
-                    short_reason(reply.error.reason))
+                self._refuse(node, f"could not describe itself: {short_reason(reply.error.reason)}")
                 continue
             try:
                 info = protocol.read_info(reply.content)
             except protocol.ReplyError as exc:
-                log(WARNING, "node %s described itself badly: %s", reply.metadata.src_node_id, exc)
+                self._refuse(node, f"described itself badly: {exc}")
                 continue
-            node = reply.metadata.src_node_id
-            for other in [n for n, (pid, _) in self.nodes.items() if pid == info.partition_id and n != node]:
-                self._forget(other)  # the same partition rejoined under a new node id: count it once
-            self.nodes[node] = (info.partition_id, info.kind)
-            self.node_sizes[node] = info.num_examples
-        if wait and len(self.nodes) < self.clients_per_round:
-            raise NoClientsError(f"only {len(self.nodes)} node(s) answered, {self.clients_per_round} are "
-                                 "needed per round (clients-per-round)")
+            previous = self.membership.holder(info.partition_id)
+            reason = self.membership.admit(node, info.partition_id, info.kind, info.num_examples, online)
+            if reason:
+                self._refuse(node, reason)
+                if previous is not None and previous not in self.membership:
+                    self._refuse(previous, f"partition {info.partition_id} is also claimed by online node {node}: "
+                                           "neither is sampled")
+                continue
+            self.refusals.pop(node, None)
+            if previous is not None and previous != node:
+                log(WARNING, "partition %s rejoined as node %s (node %s is offline)", info.partition_id, node,
+                    previous)
+        admitted = len(self.membership)
+        if wait and (admitted == 0 or len(node_ids) < self.clients_per_round):
+            refused = f"; refused: {'; '.join(f'node {n}: {r}' for n, r in sorted(self.refusals.items()))}" \
+                if self.refusals else ""
+            raise NoClientsError(f"only {admitted} node(s) admitted of {len(node_ids)} connected, "
+                                 f"{self.clients_per_round} are needed per round (clients-per-round){refused}")
+        if wait and admitted < self.clients_per_round:
+            log(WARNING, "only %s node(s) admitted, %s requested per round: rounds sample fewer", admitted,
+                self.clients_per_round)
+
+    def _refuse(self, node: int, reason: str) -> None:
+        """A node discovery did not admit: logged (once per reason) and listed in the next round's faults."""
+        if self.refusals.get(node) != reason:
+            log(WARNING, "node %s refused: %s", node, reason)
+            self.discovery_faults.append(f"node {node}: refused: {reason}")
+        self.refusals[node] = reason
 
     def held(self, kind: str) -> tuple[str, ...]:
         """The modalities a client of this kind trains under this strategy."""
         return tuple(m for m in modalities_of(kind) if m in self.use_modalities)
 
-    def _forget(self, node: int) -> None:
-        self.nodes.pop(node, None)
-        self.node_sizes.pop(node, None)
+    @property
+    def nodes(self) -> dict[int, tuple[int, str]]:
+        """Admitted node id -> (partition id, kind)."""
+        return {n: (m.partition_id, m.kind) for n, m in self.membership.members.items()}
 
     def sample(self, grid: Grid) -> list[int]:
         """Node ids of this round's clients: a seeded sample of partition ids, mapped to their nodes.
@@ -221,17 +272,18 @@ class FedCMIStrategy(Strategy):
         Only nodes the SuperLink lists as online are sampled: a node that left is forgotten (not sampled,
         not counted) and asked again when it comes back, under the same or a new node id.
         """
-        if len(self.nodes) < self.clients_per_round:
+        if len(self.membership) < self.clients_per_round and not self.refusals:
             self.discover(grid)
         else:
             online = set(grid.get_node_ids())
-            for node in [n for n in self.nodes if n not in online]:
-                log(WARNING, "partition %s (node %s) has left; not sampled until it rejoins", self.nodes[node][0],
+            for node, member in self.membership.leave_offline(online):
+                log(WARNING, "partition %s (node %s) has left; not sampled until it rejoins", member.partition_id,
                     node)
-                self._forget(node)
-            if online - set(self.nodes):
+            for node in [n for n in self.refusals if n not in online]:
+                del self.refusals[node]
+            if online - set(self.membership.members):
                 self.discover(grid, wait=False)
-        by_partition = {pid: nid for nid, (pid, kind) in self.nodes.items() if self.held(kind)}
+        by_partition = {m.partition_id: n for n, m in self.membership.members.items() if self.held(m.kind)}
         k = min(self.clients_per_round, len(by_partition))
         if k == 0:
             raise NoClientsError(f"no client holds the modalities {self.use_modalities} this strategy trains")
@@ -251,37 +303,34 @@ class FedCMIStrategy(Strategy):
         nodes = self.sample(grid)
         content = protocol.train_content(arrays, {**self.run_config, **dict(config)}, server_round,
                                          self.guidance_for(server_round), self.model_spec)
+        members = {n: self.membership.members[n] for n in nodes}
         self.round_log[server_round] = {
             "nodes": nodes,
-            "sampled": [self.nodes[n][0] for n in nodes],
+            "sampled": [members[n].partition_id for n in nodes],
+            "who": {n: f"partition {members[n].partition_id}" for n in nodes},
             "dominant": self.guidance.dominant if self.guidance else None,
             "ratio": self.guidance.ratio if self.guidance else float("nan"),
         }
         log(INFO, "configure_train: round %s, partitions %s", server_round, self.round_log[server_round]["sampled"])
         return [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
 
-    def _screen(self, msg: Message, current: Mapping[str, np.ndarray]) -> tuple[str | None, Any]:
-        """(reason, None) for a bad reply; (None, (partition id, ClientUpdate, ClassStats | None, losses, CCVR moments
-        | None)) for a good one. Every field is untrusted: counts are capped at what the node reported at discovery."""
+    def _check(self, msg: Message, current: Mapping[str, np.ndarray]) -> tuple[str | None, Accepted | None]:
+        """(reason, None) for a bad reply, (None, Accepted) for a good one. Every field is untrusted: the weight is
+        at most the sample count the membership vouches for."""
         expected = {k: (tuple(v.shape), str(v.dtype)) for k, v in current.items()}
         try:
             reply = protocol.read_reply(msg.content, expected, self.num_classes)
         except protocol.ReplyError as exc:
             return str(exc), None
-        node = msg.metadata.src_node_id
-        size = None
-        if node in self.nodes:  # trust the server's own record of what this node holds
-            pid, kind = self.nodes[node]
-            size = self.node_sizes.get(node)
-        elif reply.kind is not None:
-            pid, kind = reply.partition_id, reply.kind
-        else:
-            return "reply from an unknown node without its kind", None
+        member: Member | None = self.membership.get(msg.metadata.src_node_id)
+        if member is None:
+            return "reply from a node that is not an admitted member", None
+        pid, kind = member.partition_id, member.kind
         if reply.partition_id not in (-1, pid):
             return f"claims partition {reply.partition_id}, node holds partition {pid}", None
-        if size is not None and reply.num_examples > size:
-            return f"num-examples {reply.num_examples:g} exceeds the {size} samples the node reported", None
-        n = reply.num_examples if size is None else min(reply.num_examples, size)
+        if reply.num_examples > member.size:
+            return f"num-examples {reply.num_examples:g} exceeds the {member.size} samples vouched for", None
+        n = reply.num_examples
         epochs = self.run_config.get("local-epochs")
         max_batches = float(epochs) * n if isinstance(epochs, int) and epochs > 0 else None
         reason = check_arrays(reply.arrays, current, self.held(kind), self.group_of, self.max_update_norm,
@@ -289,30 +338,83 @@ class FedCMIStrategy(Strategy):
         if reason:
             return reason, None
         if reply.stats is not None:
-            s = reply.stats
-            reason = check_class_stats(s.sum_pa, s.sum_pb, s.counts, self.num_classes, max_count=n, kind=kind)
+            st = reply.stats
+            reason = check_class_stats(st.sum_pa, st.sum_pb, st.counts, self.num_classes, max_count=n, kind=kind)
             if reason:
                 return reason, None
         held = self.held(kind)
         # CCVR moments are pooled only from a client holding both modalities, counting no more than it trained on
         fs = reply.features
         features = fs if fs is not None and set(held) == {"a", "b"} and fs.counts.sum() <= n else None
-        return None, (pid, ClientUpdate(reply.arrays, reply.num_examples, held), reply.stats, reply.losses,
-                      features)
+        who = f"partition {pid}"
+        return None, Accepted(who, pid, kind, ClientUpdate(reply.arrays, n, held), n, reply.stats, reply.losses,
+                              features)
+
+    def _who(self, node: int, info: Mapping[str, Any]) -> str:
+        """How faults name a node: its partition when it was sampled or is a member, else its node id."""
+        member = self.membership.get(node)
+        return info.get("who", {}).get(node) or (f"partition {member.partition_id}" if member else f"node {node}")
+
+    def _cap_claims(self, accepted: list[Accepted]) -> list[Accepted]:
+        """Claims mode: every weight at most CLAIM_CAP_MULTIPLE x the round's lower median claim; class statistics
+        and CCVR moments scaled (or dropped) with it."""
+        if self.membership.mode != "claims":
+            return accepted
+        out = []
+        for entry, w in zip(accepted, capped_weights([e.update.num_examples for e in accepted]), strict=True):
+            n = entry.update.num_examples
+            if w < n:
+                f = w / n
+                stats = entry.stats and ClassStats(entry.stats.sum_pa * f, entry.stats.sum_pb * f,
+                                                   entry.stats.counts * f)
+                entry = replace(entry, update=replace(entry.update, num_examples=w), stats=stats, features=None,
+                                capped=True)
+            out.append(entry)
+        return out
+
+    def _screen(self, server_round: int, accepted: list[Accepted], current: Mapping[str, np.ndarray],
+                faults: list[str], info: dict[str, Any]) -> list[Accepted]:
+        """The relative update bound (``UpdateScreen``): rejected replies go to ``faults``; every judged reply's
+        norms, steps, ratio and verdict go to ``info["screen"]`` (the run directory's replies.csv)."""
+        norms = [group_norms(e.update.arrays, current, self.group_of, (*e.update.modalities, "shared"))
+                 for e in accepted]
+        epochs, batch = self.run_config.get("local-epochs", 1), self.run_config.get("batch-size", 1)
+        steps = [local_steps(e.update.num_examples, epochs, batch) for e in accepted]
+        verdicts = self.screen.judge(norms, steps)
+        kept, rows = [], []
+        for entry, norm, st, v in zip(accepted, norms, steps, verdicts, strict=True):
+            rows.append({"round": server_round, "partition": entry.partition_id, "kind": entry.kind,
+                         "claimed": entry.claimed, "weight": entry.update.num_examples, "steps": st,
+                         **{f"norm_{g}": norm.get(g, math.nan) for g in ("a", "b", "shared")},
+                         "ratio": round(v.ratio, 4), "verdict": "rejected" if v.reason else
+                         ("capped" if entry.capped else "accepted")})
+            if v.reason:
+                faults.append(f"{entry.who}: rejected: {v.reason}")
+            else:
+                kept.append((entry, v))
+        self.screen.remember([v for _, v in kept])
+        info["screen"] = rows
+        if rows:
+            log(INFO, "round %s: largest update ratio %.3g (bound %g)", server_round, max(r["ratio"] for r in rows),
+                self.update_norm_multiple)
+        return [e for e, _ in kept]
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Screen every reply, then average the good ones per modality; too few good ones skip the round."""
+        """Check every reply, weigh it by what the server vouches for, screen the updates, then average the good
+        ones per modality; too few good ones skip the round."""
         # Replies arrive in any order; take them in partition order (unknown nodes last, by node id) so the
         # faults listed and the floating-point sums are the same in every run.
-        replies = sorted(replies, key=lambda m: (m.metadata.src_node_id not in self.nodes,
-                                                 self.nodes.get(m.metadata.src_node_id, (0,))[0],
-                                                 m.metadata.src_node_id))
+        def order(m: Message) -> tuple[bool, int, int]:
+            member = self.membership.get(m.metadata.src_node_id)
+            return member is None, member.partition_id if member else 0, m.metadata.src_node_id
+
+        replies = sorted(replies, key=order)
         info = self.round_log.setdefault(server_round, {})
         current = record_arrays(self.current_arrays) if self.current_arrays else {}
-        accepted: list[tuple[int, ClientUpdate, ClassStats | None, dict[str, float], str]] = []
-        features: dict[int, FeatureStats | None] = {}  # CCVR moments by partition id
-        faults: list[str] = []
+        accepted: list[Accepted] = []
+        faults: list[str] = self.discovery_faults
+        self.discovery_faults = []
         failed = rejected = 0
         answered = set()
         for msg in replies:
@@ -320,50 +422,39 @@ class FedCMIStrategy(Strategy):
             if node in answered:
                 continue  # one reply per node and round
             answered.add(node)
-            who = f"partition {self.nodes[node][0]}" if node in self.nodes else f"node {node}"
+            member = self.membership.get(node)
+            who = f"partition {member.partition_id}" if member else f"node {node}"
             if msg.has_error():
                 failed += 1
                 faults.append(f"{who}: failed: {short_reason(msg.error.reason)}")
                 continue
-            reason, good = self._screen(msg, current)
+            reason, good = self._check(msg, current)
             if reason:
                 rejected += 1
                 faults.append(f"{who}: rejected: {reason}")
                 continue
-            *screened, features[good[0]] = good
-            accepted.append((*screened, who))
-        # Bound each update relative to the round's others, per parameter group (the holders of that group).
-        norms = [group_norms(t[1].arrays, current, self.group_of, (*t[1].modalities, "shared")) for t in accepted]
-        for g in ("a", "b", "shared"):
-            group = [n[g] for n in norms if g in n]
-            if group and np.median(group) > 0:
-                log(INFO, "round %s: group %s update norms: median %.4g, largest %.3g x median", server_round, g,
-                    float(np.median(group)), max(group) / float(np.median(group)))
-        kept = []
-        for entry, reason in zip(accepted, relative_norm_outliers(norms, self.update_norm_multiple), strict=True):
-            if reason:
-                rejected += 1
-                faults.append(f"{entry[4]}: rejected: {reason}")
-            else:
-                kept.append(entry)
-        accepted = kept
+            accepted.append(good)
+        accepted = self._cap_claims(accepted)
+        capped = sum(e.capped for e in accepted)
+        screened = self._screen(server_round, accepted, current, faults, info)
+        rejected += len(accepted) - len(screened)
+        accepted = screened
         missing = [n for n in info.get("nodes", []) if n not in answered]
-        faults += [f"partition {self.nodes[n][0]}: no reply within round-timeout" if n in self.nodes
-                   else f"node {n}: no reply within round-timeout" for n in missing]
+        faults += [f"{self._who(n, info)}: no reply within round-timeout" for n in missing]
         for line in faults:
             log(WARNING, "round %s: %s", server_round, line)
         info.update({"replies": len(accepted), "failed": failed, "rejected": rejected, "timeout": len(missing),
-                     "faults": faults, "skipped": len(accepted) < self.min_replies})
-        accepted.sort(key=lambda t: t[0])  # by partition id (a node's reply may claim -1: its node's id counts)
-        metrics = self._train_metrics([(t[1].num_examples, t[3]) for t in accepted], info)
+                     "capped": capped, "faults": faults, "skipped": len(accepted) < self.min_replies})
+        accepted.sort(key=lambda e: e.partition_id)
+        metrics = self._train_metrics([(e.update.num_examples, e.losses) for e in accepted], info)
         self.train_metrics[server_round] = metrics
         if info["skipped"]:
             log(WARNING, "round %s skipped: %s good replies, min-replies is %s; the global model is kept",
                 server_round, len(accepted), self.min_replies)
             return None, metrics
-        new, _ = aggregate(current, [t[1] for t in accepted], self.group_of, self.rule)
-        self._update_guidance([t[2] for t in accepted if t[2] is not None])
-        self._pool_features(server_round, [(t[4], features.get(t[0])) for t in accepted])
+        new, _ = aggregate(current, [e.update for e in accepted], self.group_of, self.rule)
+        self._update_guidance([e.stats for e in accepted if e.stats is not None])
+        self._pool_features(server_round, [(e.who, e.features) for e in accepted])
         return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in new.items()}), metrics
 
     def _pool_features(self, server_round: int, accepted: list[tuple[str, FeatureStats | None]]) -> None:
@@ -411,7 +502,7 @@ class FedCMIStrategy(Strategy):
                 totals[k] = totals.get(k, 0.0) + n * v
                 weights[k] = weights.get(k, 0.0) + n
         out = MetricRecord({k: totals[k] / weights[k] for k in totals})
-        for key in ("failed", "rejected", "timeout"):
+        for key in ("failed", "rejected", "timeout", "capped"):
             out[f"clients-{key}"] = int(info[key])
         out["clients-ok"] = len(replies)
         out["skipped"] = int(info["skipped"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from support.members import admit
 
 from fedcmi.federated.aggregation import RULES, ClientUpdate, aggregate, rule
 from fedcmi.federated.aggregation.clipped_mean import clipped_mean
@@ -57,8 +58,7 @@ def strategy(**kw) -> FedCMIStrategy:
     kw.setdefault("update_norm_multiple", 5.0)
     s = FedCMIStrategy(clients_per_round=6, model_spec=ModelSpec(2, (1,), (1,)),
                        run_config={"strategy": "fedcmi", "local-epochs": 2}, **kw)
-    s.nodes = dict(NODES)
-    s.node_sizes = dict.fromkeys(NODES, SIZE)
+    admit(s, NODES, SIZE)
     s.current_arrays = ArrayRecord({k: Array(v) for k, v in ZERO.items()})
     s.round_log[1] = {"nodes": list(NODES)[:6]}
     return s
@@ -87,7 +87,7 @@ def test_noise_just_under_the_old_absolute_bound_is_rejected_relative_to_the_rou
     noise = np.random.default_rng(0).standard_normal(4).astype(np.float32)
     noise *= 990 / np.linalg.norm(noise)  # accepted by the old absolute max-update-norm 1000
     out, metrics, faults = run_round(strategy(), reply(35, {**honest(5), "enc_a.w": noise}))
-    assert_rejected_alone(out, metrics, faults, "group 'a' update norm 990 exceeds update-norm-multiple 5")
+    assert_rejected_alone(out, metrics, faults, "group 'a' update norm 990 over 200 local steps")
 
 
 def test_bound_is_per_group_and_honest_spread_passes():
@@ -110,7 +110,7 @@ def test_update_norm_multiple_is_a_config_key_with_its_default_in_pyproject():
 
 
 # --- item 2: counts capped at discovery, consistent with the kind, no overflow -----------------------------------
-@pytest.mark.parametrize("n, reason", [(1e9, "exceeds the 100 samples the node reported"),
+@pytest.mark.parametrize("n, reason", [(1e9, "exceeds the 100 samples vouched for"),
                                        (1e308, "above 2**53"), (101, "exceeds the 100 samples")])
 def test_false_sample_count_is_rejected(n, reason):
     out, metrics, faults = run_round(strategy(), reply(35, honest(5), n=n))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support.members import admit
 
 from fedcmi.data.base import ClientData
 from fedcmi.federated.calibration import FeatureStats, calibrated, feature_statistics
@@ -96,7 +97,7 @@ def test_ccvr_round_trip_through_the_client_step_and_the_strategy(name):
     model = model_for(cfg, spec, method_spec(name).decomposed)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     strategy = build_strategy(cfg, spec)
-    strategy.nodes = {}
+    admit(strategy, {10 + c.partition_id: (c.partition_id, c.kind) for c in federation(cfg)})
     strategy.current_arrays = ArrayRecord(model.state_dict())
     replies = []
     for client in federation(cfg):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from support.members import admit
 
 import clients.app as client_app
 from fedcmi.config import effective
@@ -101,7 +102,7 @@ def test_nodes_train_on_their_own_prepared_data_and_the_server_holds_only_the_te
 def test_the_training_message_carries_classes_and_shapes_not_the_servers_paths():
     cfg = effective({"num-clients": 2, "clients-per-round": 2, "out-dir": "/srv/secret", "round-timeout": 5.0})
     strategy = build_strategy(cfg, ModelSpec(6, (1, 20, 24), (3, 16, 16)))
-    strategy.nodes = {1: (0, "mm"), 2: (1, "a")}
+    admit(strategy, {1: (0, "mm"), 2: (1, "a")})
 
     class Grid:
         def get_node_ids(self):

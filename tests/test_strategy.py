@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from support.members import admit
 
 from fedcmi.federated.aggregation import ClientUpdate, aggregate
 from fedcmi.federated.aggregation.mean import weighted_mean
@@ -58,7 +59,7 @@ def _reply(node: int, n: int, arrays: dict[str, np.ndarray], stats=None) -> Mess
 def _strategy(**kw) -> FedCMIStrategy:
     s = FedCMIStrategy(clients_per_round=3, model_spec=ModelSpec(2, (1,), (1,)), run_config={"strategy": "fedcmi"},
                        **kw)
-    s.nodes = dict(KINDS)
+    admit(s, KINDS)
     s.current_arrays = ArrayRecord({k: Array(v) for k, v in _arrays(0.0, 0.5, 0.0, 7).items()})
     return s
 
@@ -147,7 +148,8 @@ def test_aggregate_pure_function_weights():
 
 
 def test_a_node_that_left_is_not_sampled_and_a_rejoined_one_counts_once():
-    """Issue 12 item 13: a SuperNode killed and restarted with the same key."""
+    """A SuperNode killed and restarted: while its old id still shows as online, two nodes claim one partition
+    and neither is sampled (logged as a fault of both); once the old id is gone the new one is admitted."""
     s = FedCMIStrategy(clients_per_round=3, model_spec=ModelSpec(2, (1,), (1,)), run_config={}, seed=1)
     grid = FakeGrid(dict(KINDS))
     list(s.configure_train(1, ArrayRecord(), ConfigRecord(), grid))
@@ -156,10 +158,19 @@ def test_a_node_that_left_is_not_sampled_and_a_rejoined_one_counts_once():
         sampled = [m.metadata.dst_node_id for m in s.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid)]
         assert 12 not in sampled and len(sampled) == 3
     assert 12 not in s.nodes
-    grid.nodes[22] = gone  # it rejoins (under a new node id; the same id works the same way)
-    grid.nodes[12] = gone  # ...and the old id briefly shows up again too
-    list(s.configure_train(8, ArrayRecord(), ConfigRecord(), grid))
-    assert sorted(pid for pid, _ in s.nodes.values()) == [0, 1, 2, 3, 4]  # partition 1 counted once
+    grid.nodes[22] = gone  # it rejoins under a new node id...
+    grid.nodes[12] = gone  # ...and the old id briefly shows up again too: two online claimants of partition 1
+    sampled = [m.metadata.dst_node_id for m in s.configure_train(8, ArrayRecord(), ConfigRecord(), grid)]
+    assert 12 not in sampled and 22 not in sampled
+    assert sorted(pid for pid, _ in s.nodes.values()) == [0, 2, 3, 4]
+    s.round_log[8]["nodes"] = []
+    s.aggregate_train(8, [])
+    faults = s.round_log[8]["faults"]
+    assert any(f.startswith("node 22: refused: partition 1 is also claimed") for f in faults), faults
+    assert any(f.startswith("node 12: refused: partition 1 is also claimed") for f in faults), faults
+    del grid.nodes[12]  # the old id expires on the SuperLink: the dispute is settled
+    list(s.configure_train(9, ArrayRecord(), ConfigRecord(), grid))
+    assert sorted(pid for pid, _ in s.nodes.values()) == [0, 1, 2, 3, 4] and s.nodes[22] == (1, "a")
     s.round_log[9] = {"nodes": [22]}
     _, metrics = s.aggregate_train(9, [])
     assert metrics["clients-timeout"] == 1 and metrics["clients-failed"] == 0

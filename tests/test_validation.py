@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from support.members import admit
 
 from fedcmi.federated.screening import check_arrays, check_class_stats
 from fedcmi.models import ModelSpec, group_of
@@ -31,7 +32,7 @@ def _reply(node: int, arrays: dict, stats=STATS, n: float = 10, pid: int | None 
 def _strategy() -> FedCMIStrategy:
     s = FedCMIStrategy(clients_per_round=2, model_spec=ModelSpec(2, (1,), (1,)), run_config={},
                        max_update_norm=100.0)
-    s.nodes = dict(NODES)
+    admit(s, NODES)
     s.current_arrays = ArrayRecord({k: Array(np.zeros_like(v)) for k, v in GOOD.items()})
     return s
 

@@ -242,11 +242,19 @@ class RunConfig:
                                   "update-norm-multiple is the default defence)", _at_least(0), "must be >= 0")
     update_norm_multiple: float = _opt(UPDATE_NORM_MULTIPLE, "reliability", "relative bound, per parameter group "
                                        "(each modality's encoder, the shared head): reject a client update whose "
-                                       "L2 distance to the global model in a group exceeds this multiple of the "
-                                       "median distance of that group over the round's replies; 0 = off. Honest "
-                                       "updates stayed below 4.5x the median in every measured run "
-                                       "(docs/robustness.md)",
+                                       "L2 distance to the global model in a group, per local step, exceeds this "
+                                       "multiple of the lower median of that group over the round's replies and "
+                                       "the last 3 rounds' accepted ones; 0 = off (docs/robustness.md)",
                                        lambda v: v == 0 or v >= 2, "must be 0 (off) or >= 2")
+    membership: str = _opt("auto", "reliability", "what backs a node's sample count and partition id: federation "
+                           "(the server rebuilds the partitions from this config: simulations, embedded-data "
+                           "nodes), registry (node-registry), claims (nothing: each weight capped at 4x the "
+                           "round's lower median claim); auto = registry when node-registry is set, else "
+                           "federation (docs/robustness.md)",
+                           lambda v: v in ("auto", "federation", "registry", "claims"),
+                           "must be auto, federation, registry or claims")
+    node_registry: str = _opt("", "reliability", "the operator's node registry (TOML): each authorised node id "
+                              "bound to a partition id and a size or size cap (docs/robustness.md)")
     # --- output --------------------------------------------------------------------------------------------
     run_name: str = _opt("", "output", "name used in the run directory (default: dataset-strategy): letters, "
                          "digits, '.', '_', '-', at most 100, never a path", _run_name_ok,

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedcmi.federated.membership import lower_median
+
 MAX_NUM_EXAMPLES = 2**53  # a sample count above this cannot be an exact float; with float32 values the weighted
 # sum of any number of clients stays far below float64's 1.8e308
+STEP_EXPONENT = 1.0  # group norms are compared per local step (steps ** 1); docs/robustness.md has the measurements
+HISTORY_ROUNDS = 3  # rounds of accepted updates that join a round's replies in the screen's reference
 MAX_LOSS = 1e9  # a loss term beyond this is not a loss; n * loss must not overflow the weighted mean
 
 
@@ -64,25 +69,87 @@ def group_norms(arrays: Mapping[str, np.ndarray], current: Mapping[str, np.ndarr
     return {g: math.sqrt(v) for g, v in sq.items()}
 
 
-def relative_norm_outliers(norms: Sequence[Mapping[str, float]], multiple: float) -> list[str | None]:
-    """Per reply, a reason when one of its group norms exceeds ``multiple`` x the median of that group's norms
-    over the round's replies that hold it (``None`` otherwise; ``multiple`` 0 = no bound).
+def local_steps(examples: float, epochs: int, batch_size: int) -> int:
+    """SGD steps of an honest local update over ``examples`` samples (the server's trusted count)."""
+    return max(1, int(epochs) * math.ceil(max(float(examples), 1.0) / max(int(batch_size), 1)))
 
-    The median is taken over every screened reply, so attackers would need half the replies of a group to
-    move it; a group with one or two holders cannot reject anyone for ``multiple >= 2``.
+
+@dataclass
+class Verdict:
+    """The screen's judgement of one reply: its group norms per local step, the largest ratio to the bound's
+    reference (1.0 = at the reference; the bound is ``multiple``) and a reason when rejected."""
+
+    per_step: dict[str, float]
+    ratio: float
+    reason: str | None
+
+
+@dataclass
+class UpdateScreen:
+    """The relative update bound, per parameter group (each modality's encoder, the shared head).
+
+    An honest update's distance to the global model grows with the local steps it took (more samples, more
+    steps), so each group norm is divided by ``steps ** STEP_EXPONENT`` (steps from the server's trusted
+    sample count, never the client's word) before it is compared. The reference of a group is the lower
+    median of its per-step norms over this round's replies and the accepted ones of the last
+    ``history_rounds`` rounds: a group with one or two holders in a round is still judged against its past,
+    and with an even count the lower median is an honest value as long as attackers are at most half.
+    A reply is rejected when one of its groups exceeds ``multiple`` x that reference (docs/robustness.md).
     """
-    out: list[str | None] = [None] * len(norms)
-    if multiple <= 0:
-        return out
-    groups = sorted({g for n in norms for g in n})
-    for g in groups:
-        holders = [i for i, n in enumerate(norms) if g in n]
-        median = float(np.median([norms[i][g] for i in holders]))
-        for i in holders:
-            if out[i] is None and norms[i][g] > multiple * median:
-                out[i] = (f"group {g!r} update norm {norms[i][g]:.3g} exceeds update-norm-multiple {multiple:g} x "
-                          f"the round's median {median:.3g}")
-    return out
+
+    multiple: float
+    history_rounds: int = HISTORY_ROUNDS
+    history: dict[str, list[list[float]]] = field(default_factory=dict)  # group -> per round, accepted values
+
+    def judge(self, norms: Sequence[Mapping[str, float]], steps: Sequence[int]) -> list[Verdict]:
+        per_step = [{g: v / float(s) ** STEP_EXPONENT for g, v in n.items()} for n, s in zip(norms, steps, strict=True)]
+        ratios = [0.0] * len(norms)
+        reasons: list[str | None] = [None] * len(norms)
+        for g in sorted({g for n in per_step for g in n}):
+            pool = [p[g] for p in per_step if g in p] + [v for past in self.history.get(g, []) for v in past]
+            pool = [v for v in pool if v > 0]
+            if not pool:
+                continue
+            ref = lower_median(pool)
+            for i, p in enumerate(per_step):
+                if g not in p:
+                    continue
+                ratio = p[g] / ref
+                ratios[i] = max(ratios[i], ratio)
+                if self.multiple > 0 and reasons[i] is None and ratio > self.multiple:
+                    reasons[i] = (f"group {g!r} update norm {norms[i][g]:.3g} over {steps[i]} local steps is "
+                                  f"{ratio:.3g} x the reference {ref:.3g} per step^{STEP_EXPONENT:g}; "
+                                  f"update-norm-multiple is {self.multiple:g}")
+        return [Verdict(p, r, why) for p, r, why in zip(per_step, ratios, reasons, strict=True)]
+
+    def remember(self, accepted: Sequence[Verdict]) -> None:
+        """Keep this round's accepted per-step norms (the reference of the next rounds)."""
+        groups = {g for v in accepted for g in v.per_step} | set(self.history)
+        for g in groups:
+            past = self.history.setdefault(g, [])
+            past.append([v.per_step[g] for v in accepted if g in v.per_step])
+            del past[:-self.history_rounds]
+
+    def state(self) -> dict[str, list[list[float]]]:
+        return {g: [list(map(float, r)) for r in past] for g, past in self.history.items()}
+
+    def load_state(self, state: Mapping[str, Sequence[Sequence[float]]]) -> None:
+        self.history = {str(g): [[float(v) for v in r] for r in past][-self.history_rounds:]
+                        for g, past in state.items()}
+
+
+def check_screen_state(state: object) -> str | None:
+    """Why a checkpoint's screen history cannot be loaded, or None."""
+    if not isinstance(state, dict):
+        return "screen: not a mapping"
+    for g, past in state.items():
+        if not isinstance(past, list) or not all(isinstance(r, list) for r in past):
+            return f"screen: group {g!r} is not a list of rounds"
+        for r in past:
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                       for v in r):
+                return f"screen: group {g!r} holds a value that is not a finite norm"
+    return None
 
 
 def check_num_examples(value: object) -> str | None:

@@ -96,6 +96,16 @@ def _strategy_state_problem(state: dict[str, Any]) -> str | None:
         random.Random().setstate((rng[0], tuple(rng[1]), rng[2]))
     except (TypeError, ValueError, OverflowError) as exc:
         return f"rng: {exc}"
+    if "screen" in state:
+        from fedcmi.federated.screening import check_screen_state
+
+        reason = check_screen_state(state["screen"])
+        if reason:
+            return reason
+    claims = state.get("claims", {})
+    if not isinstance(claims, dict) or not all(str(k).isdigit() and isinstance(v, int) and not isinstance(v, bool)
+                                               and v >= 1 for k, v in claims.items()):
+        return "claims: not a mapping of partition ids to sample counts"
     g = state.get("guidance", "missing")
     if g is None:
         return None

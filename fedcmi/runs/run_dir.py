@@ -11,6 +11,7 @@ is never written into.
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import hashlib
 import io
@@ -31,6 +32,7 @@ from fedcmi.runs.files import atomic_write, csv_text, save_tensors
 from fedcmi.runs.metrics import ROUND, accuracy_columns, column_labels
 
 MODEL_FILE = "model.safetensors"
+REPLIES_FILE = "replies.csv"  # one row per screened reply: its norms, local steps, weight, ratio and verdict
 MARKER = ".fedcmi-run"
 # keys that may differ between a checkpoint and its resume (more rounds; the folder's own path)
 # keys that never change a result: a resume may change them, and checkpoints from before a key existed still match
@@ -141,6 +143,7 @@ class RunDirectory:
         self.cfg = cfg
         self.modality_names = modality_names
         self.rows: list[dict[str, Any]] = []
+        self.replies: list[dict[str, Any]] = []
         if resume_after is not None:
             check_metrics(self.path, resume_after)
         self.write_config(cfg)  # on a resume too: an extended run records its new num-server-rounds
@@ -154,6 +157,10 @@ class RunDirectory:
         if [r[ROUND] for r in self.rows] != list(range(resume_after + 1)):
             raise ValueError(f"{self.path / 'metrics.json'}: rounds 0..{resume_after} are not all present")
         self.add_round(self.rows.pop())  # rewrite both files without rows past the checkpoint
+        replies = self.path / REPLIES_FILE
+        if replies.is_file():
+            with replies.open(newline="", encoding="utf-8") as f:
+                self.add_replies([r for r in csv.DictReader(f) if int(r["round"]) <= resume_after])
 
     def write_config(self, cfg: RunConfig) -> None:
         """config.json: the effective configuration (exactly the values that ran), the data set's modality
@@ -167,6 +174,13 @@ class RunDirectory:
         atomic_write(self.path / "metrics.json", json.dumps(
             [{k: _json_safe(v) for k, v in r.items()} for r in self.rows], indent=1) + "\n")
         atomic_write(self.path / "metrics.csv", self._csv())
+
+    def add_replies(self, rows: list[Mapping[str, Any]]) -> None:
+        """Append a round's screened replies to replies.csv (rewritten whole, atomically)."""
+        if not rows:
+            return
+        self.replies += [dict(r) for r in rows]
+        atomic_write(self.path / REPLIES_FILE, csv_text(self.replies))
 
     def _csv(self) -> str:
         flat = []
