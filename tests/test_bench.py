@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from fedcmi.bench.plan import Mix, make_plan
 from fedcmi.bench.report import summary_markdown
 from fedcmi.cli import main
+from fedcmi.errors import ConfigError
 from fedcmi.methods.registry import METHOD_NAMES as STRATEGY_NAMES
 
 ROOT = Path(__file__).parents[1]
@@ -65,6 +66,13 @@ def test_bad_grids_are_refused_before_anything_runs(tmp_path, capsys):
         assert main(["bench", "--out", str(tmp_path / "b"), *args]) == 2
         assert needle in capsys.readouterr().err
     plan = make_plan("quick", tmp_path / "c", {})
+    assert plan.seeds == (0,)
+    assert make_plan("quick", tmp_path / "d", {}, seeds="21-23").seeds == (21, 22, 23)
+    assert make_plan("quick", tmp_path / "e", {}, seeds="7,3,7").seeds == (7, 3)
+    assert make_plan("quick", tmp_path / "f", {}, seeds="2").seeds == (0, 1)
+    for bad in ("5-3", "x", "1-y", "-2"):
+        with pytest.raises(ConfigError, match="--seeds"):
+            make_plan("quick", tmp_path / "g", {}, seeds=bad)
     assert [str(m) for m in plan.mixes] == ["0.5:0.5", "1:0.5"] and Mix.parse("1:0.5") == Mix(1.0, 0.5)
 
 

@@ -143,7 +143,7 @@ class BenchPlan:
     lower: dict[str, Any]
     explicit: dict[str, Any]
     strategies: list[str]
-    seeds: int
+    seeds: tuple[int, ...]
     alphas: list[float | None]
     mixes: list[Mix]
     out: Path
@@ -162,14 +162,37 @@ class BenchPlan:
 
     def cells(self) -> list[Cell]:
         return [Cell(s, a, m, seed, miss, noise) for a in self.alphas for m in self.mixes for miss in self.missing
-                for noise in self.noise for seed in range(self.seeds) for s in self.strategies]
+                for noise in self.noise for seed in self.seeds for s in self.strategies]
 
     def cell_dir(self, cell: Cell) -> Path:
         return self.out / "cells" / cell.id
 
 
+def parse_seeds(text: str | int) -> tuple[int, ...]:
+    """``--seeds``: a count N (seeds 0..N-1), a range ``10-19`` or a list ``3,7,21``, so a claim can be checked on
+    seeds it was not tuned on."""
+    spec = str(text).strip()
+    lo_hi = spec.split("-", 1) if "-" in spec.lstrip("-") and "," not in spec else None
+    try:
+        if lo_hi:
+            lo, hi = int(lo_hi[0]), int(lo_hi[1])
+            values = list(range(lo, hi + 1)) if hi >= lo else []
+        elif "," in spec:
+            values = [int(v) for v in spec.split(",") if v.strip()]
+        else:
+            values = list(range(int(spec)))
+    except ValueError:
+        raise ConfigError(f"--seeds {spec!r}: a count (3), a range (10-19) or a list (3,7,21)") from None
+    if not values:
+        raise ConfigError(f"--seeds {spec}: names no seed (a count must be >= 1, a range must not end before it "
+                          "starts)")
+    if not values or any(v < 0 or v > 2**32 - 1 for v in values):
+        raise ConfigError(f"--seeds {spec}: seeds must be in [0, 2**32 - 1]")
+    return tuple(_unique(values))
+
+
 def make_plan(preset_name: str, out: Path, base_overrides: dict[str, Any], strategies: str | None = None,
-              seeds: int | None = None, alphas: str | None = None, mixes: str | None = None,
+              seeds: str | int | None = None, alphas: str | None = None, mixes: str | None = None,
               missing_rates: str | None = None, label_noise: str | None = None) -> BenchPlan:
     """The grid of a preset, with any of its axes or base keys overridden; validated before anything runs."""
     if preset_name not in BENCH_PRESETS:
@@ -189,14 +212,12 @@ def make_plan(preset_name: str, out: Path, base_overrides: dict[str, Any], strat
     if unknown or not names:
         raise ConfigError(f"--strategies: unknown strategy {unknown[0]!r}; one of {', '.join(METHOD_NAMES)}"
                           if unknown else "--strategies: name at least one strategy")
-    n_seeds = p["seeds"] if seeds is None else seeds
-    if n_seeds < 1:
-        raise ConfigError(f"--seeds {n_seeds}: must be >= 1")
+    seed_values = parse_seeds(p["seeds"] if seeds is None else seeds)
     alpha_values = _unique([parse_alpha(a) for a in (alphas.split(",") if alphas else p["alphas"])])
     mix_values = _unique([Mix.parse(m) for m in (mixes.split(",") if mixes else p["mixes"])])
     missing = _unique(parse_rates(missing_rates, "--missing-rates", 0.5)) if missing_rates else [None]
     noise = _unique(parse_rates(label_noise, "--label-noise", 1.0)) if label_noise else [None]
-    plan = BenchPlan(dict(p["base"]), explicit, names, n_seeds, alpha_values, mix_values, out, missing, noise)
+    plan = BenchPlan(dict(p["base"]), explicit, names, seed_values, alpha_values, mix_values, out, missing, noise)
     for cell in plan.cells():  # every cell's effective config: a user key a method refuses stops here
         plan.cell_config(cell)
     _check_out_dir(plan)

@@ -42,12 +42,19 @@ examples:
 """
 
 
+def _seed_text(seeds: tuple[int, ...]) -> str:
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
 def add_bench_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="compare strategies over a grid of settings and seeds",
                        description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="quick", help="quick | default | long | label-skew (default: quick)")
     p.add_argument("--strategies", help="comma-separated strategy names (default: the preset's)")
-    p.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: the preset's)")
+    p.add_argument("--seeds", help="a count N (seeds 0..N-1), a range 10-19 or a list 3,7,21 (default: the "
+                   "preset's count)")
     p.add_argument("--alphas", help="comma-separated Dirichlet alphas; iid for IID (default: the preset's)")
     p.add_argument("--mixes", help="comma-separated ratio:split mixes (default: the preset's)")
     p.add_argument("--missing-rates", help="comma-separated missing-modality rates in [0, 0.5] (an axis; default: "
@@ -98,7 +105,8 @@ def _bench(args: argparse.Namespace) -> int:
     corruptions = len(plan.missing) * len(plan.noise)
     axes = f"{len(plan.strategies)} strategies x {len(plan.alphas)} alphas x {len(plan.mixes)} mixes x "
     axes += f"{corruptions} corruption settings x " if corruptions > 1 else ""
-    console.print(f"fedcmi bench --preset {args.preset}: {len(cells)} cells ({axes}{plan.seeds} seeds), "
+    seeds = f"{len(plan.seeds)} seeds: {_seed_text(plan.seeds)}"
+    console.print(f"fedcmi bench --preset {args.preset}: {len(cells)} cells ({axes}{seeds}), "
                   f"{len(cells) - len(todo)} already finished, {jobs} at a time; writing to {out}")
     out.mkdir(parents=True, exist_ok=True)
     save_plan(plan, command)
