@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fedcmi.runtime.loopback import Loopback, _alive
+from fedcmi.runtime.loopback import Loopback, _alive, partition_sizes
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("ssh-keygen") is None
@@ -68,21 +68,34 @@ def test_insecure_deployment_with_warm_workers(tmp_path):
 
 
 def test_tls_deployment_with_node_authentication(tmp_path):
+    """Only registered keys join; of those, only nodes in the operator's node registry are admitted, each with the
+    partition and size the registry binds it to (a registered node outside the registry is refused, logged)."""
     dep = Loopback(tmp_path / "work", tls=True, auth=True, isolation="warm", runs_dir=tmp_path)
     out = tmp_path / "run"
     try:
-        dep.make_certs(NODES + 1)  # the last key is never registered
+        dep.make_certs(NODES + 2)  # key NODES is never registered; key NODES + 1 is registered, not in the registry
+        sizes = partition_sizes(TINY)
+        dep.server_config = dep.work / "server.toml"
         dep.start_superlink()
+        entries = []
         for i in range(NODES):
-            dep.register(i)
+            entries.append((dep.register(i), i, sizes[i]))
             dep.start_supernode(f"supernode-{i}", f"partition-id={i} num-partitions={NODES}", dep.key(i))
+        stranger = dep.register(NODES + 1)
+        dep.start_supernode("stranger", f"partition-id=0 num-partitions={NODES}", dep.key(NODES + 1))
+        dep.write_registry(entries)
         dep.start_supernode("intruder", f"partition-id=0 num-partitions={NODES}", dep.key(NODES),
                             executor=False)
         assert dep.wait_exit("intruder", timeout_s=90) not in (None, 0), dep.log_of("intruder")[-2000:]
         assert "Failed to activate SuperNode" in dep.log_of("intruder")
         dep.wait_ready()
         proc = dep.run({**TINY, "run-name": out.name})
-        _check_run(out, proc.stdout + proc.stderr)
+        stream = proc.stdout + proc.stderr
+        _check_run(out, stream)
+        assert f"node {stranger} refused: not in the node registry" in stream, stream[-3000:]
+        with open(out / "replies.csv") as fh:
+            replies = list(csv.DictReader(fh))
+        assert {(int(r["partition"]), float(r["weight"])) for r in replies} <= {(i, sizes[i]) for i in range(NODES)}
         assert "https" in dep.log_of("superlink").lower() or "ssl" in dep.log_of("superlink").lower()
     finally:
         _stop_and_check(dep)

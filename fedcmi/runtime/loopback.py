@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -125,6 +126,7 @@ class Loopback:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     superlink_port: int = 0
     runs_dir: Path | None = None  # the ServerApp's run directories (FEDCMI_RUNS_DIR); default work/runs
+    server_config: Path | None = None  # the server's own keys (FEDCMI_SERVER_CONFIG), e.g. the node registry
 
     def __post_init__(self) -> None:
         if self.auth and not self.tls:
@@ -143,6 +145,7 @@ class Loopback:
                 "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                 "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": POLL_INTERVAL_S, "HF_DATASETS_OFFLINE": "1",
                 "FEDCMI_RUNS_DIR": str(self.runs_dir),
+                **({"FEDCMI_SERVER_CONFIG": str(self.server_config)} if self.server_config else {}),
                 "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def _tool(self, name: str) -> str:
@@ -213,11 +216,23 @@ class Loopback:
         return subprocess.run([self._tool("flwr"), *args], capture_output=True, text=True, env=self.env("cli"),
                               cwd=ROOT, timeout=timeout_s)
 
-    def register(self, i: int) -> None:
-        """Register SuperNode ``i``'s public key with the SuperLink (``flwr supernode register``)."""
+    def register(self, i: int) -> int:
+        """Register SuperNode ``i``'s public key with the SuperLink (``flwr supernode register``); its node id."""
         proc = self.flwr("supernode", "register", str(self.key(i)) + ".pub", FEDERATION, timeout_s=120)
-        if proc.returncode != 0 or "registered" not in proc.stdout:
+        found = re.search(r"SuperNode (\d+) registered", proc.stdout)
+        if proc.returncode != 0 or not found:
             raise RuntimeError(f"registering supernode-{i} failed: {proc.stdout[-800:]} {proc.stderr[-800:]}")
+        return int(found.group(1))
+
+    def write_registry(self, entries: list[tuple[int, int, int]]) -> Path:
+        """The operator's node registry (node id, partition id, exact size) and the server configuration that
+        names it (``$FEDCMI_SERVER_CONFIG``): the ServerApp admits exactly these nodes with these sizes."""
+        registry = self.work / "node-registry.toml"
+        registry.write_text("".join(f"[[node]]\nnode-id = {n}\npartition-id = {p}\nexamples = {size}\n\n"
+                                    for n, p, size in entries))
+        self.server_config = self.work / "server.toml"
+        self.server_config.write_text(f"node-registry = {json.dumps(str(registry))}\n")
+        return registry
 
     def start_supernode(self, name: str, node_config: str, key: Path | None = None,
                         executor: bool = True) -> subprocess.Popen:
@@ -285,6 +300,14 @@ class Loopback:
         return out
 
 
+def partition_sizes(run_config: dict[str, object]) -> list[int]:
+    """The sample count of each partition of the embedded federation a demo config builds (imports torch)."""
+    from fedcmi.config import effective
+    from fedcmi.data.partition import federation
+
+    return [len(spec.indices) for spec in federation(effective(dict(run_config)))]
+
+
 def demo(work: Path, out: Path, *, tls: bool, isolation: str, rounds: int = 2, num_nodes: int = 3,
          extra: dict[str, object] | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """Start a loopback federation, run ``rounds`` rounds of fedcmi, stop everything; (flwr run, wall s)."""
@@ -292,15 +315,21 @@ def demo(work: Path, out: Path, *, tls: bool, isolation: str, rounds: int = 2, n
     try:
         if tls:
             dep.make_certs(num_nodes)
-        dep.start_superlink()
-        for i in range(num_nodes):
-            if tls:
-                dep.register(i)
-            dep.start_supernode(f"supernode-{i}", f"partition-id={i} num-partitions={num_nodes}",
-                                dep.key(i) if tls else None)
         config: dict[str, object] = {"num-server-rounds": rounds, "num-clients": num_nodes,
                                      "clients-per-round": min(2, num_nodes), "train-size": 600, "test-size": 200,
                                      "run-name": out.name, **(extra or {})}
+        if tls:  # authenticated nodes: the operator binds each registered node id to its partition and size
+            sizes = partition_sizes(config)
+            dep.server_config = dep.work / "server.toml"  # written below, read by the SuperLink's ServerApp
+        dep.start_superlink()
+        entries = []
+        for i in range(num_nodes):
+            if tls:
+                entries.append((dep.register(i), i, sizes[i]))
+            dep.start_supernode(f"supernode-{i}", f"partition-id={i} num-partitions={num_nodes}",
+                                dep.key(i) if tls else None)
+        if tls:
+            dep.write_registry(entries)
         dep.wait_ready()
         start = time.monotonic()
         proc = dep.run(config)
