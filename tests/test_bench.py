@@ -83,7 +83,7 @@ def test_summary_replies_column_sums_rounds_and_seeds():
     assert table[3].startswith("| fedcmi | 3 | rejected 0 of 75, failed 1, capped 2 | ")
     note = ("2 of 6 cells rejected replies (3 in all); 1 of 6 cells had failed replies (1 in all); 1 of 6 cells had "
             "sample weights capped (2 in all); 150 replies asked in all")
-    assert f"Replies: {note}: see the replies column" in md
+    assert f"Replies: {note}: see the replies column.\n" in md
     assert replies_note(rows) == f"replies: {note}: see summary.md (replies) and results.csv"
     clean = [_counted("fedavg", 0, 25), _counted("fedcmi", 0, 25)]
     assert replies_note(clean) == ("replies: all 50 replies in 2 cells accepted as sent (none rejected, failed, "

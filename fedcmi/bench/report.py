@@ -174,7 +174,7 @@ def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], c
              "rounds.csv).", ""]
     note = replies_note(finals, see="the replies column")
     if note:
-        lines[4:4] = ["Replies" + note.removeprefix("replies"), ""]
+        lines[4:4] = ["Replies" + note.removeprefix("replies") + ".", ""]
     for (alpha, ratio, split, missing, noise), rows in sorted(settings.items(),
                                                                key=lambda kv: (str(kv[0][0]), *kv[0][1:])):
         lines += [f"## alpha = {alpha}, multimodal-ratio = {ratio:g}, unimodal-split = {split:g}"
