@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedcmi.bench.plan import Mix, make_plan
-from fedcmi.bench.report import summary_markdown
+from fedcmi.bench.plan import Mix, make_plan, save_plan
+from fedcmi.bench.report import replies_cell, replies_note, summary_markdown
 from fedcmi.cli import main
+from fedcmi.config import parse_overrides
 from fedcmi.errors import ConfigError
 from fedcmi.methods.registry import METHOD_NAMES as STRATEGY_NAMES
 
@@ -56,6 +57,73 @@ def test_summary_paired_column_names_a_clear_win():
     fedcmi = next(line for line in md.splitlines() if line.startswith("| fedcmi"))
     # differences 0.10, 0.11, 0.12: mean 0.11, sd 0.01, t(0.975, 2) = 4.303 -> 4.303 * 0.01 / sqrt(3) = 0.0248
     assert fedcmi.endswith("| +0.110 ± 0.025 (better) |")
+
+
+def _counted(strategy: str, seed: int, ok: int, rejected: int = 0, failed: int = 0, capped: int = 0) -> dict:
+    """A final row with the reply counts summed over its run (what collect() writes to results.csv)."""
+    accs = dict.fromkeys(("acc_mm", "acc_audio", "acc_visual", "acc_audio_zero", "acc_visual_zero",
+                          "worst_class_acc"), 0.5)
+    return {"strategy": strategy, "seed": seed, "dirichlet_alpha": "0.5", "multimodal_ratio": 0.5,
+            "unimodal_split": 0.5, **accs, "clients_ok_total": ok, "clients_failed_total": failed,
+            "clients_rejected_total": rejected, "clients_timeout_total": 0, "clients_capped_total": capped,
+            "clients_clipped_total": 0}
+
+
+def test_summary_replies_column_sums_rounds_and_seeds():
+    # 3 seeds of 25 replies asked each (5 rounds x 5 clients): fedavg rejected 0 + 2 + 1 of 75; fedcmi rejected
+    # none, one reply failed, two were accepted with their weight capped
+    rows = [_counted("fedavg", 0, 25), _counted("fedavg", 1, 23, rejected=2), _counted("fedavg", 2, 24, rejected=1),
+            _counted("fedcmi", 0, 25, capped=2), _counted("fedcmi", 1, 25), _counted("fedcmi", 2, 24, failed=1)]
+    assert replies_cell(rows[:3]) == "rejected 3 of 75"
+    assert replies_cell(rows[3:]) == "rejected 0 of 75, failed 1, capped 2"
+    assert replies_cell([{"strategy": "fedavg"}]) == "–"  # a row from before the counts
+    md = summary_markdown(rows, ("audio", "visual"), "x")
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| strategy | n | replies | acc_mm |")
+    assert table[2].startswith("| fedavg | 3 | rejected 3 of 75 | ")
+    assert table[3].startswith("| fedcmi | 3 | rejected 0 of 75, failed 1, capped 2 | ")
+    note = ("2 of 6 cells rejected replies (3 in all); 1 of 6 cells had failed replies (1 in all); 1 of 6 cells had "
+            "sample weights capped (2 in all); 150 replies asked in all")
+    assert f"Replies: {note}: see the replies column.\n" in md
+    assert replies_note(rows) == f"replies: {note}: see summary.md (replies) and results.csv"
+    clean = [_counted("fedavg", 0, 25), _counted("fedcmi", 0, 25)]
+    assert replies_note(clean) == ("replies: all 50 replies in 2 cells accepted as sent (none rejected, failed, "
+                                   "timed out, capped or clipped)")
+    assert "| fedcmi | 1 | rejected 0 of 25 | " in summary_markdown(clean, ("audio", "visual"), "x")
+
+
+def test_bench_reports_the_replies_of_finished_cells(tmp_path, capsys):
+    """Through `fedcmi bench` with every cell already finished (no Ray): results.csv has each cell's counts summed
+    over its rounds, summary.md the replies column, and the terminal a closing line."""
+    out = tmp_path / "b"
+    args = ["bench", "--strategies", "fedavg,fedcmi", "--alphas", "0.5", "--mixes", "0.5:0.5", "--seeds", "1",
+            "--out", str(out), *TINY]
+    plan = make_plan("quick", out, parse_overrides(TINY), "fedavg,fedcmi", 1, "0.5", "0.5:0.5")
+    save_plan(plan, "fedcmi " + " ".join(args))
+    rejected = "partition 1: rejected: update norm 50 exceeds 10 x the round's median (group a)"
+    for cell in plan.cells():
+        path = plan.cell_dir(cell)
+        path.mkdir(parents=True)
+        bad = cell.strategy == "fedcmi"
+        rows = [{"round": r, "acc_mm": 0.5, "acc_audio": 0.4, "acc_visual": 0.3, "acc_audio_zero": 0.3,
+                 "acc_visual_zero": 0.2, "worst_class_acc": 0.1, "clients_ok": 0 if r == 0 else 2 - bad,
+                 "clients_failed": 0, "clients_rejected": int(bad and r > 0), "clients_timeout": 0,
+                 "clients_capped": int(bad and r == 2), "clients_clipped": 0, "skipped": 0,
+                 "faults": rejected if bad and r else "", "wall_s": 1.0} for r in range(3)]
+        (path / "metrics.json").write_text(json.dumps(rows))
+        (path / "config.json").write_text(json.dumps({"modalities": ["audio", "visual"]}))
+        (path / "status.json").write_text(json.dumps({"status": "complete", "rounds": 2}))
+    assert main(args) == 0
+    shown = capsys.readouterr().out
+    assert ("replies: 1 of 2 cells rejected replies (2 in all); 1 of 2 cells had sample weights capped (1 in all); "
+            f"8 replies asked in all: see {out / 'summary.md'} (replies) and results.csv") in " ".join(shown.split())
+    with open(out / "results.csv") as fh:
+        results = {r["strategy"]: r for r in csv.DictReader(fh)}
+    assert {k: results["fedcmi"][f"clients_{k}_total"] for k in ("ok", "rejected", "capped", "failed")} == {
+        "ok": "2", "rejected": "2", "capped": "1", "failed": "0"}
+    assert results["fedavg"]["clients_ok_total"] == "4" and results["fedavg"]["clients_rejected_total"] == "0"
+    md = (out / "summary.md").read_text()
+    assert "| fedcmi | 1 | rejected 2 of 4, capped 1 | " in md and "| fedavg | 1 | rejected 0 of 4 | " in md
 
 
 def test_bad_grids_are_refused_before_anything_runs(tmp_path, capsys):

@@ -106,3 +106,77 @@ def test_a_signal_while_the_command_imports_ends_with_one_line(monkeypatch, caps
     assert cli.main(["partitions", "num-clients=4"]) == 143
     assert capsys.readouterr().err.strip() == "fedcmi: interrupted (SIGTERM)"
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+TINY_RUN = ["num-clients=4", "clients-per-round=2", "num-server-rounds=3", "train-size=600", "test-size=200"]
+
+
+def _rows(rejected_in: int) -> list[dict]:
+    """Rounds 0-2 of a 2-clients-a-round run; in round ``rejected_in`` partition 1's reply is rejected."""
+    return [{"round": r, "acc_mm": 0.5, "acc_audio": 0.4, "acc_visual": 0.3, "acc_audio_zero": 0.3,
+             "acc_visual_zero": 0.2, "worst_class_acc": 0.1, "dominant": "audio", "ratio": 1.5,
+             "clients_ok": 0 if r == 0 else 2 - (r == rejected_in), "clients_failed": 0,
+             "clients_rejected": int(r == rejected_in), "clients_timeout": 0, "clients_capped": 0,
+             "clients_clipped": 0, "skipped": 0, "wall_s": 1.0,
+             "faults": "partition 1: rejected: update norm 99 exceeds 10 x the round's median (group a)"
+             if r == rejected_in else ""} for r in range(3)]
+
+
+def _fake_simulate(monkeypatch, end: str):
+    """`simulate` without Ray: writes the rows a run would have written, then ends as ``end`` says."""
+    import json
+    import signal
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from fedcmi.runtime.interrupt import Interrupted
+    from fedcmi.runtime.simulation import SimulationFailed
+
+    def simulate(cfg, reporter, verbose=False, resume=False, client_app=None):
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True)
+        rows = _rows(rejected_in=2)
+        for row in rows:
+            reporter(row)
+        (out / "metrics.json").write_text(json.dumps(rows))
+        if end == "interrupted":
+            (out / "status.json").write_text(json.dumps({"status": "interrupted", "rounds": 2, "signal": "SIGINT"}))
+            raise Interrupted(signal.SIGINT)
+        if end == "failed":
+            raise SimulationFailed("the simulation ended before its last round (see the log above)")
+        (out / "status.json").write_text(json.dumps({"status": "complete", "rounds": 2}))
+        return SimpleNamespace(path=out, rows=rows)
+
+    monkeypatch.setattr("fedcmi.runtime.simulation.simulate", simulate)
+
+
+TOTALS = "replies: 3 accepted of 4 (1 rejected, 0 failed, 0 timed out; 0 weights capped, 0 updates clipped)"
+FAULT = "  round 2: partition 1: rejected: update norm 99 exceeds 10 x the round's median (group a)"
+
+
+def test_a_run_ends_with_its_replies(tmp_path, monkeypatch, capsys):
+    """Through `fedcmi simulate` (its rounds faked): the totals and the fault, then where the results are."""
+    _fake_simulate(monkeypatch, "complete")
+    assert main(["simulate", "--out", str(tmp_path / "run"), *TINY_RUN]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3:-1] == [TOTALS, FAULT] and out[-1].startswith(f"results written to {tmp_path / 'run'}: ")
+    assert out[-4].startswith("round 2/3 ") and "replies 1/2 (1 rejected)" in out[-4]
+
+
+def test_an_interrupted_or_failed_run_ends_with_its_replies_too(tmp_path, monkeypatch, capsys):
+    """The rounds on disk are totalled on stdout; stderr keeps its one line. A run without --out names its
+    folder before it starts, so the interrupted line can say how to continue it."""
+    monkeypatch.chdir(tmp_path)
+    _fake_simulate(monkeypatch, "interrupted")
+    assert main(["simulate", *TINY_RUN]) == 130
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-2:] == [TOTALS, FAULT]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert captured.err.splitlines() == [
+        f"fedcmi: interrupted (SIGINT) after round 2 of 3; continue with: fedcmi simulate --resume runs/{run.name}"]
+    _fake_simulate(monkeypatch, "failed")
+    assert main(["simulate", "--out", str(tmp_path / "failed"), *TINY_RUN]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-2:] == [TOTALS, FAULT]
+    assert captured.err.splitlines() == ["fedcmi: run failed: SimulationFailed: the simulation ended before its last "
+                                         "round (see the log above)"]

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from fedcmi.bench.report import strategy_colours, summary_markdown
+from fedcmi.cli.display import closing_lines
 from fedcmi.config import RunConfig
 from fedcmi.runs import files
-from fedcmi.runs.metrics import round_line
+from fedcmi.runs.metrics import reply_totals, round_line
 from fedcmi.runs.run_dir import RunDirectory
 
 NAMES = ("audio", "visual")
@@ -33,6 +34,53 @@ def test_round_line_is_one_plain_line_with_accuracies_replies_and_time():
     bad = round_line(_row(5, clients_ok=7, clients_failed=1, clients_timeout=2, skipped=1), 40, NAMES)
     assert "replies 7/10 (1 failed, 2 timeout)" in bad and bad.endswith("skipped: global model kept")
     assert "\n" not in bad and "\x1b" not in bad
+
+
+def _replies(r: int, ok: int, failed: int = 0, rejected: int = 0, timeout: int = 0, capped: int = 0,
+             clipped: int = 0, faults: str = "", skipped: int = 0) -> dict:
+    return _row(r, clients_ok=ok, clients_failed=failed, clients_rejected=rejected, clients_timeout=timeout,
+                clients_capped=capped, clients_clipped=clipped, faults=faults, skipped=skipped)
+
+
+def test_closing_lines_total_the_replies_and_name_each_fault():
+    norm = "partition 3: rejected: update norm 1.2e+03 exceeds 10 x the round's median (group a)"
+    nan = "partition 7: rejected: enc_a.net.0.weight: contains NaN or Inf"
+    rows = [_replies(0, 0),                                        # the initial model: no replies
+            _replies(1, 10),
+            _replies(2, 8, rejected=2, capped=1, faults=f"{norm}; {nan}"),
+            _replies(3, 9, failed=1, faults="partition 0: failed: RuntimeError: a; b"),  # "; " inside a reason
+            _replies(4, 9, timeout=1, clipped=2, faults="partition 2: no reply within round-timeout"),
+            _replies(5, 0, rejected=10, skipped=1, faults="; ".join(f"partition {p}: rejected: x" for p in range(10)))]
+    # asked 10 a round, rounds 1-5: 50; accepted 10 + 8 + 9 + 9 + 0 = 36; rejected 2 + 10, failed 1, timed out 1
+    assert reply_totals(rows) == {"clients_ok": 36, "clients_failed": 1, "clients_rejected": 12, "clients_timeout": 1,
+                                  "clients_capped": 1, "clients_clipped": 2, "skipped": 1}
+    lines = closing_lines(rows)
+    assert lines == [
+        "replies: 36 accepted of 50 (12 rejected, 1 failed, 1 timed out; 1 weight capped, 2 updates clipped); "
+        "1 round skipped (global model kept)",
+        f"  round 2: {norm}",
+        f"  round 2: {nan}",
+        "  round 2: 1 accepted reply with its sample weight capped",
+        "  round 3: partition 0: failed: RuntimeError: a; b",
+        "  round 4: partition 2: no reply within round-timeout",
+        # not shown: round 4's 2 clipped replies, round 5's 10 rejected ones
+        "  ... and 11 more; see metrics.csv (faults)"]
+    assert closing_lines(rows[:5], shown=10)[-1] == "  round 4: 2 accepted replies with their update clipped"
+    assert all("\n" not in line for line in lines)
+
+
+def test_closing_lines_of_a_clean_run_and_of_one_without_a_round():
+    rows = [_replies(0, 0)] + [_replies(r, 1000) for r in (1, 2)]
+    assert closing_lines(rows) == [
+        "replies: all 2,000 accepted as sent (none rejected, failed, timed out, capped or clipped)"]
+    assert closing_lines(rows[:1]) == []  # interrupted before round 1 ended: nothing to total
+    # rows written before clients_capped existed count 0 there; a fault the server names is not counted twice
+    old = {k: v for k, v in _replies(1, 4, rejected=1, faults="partition 1: rejected: x").items()
+           if k not in ("clients_capped", "clients_clipped")}
+    capped = _replies(2, 5, capped=1, faults="partition 4: capped: num-examples 900 > 300 reported")
+    assert closing_lines([old, capped]) == [
+        "replies: 9 accepted of 10 (1 rejected, 0 failed, 0 timed out; 1 weight capped, 0 updates clipped)",
+        "  round 1: partition 1: rejected: x", "  round 2: partition 4: capped: num-examples 900 > 300 reported"]
 
 
 def _final(strategy: str, seed: int, acc: float) -> dict:

@@ -15,11 +15,29 @@ from fedcmi.bench.plan import BenchPlan, Cell, alpha_label, cell_complete
 from fedcmi.bench.stats import paired_difference, t_interval, verdict
 from fedcmi.methods.unimodal import display_name
 from fedcmi.runs.files import atomic_write, csv_text
-from fedcmi.runs.metrics import ACC_MM, ROUND, WALL_S, acc_alone, accuracy_columns
+from fedcmi.runs.metrics import (
+    ACC_MM,
+    CAPPED,
+    CLIENT_COUNTS,
+    CLIPPED,
+    ROUND,
+    WALL_S,
+    acc_alone,
+    accuracy_columns,
+    reply_totals,
+)
 
 BASELINE = "fedavg"  # every summary table compares each strategy with it, seed by seed
 PAIRED_METRIC = ACC_MM
 LAST = 5  # the summary averages the last rounds: under label skew single rounds swing by 10-30 points
+REPLY_COLUMNS = (*CLIENT_COUNTS, CAPPED, CLIPPED)
+_OK, _FAILED, _REJECTED, _TIMEOUT = CLIENT_COUNTS
+
+
+def total_column(column: str) -> str:
+    """The results.csv column of a reply count summed over a cell's rounds (``clients_rejected_total``); the
+    column without the suffix is the final round's alone."""
+    return f"{column}_total"
 
 
 def _cell_keys(cell: Cell, names: tuple[str, str]) -> dict[str, Any]:
@@ -60,6 +78,8 @@ def collect(plan: BenchPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             rounds.append({**keys, **flat})
         final = {k: v for k, v in rows[-1].items() if not isinstance(v, list)}
         final[WALL_S] = round(sum(float(r.get(WALL_S) or 0.0) for r in rows), 3)
+        totals = reply_totals(rows)
+        final.update({total_column(k): totals[k] for k in REPLY_COLUMNS})
         for metric in _metric_names(names):
             final[f"{metric}_last{LAST}"] = _mean_std(r.get(metric) for r in rows[-LAST:])[0]
         finals.append({**keys, **final})
@@ -81,6 +101,54 @@ def _mean_std(values: Iterable[Any]) -> tuple[float, float, int]:
     return float(np.mean(vals)), float(np.std(vals)), len(vals)
 
 
+def _total(r: dict[str, Any], column: str) -> int:
+    v = r.get(total_column(column))
+    return 0 if v in (None, "") or (isinstance(v, float) and math.isnan(v)) else int(float(v))
+
+
+def replies_cell(rows: Iterable[dict[str, Any]]) -> str:
+    """The ``replies`` entry of a summary row: replies the server rejected of all it asked for, summed over the
+    rows' rounds (each row a seed's run), then failed, timed out, capped and clipped ones where there are any
+    (``rejected 3 of 75, capped 2``); – for rows without the counts."""
+    rows = [r for r in rows if total_column(CLIENT_COUNTS[0]) in r]
+    if not rows:
+        return "–"
+    n = {k: sum(_total(r, k) for r in rows) for k in REPLY_COLUMNS}
+    text = f"rejected {n[_REJECTED]:,} of {sum(n[k] for k in CLIENT_COUNTS):,}"
+    for k, label in ((_FAILED, "failed"), (_TIMEOUT, "timed out"), (CAPPED, "capped"),
+                     (CLIPPED, "clipped")):
+        text += f", {label} {n[k]:,}" if n[k] else ""
+    return text
+
+
+_CHANGED = ((_REJECTED, "rejected replies"), (_FAILED, "had failed replies"),
+            (_TIMEOUT, "had replies time out"), (CAPPED, "had sample weights capped"),
+            (CLIPPED, "had updates clipped"))
+
+
+def _cells(n: int) -> str:
+    return f"{n} cell" + "s" * (n != 1)
+
+
+def replies_note(finals: Sequence[dict[str, Any]], see: str = "summary.md (replies) and results.csv") -> str:
+    """One line on the replies of every run of a bench: how many runs (cells) rejected replies, or had failed,
+    timed-out, capped or clipped ones, and how many; or that every reply was accepted as sent. '' for rows
+    without the counts."""
+    finals = [r for r in finals if total_column(CLIENT_COUNTS[0]) in r]
+    if not finals:
+        return ""
+    asked = sum(_total(r, k) for r in finals for k in CLIENT_COUNTS)
+    parts = []
+    for k, verb in _CHANGED:
+        cells = sum(_total(r, k) > 0 for r in finals)
+        if cells:
+            parts.append(f"{cells} of {_cells(len(finals))} {verb} ({sum(_total(r, k) for r in finals):,} in all)")
+    if not parts:
+        return (f"replies: all {asked:,} replies in {_cells(len(finals))} accepted as sent (none rejected, failed, "
+                "timed out, capped or clipped)")
+    return f"replies: {'; '.join(parts)}; {asked:,} replies asked in all: see {see}"
+
+
 def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], command: str) -> str:
     """One table per setting (alpha, mix): rows strategies, mean ± 95 % interval over seeds, best in bold, and a
     paired comparison with FedAvg on multimodal accuracy (a difference inside its interval is a tie).
@@ -99,7 +167,14 @@ def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], c
              f"{PAIRED_METRIC} to fedavg on the same seeds ± its 95 % interval, and the verdict (better / worse only "
              "when the interval excludes 0, else tie). `acc_<m>`: modality m alone through its infiltration path "
              "(zero-filled for models without one); `acc_<m>_zero`: alone with the other slot zeroed; – : the "
-             "strategy never sees that modality.", ""]
+             "strategy never sees that modality. `replies`: the replies the server rejected of all it asked "
+             "for, summed over the rounds and seeds, then those that failed, timed out, or were accepted with "
+             "their sample weight capped or their update clipped, where there are any (per seed: the "
+             "clients_*_total columns of results.csv; which rounds, partitions and reasons: the faults column of "
+             "rounds.csv).", ""]
+    note = replies_note(finals, see="the replies column")
+    if note:
+        lines[4:4] = ["Replies" + note.removeprefix("replies") + ".", ""]
     for (alpha, ratio, split, missing, noise), rows in sorted(settings.items(),
                                                                key=lambda kv: (str(kv[0][0]), *kv[0][1:])):
         lines += [f"## alpha = {alpha}, multimodal-ratio = {ratio:g}, unimodal-split = {split:g}"
@@ -116,14 +191,16 @@ def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], c
                  for s, rs in by_strategy.items()}
         best = {m: max((st[m].mean for st in stats.values() if st[m].n), default=math.nan) for m in metrics}
         reference = by_strategy.get(BASELINE)
-        lines.append("| strategy | n | " + " | ".join(metrics) + (f" | vs {BASELINE} |" if reference else " |"))
-        lines.append("|---|---|" + "---|" * (len(metrics) + bool(reference)))
+        lines.append("| strategy | n | replies | " + " | ".join(metrics)
+                     + (f" | vs {BASELINE} |" if reference else " |"))
+        lines.append("|---|---|---|" + "---|" * (len(metrics) + bool(reference)))
         for s, st in stats.items():
             cells = [("**" + st[m].text() + "**" if st[m].n and math.isclose(st[m].mean, best[m]) else st[m].text())
                      for m in metrics]
             if reference:
                 cells.append(_versus(by_strategy[s], reference, s, lambda r: value(r, PAIRED_METRIC)))
-            lines.append(f"| {s} | {len(by_strategy[s])} | " + " | ".join(cells) + " |")
+            lines.append(f"| {s} | {len(by_strategy[s])} | {replies_cell(by_strategy[s].values())} | "
+                         + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -254,13 +331,13 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def write_reports(plan: BenchPlan, command: str) -> tuple[int, list[Path]]:
-    """results.csv, rounds.csv, summary.md and the plots from every finished cell; returns (cells, files)."""
+def write_reports(plan: BenchPlan, command: str) -> tuple[list[dict[str, Any]], list[Path]]:
+    """results.csv, rounds.csv, summary.md and the plots from every finished cell; returns (final rows, files)."""
     finals, rounds, names = collect(plan)
     if not finals:
-        return 0, []
+        return [], []
     write_csv(plan.out / "results.csv", finals)
     write_csv(plan.out / "rounds.csv", rounds)
     atomic_write(plan.out / "summary.md", summary_markdown(finals, names, command))
     files = [plan.out / "results.csv", plan.out / "rounds.csv", plan.out / "summary.md"]
-    return len(finals), files + plot_reports(plan.out, finals, rounds, names)
+    return finals, files + plot_reports(plan.out, finals, rounds, names)

@@ -172,11 +172,44 @@ def cmd_simulate(cfg: RunConfig, verbose: bool, resume: bool = False, client_app
     from fedcmi.runtime.interrupt import Interrupted, handle_signals
 
     with handle_signals():  # Ctrl-C / SIGTERM from here on: stop within seconds, keep every finished round
+        if not cfg.out_dir:  # named here, so that an interrupted or failed run can still be read back
+            from fedcmi.runs.run_dir import default_run_dir
+
+            cfg = cfg.replace(out_dir=str(default_run_dir(cfg)))
         try:
             return _simulate(cfg, verbose, resume, client_app)
         except Interrupted as exc:
+            print_closing_lines(saved_rows(cfg))
             print(interrupted_line(exc, cfg), file=sys.stderr)
             return exc.exit_code
+        except UserError:
+            raise
+        except Exception:  # the run failed (e.g. too many skipped rounds): its rounds so far, then the error line
+            print_closing_lines(saved_rows(cfg))
+            raise
+
+
+def saved_rows(cfg: RunConfig) -> list[dict[str, Any]]:
+    """The rows in the run directory's metrics.json ([] when there is none or it cannot be read)."""
+    path = Path(cfg.out_dir or "") / "metrics.json"
+    if not cfg.out_dir or not path.is_file():
+        return []
+    with contextlib.suppress(ValueError, OSError):
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(rows, list):
+            return [r for r in rows if isinstance(r, dict)]
+    return []
+
+
+def print_closing_lines(rows: list[dict[str, Any]], console: Any = None) -> None:
+    """The replies of a run's rounds, after its last round (complete, interrupted or failed), on stdout."""
+    from fedcmi.cli.display import closing_lines
+
+    for line in closing_lines(rows):
+        if console is None:
+            print(line, flush=True)
+        else:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def interrupted_line(exc: Any, cfg: RunConfig) -> str:
@@ -213,10 +246,10 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
                 return 0
             from server.app import run_server  # killed after its last checkpoint: write what is missing
 
-            run_server(None, cfg, resume=True)  # no round left to train: no Ray, no clients
+            print_closing_lines(run_server(None, cfg, resume=True).rows)  # no round left to train: no Ray
             print(f"fedcmi: {cfg.out_dir}: all {done} rounds were done; wrote the final model, plot and status")
             return 0
-    if not cfg.out_dir:
+    if not cfg.out_dir:  # cmd_simulate names it; kept for direct callers
         cfg = cfg.replace(out_dir=str(default_run_dir(cfg)))
     names = load_data(cfg).modalities
     header = (f"fedcmi simulate: {cfg.strategy} on {cfg.dataset}, {cfg.num_clients} clients "
@@ -228,6 +261,7 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
             print(round_line(row, cfg.num_server_rounds, names), flush=True)
 
         run_dir = simulate(cfg, line, verbose=verbose, resume=resume, client_app=client_app)
+        print_closing_lines(run_dir.rows)
         files = sorted(p.name for p in run_dir.path.iterdir() if p.is_file() and not p.name.startswith("."))
         print(f"results written to {run_dir.path}: " + ", ".join(files), flush=True)
         return 0
@@ -251,6 +285,7 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
 
         run_dir = simulate(cfg, report, verbose=verbose, resume=resume, client_app=client_app)
     console.print(results_table(run_dir.rows, names))
+    print_closing_lines(run_dir.rows, console)
     console.print(f"results written to [bold]{run_dir.path}[/bold]")
     return 0
 

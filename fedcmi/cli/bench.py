@@ -82,7 +82,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from fedcmi.bench.plan import cell_complete, make_plan, save_plan
-    from fedcmi.bench.report import write_reports
+    from fedcmi.bench.report import replies_note, write_reports
     from fedcmi.data.partition import federation
     from fedcmi.runs.metrics import round_line
     from fedcmi.runtime.simulation import check_resources, run_app
@@ -154,11 +154,14 @@ def _bench(args: argparse.Namespace) -> int:
     if "signal" in interrupted:
         raise interrupted["signal"]
     failed = {k: v for k, v in outcome.items() if v != "complete"}
-    n, files = write_reports(plan, command)
+    finals, files = write_reports(plan, command)
     console.print(f"{len(outcome) - len(failed)} cells run, {len(cells) - len(todo)} reused, {len(failed)} failed "
-                  f"in {time.monotonic() - started:.0f} s; {n} cells in the reports")
+                  f"in {time.monotonic() - started:.0f} s; {len(finals)} cells in the reports")
     for cell_id, why in failed.items():
         console.print(f"failed {cell_id}: {why}", style="red" if tty else None)
+    note = replies_note(finals, see=f"{out / 'summary.md'} (replies) and results.csv")
+    if note:
+        console.print(note, markup=False, highlight=False)
     if files:
         console.print(f"reports: {out / 'summary.md'}, {out / 'results.csv'}, {out / 'rounds.csv'} and "
                       f"{len(files) - 3} plots")

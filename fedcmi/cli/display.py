@@ -37,3 +37,56 @@ def results_table(rows: Sequence[dict[str, Any]], names: tuple[str, str]) -> Tab
                          (f"{v:.1f}" if isinstance(v, float) else str(v)))
         table.add_row(*cells)
     return table
+
+
+SHOWN_FAULTS = 5  # fault lines after the totals; the rest are counted and left to metrics.csv
+FAULT_WIDTH = 200  # a reason longer than this is cut (metrics.csv has it whole)
+
+
+def _faults_of(row: dict[str, Any]) -> list[str]:
+    """A row's ``faults`` string split back into its entries ("partition 3: rejected: ..."); a reason that itself
+    holds "; " stays whole (entries start with the partition or node they are about)."""
+    import re
+
+    from fedcmi.runs.metrics import FAULTS
+
+    text = str(row.get(FAULTS) or "").strip()
+    return [f for f in re.split(r"; (?=(?:partition -?\d+|node \d+): )", text) if f] if text else []
+
+
+def closing_lines(rows: Sequence[dict[str, Any]], shown: int = SHOWN_FAULTS) -> list[str]:
+    """What a run ends with, about its clients' replies: the totals over its trained rounds in one line, then up
+    to ``shown`` lines naming the round, partition and reason of each failed, rejected, timed-out, capped or
+    clipped reply, and how many more there are. A run with nothing to report gets its one short line; a run
+    with no trained round gets none."""
+    from fedcmi.runs.metrics import CAPPED, CLIENT_COUNTS, CLIPPED, ROUND, SKIPPED, reply_totals
+
+    trained = [r for r in rows if int(r.get(ROUND) or 0) >= 1]
+    if not trained:
+        return []
+    t = reply_totals(trained)
+    ok, failed, rejected, timeout = (t[k] for k in CLIENT_COUNTS)
+    asked = ok + failed + rejected + timeout
+    skipped = (f"; {t[SKIPPED]:,} round{'s' * (t[SKIPPED] != 1)} skipped (global model kept)"
+               if t[SKIPPED] else "")
+    if not (failed or rejected or timeout or t[CAPPED] or t[CLIPPED]):
+        return [f"replies: all {ok:,} accepted as sent (none rejected, failed, timed out, capped or clipped)"
+                + skipped]
+    capped, clipped = t[CAPPED], t[CLIPPED]
+    lines = [f"replies: {ok:,} accepted of {asked:,} ({rejected:,} rejected, {failed:,} failed, {timeout:,} timed "
+             f"out; {capped:,} weight{'s' * (capped != 1)} capped, {clipped:,} update{'s' * (clipped != 1)} "
+             f"clipped){skipped}"]
+    details = []
+    for r in trained:
+        faults = _faults_of(r)
+        details += [f"round {r[ROUND]}: {f}" for f in faults]
+        for col, word, what in ((CAPPED, "capped", "sample weight capped"), (CLIPPED, "clipped", "update clipped")):
+            n = int(r.get(col) or 0) - sum(f": {word}" in f for f in faults)  # less those the faults name
+            if n > 0:
+                whose = "replies with their" if n > 1 else "reply with its"
+                details.append(f"round {r[ROUND]}: {n} accepted {whose} {what}")
+    for d in details[:shown]:
+        lines.append("  " + (d if len(d) <= FAULT_WIDTH else d[:FAULT_WIDTH - 3] + "..."))
+    if len(details) > shown:
+        lines.append(f"  ... and {len(details) - shown:,} more; see metrics.csv (faults)")
+    return lines

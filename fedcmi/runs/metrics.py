@@ -71,3 +71,18 @@ def round_line(row: Mapping[str, Any], total: int, names: tuple[str, str]) -> st
     replies = f"replies {row.get('clients_ok', 0)}/{asked}" + (f" ({', '.join(bad)})" if bad else "")
     tail = "  skipped: global model kept" if row.get(SKIPPED) else ""
     return f"{head}  {accs}  {replies}  {row[WALL_S]:.1f} s{tail}"
+
+
+def reply_totals(rows: Any) -> dict[str, int]:
+    """Per reply column (:data:`CLIENT_COUNTS`, :data:`CAPPED`, :data:`CLIPPED`) and :data:`SKIPPED`: the sum over
+    the trained rounds of ``rows`` (an iterable of rows; a missing or empty value counts 0: rows written before a
+    column existed, CSV cells)."""
+    totals = dict.fromkeys((*CLIENT_COUNTS, CAPPED, CLIPPED, SKIPPED), 0)
+    for row in rows:
+        if int(row.get(ROUND) or 0) < 1:
+            continue
+        for k in totals:
+            v = row.get(k)
+            if v not in (None, "") and not (isinstance(v, float) and math.isnan(v)):
+                totals[k] += int(float(v))
+    return totals
