@@ -65,8 +65,7 @@ def _counted(strategy: str, seed: int, ok: int, rejected: int = 0, failed: int =
                           "worst_class_acc"), 0.5)
     return {"strategy": strategy, "seed": seed, "dirichlet_alpha": "0.5", "multimodal_ratio": 0.5,
             "unimodal_split": 0.5, **accs, "clients_ok_total": ok, "clients_failed_total": failed,
-            "clients_rejected_total": rejected, "clients_timeout_total": 0, "clients_capped_total": capped,
-            "clients_clipped_total": 0}
+            "clients_rejected_total": rejected, "clients_timeout_total": 0, "clients_capped_total": capped}
 
 
 def test_summary_replies_column_sums_rounds_and_seeds():
@@ -88,7 +87,7 @@ def test_summary_replies_column_sums_rounds_and_seeds():
     assert replies_note(rows) == f"replies: {note}: see summary.md (replies) and results.csv"
     clean = [_counted("fedavg", 0, 25), _counted("fedcmi", 0, 25)]
     assert replies_note(clean) == ("replies: all 50 replies in 2 cells accepted as sent (none rejected, failed, "
-                                   "timed out, capped or clipped)")
+                                   "timed out or capped)")
     assert "| fedcmi | 1 | rejected 0 of 25 | " in summary_markdown(clean, ("audio", "visual"), "x")
 
 
@@ -108,7 +107,7 @@ def test_bench_reports_the_replies_of_finished_cells(tmp_path, capsys):
         rows = [{"round": r, "acc_mm": 0.5, "acc_audio": 0.4, "acc_visual": 0.3, "acc_audio_zero": 0.3,
                  "acc_visual_zero": 0.2, "worst_class_acc": 0.1, "clients_ok": 0 if r == 0 else 2 - bad,
                  "clients_failed": 0, "clients_rejected": int(bad and r > 0), "clients_timeout": 0,
-                 "clients_capped": int(bad and r == 2), "clients_clipped": 0, "skipped": 0,
+                 "clients_capped": int(bad and r == 2), "skipped": 0,
                  "faults": rejected if bad and r else "", "wall_s": 1.0} for r in range(3)]
         (path / "metrics.json").write_text(json.dumps(rows))
         (path / "config.json").write_text(json.dumps({"modalities": ["audio", "visual"]}))

@@ -117,7 +117,7 @@ def _rows(rejected_in: int) -> list[dict]:
              "acc_visual_zero": 0.2, "worst_class_acc": 0.1, "dominant": "audio", "ratio": 1.5,
              "clients_ok": 0 if r == 0 else 2 - (r == rejected_in), "clients_failed": 0,
              "clients_rejected": int(r == rejected_in), "clients_timeout": 0, "clients_capped": 0,
-             "clients_clipped": 0, "skipped": 0, "wall_s": 1.0,
+             "skipped": 0, "wall_s": 1.0,
              "faults": "partition 1: rejected: update norm 99 exceeds 10 x the round's median (group a)"
              if r == rejected_in else ""} for r in range(3)]
 
@@ -150,7 +150,7 @@ def _fake_simulate(monkeypatch, end: str):
     monkeypatch.setattr("fedcmi.runtime.simulation.simulate", simulate)
 
 
-TOTALS = "replies: 3 accepted of 4 (1 rejected, 0 failed, 0 timed out; 0 weights capped, 0 updates clipped)"
+TOTALS = "replies: 3 accepted of 4 (1 rejected, 0 failed, 0 timed out; 0 weights capped)"
 FAULT = "  round 2: partition 1: rejected: update norm 99 exceeds 10 x the round's median (group a)"
 
 

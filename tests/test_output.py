@@ -37,9 +37,9 @@ def test_round_line_is_one_plain_line_with_accuracies_replies_and_time():
 
 
 def _replies(r: int, ok: int, failed: int = 0, rejected: int = 0, timeout: int = 0, capped: int = 0,
-             clipped: int = 0, faults: str = "", skipped: int = 0) -> dict:
+             faults: str = "", skipped: int = 0) -> dict:
     return _row(r, clients_ok=ok, clients_failed=failed, clients_rejected=rejected, clients_timeout=timeout,
-                clients_capped=capped, clients_clipped=clipped, faults=faults, skipped=skipped)
+                clients_capped=capped, faults=faults, skipped=skipped)
 
 
 def test_closing_lines_total_the_replies_and_name_each_fault():
@@ -49,37 +49,37 @@ def test_closing_lines_total_the_replies_and_name_each_fault():
             _replies(1, 10),
             _replies(2, 8, rejected=2, capped=1, faults=f"{norm}; {nan}"),
             _replies(3, 9, failed=1, faults="partition 0: failed: RuntimeError: a; b"),  # "; " inside a reason
-            _replies(4, 9, timeout=1, clipped=2, faults="partition 2: no reply within round-timeout"),
+            _replies(4, 9, timeout=1, capped=2, faults="partition 2: no reply within round-timeout"),
             _replies(5, 0, rejected=10, skipped=1, faults="; ".join(f"partition {p}: rejected: x" for p in range(10)))]
     # asked 10 a round, rounds 1-5: 50; accepted 10 + 8 + 9 + 9 + 0 = 36; rejected 2 + 10, failed 1, timed out 1
     assert reply_totals(rows) == {"clients_ok": 36, "clients_failed": 1, "clients_rejected": 12, "clients_timeout": 1,
-                                  "clients_capped": 1, "clients_clipped": 2, "skipped": 1}
+                                  "clients_capped": 3, "skipped": 1}
     lines = closing_lines(rows)
     assert lines == [
-        "replies: 36 accepted of 50 (12 rejected, 1 failed, 1 timed out; 1 weight capped, 2 updates clipped); "
+        "replies: 36 accepted of 50 (12 rejected, 1 failed, 1 timed out; 3 weights capped); "
         "1 round skipped (global model kept)",
         f"  round 2: {norm}",
         f"  round 2: {nan}",
         "  round 2: 1 accepted reply with its sample weight capped",
         "  round 3: partition 0: failed: RuntimeError: a; b",
         "  round 4: partition 2: no reply within round-timeout",
-        # not shown: round 4's 2 clipped replies, round 5's 10 rejected ones
+        # not shown: round 4's 2 capped replies, round 5's 10 rejected ones
         "  ... and 11 more; see metrics.csv (faults)"]
-    assert closing_lines(rows[:5], shown=10)[-1] == "  round 4: 2 accepted replies with their update clipped"
+    assert closing_lines(rows[:5], shown=10)[-1] == "  round 4: 2 accepted replies with their sample weight capped"
     assert all("\n" not in line for line in lines)
 
 
 def test_closing_lines_of_a_clean_run_and_of_one_without_a_round():
     rows = [_replies(0, 0)] + [_replies(r, 1000) for r in (1, 2)]
     assert closing_lines(rows) == [
-        "replies: all 2,000 accepted as sent (none rejected, failed, timed out, capped or clipped)"]
+        "replies: all 2,000 accepted as sent (none rejected, failed, timed out or capped)"]
     assert closing_lines(rows[:1]) == []  # interrupted before round 1 ended: nothing to total
     # rows written before clients_capped existed count 0 there; a fault the server names is not counted twice
     old = {k: v for k, v in _replies(1, 4, rejected=1, faults="partition 1: rejected: x").items()
-           if k not in ("clients_capped", "clients_clipped")}
+           if k != "clients_capped"}
     capped = _replies(2, 5, capped=1, faults="partition 4: capped: num-examples 900 > 300 reported")
     assert closing_lines([old, capped]) == [
-        "replies: 9 accepted of 10 (1 rejected, 0 failed, 0 timed out; 1 weight capped, 0 updates clipped)",
+        "replies: 9 accepted of 10 (1 rejected, 0 failed, 0 timed out; 1 weight capped)",
         "  round 1: partition 1: rejected: x", "  round 2: partition 4: capped: num-examples 900 > 300 reported"]
 
 

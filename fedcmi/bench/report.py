@@ -19,7 +19,6 @@ from fedcmi.runs.metrics import (
     ACC_MM,
     CAPPED,
     CLIENT_COUNTS,
-    CLIPPED,
     ROUND,
     WALL_S,
     acc_alone,
@@ -30,7 +29,7 @@ from fedcmi.runs.metrics import (
 BASELINE = "fedavg"  # every summary table compares each strategy with it, seed by seed
 PAIRED_METRIC = ACC_MM
 LAST = 5  # the summary averages the last rounds: under label skew single rounds swing by 10-30 points
-REPLY_COLUMNS = (*CLIENT_COUNTS, CAPPED, CLIPPED)
+REPLY_COLUMNS = (*CLIENT_COUNTS, CAPPED)
 _OK, _FAILED, _REJECTED, _TIMEOUT = CLIENT_COUNTS
 
 
@@ -108,22 +107,20 @@ def _total(r: dict[str, Any], column: str) -> int:
 
 def replies_cell(rows: Iterable[dict[str, Any]]) -> str:
     """The ``replies`` entry of a summary row: replies the server rejected of all it asked for, summed over the
-    rows' rounds (each row a seed's run), then failed, timed out, capped and clipped ones where there are any
+    rows' rounds (each row a seed's run), then failed, timed out and capped ones where there are any
     (``rejected 3 of 75, capped 2``); – for rows without the counts."""
     rows = [r for r in rows if total_column(CLIENT_COUNTS[0]) in r]
     if not rows:
         return "–"
     n = {k: sum(_total(r, k) for r in rows) for k in REPLY_COLUMNS}
     text = f"rejected {n[_REJECTED]:,} of {sum(n[k] for k in CLIENT_COUNTS):,}"
-    for k, label in ((_FAILED, "failed"), (_TIMEOUT, "timed out"), (CAPPED, "capped"),
-                     (CLIPPED, "clipped")):
+    for k, label in ((_FAILED, "failed"), (_TIMEOUT, "timed out"), (CAPPED, "capped")):
         text += f", {label} {n[k]:,}" if n[k] else ""
     return text
 
 
 _CHANGED = ((_REJECTED, "rejected replies"), (_FAILED, "had failed replies"),
-            (_TIMEOUT, "had replies time out"), (CAPPED, "had sample weights capped"),
-            (CLIPPED, "had updates clipped"))
+            (_TIMEOUT, "had replies time out"), (CAPPED, "had sample weights capped"))
 
 
 def _cells(n: int) -> str:
@@ -132,7 +129,7 @@ def _cells(n: int) -> str:
 
 def replies_note(finals: Sequence[dict[str, Any]], see: str = "summary.md (replies) and results.csv") -> str:
     """One line on the replies of every run of a bench: how many runs (cells) rejected replies, or had failed,
-    timed-out, capped or clipped ones, and how many; or that every reply was accepted as sent. '' for rows
+    timed-out or capped ones, and how many; or that every reply was accepted as sent. '' for rows
     without the counts."""
     finals = [r for r in finals if total_column(CLIENT_COUNTS[0]) in r]
     if not finals:
@@ -145,7 +142,7 @@ def replies_note(finals: Sequence[dict[str, Any]], see: str = "summary.md (repli
             parts.append(f"{cells} of {_cells(len(finals))} {verb} ({sum(_total(r, k) for r in finals):,} in all)")
     if not parts:
         return (f"replies: all {asked:,} replies in {_cells(len(finals))} accepted as sent (none rejected, failed, "
-                "timed out, capped or clipped)")
+                "timed out or capped)")
     return f"replies: {'; '.join(parts)}; {asked:,} replies asked in all: see {see}"
 
 
@@ -169,7 +166,7 @@ def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], c
              "(zero-filled for models without one); `acc_<m>_zero`: alone with the other slot zeroed; – : the "
              "strategy never sees that modality. `replies`: the replies the server rejected of all it asked "
              "for, summed over the rounds and seeds, then those that failed, timed out, or were accepted with "
-             "their sample weight capped or their update clipped, where there are any (per seed: the "
+             "their sample weight capped, where there are any (per seed: the "
              "clients_*_total columns of results.csv; which rounds, partitions and reasons: the faults column of "
              "rounds.csv).", ""]
     note = replies_note(finals, see="the replies column")

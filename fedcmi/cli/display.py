@@ -56,10 +56,10 @@ def _faults_of(row: dict[str, Any]) -> list[str]:
 
 def closing_lines(rows: Sequence[dict[str, Any]], shown: int = SHOWN_FAULTS) -> list[str]:
     """What a run ends with, about its clients' replies: the totals over its trained rounds in one line, then up
-    to ``shown`` lines naming the round, partition and reason of each failed, rejected, timed-out, capped or
-    clipped reply, and how many more there are. A run with nothing to report gets its one short line; a run
+    to ``shown`` lines naming the round, partition and reason of each failed, rejected, timed-out or capped
+    reply, and how many more there are. A run with nothing to report gets its one short line; a run
     with no trained round gets none."""
-    from fedcmi.runs.metrics import CAPPED, CLIENT_COUNTS, CLIPPED, ROUND, SKIPPED, reply_totals
+    from fedcmi.runs.metrics import CAPPED, CLIENT_COUNTS, ROUND, SKIPPED, reply_totals
 
     trained = [r for r in rows if int(r.get(ROUND) or 0) >= 1]
     if not trained:
@@ -69,18 +69,16 @@ def closing_lines(rows: Sequence[dict[str, Any]], shown: int = SHOWN_FAULTS) -> 
     asked = ok + failed + rejected + timeout
     skipped = (f"; {t[SKIPPED]:,} round{'s' * (t[SKIPPED] != 1)} skipped (global model kept)"
                if t[SKIPPED] else "")
-    if not (failed or rejected or timeout or t[CAPPED] or t[CLIPPED]):
-        return [f"replies: all {ok:,} accepted as sent (none rejected, failed, timed out, capped or clipped)"
-                + skipped]
-    capped, clipped = t[CAPPED], t[CLIPPED]
+    if not (failed or rejected or timeout or t[CAPPED]):
+        return [f"replies: all {ok:,} accepted as sent (none rejected, failed, timed out or capped)" + skipped]
+    capped = t[CAPPED]
     lines = [f"replies: {ok:,} accepted of {asked:,} ({rejected:,} rejected, {failed:,} failed, {timeout:,} timed "
-             f"out; {capped:,} weight{'s' * (capped != 1)} capped, {clipped:,} update{'s' * (clipped != 1)} "
-             f"clipped){skipped}"]
+             f"out; {capped:,} weight{'s' * (capped != 1)} capped){skipped}"]
     details = []
     for r in trained:
         faults = _faults_of(r)
         details += [f"round {r[ROUND]}: {f}" for f in faults]
-        for col, word, what in ((CAPPED, "capped", "sample weight capped"), (CLIPPED, "clipped", "update clipped")):
+        for col, word, what in ((CAPPED, "capped", "sample weight capped"),):
             n = int(r.get(col) or 0) - sum(f": {word}" in f for f in faults)  # less those the faults name
             if n > 0:
                 whose = "replies with their" if n > 1 else "reply with its"

@@ -15,9 +15,9 @@ ROUND = "round"
 ACC_MM, WORST_CLASS, PER_CLASS = "acc_mm", "worst_class_acc", "per_class_acc"
 DOMINANT, RATIO, FAULTS, WALL_S, SKIPPED = "dominant", "ratio", "faults", "wall_s", "skipped"
 CLIENT_COUNTS = ("clients_ok", "clients_failed", "clients_rejected", "clients_timeout")
-# Accepted replies the server changed: weight capped (a size claim above what the server can vouch for) or
-# update clipped; counted among clients_ok, shown beside the counts above.
-CAPPED, CLIPPED = "clients_capped", "clients_clipped"
+# Accepted replies whose sample weight the server capped (claims mode: a size claim above what the round
+# allows); counted among clients_ok, shown beside the counts above.
+CAPPED = "clients_capped"
 
 
 def acc_alone(name: str) -> str:
@@ -53,7 +53,7 @@ def round_row(server_round: int, accuracies: Mapping[str, Any], losses: Mapping[
         DOMINANT: dominant, RATIO: ratio if ratio is not None else math.nan,
         "clients_ok": int(round_info.get("replies", 0)), "clients_failed": int(round_info.get("failed", 0)),
         "clients_rejected": int(round_info.get("rejected", 0)), "clients_timeout": int(round_info.get("timeout", 0)),
-        CAPPED: int(round_info.get("capped", 0)), CLIPPED: int(round_info.get("clipped", 0)),
+        CAPPED: int(round_info.get("capped", 0)),
         SKIPPED: int(round_info.get("skipped", False)), FAULTS: "; ".join(round_info.get("faults", [])),
         WALL_S: round(wall_s, 3)}
 
@@ -74,10 +74,10 @@ def round_line(row: Mapping[str, Any], total: int, names: tuple[str, str]) -> st
 
 
 def reply_totals(rows: Any) -> dict[str, int]:
-    """Per reply column (:data:`CLIENT_COUNTS`, :data:`CAPPED`, :data:`CLIPPED`) and :data:`SKIPPED`: the sum over
+    """Per reply column (:data:`CLIENT_COUNTS`, :data:`CAPPED`) and :data:`SKIPPED`: the sum over
     the trained rounds of ``rows`` (an iterable of rows; a missing or empty value counts 0: rows written before a
     column existed, CSV cells)."""
-    totals = dict.fromkeys((*CLIENT_COUNTS, CAPPED, CLIPPED, SKIPPED), 0)
+    totals = dict.fromkeys((*CLIENT_COUNTS, CAPPED, SKIPPED), 0)
     for row in rows:
         if int(row.get(ROUND) or 0) < 1:
             continue
