@@ -420,3 +420,20 @@ def test_attacked_nodes_change_what_they_send_in_a_real_simulation(tmp_path):
     assert trained == sorted([(0, 0, size[0], True), (1, 1, LIE, False), (0, 0, size[2], True)])
     assert found["trace"] == [f"{t} round {r} partition {p} attack {a}" for t, r in (("query", 0), ("train", 1))
                               for p, a in ((0, "-"), (1, "sizelie-zero"), (2, "steal=0"))]
+
+
+def test_issue22_benchmark_scenarios_are_valid_specs_with_the_issue_roles():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("attack_bench", ROOT / "benchmarks" / "attacks.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["attack_bench"] = bench  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    who = bench.roles(0)
+    assert (who["x"], who["kind"][who["x"]], who["size"][who["x"]]) == (3, "mm", 69)  # the issue's attacker
+    assert len(who["audio"]) == 4 and {who["a1"], who["a2"]} <= set(who["audio"]) and who["v"] != who["x"]
+    for name, (template, _) in bench.ISSUE22.items():
+        parsed = attacks.parse(template.format(**who))
+        assert (name.startswith("clean")) == (not parsed)
+        assert bench.baseline_of(name) in bench.ISSUE22
+    assert bench.issue22_names(["steal-cpr5", "sizelie"]) == ["clean", "sizelie", "clean-cpr5", "steal-cpr5"]
