@@ -226,3 +226,214 @@ def test_robust_rules_through_the_strategy_resist_a_noisy_client(name):
     arrays, metrics = s.aggregate_train(1, [reply(30 + i, honest(i)) for i in range(5)] + [reply(35, noise)])
     assert metrics["clients-ok"] == 6
     assert abs(float(arrays["enc_a.w"].numpy()[0])) < 0.05  # the mean would be (0.01+0.02+0.03+0.01+0.02+50)/6
+
+
+# --- issue 22: the attackers themselves (tests/support/attacks.py), independent of the server's rules ----------
+# Each transformation is checked by hand on small arrays; one small simulation checks that the mod changes what
+# nodes put on the wire (discovery included). Nothing here asserts whether the server resists an attack.
+import json  # noqa: E402 - this section's imports are kept with it
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from flwr.app import Context  # noqa: E402
+
+from fedcmi import protocol  # noqa: E402
+from fedcmi.npy import record_arrays  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+import attacks  # noqa: E402 - the test-only attack mod
+from attacks import LIE, Attack  # noqa: E402
+
+GLOBAL = {"enc_a.w": np.array([1.0, 2.0, 3.0, 4.0], np.float32), "enc_b.w": np.array([0.5, -0.5, 1.0], np.float32),
+          "fusion.w": np.array([2.0, -2.0], np.float32), "enc_a.bn.num_batches_tracked": np.array(50, np.int64)}
+TRAINED = {"enc_a.w": np.array([1.5, 2.0, 2.0, 4.0], np.float32), "enc_b.w": np.array([0.5, 0.0, 1.0], np.float32),
+           "fusion.w": np.array([2.25, -2.0], np.float32), "enc_a.bn.num_batches_tracked": np.array(54, np.int64)}
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("", {}),
+    ("noise:4,count:2", {4: Attack("noise"), 2: Attack("count")}),  # the issue-12 syntax still reads
+    ("stats:1, metrics:0", {1: Attack("stats"), 0: Attack("metrics")}),
+    ("sizelie:3", {3: Attack("sizelie")}),
+    ("sizelie-zero:3; sizelie-stats:2", {3: Attack("sizelie-zero"), 2: Attack("sizelie-stats")}),
+    ("sizelie-scale=-3:3", {3: Attack("sizelie-scale", factor=-3.0)}),
+    ("scale=-5:3 scale=0.5:1", {3: Attack("scale", factor=-5.0), 1: Attack("scale", factor=0.5)}),
+    ("scale-group=a,-50:2,scale-group=shared,2:5", {2: Attack("scale-group", factor=-50.0, group="a"),
+                                                    5: Attack("scale-group", factor=2.0, group="shared")}),
+    ("plus=1000:3", {3: Attack("plus", factor=1000.0)}),
+    ("steal=2:3", {3: Attack("steal", claim=2)}),
+])
+def test_attack_spec_parses_and_round_trips(spec, expected):
+    assert attacks.parse(spec) == expected
+    assert attacks.parse(attacks.spec_of(expected)) == expected
+    assert all(a.lies == a.kind.startswith("sizelie") for a in expected.values())
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("bogus:1", "kind must be one of"), ("noise", "expected kind[=parameter]:partition"),
+    ("scale:1", "scale needs a parameter: scale=F:partition"), ("sizelie=3:1", "sizelie takes no parameter"),
+    ("scale=x:1", "bad parameter 'x'"), ("scale=inf:1", "must be finite"), ("steal=1.5:2", "bad parameter"),
+    ("scale-group=c,2:1", "G one of a, b, shared"), ("scale-group=a:1", "expected G,F"),
+    ("noise:x", "partition must be an integer"), ("noise:1,count:1", "partition 1 already attacks (noise)"),
+])
+def test_bad_attack_spec_names_the_item(spec, message):
+    with pytest.raises(ValueError) as exc:
+        attacks.parse(spec)
+    assert message in str(exc.value)
+
+
+def train_reply(n: int = 100, stats=STATS):
+    """An honest training reply (partition 3, multimodal) carrying TRAINED."""
+    return reply(33, TRAINED, n=n, stats=stats).content
+
+
+def attacked(kind: str, **kw) -> tuple[dict[str, np.ndarray], object]:
+    content = train_reply(**kw)
+    sent = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
+    attacks.attack(content, kind, sent, multiple=10.0, seed=7)
+    return record_arrays(content["arrays"]), content
+
+
+def assert_arrays(got: dict[str, np.ndarray], want: dict[str, object]) -> None:
+    assert set(got) == set(GLOBAL)
+    for k, v in {**TRAINED, **want}.items():
+        assert got[k].dtype == GLOBAL[k].dtype and got[k].shape == GLOBAL[k].shape, k
+        assert np.array_equal(got[k], np.asarray(v, dtype=GLOBAL[k].dtype)), (k, got[k], v)
+
+
+@pytest.mark.parametrize("kind, want, n", [
+    ("sizelie", {}, LIE),  # honest update, the lie only
+    ("sizelie-zero", GLOBAL, LIE),  # the global arrays back, integer buffers included
+    # update (trained - global): a (0.5, 0, -1, 0), b (0, 0.5, 0), shared (0.25, 0)
+    ("sizelie-scale=-3", {"enc_a.w": [-0.5, 2, 6, 4], "enc_b.w": [0.5, -2, 1], "fusion.w": [1.25, -2]}, LIE),
+    ("scale=-5", {"enc_a.w": [-1.5, 2, 8, 4], "enc_b.w": [0.5, -3, 1], "fusion.w": [0.75, -2]}, 100),
+    ("scale-group=a,-50", {"enc_a.w": [-24, 2, 53, 4]}, 100),
+    ("scale-group=shared,2", {"fusion.w": [2.5, -2]}, 100),
+    ("plus=1000", {"enc_a.w": [1001.5, 1002, 1002, 1004], "enc_b.w": [1000.5, 1000, 1001],
+                   "fusion.w": [1002.25, 998]}, 100),  # the integer buffer stays 54
+    ("steal=4", {}, 100),
+    ("stats", {}, 100),
+])
+def test_each_attack_transforms_a_training_reply_by_hand(kind, want, n):
+    got, content = attacked(kind)
+    assert_arrays(got, want)
+    assert content["metrics"]["num-examples"] == n
+    claim = 4 if kind == "steal=4" else 3
+    assert content["metrics"]["partition-id"] == claim and content["info"]["partition-id"] == claim
+    assert content["metrics"]["loss"] == 0.5 and content["info"]["kind"] == "mm"
+
+
+def test_class_statistics_forgeries():
+    # STATS counts (4, 2): stats keeps them; sizelie-stats scales them to whole multiples within 2**53
+    for kind, k in (("stats", 1.0), ("sizelie-stats", float(LIE // 6))):
+        got, content = attacked(kind)
+        assert_arrays(got, {})
+        cs = record_arrays(content["class-stats"])
+        assert np.array_equal(cs["counts"], [4 * k, 2 * k]) and np.array_equal(cs["sum-pb"], cs["counts"])
+        assert np.array_equal(cs["sum-pa"], [0.0, 0.0])
+        assert cs["counts"].sum() <= LIE and np.all(cs["counts"] == np.floor(cs["counts"]))  # whole, exact
+    assert content["metrics"]["num-examples"] == LIE
+
+
+def test_issue_12_kinds_still_transform_as_before():
+    assert attacked("count")[1]["metrics"]["num-examples"] == 1e9
+    assert attacked("metrics")[1]["metrics"]["loss"] == [1.0, 2.0]
+    got, _ = attacked("noise")  # per group, 0.5 x multiple (10) x the honest update norm of that group
+    for g, honest_norm in (("a", np.sqrt(0.5**2 + 1)), ("b", 0.5), ("shared", 0.25)):
+        keys = [k for k in GLOBAL if group_of(k) == g and GLOBAL[k].dtype.kind == "f"]
+        norm = np.sqrt(sum(np.sum((got[k].astype(np.float64) - GLOBAL[k]) ** 2) for k in keys))
+        assert norm == pytest.approx(5 * honest_norm, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind, want", [("sizelie", (3, "mm", LIE)), ("sizelie-zero", (3, "mm", LIE)),
+                                        ("sizelie-scale=-3", (3, "mm", LIE)), ("sizelie-stats", (3, "mm", LIE)),
+                                        ("steal=1", (1, "mm", 69)), ("scale=-5", (3, "mm", 69)),
+                                        ("plus=1000", (3, "mm", 69)), ("noise", (3, "mm", 69))])
+def test_discovery_reply_claims(kind, want):
+    content = protocol.info_content(protocol.NodeInfo(3, "mm", 69))
+    attacks.describe(content, kind)
+    info = protocol.read_info(content)  # still a well-formed NodeInfo
+    assert (info.partition_id, info.kind, info.num_examples) == want
+
+
+def run_mod(tmp_path, spec: str, mtype: str, partition: int):
+    """The mod around a stand-in ClientApp: ``(the reply, the trace lines)``."""
+    spec_file, trace = tmp_path / "spec.txt", tmp_path / "trace.txt"
+    spec_file.write_text(spec)
+    mod = attacks.attack_mod(str(spec_file), 10.0, str(trace))
+    if mtype == MessageType.QUERY:
+        msg = Message(protocol.query_content({}), dst_node_id=33, message_type=MessageType.QUERY)
+        answer = protocol.info_content(protocol.NodeInfo(partition, "mm", 69))
+    else:
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}),
+                              "config": ConfigRecord({"server-round": 2})})
+        msg = Message(content, dst_node_id=33, message_type=MessageType.TRAIN)
+        answer = train_reply()
+    context = Context(run_id=1, node_id=33, node_config={"partition-id": partition}, state=RecordDict(),
+                      run_config={})
+    out = mod(msg, context, lambda m, c: Message(answer, reply_to=m))
+    return out, trace.read_text().splitlines()
+
+
+def test_mod_intercepts_discovery_and_training_of_the_named_partitions_only(tmp_path):
+    out, trace = run_mod(tmp_path, "sizelie-scale=-3:3, steal=3:1", MessageType.QUERY, 3)
+    assert protocol.read_info(out.content).num_examples == LIE
+    assert trace == ["query round 0 partition 3 attack sizelie-scale=-3"]
+    out, _ = run_mod(tmp_path, "sizelie-scale=-3:3, steal=3:1", MessageType.QUERY, 1)
+    assert protocol.read_info(out.content).partition_id == 3
+    out, _ = run_mod(tmp_path, "sizelie-scale=-3:3, steal=3:1", MessageType.QUERY, 2)  # not named: honest
+    assert protocol.read_info(out.content) == protocol.NodeInfo(2, "mm", 69)
+    out, trace = run_mod(tmp_path, "sizelie-scale=-3:3", MessageType.TRAIN, 3)
+    assert out.content["metrics"]["num-examples"] == LIE
+    assert record_arrays(out.content["arrays"])["fusion.w"].tolist() == [1.25, -2.0]
+    assert trace[-1] == "train round 2 partition 3 attack sizelie-scale=-3"
+    out, _ = run_mod(tmp_path, "", MessageType.TRAIN, 3)
+    assert_arrays(record_arrays(out.content["arrays"]), {})
+
+
+@pytest.mark.slow
+def test_attacked_nodes_change_what_they_send_in_a_real_simulation(tmp_path):
+    """Through Flower's simulation engine: a bare ServerApp (no strategy, so no trust rule) asks every node to
+    describe itself and to train once, and records what arrives (tests/support/attack_probe.py)."""
+    from fedcmi.config import effective
+    from fedcmi.data.partition import federation
+
+    keys = ["num-clients=3", "train-size=300", "test-size=100", "local-epochs=1"]
+    out = tmp_path / "probe.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "attack_probe.py"), "--spec",
+                           "sizelie-zero:1, steal=0:2", "--out", str(out), *keys], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(out.read_text())
+    fed = federation(effective({"num-clients": 3, "train-size": 300, "test-size": 100}))
+    size = {c.partition_id: len(c.indices) for c in fed}
+    kind = {c.partition_id: c.kind for c in fed}
+    # discovery: partition 1 lies about its size, partition 2 claims partition 0 with its own kind and size
+    claims = sorted((q["partition-id"], q["kind"], q["num-examples"]) for q in found["query"])
+    assert claims == sorted([(0, kind[0], size[0]), (1, kind[1], LIE), (0, kind[2], size[2])])
+    # training: the liar's update is zero at 2**53 samples; the impostor keeps claiming partition 0
+    trained = sorted((t["partition-id"], t["info-partition-id"], t["num-examples"], t["max-abs-update"] > 0)
+                     for t in found["train"])
+    assert trained == sorted([(0, 0, size[0], True), (1, 1, LIE, False), (0, 0, size[2], True)])
+    assert found["trace"] == [f"{t} round {r} partition {p} attack {a}" for t, r in (("query", 0), ("train", 1))
+                              for p, a in ((0, "-"), (1, "sizelie-zero"), (2, "steal=0"))]
+
+
+def test_issue22_benchmark_scenarios_are_valid_specs_with_the_issue_roles():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("attack_bench", ROOT / "benchmarks" / "attacks.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["attack_bench"] = bench  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    who = bench.roles(0)
+    assert (who["x"], who["kind"][who["x"]], who["size"][who["x"]]) == (3, "mm", 69)  # the issue's attacker
+    assert len(who["audio"]) == 4 and {who["a1"], who["a2"]} <= set(who["audio"]) and who["v"] != who["x"]
+    for name, (template, _) in bench.ISSUE22.items():
+        parsed = attacks.parse(template.format(**who))
+        assert (name.startswith("clean")) == (not parsed)
+        assert bench.baseline_of(name) in bench.ISSUE22
+    assert bench.issue22_names(["steal-cpr5", "sizelie"]) == ["clean", "sizelie", "clean-cpr5", "steal-cpr5"]
