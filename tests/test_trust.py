@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
+from fedcmi.config import effective
+from fedcmi.data.partition import federation
 from fedcmi.errors import ConfigError
 from fedcmi.federated.membership import Known, Membership, capped_weights, load_registry, lower_median
 from fedcmi.federated.screening import UpdateScreen, local_steps
@@ -169,3 +178,37 @@ def test_claims_mode_caps_a_liars_weight_in_the_mean():
     assert metrics["clients-capped"] == 1 and metrics["clients-ok"] == 4
     screen = s.round_log[1]["screen"]
     assert [r["verdict"] for r in screen] == ["accepted"] * 3 + ["capped"] and screen[3]["weight"] == 128
+
+
+ATTACKED_RUN = Path(__file__).resolve().parent / "support" / "attacked_run.py"
+
+
+@pytest.mark.slow
+def test_liars_impostors_and_a_half_group_scaling_attack_fail_in_a_real_simulation(tmp_path):
+    """Through Flower: 8 clients, all sampled. Partition 0 claims 2**53 samples, partition 1 claims partition 3,
+    and three of the six holders of the audio encoder (2, 5, 7) send that group's update x-50. The server
+    refuses the liar and the impostor at discovery (both named in round 1's faults), rejects the three scalers
+    every round, and accepts every honest reply."""
+    keys = {"num-clients": 8, "clients-per-round": 8, "num-server-rounds": 3, "train-size": 800, "test-size": 200,
+            "local-epochs": 1}
+    fed = {c.partition_id: (c.kind, len(c.indices)) for c in federation(effective(keys))}
+    holders_a = sorted(p for p, (k, _) in fed.items() if k in ("mm", "a") and p > 1)
+    assert fed[1][0] != fed[3][0] and holders_a == [2, 3, 4, 5, 6, 7]  # the roles this test was written for
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(ATTACKED_RUN), "--attacks",
+         "sizelie:0, steal=3:1, scale-group=a,-50:2, scale-group=a,-50:5, scale-group=a,-50:7",
+         "simulate", "--out", str(out), *(f"{k}={v}" for k, v in keys.items())],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "status.json").read_text())["status"] == "complete"
+    rows = json.loads((out / "metrics.json").read_text())[1:]
+    assert [(r["clients_ok"], r["clients_rejected"], r["clients_capped"]) for r in rows] == [(3, 3, 0)] * 3
+    faults = rows[0]["faults"]
+    assert f"refused: claims 9.0072e+15 samples; partition 0 holds {fed[0][1]}" in faults, faults
+    assert f"refused: claims kind '{fed[1][0]}'; partition 3 holds '{fed[3][0]}'" in faults, faults
+    with open(out / "replies.csv", newline="") as fh:
+        verdicts = {(int(r["round"]), int(r["partition"])): r["verdict"] for r in csv.DictReader(fh)}
+    assert verdicts == {(rnd, p): "rejected" if p in (2, 5, 7) else "accepted"
+                        for rnd in (1, 2, 3) for p in holders_a}
+    assert "replies: 9 accepted of 18 (9 rejected" in proc.stdout, proc.stdout[-2000:]
