@@ -21,15 +21,17 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fedcmi.config import META_KEYS, RunConfig, unused_keys
 from fedcmi.errors import ConfigError
-from fedcmi.runs.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from fedcmi.runs.files import atomic_write, csv_text, save_tensors
 from fedcmi.runs.metrics import ROUND, accuracy_columns, column_labels
+
+if TYPE_CHECKING:  # torch and safetensors load when a checkpoint is read or a model saved, not to name a folder
+    import torch
+
+    from fedcmi.runs.checkpoint import Checkpoint
 
 MODEL_FILE = "model.safetensors"
 REPLIES_FILE = "replies.csv"  # one row per screened reply: its norms, local steps, weight, ratio and verdict
@@ -92,6 +94,8 @@ def claim(path: Path, resume: bool) -> int:
 def resumable(path: Path, cfg: RunConfig) -> Checkpoint:
     """The checkpoint of ``path`` if ``cfg`` may resume it: readable, trained with this configuration (only
     num-server-rounds may grow), its metrics all present. Checked before anything starts; one-line errors."""
+    from fedcmi.runs.checkpoint import CheckpointError, load_checkpoint
+
     checkpoint = load_checkpoint(path)
     if checkpoint.config_hash is not None and checkpoint.config_hash != config_hash(cfg):
         raise CheckpointError(f"{path / 'config.json'}: differs from the configuration the checkpoint was trained "
