@@ -151,7 +151,7 @@ class RunDirectory:
         if resume_after is not None:
             check_metrics(self.path, resume_after)
         self.write_config(cfg)  # on a resume too: an extended run records its new num-server-rounds
-        self.finish("running", rounds=resume_after or 0)
+        self.finish("running", rounds=resume_after)  # None: no round recorded yet; add_round updates it
         if resume_after is None:
             return
         rows = json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
@@ -174,10 +174,13 @@ class RunDirectory:
             {**cfg.to_dict(), modalities: list(self.modality_names), unused: unused_keys(cfg)}, indent=2) + "\n")
 
     def add_round(self, row: Mapping[str, Any]) -> None:
+        """Record a round: metrics.json and metrics.csv rewritten with it, then status.json says it is the last
+        recorded round (``running``, until the run ends and :meth:`finish` writes how it ended)."""
         self.rows.append(dict(row))
         atomic_write(self.path / "metrics.json", json.dumps(
             [{k: _json_safe(v) for k, v in r.items()} for r in self.rows], indent=1) + "\n")
         atomic_write(self.path / "metrics.csv", self._csv())
+        self.finish("running", rounds=int(row[ROUND]))
 
     def add_replies(self, rows: list[Mapping[str, Any]]) -> None:
         """Append a round's screened replies to replies.csv (rewritten whole, atomically)."""
