@@ -28,4 +28,5 @@ def test_paired_difference_uses_common_seeds_and_gives_verdicts():
     assert verdict(diff) == "better" and verdict(paired_difference(b, a)) == "worse"
     noisy = paired_difference({0: 0.7, 1: 0.5, 2: 0.9}, {0: 0.6, 1: 0.6, 2: 0.6})
     assert verdict(noisy) == "tie"  # mean +0.1 but the interval straddles 0
-    assert verdict(paired_difference({0: 1.0}, {0: 0.0})) == "tie (n < 2)"
+    assert verdict(paired_difference({0: 1.0}, {0: 0.0})) == "n/a (1 seed)"  # one seed: no verdict, not a tie
+    assert verdict(paired_difference({0: 1.0}, {1: 0.0})) == "n/a (no common seed)"

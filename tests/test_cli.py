@@ -180,3 +180,57 @@ def test_an_interrupted_or_failed_run_ends_with_its_replies_too(tmp_path, monkey
     assert captured.out.splitlines()[-2:] == [TOTALS, FAULT]
     assert captured.err.splitlines() == ["fedcmi: run failed: SimulationFailed: the simulation ended before its last "
                                          "round (see the log above)"]
+
+
+def test_unknown_keys_and_names_get_the_closest_one(capsys):
+    assert main(["simulate", "num-round=5"]) == 2
+    assert capsys.readouterr().err.strip() == ("fedcmi: error: unknown key 'num-round'; did you mean "
+                                               "'num-server-rounds'?")
+    assert main(["simulate", "xyzzy=1"]) == 2  # nothing close: where the keys are listed
+    assert capsys.readouterr().err.strip() == ("fedcmi: error: unknown key 'xyzzy' (see `fedcmi simulate --help` "
+                                               "for the keys)")
+    for argv, close in ((["simulate", "strategy=fedprx"], "fedprox"), (["partitions", "strategy=pmrr"], "pmr"),
+                        (["bench", "--strategies", "fedavg,fedcmi-nonif"], "fedcmi-noinf"),
+                        (["methods", "ogm"], "ogm-ge"), (["simulate", "--preset", "papr"], "paper"),
+                        (["bench", "--preset", "quik"], "quick")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.strip().endswith(f"; did you mean {close!r}?"), argv
+
+
+def test_every_command_reports_an_error_in_one_line(capsys, tmp_path):
+    """simulate --preset is checked like bench --preset (not by argparse's two-line usage error); argparse's own
+    errors take the same one-line form."""
+    for argv, rule in ((["simulate", "--preset", "nope"], "paper"), (["partitions", "--preset", "nope"], "paper"),
+                       (["bench", "--preset", "nope"], "quick, default, label-skew, long")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.splitlines() == [f"fedcmi: error: --preset 'nope': must be one of {rule}"]
+    for argv, line in ((["simulate", "--bogus"], "unrecognized arguments: --bogus (see `fedcmi simulate --help`)"),
+                       (["simulat"], "did you mean 'simulate'? (see `fedcmi --help`)")):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("fedcmi: error: ") and err[0].endswith(line)
+    assert main(["simulate", "--resume", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"fedcmi: error: --resume {tmp_path / 'nope'}: no such directory"
+    (tmp_path / "file").write_text("x")
+    assert main(["simulate", "--resume", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err.strip() == f"fedcmi: error: --resume {tmp_path / 'file'}: not a directory"
+
+
+def test_methods_is_one_line_per_method_and_methods_name_its_keys(capsys):
+    from fedcmi.methods.registry import METHODS
+
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(METHODS) + 2  # a header, one line per method, the keys every method reads
+    assert [line.split()[0] for line in lines[1:-1]] == list(METHODS)
+    assert "fedcmi methods NAME" in lines[-1]
+    assert main(["methods", "fedcmi-noinf"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fedcmi-noinf: ablation: no infiltration distillation\n")
+    assert "  lambda-cmi=0.0* " in out and "  proximal-mu=0.01 " in out and "  tau-min=0.0 " in out
+    assert "defined by (a value you set that contradicts it is refused): lambda-cmi = 0.0" in out
+    assert main(["methods", "fedavg-la"]) == 0  # a default outside the keys the method reads is listed too
+    assert "  logit-adjust=1.0* " in capsys.readouterr().out

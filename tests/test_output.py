@@ -97,7 +97,8 @@ def test_summary_shows_no_spread_for_one_seed():
     lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| fed")}
     assert "| 0.600 ± 1.271 |" in lines["fedavg"]
     assert "**0.800**" in lines["fedcmi"] and "±" not in lines["fedcmi"]
-    assert lines["fedcmi"].endswith("| +0.300 (tie (n < 2)) |")  # one common seed: no interval
+    assert lines["fedcmi"].endswith("| +0.300, n/a (1 seed) |")  # one common seed: no interval, no verdict
+    assert "tie" not in lines["fedcmi"]
 
 
 def test_a_strategy_keeps_its_colour_in_every_plot():
@@ -162,3 +163,23 @@ def test_each_round_goes_through_flowers_logger():
         flwr_logger.removeHandler(handler)
         flwr_logger.setLevel(level)
     assert seen == [round_line(_row(7), 40, NAMES)]
+
+
+def test_status_json_names_the_last_recorded_round(tmp_path):
+    """status.json follows the run: "running" with the last round on disk, updated every round (not 0 until
+    the end), then how it ended."""
+    run = RunDirectory(tmp_path / "run", RunConfig(), NAMES)
+
+    def status() -> dict:
+        return json.loads((tmp_path / "run" / "status.json").read_text())
+
+    assert status() == {"status": "running", "rounds": None}  # nothing recorded yet
+    for r in range(4):
+        run.add_round(_row(r))
+        assert status() == {"status": "running", "rounds": r}
+    run.finish("complete", rounds=3)
+    assert status() == {"status": "complete", "rounds": 3}
+    run.release()
+    resumed = RunDirectory(tmp_path / "run", RunConfig(), NAMES, resume_after=2)  # rows past the checkpoint go
+    assert status() == {"status": "running", "rounds": 2}
+    resumed.release()

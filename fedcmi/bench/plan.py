@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcmi.config import ConfigError, RunConfig, effective, normalize
+from fedcmi.errors import did_you_mean
 from fedcmi.methods.registry import METHOD_NAMES
 from fedcmi.runs.files import atomic_write
 
@@ -196,7 +197,8 @@ def make_plan(preset_name: str, out: Path, base_overrides: dict[str, Any], strat
               missing_rates: str | None = None, label_noise: str | None = None) -> BenchPlan:
     """The grid of a preset, with any of its axes or base keys overridden; validated before anything runs."""
     if preset_name not in BENCH_PRESETS:
-        raise ConfigError(f"--preset {preset_name!r}: one of {', '.join(BENCH_PRESETS)}")
+        raise ConfigError(f"--preset {preset_name!r}: must be one of {', '.join(BENCH_PRESETS)}"
+                          + did_you_mean(preset_name, BENCH_PRESETS))
     p = BENCH_PRESETS[preset_name]
     explicit = normalize(base_overrides)
     on_axes = [k for k in explicit if k in AXIS_KEYS or (missing_rates and k in MISSING_KEYS)
@@ -211,7 +213,8 @@ def make_plan(preset_name: str, out: Path, base_overrides: dict[str, Any], strat
     unknown = [s for s in names if s not in METHOD_NAMES]
     if unknown or not names:
         raise ConfigError(f"--strategies: unknown strategy {unknown[0]!r}; one of {', '.join(METHOD_NAMES)}"
-                          if unknown else "--strategies: name at least one strategy")
+                          + did_you_mean(unknown[0], METHOD_NAMES) if unknown else
+                          "--strategies: name at least one strategy")
     seed_values = parse_seeds(p["seeds"] if seeds is None else seeds)
     alpha_values = _unique([parse_alpha(a) for a in (alphas.split(",") if alphas else p["alphas"])])
     mix_values = _unique([Mix.parse(m) for m in (mixes.split(",") if mixes else p["mixes"])])

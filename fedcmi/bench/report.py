@@ -162,7 +162,8 @@ def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], c
              "Student-t interval over seeds (n = seeds finished; no ± for n = 1); results.csv also has the final "
              "round alone. Best mean per column in bold. `vs fedavg`: the mean per-seed difference in "
              f"{PAIRED_METRIC} to fedavg on the same seeds ± its 95 % interval, and the verdict (better / worse only "
-             "when the interval excludes 0, else tie). `acc_<m>`: modality m alone through its infiltration path "
+             "when the interval excludes 0, else tie; n/a (1 seed) where only one seed is common: no interval). "
+             "`acc_<m>`: modality m alone through its infiltration path "
              "(zero-filled for models without one); `acc_<m>_zero`: alone with the other slot zeroed; – : the "
              "strategy never sees that modality. `replies`: the replies the server rejected of all it asked "
              "for, summed over the rounds and seeds, then those that failed, timed out, or were accepted with "
@@ -212,7 +213,9 @@ def _versus(rows: dict[int, dict[str, Any]], reference: dict[int, dict[str, Any]
     diff = paired_difference(mine, theirs)
     if diff.n == 0:
         return "–"
-    return f"{diff.mean:+.3f}" + (f" ± {diff.half_width:.3f}" if diff.n > 1 else "") + f" ({verdict(diff)})"
+    if diff.n < 2:  # no interval: the difference, and that it decides nothing
+        return f"{diff.mean:+.3f}, {verdict(diff)}"
+    return f"{diff.mean:+.3f} ± {diff.half_width:.3f} ({verdict(diff)})"
 
 
 def _method_of(strategy: str, names: tuple[str, str]) -> str:

@@ -58,9 +58,10 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], level: flo
 
 
 def verdict(diff: Interval) -> str:
-    """``better`` / ``worse`` when the interval of the difference excludes 0, else ``tie``."""
+    """``better`` / ``worse`` when the interval of the difference excludes 0, else ``tie``; ``n/a (1 seed)``
+    when there is no interval (fewer than 2 common seeds): one seed says nothing either way."""
     if diff.n < 2 or math.isnan(diff.half_width):
-        return "tie (n < 2)"
+        return f"n/a ({diff.n} seed{'s' * (diff.n != 1)})" if diff.n else "n/a (no common seed)"
     if diff.low > 0:
         return "better"
     if diff.high < 0:

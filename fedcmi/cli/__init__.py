@@ -2,6 +2,9 @@
 ``prepare`` a real data set, extract its frozen-encoder ``features``, ``bench`` strategies side by side.
 
 Bad configuration stops before anything starts, with one line naming the key and the rule, and exit code 2.
+Nothing heavy is imported at the top of this package: the command line is parsed and the configuration
+checked before torch, Flower, Ray or ``datasets`` load, so ``--help``, ``methods`` and every configuration
+error answer at once (tests/test_cli_startup.py checks the imports; benchmarks/cli_startup.py times them).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import contextlib
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fedcmi import __version__
 from fedcmi.cli.bench import add_bench_parser, cmd_bench
@@ -21,7 +26,7 @@ from fedcmi.cli.features import add_features_parser, cmd_features
 from fedcmi.cli.prepare import add_prepare_parser, cmd_prepare
 from fedcmi.config import META_KEYS, ConfigError, RunConfig, config_keys, defaults, effective, parse_overrides, resolve
 from fedcmi.config.presets import PRESETS, preset_values
-from fedcmi.errors import UserError
+from fedcmi.errors import UserError, did_you_mean
 
 SIMULATE_HELP = """\
 Simulate a federation on this machine with Flower's simulation engine (Ray).
@@ -48,7 +53,7 @@ configuration keys (the same as [tool.flwr.app.config] in pyproject.toml; docs/c
 
 
 def _simulate_help() -> str:
-    """Built when the parser is (the defaults import the data sets' code, and with it torch)."""
+    """Built when the parser is (the defaults need no heavy import: the data sets' and methods' names are light)."""
     keys = "\n".join(f"  {k:<24} {doc} (default: {defaults()[k]!r})" for k, doc in config_keys().items())
     return SIMULATE_HELP.format(keys=keys)
 
@@ -58,13 +63,34 @@ Takes the same --config and key=value overrides as `simulate`; trains nothing.
 """
 
 METHODS_HELP = """\
-List the local methods (strategy=NAME): the model each trains, the modalities, the keys it reads, its
-defaults for keys you do not set, and the keys that define it.
+List the local methods (strategy=NAME), one line each: the model it trains, the modalities, what it does.
+`fedcmi methods NAME`: the keys that method reads and their values when you do not set them (its own
+defaults first), and the keys that define it.
 """
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<word>[^']*)' \(choose from (?P<choices>.*)\)$")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one error style of every fedcmi command: ``fedcmi: error: ...`` in one line, exit 2."""
+
+    def error(self, message: str, prog: str | None = None) -> NoReturn:
+        bad = _INVALID_CHOICE.search(message)
+        if bad:  # a mistyped command or choice: the closest one
+            choices = [c.strip(" '") for c in bad["choices"].split(",")]
+            message += did_you_mean(bad["word"], choices)
+        self.exit(2, f"fedcmi: error: {message} (see `{prog or self.prog} --help`)\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # argparse reports them from the top parser; the help to read is the command's
+            command = getattr(parsed, "command", None)
+            self.error(f"unrecognized arguments: {' '.join(extras)}", f"{self.prog} {command}" if command else None)
+        return parsed
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fedcmi", description="Multimodal federated learning under modality imbalance (FedCMI) on Flower.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fedcmi {__version__}")
@@ -77,12 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     for p in (sim, part):
         p.add_argument("--config", metavar="FILE.toml", help="TOML file of keys (flat, or a pyproject.toml)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
-        p.add_argument("--preset", choices=sorted(PRESETS),
+        p.add_argument("--preset", metavar="{" + ",".join(sorted(PRESETS)) + "}",  # checked by preset_values
                        help="preset keys under the method's defaults, --config and key=value (paper: the "
                             "authors' code defaults)")
     part.set_defaults(resume=None, out=None, verbose=False)
-    sub.add_parser("methods", help="list the local methods and the keys each reads", description=METHODS_HELP,
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    methods = sub.add_parser("methods", help="list the local methods; one method's keys", description=METHODS_HELP,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    methods.add_argument("name", nargs="?", metavar="NAME", help="a method (strategy=NAME): its keys")
     sim.add_argument("--out", metavar="DIR", help="run directory (default: runs/<time>-<name>)")
     sim.add_argument("--resume", metavar="RUN_DIR",
                      help="continue an interrupted run after its last complete round (its config.json is used; "
@@ -98,6 +125,8 @@ def _resume_config(args: argparse.Namespace) -> RunConfig:
     """The config of the run to resume: its own config.json, plus at most a new num-server-rounds."""
     run = Path(args.resume)
     path = run / "config.json"
+    if not run.is_dir():
+        raise ConfigError(f"--resume {run}: " + ("not a directory" if run.exists() else "no such directory"))
     if not path.is_file():
         raise ConfigError(f"--resume {run}: no config.json there; not a fedcmi run directory")
     if args.config or args.out:
@@ -226,16 +255,18 @@ def interrupted_line(exc: Any, cfg: RunConfig) -> str:
 
 
 def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> int:
+    from fedcmi.runtime.simulation import check_resources, simulate
+
+    check_resources(cfg)  # this machine's CPUs (and GPUs, Ray address) first: no data or torch needed for the CPUs
+
     from fedcmi.data import load_data
     from fedcmi.data.partition import federation
     from fedcmi.runs.metrics import round_line
     from fedcmi.runs.run_dir import default_run_dir
     from fedcmi.runtime.devices import check_device
-    from fedcmi.runtime.simulation import check_resources, simulate
 
     check_device(cfg.device)
     federation(cfg)  # an infeasible partition (alpha too small for min-partition-size) stops here, not in Ray
-    check_resources(cfg)
     if resume:
         from fedcmi.runs.run_dir import resumable, run_status
 
@@ -290,24 +321,48 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
     return 0
 
 
-def cmd_methods() -> int:
-    from rich.table import Table
+def _toml(value: Any) -> str:
+    """A value as it is written in key=value (TOML): true/false, numbers, bare words."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
-    from fedcmi.cli.display import console
-    from fedcmi.federated.calibration import KEYS as CCVR_KEYS
-    from fedcmi.methods.registry import METHODS
-    from fedcmi.methods.remedies import KEYS as REMEDY_KEYS
 
-    table = Table(title="local methods (strategy=NAME)", show_lines=True,
-                  caption="every method also reads the label-skew remedies: "
-                          + ", ".join((*REMEDY_KEYS, *CCVR_KEYS)))
-    for col in ("strategy", "model", "modalities", "reads", "its defaults", "defined by"):
-        table.add_column(col)
-    for spec in METHODS.values():
-        table.add_row(spec.name, spec.model, ",".join(spec.modalities), " ".join(spec.uses),
-                      " ".join(f"{k}={v}" for k, v in spec.defaults.items()),
-                      " ".join(f"{k} {c.text}" for k, c in spec.defining.items()))
-    console().print(table)
+def _fit(line: str, width: int | None) -> str:
+    return line if width is None or len(line) <= width else line[:max(width - 3, 1)] + "..."
+
+
+def cmd_methods(name: str | None = None) -> int:
+    """One line per method; with ``name``, that method's keys. Reads the registry's specs only (no torch)."""
+    from fedcmi.methods.registry import EVERY_METHOD_KEYS, METHODS, method_spec
+
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None  # a file or a pipe: whole lines
+    if name is None:
+        col = max(map(len, METHODS)) + 2
+        lines = [f"{'strategy':<{col}}{'model':<8}{'trains':<8}what it does"]
+        lines += [f"{spec.name:<{col}}{spec.model:<8}{'+'.join(spec.modalities):<8}{spec.summary}"
+                  for spec in METHODS.values()]
+        lines.append(f"every method also reads: {', '.join(EVERY_METHOD_KEYS)}. `fedcmi methods NAME`: the keys "
+                     "a method reads, its defaults and the keys that define it")
+        print("\n".join(_fit(line, width) for line in lines))
+        return 0
+    spec = method_spec(name)
+    base, docs = defaults(), config_keys()
+    model = ("two projectors per modality (self, infiltration)" if spec.decomposed
+             else "the encoders' features concatenated into the fusion head")
+    alone = "its infiltration projector" if spec.infiltration_path else "the other slot zero-filled"
+    lines = [f"{spec.name}: {spec.summary}",
+             f"model {spec.model}: {model}; trains {'+'.join(spec.modalities)}; a modality alone is evaluated "
+             f"through {alone}",
+             "keys it reads (the value when you do not set it; * = this method's default):"]
+    keys = [*spec.uses, *(k for k in spec.defaults if k not in spec.uses)]  # e.g. fedavg-la's logit-adjust
+    settings = [f"{k}={_toml(spec.defaults.get(k, base[k]))}" + ("*" if k in spec.defaults else "") for k in keys]
+    col = max(map(len, settings)) + 3
+    lines += [f"  {setting:<{col}}{docs[k]}" for k, setting in zip(keys, settings, strict=True)]
+    if spec.defining:
+        lines.append("defined by (a value you set that contradicts it is refused): "
+                     + ", ".join(f"{k} {c.text}" for k, c in spec.defining.items()))
+    lines.append(f"every method also reads: {', '.join(k for k in EVERY_METHOD_KEYS if k not in keys)} "
+                 "(`fedcmi simulate --help`)")
+    print("\n".join(_fit(line, width) for line in lines))
     return 0
 
 
@@ -343,7 +398,7 @@ def _main(args: argparse.Namespace, client_app: Any) -> int:
         if args.command == "bench":
             return cmd_bench(args)
         if args.command == "methods":
-            return cmd_methods()
+            return cmd_methods(args.name)
         cfg = _resolve(args)
         if args.command == "partitions":
             return cmd_partitions(cfg)

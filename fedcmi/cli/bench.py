@@ -82,12 +82,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from fedcmi.bench.plan import cell_complete, make_plan, save_plan
-    from fedcmi.bench.report import replies_note, write_reports
-    from fedcmi.data.partition import federation
-    from fedcmi.runs.metrics import round_line
     from fedcmi.runtime.simulation import check_resources, run_app
-    from server.bench_app import make_bench_app
 
+    # the whole grid is checked before torch, Ray or the data sets are imported (a typo answers at once)
     out = Path(args.out or f"runs/bench-{args.preset}")
     plan = make_plan(args.preset, out, parse_overrides(args.overrides), args.strategies, args.seeds,
                      args.alphas, args.mixes, args.missing_rates, args.label_noise)
@@ -95,6 +92,12 @@ def _bench(args: argparse.Namespace) -> int:
     jobs = default_jobs(plan.base, backend) if args.jobs is None else args.jobs
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: must be at least 1 (cells run at once)")
+
+    from fedcmi.bench.report import replies_note, write_reports
+    from fedcmi.data.partition import federation
+    from fedcmi.runs.metrics import round_line
+    from server.bench_app import make_bench_app
+
     for cell in plan.cells():  # every partition of the grid, before Ray starts (cached: cheap)
         federation(plan.cell_config(cell))
     command = "fedcmi " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "fedcmi bench"

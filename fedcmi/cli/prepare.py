@@ -21,11 +21,11 @@ examples:
 
 
 def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
-    from fedcmi.data.prepare import PREPARABLE
+    from fedcmi.data.sources import PREPARED_SOURCES  # the names only: fedcmi.data.prepare imports datasets
 
     p = sub.add_parser("prepare", help="prepare a real data set (CREMA-D, AVE, CrisisMMD)",
                        description=PREPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", choices=PREPARABLE)
+    p.add_argument("dataset", choices=tuple(PREPARED_SOURCES))
     p.add_argument("--root", required=True, metavar="DIR", help="the data set as distributed")
     p.add_argument("--out", metavar="DIR", help="output directory (default: <root>/fedcmi-prepared)")
     p.add_argument("--frames", type=int, metavar="F", help="video frames per clip (crema-d: 2, ave: 4)")

@@ -90,7 +90,7 @@ def _methods_markdown() -> str:
 
     lines = ["## Methods (`strategy=NAME`)", "",
              "What each local method reads, its defaults for keys you do not set, and the keys that define it "
-             "(`fedcmi methods` prints the same).", "",
+             "(`fedcmi methods` lists the methods one line each; `fedcmi methods NAME` prints one method's keys).", "",
              "| strategy | model | modalities | reads | its defaults | defined by |", "|---|---|---|---|---|---|"]
     for spec in METHODS.values():
         lines.append(f"| `{spec.name}` | {spec.model} | {','.join(spec.modalities)} | "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcmi.config.run_config import FIELDS, RunConfig, defaults, section_of
-from fedcmi.errors import ConfigError
+from fedcmi.errors import ConfigError, did_you_mean
 
 META_KEYS = ("modalities", "unused-keys")  # written into config.json beside the keys; not configuration
 
@@ -50,7 +50,8 @@ def normalize(values: Mapping[str, Any]) -> dict[str, Any]:
     for raw_key, value in values.items():
         key = str(raw_key).replace("_", "-")
         if key not in FIELDS:
-            raise ConfigError(f"unknown key {raw_key!r} (see `fedcmi simulate --help` for the keys)")
+            hint = did_you_mean(key, FIELDS) or " (see `fedcmi simulate --help` for the keys)"
+            raise ConfigError(f"unknown key {raw_key!r}{hint}")
         out[key] = _coerce(key, value)
     return out
 
@@ -77,11 +78,9 @@ def effective(explicit: Mapping[str, Any], lower: Mapping[str, Any] | None = Non
 
 def unused_keys(cfg: RunConfig) -> list[str]:
     """Method keys the chosen strategy does not read (listed in ``config.json``)."""
-    from fedcmi.federated.calibration import KEYS as CCVR_KEYS
-    from fedcmi.methods.registry import method_spec
-    from fedcmi.methods.remedies import KEYS as REMEDY_KEYS
+    from fedcmi.methods.registry import EVERY_METHOD_KEYS, method_spec
 
-    uses = {*method_spec(cfg.strategy).uses, *REMEDY_KEYS, *CCVR_KEYS}  # the remedies combine with every method
+    uses = {*method_spec(cfg.strategy).uses, *EVERY_METHOD_KEYS}  # the remedies combine with every method
     return [k for k in FIELDS if section_of(k) == "method" and k != "strategy" and k not in uses]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedcmi.errors import ConfigError
+from fedcmi.errors import ConfigError, did_you_mean
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -31,5 +31,5 @@ def preset_values(name: str | None) -> dict[str, Any]:
     if name is None:
         return {}
     if name not in PRESETS:
-        raise ConfigError(f"--preset {name!r}: must be one of {', '.join(PRESETS)}")
+        raise ConfigError(f"--preset {name!r}: must be one of {', '.join(PRESETS)}" + did_you_mean(name, PRESETS))
     return dict(PRESETS[name])

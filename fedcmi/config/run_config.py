@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
-from fedcmi.errors import ConfigError
+from fedcmi.errors import ConfigError, did_you_mean
 
 # Sections group the keys in docs and decide what travels to clients: server-only sections never do.
 SECTIONS = ("data", "federation", "training", "method", "model", "runtime", "server", "reliability", "output")
@@ -41,10 +41,9 @@ def _method_names() -> tuple[str, ...]:
     return METHOD_NAMES
 
 
-def _aggregation_names() -> tuple[str, ...]:
-    from fedcmi.federated.aggregation import RULE_NAMES
-
-    return RULE_NAMES
+# The aggregation rules' names, without importing them (their code imports torch):
+# fedcmi.federated.aggregation.RULE_NAMES is the same tuple (tests/test_cli_startup.py checks).
+AGGREGATION_NAMES = ("mean", "median", "trimmed-mean", "clipped-mean")
 
 
 UPDATE_NORM_MULTIPLE = 10.0
@@ -68,8 +67,10 @@ def _run_name_ok(v: str) -> bool:
 
 
 def _opt(default: Any, section: str, doc: str, check: Callable[[Any], bool] | None = None,
-         rule: str | Callable[[], str] = "") -> Any:
-    meta: dict[str, Any] = {"doc": doc, "section": section, "check": check, "rule": rule}
+         rule: str | Callable[[], str] = "", choices: Callable[[], tuple[str, ...]] | None = None) -> Any:
+    """A key: its default, section, doc, rule (``check``, and the ``rule`` text of a value it refuses) and, for
+    a key that names something, its ``choices`` (a refused value gets "did you mean" the closest one)."""
+    meta: dict[str, Any] = {"doc": doc, "section": section, "check": check, "rule": rule, "choices": choices}
     return field(default=default, metadata=meta)
 
 
@@ -92,7 +93,7 @@ class RunConfig:
     # --- data --------------------------------------------------------------------------------------------
     dataset: str = _opt("synthetic-av", "data", "data set: embedded (synthetic-av, digits-cg) or prepared with "
                         "`fedcmi prepare` (crema-d, ave, crisismmd)", lambda v: v in _dataset_names(),
-                        lambda: f"must be one of {', '.join(_dataset_names())}")
+                        lambda: f"must be one of {', '.join(_dataset_names())}", _dataset_names)
     data_root: str = _opt("", "data", "crema-d, ave, crisismmd: the prepared directory (or the raw root "
                                       "holding fedcmi-prepared/)")
     num_classes: int = _opt(6, "data", "synthetic-av: classes", lambda v: 2 <= v <= 64, "must be in [2, 64]")
@@ -143,7 +144,8 @@ class RunConfig:
     batch_size: int = _opt(32, "training", "local batch size", _at_least(1), "must be >= 1")
     # --- method (which keys a strategy reads: `fedcmi methods`) ----------------------------------------------
     strategy: str = _opt("fedcmi", "method", "local method (see `fedcmi methods`)",
-                         lambda v: v in _method_names(), "must be a method listed by `fedcmi methods`")
+                         lambda v: v in _method_names(), "must be a method listed by `fedcmi methods`",
+                         _method_names)
     proximal_mu: float = _opt(0.01, "method", "proximal term weight; 0 = off", _at_least(0), "must be >= 0")
     lambda_self: float = _opt(2.0, "method", "fedcmi: weight of per-modality self CE; 0 = off", _at_least(0),
                               "must be >= 0")
@@ -217,7 +219,8 @@ class RunConfig:
     clients_per_round: int = _opt(10, "server", "clients sampled each round", _at_least(1), "must be >= 1")
     aggregation: str = _opt("mean", "server", "aggregation rule per modality group: mean (FedAvg), median, "
                             "trimmed-mean (beta 0.2), clipped-mean (updates clipped to the median norm)",
-                            lambda v: v in _aggregation_names(), "must be a registered aggregation rule")
+                            lambda v: v in AGGREGATION_NAMES, f"must be one of {', '.join(AGGREGATION_NAMES)}",
+                            lambda: AGGREGATION_NAMES)
     # 256 (the authors' test batch): on CPU a 512 batch's activations spill out of cache, 1.2-1.4x slower for
     # the default model in most processes, with the same predictions (docs/scaling.md, benchmarks/eval_batch.py)
     eval_batch_size: int = _opt(256, "server", "server evaluation batch size", _at_least(1), "must be >= 1")
@@ -275,8 +278,9 @@ class RunConfig:
                     raise ConfigError(f"{key_of(f.name)}={shown}: must be <= {limit}")
             check = f.metadata.get("check")
             if check is not None and not check(value):
-                rule = f.metadata["rule"]
-                raise ConfigError(f"{key_of(f.name)}={value!r}: {rule() if callable(rule) else rule}")
+                rule, choices = f.metadata["rule"], f.metadata["choices"]
+                hint = did_you_mean(value, choices()) if choices is not None else ""
+                raise ConfigError(f"{key_of(f.name)}={value!r}: {rule() if callable(rule) else rule}{hint}")
         if _is_prepared(self.dataset) and not self.data_root:
             raise ConfigError(f"dataset={self.dataset!r} needs data-root=DIR (prepare it with "
                               f"`fedcmi prepare {self.dataset} --root DIR`)")

@@ -1,4 +1,4 @@
-"""The local-method protocol, a method's spec, and the local update loop (written once, for every method).
+"""The local-method protocol and the local update loop (written once, for every method; the spec: spec.py).
 
 The path of a batch: :func:`local_update` shuffles the client's data, asks the method for the loss terms of
 each batch (:meth:`LocalMethod.batch_loss`), back-propagates ``terms["loss"]``, lets the method touch the
@@ -7,9 +7,9 @@ gradients (:meth:`LocalMethod.after_backward`), adds the proximal gradient and s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,12 +23,13 @@ from fedcmi.models.modalities import group_of, modalities_of
 
 if TYPE_CHECKING:
     from fedcmi.config import RunConfig
+    from fedcmi.methods.spec import MethodSpec
 
 
 class LocalMethod:
     """One client's local objective for one round. Subclasses override ``batch_loss`` and any hook.
 
-    A fresh object is built for every client round (``MethodSpec.build``), so it may keep round state
+    A fresh object is built for every client round (``MethodSpec.build``, spec.py), so it may keep round state
     (a frozen teacher, prototypes) between :meth:`start` and the end of the round. Its cross-entropy terms use
     :meth:`ce`, which applies the run's label-skew remedies (plain cross-entropy when none is on).
     """
@@ -52,51 +53,6 @@ class LocalMethod:
     def after_backward(self, model: nn.Module, terms: Mapping[str, torch.Tensor],
                        generator: torch.Generator | None) -> None:
         """After ``backward()``, before the proximal gradient and the optimiser step."""
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """What a method's defining key must be (``text`` reads after the key: ``"= 0"``, ``"> 0"``)."""
-
-    check: Callable[[Any], bool]
-    text: str
-
-
-def equals(value: Any) -> Constraint:
-    return Constraint(lambda v: v == value, f"= {value!r}".replace("False", "false").replace("True", "true"))
-
-
-POSITIVE = Constraint(lambda v: v > 0, "> 0")
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """Everything the rest of fedcmi needs to know about a method, in one place.
-
-    ``model``: ``"fedcmi"`` (two projectors per modality) or ``"concat"``. ``modalities``: what it trains and
-    is evaluated on (unimodal baselines: one). ``uses``: the method keys it reads; ``defaults``: its values
-    for keys the user did not set; ``defining``: keys whose value makes it this method (a contradicting
-    user value is refused). ``infiltration_path``: evaluate a modality alone through its infiltration
-    projector (else zero-filled).
-    """
-
-    name: str
-    summary: str
-    build: Callable[[RunConfig], LocalMethod]
-    model: str = "concat"
-    modalities: tuple[str, ...] = ("a", "b")
-    uses: tuple[str, ...] = ()
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    defining: Mapping[str, Constraint] = field(default_factory=dict)
-    infiltration_path: bool = False
-
-    @property
-    def decomposed(self) -> bool:
-        return self.model == "fedcmi"
-
-    def held(self, kind: str) -> tuple[str, ...]:
-        """The modalities a client of this kind trains under this method."""
-        return tuple(m for m in modalities_of(kind) if m in self.modalities)
 
 
 @dataclass(frozen=True)

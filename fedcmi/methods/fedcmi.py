@@ -19,11 +19,8 @@ from torch import nn
 from fedcmi.data.base import ClientData
 from fedcmi.federated.dominance import Guidance, class_temperatures
 from fedcmi.federated.statistics import class_statistics
-from fedcmi.methods.base import LocalMethod, MethodSpec, equals
+from fedcmi.methods.base import LocalMethod
 from fedcmi.methods.losses import infiltration_distillation, true_class_probability
-
-USES = ("proximal-mu", "lambda-self", "lambda-cmi", "class-wise-temperature", "temperature", "gamma", "dominance",
-        "warmup-rounds", "lambda-cross", "unimodal-zero-fill", "normalize-loss", "dominance-momentum", "tau-min")
 
 
 class Distiller:
@@ -125,22 +122,11 @@ class FedCMI(LocalMethod):
         return terms
 
 
-def _spec(name: str, summary: str, defaults: dict | None = None, defining: dict | None = None,
-          single_projector: bool = False) -> MethodSpec:
-    return MethodSpec(name, summary, build=lambda cfg: FedCMI.from_config(cfg, single_projector), model="fedcmi",
-                      uses=USES, defaults={"lambda-cross": 0.0, **(defaults or {})}, defining=defining or {},
-                      infiltration_path=not single_projector)
+def build(cfg) -> FedCMI:  # noqa: ANN001 - RunConfig
+    """fedcmi, fedcmi-plus and the ablations but fedcmi-single (fedcmi.methods.registry)."""
+    return FedCMI.from_config(cfg)
 
 
-SPEC = _spec("fedcmi", "FedCMI: two projectors, self CE, infiltration distillation, class-wise temperatures, "
-             "proximal term, server-side dominance")
-ABLATIONS = (
-    _spec("fedcmi-noinf", "ablation: no infiltration distillation", {"lambda-cmi": 0.0}, {"lambda-cmi": equals(0.0)}),
-    _spec("fedcmi-single", "ablation: single projector (distil into the weak self projector; unimodal clients "
-          "zero-fill)", single_projector=True),
-    _spec("fedcmi-fixedtemp", "ablation: fixed temperature instead of class-wise",
-          {"class-wise-temperature": False}, {"class-wise-temperature": equals(False)}),
-    _spec("fedcmi-noprox", "ablation: no proximal term", {"proximal-mu": 0.0}, {"proximal-mu": equals(0.0)}),
-    _spec("fedcmi-local", "ablation: the authors' per-batch local dominance instead of the server's global one",
-          {"dominance": "local"}, {"dominance": equals("local")}),
-)
+def build_single_projector(cfg) -> FedCMI:  # noqa: ANN001 - RunConfig
+    """fedcmi-single: one projector per modality."""
+    return FedCMI.from_config(cfg, single_projector=True)

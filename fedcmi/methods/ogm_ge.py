@@ -14,7 +14,6 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from fedcmi.methods.base import MethodSpec, equals
 from fedcmi.methods.fedavg import CrossEntropy
 from fedcmi.methods.losses import true_class_probability
 
@@ -78,8 +77,5 @@ class OGMGE(CrossEntropy):
             ogm_modulate(model, (float(terms["ogm_coeff_a"]), float(terms["ogm_coeff_b"])), generator)
 
 
-SPEC = MethodSpec("ogm-ge", "OGM-GE on multimodal clients: dominant encoder's gradients scaled by "
-                  "1 - tanh(alpha * ratio) plus Gaussian noise (FedAvg otherwise)",
-                  build=lambda cfg: OGMGE(cfg.ogm_alpha), uses=("ogm-alpha", "proximal-mu"),
-                  defaults={"proximal-mu": 0.0},
-                  defining={"fusion": equals("concat")})  # the per-modality logits split the concat head's fc
+def build(cfg) -> OGMGE:  # noqa: ANN001 - RunConfig
+    return OGMGE(cfg.ogm_alpha)

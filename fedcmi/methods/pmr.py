@@ -13,7 +13,6 @@ from torch import nn
 
 from fedcmi.data.base import ClientData
 from fedcmi.federated.dominance import Guidance
-from fedcmi.methods.base import MethodSpec
 from fedcmi.methods.fedavg import CrossEntropy
 from fedcmi.methods.losses import true_class_probability
 
@@ -99,6 +98,5 @@ class PMR(CrossEntropy):
         return {"loss": fused + proto, "loss_fused": fused, "loss_proto": proto}
 
 
-SPEC = MethodSpec("pmr", "PMR on multimodal clients: prototype cross-entropy for the weak modality "
-                  "(FedAvg otherwise)", build=lambda cfg: PMR(cfg.pmr_alpha, cfg.pmr_momentum),
-                  uses=("pmr-alpha", "pmr-momentum", "proximal-mu"), defaults={"proximal-mu": 0.0})
+def build(cfg) -> PMR:  # noqa: ANN001 - RunConfig
+    return PMR(cfg.pmr_alpha, cfg.pmr_momentum)

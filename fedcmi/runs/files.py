@@ -9,10 +9,10 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:
+    import torch
 
 
 @functools.cache
@@ -46,6 +46,8 @@ def atomic_write(path: Path, data: str | bytes) -> None:
 
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """A safetensors file written to a temporary name and renamed into place."""
+    from safetensors.torch import save_file  # here: the rest of this module serves light callers (bench plan)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)

@@ -21,15 +21,17 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fedcmi.config import META_KEYS, RunConfig, unused_keys
 from fedcmi.errors import ConfigError
-from fedcmi.runs.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from fedcmi.runs.files import atomic_write, csv_text, save_tensors
 from fedcmi.runs.metrics import ROUND, accuracy_columns, column_labels
+
+if TYPE_CHECKING:  # torch and safetensors load when a checkpoint is read or a model saved, not to name a folder
+    import torch
+
+    from fedcmi.runs.checkpoint import Checkpoint
 
 MODEL_FILE = "model.safetensors"
 REPLIES_FILE = "replies.csv"  # one row per screened reply: its norms, local steps, weight, ratio and verdict
@@ -92,6 +94,8 @@ def claim(path: Path, resume: bool) -> int:
 def resumable(path: Path, cfg: RunConfig) -> Checkpoint:
     """The checkpoint of ``path`` if ``cfg`` may resume it: readable, trained with this configuration (only
     num-server-rounds may grow), its metrics all present. Checked before anything starts; one-line errors."""
+    from fedcmi.runs.checkpoint import CheckpointError, load_checkpoint
+
     checkpoint = load_checkpoint(path)
     if checkpoint.config_hash is not None and checkpoint.config_hash != config_hash(cfg):
         raise CheckpointError(f"{path / 'config.json'}: differs from the configuration the checkpoint was trained "
@@ -147,7 +151,7 @@ class RunDirectory:
         if resume_after is not None:
             check_metrics(self.path, resume_after)
         self.write_config(cfg)  # on a resume too: an extended run records its new num-server-rounds
-        self.finish("running", rounds=resume_after or 0)
+        self.finish("running", rounds=resume_after)  # None: no round recorded yet; add_round updates it
         if resume_after is None:
             return
         rows = json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
@@ -170,10 +174,13 @@ class RunDirectory:
             {**cfg.to_dict(), modalities: list(self.modality_names), unused: unused_keys(cfg)}, indent=2) + "\n")
 
     def add_round(self, row: Mapping[str, Any]) -> None:
+        """Record a round: metrics.json and metrics.csv rewritten with it, then status.json says it is the last
+        recorded round (``running``, until the run ends and :meth:`finish` writes how it ended)."""
         self.rows.append(dict(row))
         atomic_write(self.path / "metrics.json", json.dumps(
             [{k: _json_safe(v) for k, v in r.items()} for r in self.rows], indent=1) + "\n")
         atomic_write(self.path / "metrics.csv", self._csv())
+        self.finish("running", rounds=int(row[ROUND]))
 
     def add_replies(self, rows: list[Mapping[str, Any]]) -> None:
         """Append a round's screened replies to replies.csv (rewritten whole, atomically)."""

@@ -16,11 +16,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedcmi.config import ConfigError, RunConfig
-from fedcmi.runs.run_dir import RunDirectory
 from fedcmi.runtime.interrupt import LIVE_TOKENS, STOP, ProcessToken, handle_signals, our_handlers, reinstall
+
+if TYPE_CHECKING:
+    from fedcmi.runs.run_dir import RunDirectory
 
 
 class SimulationFailed(RuntimeError):

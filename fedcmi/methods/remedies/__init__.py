@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedcmi.methods.registry import REMEDY_KEYS
 from fedcmi.methods.remedies.logit_adjustment import adjust, log_label_prior
 from fedcmi.methods.remedies.not_true_distillation import ntd_loss
 from fedcmi.methods.remedies.restricted_softmax import present_classes, restrict
@@ -25,7 +26,7 @@ from fedcmi.methods.remedies.restricted_softmax import present_classes, restrict
 if TYPE_CHECKING:
     from fedcmi.config import RunConfig
 
-KEYS = ("logit-adjust", "restricted-softmax", "ntd-beta", "ntd-temperature")
+KEYS = REMEDY_KEYS  # their one home is the (light) method registry: the CLI lists them without torch
 
 
 @dataclass

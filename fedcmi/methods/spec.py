@@ -1,0 +1,70 @@
+"""What the rest of fedcmi knows about a local method, without importing it: its :class:`MethodSpec`.
+
+Light on purpose (no torch): the configuration reads a method's defaults and defining keys, and ``fedcmi
+methods`` lists them, before anything heavy is imported. The method's code (a ``LocalMethod``) is imported
+when :meth:`MethodSpec.build` is first called.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedcmi.config import RunConfig
+    from fedcmi.methods.base import LocalMethod
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a method's defining key must be (``text`` reads after the key: ``"= 0"``, ``"> 0"``)."""
+
+    check: Callable[[Any], bool]
+    text: str
+
+
+def equals(value: Any) -> Constraint:
+    return Constraint(lambda v: v == value, f"= {value!r}".replace("False", "false").replace("True", "true"))
+
+
+POSITIVE = Constraint(lambda v: v > 0, "> 0")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything the rest of fedcmi needs to know about a method, in one place.
+
+    ``builder``: ``"module:function"``, the function ``(RunConfig) -> LocalMethod`` that builds one client
+    round's method (imported on the first :meth:`build`). ``model``: ``"fedcmi"`` (two projectors per modality)
+    or ``"concat"``. ``modalities``: what it trains and is evaluated on (unimodal baselines: one). ``uses``: the
+    method keys it reads; ``defaults``: its values for keys the user did not set; ``defining``: keys whose
+    value makes it this method (a contradicting user value is refused). ``infiltration_path``: evaluate a
+    modality alone through its infiltration projector (else zero-filled).
+    """
+
+    name: str
+    summary: str
+    builder: str
+    model: str = "concat"
+    modalities: tuple[str, ...] = ("a", "b")
+    uses: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    defining: Mapping[str, Constraint] = field(default_factory=dict)
+    infiltration_path: bool = False
+
+    def build(self, cfg: RunConfig) -> LocalMethod:
+        """A fresh ``LocalMethod`` for one client round (imports the method's module the first time)."""
+        module, _, function = self.builder.partition(":")
+        return getattr(importlib.import_module(module), function)(cfg)
+
+    @property
+    def decomposed(self) -> bool:
+        return self.model == "fedcmi"
+
+    def held(self, kind: str) -> tuple[str, ...]:
+        """The modalities a client of this kind trains under this method."""
+        from fedcmi.models.modalities import modalities_of
+
+        return tuple(m for m in modalities_of(kind) if m in self.modalities)
