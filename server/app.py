@@ -139,7 +139,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg)
     cfg = cfg.replace(out_dir=str(out))
     strategy = build_strategy(cfg, model_spec, membership_for(cfg))
-    checkpoint = resumable(out, cfg) if resume else None
+    checkpoint = resumable(out, cfg, model.state_dict(), data.num_classes) if resume else None
     run_dir = RunDirectory(out, cfg, data.modalities, resume_after=checkpoint.round if checkpoint else None)
     digest = config_hash(cfg)
     logger.info("writing results to %s", out)
