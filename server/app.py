@@ -139,7 +139,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg)
     cfg = cfg.replace(out_dir=str(out))
     strategy = build_strategy(cfg, model_spec, membership_for(cfg))
-    checkpoint = resumable(out, cfg) if resume else None
+    checkpoint = resumable(out, cfg, model.state_dict(), data.num_classes) if resume else None
     run_dir = RunDirectory(out, cfg, data.modalities, resume_after=checkpoint.round if checkpoint else None)
     digest = config_hash(cfg)
     logger.info("writing results to %s", out)
@@ -262,37 +262,113 @@ SUBMITTABLE = tuple(k for k in FIELDS if section_of(k) in ("data", "federation",
                     and k not in SERVER_PATH_KEYS) + (
     "device", "bf16", "num-server-rounds", "clients-per-round", "aggregation", "eval-batch-size", "run-name")
 
+# What a submitted run may ask the server to pay for: upper bounds of its size keys (docs/deployment.md). The
+# operator changes them, or bounds another numeric submittable key, in the [limits] table of SERVER_CONFIG_ENV.
+# A key the server's own file sets is the operator's choice and not held to them.
+SUBMIT_LIMITS: dict[str, float] = {
+    "train-size": 100_000, "test-size": 50_000, "num-clients": 1_000, "clients-per-round": 1_000,
+    "num-server-rounds": 1_000, "local-epochs": 100, "batch-size": 4_096, "eval-batch-size": 4_096,
+    "feature-dim": 1_024, "sgmft-tokens": 64, "sgmft-heads": 64, "sgmft-layers": 8, "ccvr-steps": 10_000,
+    "ccvr-samples": 10_000,
+}
+LIMITS_TABLE = "limits"
+# Complete runs are final: a submitter continues an unfinished run with the rounds it was started with. Only
+# the runs the operator names here may get another num-server-rounds (more rounds for a complete one).
+EXTEND_KEY = "extend-runs"
+
+
+def server_settings() -> tuple[dict[str, Any], dict[str, float], frozenset[str]]:
+    """The server's own configuration ($FEDCMI_SERVER_CONFIG): its run keys, the limits on submitted runs
+    (the defaults with the file's [limits] over them) and the run names it lets submitters extend."""
+    server_file = os.environ.get(SERVER_CONFIG_ENV)
+    keys = load_toml(server_file) if server_file else {}
+    where = f"${SERVER_CONFIG_ENV}"
+    table = keys.pop(LIMITS_TABLE, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: {LIMITS_TABLE} must be a table ([{LIMITS_TABLE}] key = maximum)")
+    limits = dict(SUBMIT_LIMITS)
+    for key, value in table.items():
+        if key not in SUBMITTABLE or FIELDS[key].type not in ("int", "float"):
+            raise ConfigError(f"{where}: [{LIMITS_TABLE}] {key}: not a numeric key a submitted run can set")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{where}: [{LIMITS_TABLE}] {key}={value!r}: must be a number > 0")
+        limits[key] = value
+    extend = keys.pop(EXTEND_KEY, [])
+    if not isinstance(extend, list) or not all(isinstance(n, str) and n for n in extend):
+        raise ConfigError(f"{where}: {EXTEND_KEY} must be a list of run names (e.g. {EXTEND_KEY} = [\"run1\"])")
+    bad = sorted(k for k in keys if k in ("out-dir", "run-name"))
+    if bad:
+        raise ConfigError(f"{where}: {bad[0]} is chosen per run (the folder is ${RUNS_DIR_ENV})")
+    return keys, limits, frozenset(extend)
+
 
 def submitted_config(run_config: dict[str, Any]) -> tuple[RunConfig, bool]:
-    """The effective config of a submitted run and whether it resumes, from the submitted keys (allowlisted)
-    and the server's own configuration; refuses a key a submitter may not set."""
+    """The effective config of a submitted run and whether it resumes, from the submitted keys (allowlisted,
+    bounded by the server's limits) and the server's own configuration; refuses a key a submitter may not set,
+    a value above its limit, and another num-server-rounds for an existing run the operator did not open."""
     submitted = set_by_flower_run(run_config)
     refused = sorted(k for k in submitted if k not in SUBMITTABLE)
     if refused:
         raise ConfigError(f"{refused[0]}: a submitted run cannot set it (server-side; set it in "
                           f"${SERVER_CONFIG_ENV} on the server)")
-    server_file = os.environ.get(SERVER_CONFIG_ENV)
-    server_keys = load_toml(server_file) if server_file else {}
-    bad = sorted(k for k in server_keys if k in ("out-dir", "run-name"))
-    if bad:
-        raise ConfigError(f"${SERVER_CONFIG_ENV}: {bad[0]} is chosen per run (the folder is ${RUNS_DIR_ENV})")
-    cfg = effective({**submitted, **server_keys}).check_run()
+    server_keys, limits, extendable = server_settings()
+    cfg = effective({**submitted, **server_keys})
+    operator, values = {k.replace("_", "-") for k in server_keys}, cfg.to_dict()
+    for key, limit in limits.items():
+        value = values[key]
+        if key not in operator and value > limit:
+            raise ConfigError(f"{key}={value}: above the server's limit for submitted runs ({limit:g}; the "
+                              f"operator sets it in [{LIMITS_TABLE}] of ${SERVER_CONFIG_ENV})")
+    cfg.check_run()
     root = Path(os.environ.get(RUNS_DIR_ENV, "runs"))
     out = root / cfg.run_name if cfg.run_name else default_run_dir(cfg, root)
-    # A deployed run resumes when its run-name names an unfinished run (or one it extends) of the same
-    # configuration: run_server checks the checkpoint's config hash and refuses anything else.
+    # A deployed run resumes when its run-name names an unfinished run of the same configuration (run_server
+    # checks the checkpoint's config hash and content and refuses anything else), or a run the operator opened.
     resume = False
     if cfg.run_name and (out / "checkpoint" / "state.json").is_file():
-        from fedcmi.runs.run_dir import run_status
-
-        resume = run_status(out) != "complete" or _rounds_done(out) < cfg.num_server_rounds
+        resume = _continues(out, cfg, cfg.run_name in extendable)
     return cfg.replace(out_dir=str(out)), resume
+
+
+def _continues(out: Path, cfg: RunConfig, extendable: bool) -> bool:
+    """Whether a submission of an existing run's name continues it; refuses another num-server-rounds (an
+    extension of a complete run, or a change of an unfinished one) unless the operator opened the run."""
+    from fedcmi.runs.run_dir import run_status
+
+    done, started = _rounds_done(out), _rounds_started(out)
+    how = (f"only the operator can let it have another (list it in {EXTEND_KEY} of ${SERVER_CONFIG_ENV} on the "
+           "server)")
+    if run_status(out) == "complete":
+        if cfg.num_server_rounds <= done:
+            return False  # the same or fewer rounds: a new run under a taken name, refused by the run directory
+        if not extendable:
+            raise ConfigError(f"run-name={cfg.run_name!r}: that run is complete ({done} rounds) and complete runs "
+                              f"are final; num-server-rounds={cfg.num_server_rounds} would extend it: {how}")
+        return True
+    if cfg.num_server_rounds != started and not extendable:
+        raise ConfigError(f"run-name={cfg.run_name!r}: continues an unfinished run of num-server-rounds={started}, "
+                          f"not {cfg.num_server_rounds}; {how}")
+    return True
 
 
 def _rounds_done(out: Path) -> int:
     from fedcmi.runs.checkpoint import load_checkpoint
 
     return load_checkpoint(out).round
+
+
+def _rounds_started(out: Path) -> int:
+    """num-server-rounds of the run in ``out`` (its config.json)."""
+    import json
+
+    file = out / "config.json"
+    try:
+        rounds = json.loads(file.read_text(encoding="utf-8"))["num-server-rounds"]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"{file}: unreadable ({type(exc).__name__}); cannot continue this run") from None
+    if isinstance(rounds, bool) or not isinstance(rounds, int):
+        raise ConfigError(f"{file}: num-server-rounds {rounds!r} is not a number of rounds; cannot continue this run")
+    return rounds
 
 
 @app.main()

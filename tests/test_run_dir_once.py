@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 from flwr.app import Context, MessageType, RecordDict
@@ -189,9 +190,88 @@ def test_a_submitted_run_writes_under_the_servers_runs_dir_and_resumes_by_name(t
     out = tmp_path / "runs" / "demo"
     assert _status(out)["status"] == "complete"
     assert json.loads((out / "config.json").read_text())["update-norm-multiple"] == 20.0  # the server's value
+    server_cfg.write_text('update-norm-multiple = 20.0\nextend-runs = ["demo"]\n')  # the operator opens it
     _submit({**TINY, "num-server-rounds": 2, "run-name": "demo"})  # the same run, extended: resumed
     assert [r["round"] for r in json.loads((out / "metrics.json").read_text())] == [0, 1, 2]
     with pytest.raises(ConfigError, match="exists and is not empty"):  # finished: never overwritten
         _submit({**TINY, "num-server-rounds": 2, "run-name": "demo"})
     with pytest.raises(ConfigError, match="differs from the configuration"):  # another run under its name
         _submit({**TINY, "num-server-rounds": 3, "lr": 0.5, "run-name": "demo"})
+
+
+# --- issue 25, item 4: complete runs are final unless the operator extends them ------------------------------
+def test_a_submitter_cannot_extend_a_complete_run_unless_the_operator_opens_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDCMI_RUNS_DIR", str(tmp_path / "runs"))
+    server_cfg = tmp_path / "server.toml"
+    server_cfg.write_text("")
+    monkeypatch.setenv("FEDCMI_SERVER_CONFIG", str(server_cfg))
+    out = tmp_path / "runs" / "done"
+    _submit({**TINY, "num-server-rounds": 1, "run-name": "done"})
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=r"run-name='done': that run is complete \(1 rounds\) and complete runs are "
+                                          r"final; num-server-rounds=3 would extend it: only the operator"):
+        _submit({**TINY, "num-server-rounds": 3, "run-name": "done"})  # a second submitter, more rounds
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing written
+    server_cfg.write_text('extend-runs = ["other"]\n')  # another run opened: not this one
+    with pytest.raises(ConfigError, match="complete runs are final"):
+        _submit({**TINY, "num-server-rounds": 3, "run-name": "done"})
+    server_cfg.write_text('extend-runs = ["done"]\n')  # the operator extends it
+    _submit({**TINY, "num-server-rounds": 3, "run-name": "done"})
+    assert _status(out) == {"status": "complete", "rounds": 3}
+    server_cfg.write_text("extend-runs = true\n")
+    with pytest.raises(ConfigError, match="extend-runs must be a list of run names"):
+        _submit({**TINY, "num-server-rounds": 4, "run-name": "done"})
+
+
+def test_an_unfinished_submitted_run_continues_only_with_its_own_rounds(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDCMI_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("FEDCMI_SERVER_CONFIG", raising=False)
+    out = tmp_path / "runs" / "half"
+    with pytest.raises(KeyboardInterrupt):  # stopped in round 2 of 3
+        _submit({**TINY, "num-server-rounds": 3, "run-name": "half"}, grid=InProcessGrid(3, fail_from_round=2))
+    with pytest.raises(ConfigError, match="continues an unfinished run of num-server-rounds=3, not 50; only the "
+                                          "operator"):
+        _submit({**TINY, "num-server-rounds": 50, "run-name": "half"})
+    _submit({**TINY, "num-server-rounds": 3, "run-name": "half"})  # what the docs promise: it continues
+    assert _status(out) == {"status": "complete", "rounds": 3}
+    assert [r["round"] for r in json.loads((out / "metrics.json").read_text())] == [0, 1, 2, 3]
+
+
+# --- issue 25, item 5: the server bounds what a submitted run may ask for ------------------------------------
+@pytest.mark.parametrize("key, value, limit", [("train-size", 10**8, "100000"), ("test-size", 10**8, "50000"),
+                                               ("num-server-rounds", 100_000, "1000"), ("local-epochs", 10_000, "100"),
+                                               ("feature-dim", 16_384, "1024")])
+def test_submitted_sizes_are_bounded_by_the_servers_limits(tmp_path, monkeypatch, key, value, limit):
+    from server.app import submitted_config
+
+    monkeypatch.setenv("FEDCMI_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("FEDCMI_SERVER_CONFIG", raising=False)
+    with pytest.raises(ConfigError) as err:
+        submitted_config({**TINY, "run-name": "big", key: value})
+    assert str(err.value) == (f"{key}={value}: above the server's limit for submitted runs ({limit}; the operator "
+                              "sets it in [limits] of $FEDCMI_SERVER_CONFIG)")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_operator_changes_the_limits_in_the_server_config(tmp_path, monkeypatch):
+    from server.app import submitted_config
+
+    monkeypatch.setenv("FEDCMI_RUNS_DIR", str(tmp_path / "runs"))
+    server_cfg = tmp_path / "server.toml"
+    monkeypatch.setenv("FEDCMI_SERVER_CONFIG", str(server_cfg))
+    server_cfg.write_text("[limits]\nlocal-epochs = 20000\nlr = 0.5\nnum-server-rounds = 5\n")
+    cfg, _ = submitted_config({**TINY, "local-epochs": 10_000})  # raised by the operator
+    assert cfg.local_epochs == 10_000
+    with pytest.raises(ConfigError, match=r"lr=0.9: above the server's limit for submitted runs \(0.5;"):
+        submitted_config({**TINY, "lr": 0.9})  # a key the operator bounded
+    with pytest.raises(ConfigError, match=r"num-server-rounds=40: above .* \(5;"):  # the default is held to it too
+        submitted_config({k: v for k, v in TINY.items() if k != "num-server-rounds"})
+    server_cfg.write_text("local-epochs = 500\n[limits]\nlocal-epochs = 10\n")  # the operator's own value
+    assert submitted_config(TINY)[0].local_epochs == 500
+    for bad, needle in [("[limits]\nround-timeout = 5\n", "[limits] round-timeout: not a numeric key a submitted"),
+                        ("[limits]\ndataset = 5\n", "[limits] dataset: not a numeric key"),
+                        ("[limits]\nlr = -1\n", "[limits] lr=-1: must be a number > 0"),
+                        ("limits = 3\n", "limits must be a table")]:
+        server_cfg.write_text(bad)
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            submitted_config(TINY)

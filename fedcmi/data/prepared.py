@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -95,16 +96,80 @@ def resolve_prepared_dir(path: str | Path) -> Path:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of a prepared directory, checked for the keys every consumer needs."""
+    """The manifest of a prepared (or features) directory, checked field by field: a hand-edited or damaged
+    one is one line naming the file and the field, never a later failure."""
     file = path / MANIFEST
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{file}: unreadable manifest ({exc})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{file}: unreadable manifest ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{file}: manifest is not a JSON object")
     missing = [k for k in ("name", "modalities", "num_classes") if k not in manifest]
-    if missing or len(manifest.get("modalities", [])) != 2:
+    if missing:
         raise ConfigError(f"{file}: manifest needs name, two modalities and num_classes (missing {missing})")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ConfigError(f"{file}: {problem}")
     return manifest
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+MAX_CLASSES = 10_000
+
+
+def _count(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def manifest_problem(m: dict[str, Any]) -> str | None:
+    """Why a manifest's fields are unusable, or None."""
+    if not isinstance(m["name"], str) or not NAME.fullmatch(m["name"]):
+        return f"name {m['name']!r} is not a data set name"
+    mods = m["modalities"]
+    if (not isinstance(mods, list) or len(mods) != 2 or not all(isinstance(x, str) and NAME.fullmatch(x) for x in mods)
+            or mods[0] == mods[1]):
+        return f"modalities {str(mods)[:80]} must be two different names"
+    n = m["num_classes"]
+    if not _count(n, 2) or n > MAX_CLASSES:
+        return f"num_classes {str(n)[:40]!r} must be an integer in [2, {MAX_CLASSES}]"
+    names = m.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != n
+                              or not all(isinstance(c, str) for c in names)):
+        return f"class_names must be {n} names (num_classes)"
+    rows = m.get("rows")
+    if rows is not None and (not isinstance(rows, dict) or not all(isinstance(k, str) and _count(v)
+                                                                   for k, v in rows.items())):
+        return "rows must map split names to row counts"
+    if not isinstance(m.get("settings", {}), dict):
+        return "settings must be a JSON object"
+    if "features" in m:  # what marks a features directory (fedcmi.data.features.is_features)
+        feat = m["features"]
+        shapes = feat.get("shapes") if isinstance(feat, dict) else None
+        if (not isinstance(shapes, dict) or set(shapes) != {"a", "b"}
+                or not all(isinstance(s, list) and len(s) == 2 and all(_count(d, 1) for d in s)
+                           for s in shapes.values())):
+            return "features must record the token shapes of a and b (features.shapes: {a: [T, D], b: [T, D]})"
+        if not isinstance(feat.get("settings", {}), dict):
+            return "features.settings must be a JSON object"
+    return None
+
+
+def _check_labels(p: Path, ds: Dataset, split: str, num_classes: int) -> None:
+    """The label column must hold ``num_classes`` classes, as the manifest says."""
+    from datasets import ClassLabel
+
+    label = ds.features["label"]
+    if isinstance(label, ClassLabel):
+        if label.num_classes != num_classes:
+            raise ConfigError(f"{p / MANIFEST}: num_classes {num_classes} does not match split {split!r}, whose "
+                              f"label column has {label.num_classes} classes")
+        return
+    if len(ds):
+        y = np.asarray(ds.with_format("numpy")["label"])
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
+            raise ConfigError(f"{p}: split {split!r} has labels outside 0..{num_classes - 1} (num_classes of "
+                              f"{MANIFEST})")
 
 
 @lru_cache(maxsize=4)
@@ -126,6 +191,7 @@ def _load(path: str) -> PreparedData:
         lacking = {"idx", "a", "b", "label"} - set(dd[split].column_names)
         if lacking:
             raise ConfigError(f"{p}: split {split!r} lacks column(s) {sorted(lacking)}")
+        _check_labels(p, dd[split], split, int(manifest["num_classes"]))
     logger.info("loaded %s from %s: %d train, %d test", manifest["name"], p, len(dd["train"]), len(dd["test"]))
     return PreparedData(name=str(manifest["name"]), modalities=tuple(manifest["modalities"]),
                         num_classes=int(manifest["num_classes"]), train=dd["train"], test=dd["test"],

@@ -1,7 +1,12 @@
 """Checkpoints of a run: the global model (safetensors) and the server state (JSON), written atomically.
 
 Nothing is unpickled on load: tensors come from safetensors, state from JSON, and the model file's SHA-256
-is recorded in the state so a torn or swapped file is detected instead of silently resumed.
+is recorded in the state so a torn or swapped file is detected instead of silently resumed. The state must
+name the configuration it was trained with (its hash). A checksum only says the files are the ones the state
+names, so the content is checked too, field by field, before anything starts: :func:`load_checkpoint` checks
+what a checkpoint holds on its own (round, RNG, guidance, smoothed statistics, screen, claims) and
+:func:`check_content` what the run's model and classes say (tensor names, shapes, dtypes, finite values;
+one temperature per class).
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import hashlib
 import json
 import math
 import random
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +29,7 @@ from fedcmi.errors import ConfigError
 from fedcmi.runs.files import atomic_write, save_tensors
 
 CHECKPOINT_DIR = "checkpoint"
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class CheckpointError(ConfigError):
@@ -33,7 +41,9 @@ class Checkpoint:
     round: int
     tensors: dict[str, torch.Tensor]
     strategy: dict[str, Any]
-    config_hash: str | None = None
+    config_hash: str
+    state_path: Path = Path(CHECKPOINT_DIR) / "state.json"
+    model_path: Path = Path(CHECKPOINT_DIR) / "model.safetensors"
 
 
 def _sha256(path: Path) -> str:
@@ -41,16 +51,15 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(run_dir: str | Path, server_round: int, tensors: dict[str, torch.Tensor],
-                    strategy_state: dict[str, Any], config_hash: str | None = None) -> None:
+                    strategy_state: dict[str, Any], config_hash: str) -> None:
     """Model first, then the state that names it: a crash in between leaves the previous pair valid.
 
-    ``config_hash`` ties the checkpoint to the effective configuration it was trained with."""
+    ``config_hash`` (``fedcmi.runs.run_dir.config_hash``) ties the checkpoint to the effective configuration it
+    was trained with; a checkpoint without one is never resumed."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     model_path = save_tensors(folder / f"model-{server_round}.safetensors", tensors)
     state = {"round": server_round, "model": model_path.name, "sha256": _sha256(model_path),
-             "strategy": strategy_state}
-    if config_hash is not None:
-        state["config"] = config_hash
+             "strategy": strategy_state, "config": config_hash}
     atomic_write(folder / "state.json", json.dumps(state) + "\n")
     for old in folder.glob("model-*.safetensors"):
         if old != model_path:
@@ -72,6 +81,10 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         raise CheckpointError(f"{state_path}: corrupt checkpoint state ({type(exc).__name__}: {exc})") from None
     if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 0:
         raise CheckpointError(f"{state_path}: round {server_round!r} is not a round number")
+    if not isinstance(config, str) or not SHA256.fullmatch(config):
+        what = "has no" if config is None else "has a malformed"
+        raise CheckpointError(f"{state_path}: {what} configuration hash (\"config\"); a checkpoint that does not "
+                              "name the configuration it was trained with is not resumed")
     reason = _strategy_state_problem(strategy_state)
     if reason:
         raise CheckpointError(f"{state_path}: corrupt strategy state ({reason})")
@@ -84,7 +97,71 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         tensors = load_file(str(model_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{model_path}: unreadable checkpoint model ({exc})") from None
-    return Checkpoint(server_round, tensors, strategy_state, config if isinstance(config, str) else None)
+    return Checkpoint(server_round, tensors, strategy_state, config, state_path, model_path)
+
+
+def check_content(checkpoint: Checkpoint, expected: Mapping[str, torch.Tensor], num_classes: int) -> None:
+    """Refuse (one line) a checkpoint whose content does not fit the run that would resume it: the model's
+    tensors must be exactly ``expected``'s names, shapes and dtypes (the model the run's config builds) with
+    finite values, the guidance one finite positive temperature per class, the smoothed class statistics
+    ``num_classes`` long. Called before anything starts (no Ray, no round)."""
+    model, tensors = checkpoint.model_path, checkpoint.tensors
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise CheckpointError(f"{model}: lacks {len(missing)} tensor(s) of the model this configuration builds "
+                              f"(first {missing[0]!r})")
+    unknown = sorted(set(tensors) - set(expected))
+    if unknown:
+        raise CheckpointError(f"{model}: holds {len(unknown)} tensor(s) the model this configuration builds does "
+                              f"not have (first {unknown[0]!r})")
+    for name, want in expected.items():
+        got = tensors[name]
+        if tuple(got.shape) != tuple(want.shape):
+            raise CheckpointError(f"{model}: {name}: shape {tuple(got.shape)}, the model has {tuple(want.shape)}")
+        if got.dtype != want.dtype:
+            raise CheckpointError(f"{model}: {name}: dtype {got.dtype}, the model has {want.dtype}")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise CheckpointError(f"{model}: {name}: holds NaN or Inf; a checkpoint with non-finite weights is "
+                                  "not resumed")
+    reason = _class_problem(checkpoint.strategy, num_classes)
+    if reason:
+        raise CheckpointError(f"{checkpoint.state_path}: strategy state does not fit the run's {num_classes} "
+                              f"classes ({reason})")
+
+
+def _class_problem(state: Mapping[str, Any], num_classes: int) -> str | None:
+    g = state.get("guidance")
+    if isinstance(g, dict) and len(g["tau"]) != num_classes:
+        return f"guidance tau has {len(g['tau'])} temperatures"
+    sm = state.get("smoothed")
+    if isinstance(sm, dict):
+        for k in SMOOTHED:
+            if len(sm[k]) != num_classes:
+                return f"smoothed {k} has {len(sm[k])} values"
+    return None
+
+
+SMOOTHED = ("sum_pa", "sum_pb", "counts")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _smoothed_problem(sm: Any) -> str | None:
+    """Why the moving average of the class statistics (``dominance-momentum``) is malformed, or None."""
+    if not isinstance(sm, dict) or set(sm) != set(SMOOTHED):
+        return f"smoothed: not a mapping of {', '.join(SMOOTHED)}"
+    lists = [sm[k] for k in SMOOTHED]
+    if not all(isinstance(v, list) and v and all(_number(x) and x >= 0 for x in v) for v in lists):
+        return "smoothed: not lists of finite non-negative numbers"
+    if len({len(v) for v in lists}) != 1:
+        return "smoothed: lists of different lengths"
+    sum_pa, sum_pb, counts = lists
+    slack = 1e-6
+    if any(p > c * (1 + slack) + slack for ps in (sum_pa, sum_pb) for p, c in zip(ps, counts, strict=True)):
+        return "smoothed: a probability sum exceeds its class count"
+    return None
 
 
 def _strategy_state_problem(state: dict[str, Any]) -> str | None:
@@ -106,6 +183,10 @@ def _strategy_state_problem(state: dict[str, Any]) -> str | None:
     if not isinstance(claims, dict) or not all(str(k).isdigit() and isinstance(v, int) and not isinstance(v, bool)
                                                and v >= 1 for k, v in claims.items()):
         return "claims: not a mapping of partition ids to sample counts"
+    if state.get("smoothed") is not None:
+        reason = _smoothed_problem(state["smoothed"])
+        if reason:
+            return reason
     g = state.get("guidance", "missing")
     if g is None:
         return None
@@ -114,7 +195,6 @@ def _strategy_state_problem(state: dict[str, Any]) -> str | None:
     ratio, tau = g.get("ratio"), g.get("tau")
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
         return "guidance ratio is not a number"
-    if not isinstance(tau, list) or not all(isinstance(t, (int, float)) and not isinstance(t, bool)
-                                            and math.isfinite(t) for t in tau):
-        return "guidance tau is not a list of numbers"
+    if not isinstance(tau, list) or not tau or not all(_number(t) and t > 0 for t in tau):
+        return "guidance tau is not a list of finite positive temperatures"
     return None

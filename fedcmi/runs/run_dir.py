@@ -91,20 +91,42 @@ def claim(path: Path, resume: bool) -> int:
     return fd
 
 
-def resumable(path: Path, cfg: RunConfig) -> Checkpoint:
-    """The checkpoint of ``path`` if ``cfg`` may resume it: readable, trained with this configuration (only
-    num-server-rounds may grow), its metrics all present. Checked before anything starts; one-line errors."""
-    from fedcmi.runs.checkpoint import CheckpointError, load_checkpoint
+def resumable(path: Path, cfg: RunConfig, expected: Mapping[str, torch.Tensor] | None = None,
+              num_classes: int | None = None) -> Checkpoint:
+    """The checkpoint of ``path`` if ``cfg`` may resume it: readable, trained with this configuration (its hash
+    is mandatory; only num-server-rounds may grow), its content fitting the model ``cfg`` builds (``expected``
+    and ``num_classes``, built here when not given: :func:`expected_model`), its metrics all present. Checked
+    before anything starts; one-line errors."""
+    from fedcmi.runs.checkpoint import CheckpointError, check_content, load_checkpoint
 
     checkpoint = load_checkpoint(path)
-    if checkpoint.config_hash is not None and checkpoint.config_hash != config_hash(cfg):
+    if checkpoint.config_hash != config_hash(cfg):
         raise CheckpointError(f"{path / 'config.json'}: differs from the configuration the checkpoint was trained "
                               "with (edited after the run started?); refusing to resume a different run")
+    if expected is None or num_classes is None:
+        expected, num_classes = expected_model(cfg)
+    check_content(checkpoint, expected, num_classes)
     if checkpoint.round > cfg.num_server_rounds:
         raise CheckpointError(f"{path}: the checkpoint is at round {checkpoint.round}, beyond num-server-rounds="
                               f"{cfg.num_server_rounds}")
     check_metrics(path, checkpoint.round)
     return checkpoint
+
+
+def expected_model(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], int]:
+    """The state dict of the model ``cfg`` builds (what a checkpoint of its run must hold) and its classes.
+
+    Built on the CPU with torch's global RNG left as it was (the run seeds its own initial model)."""
+    import torch
+
+    from fedcmi.data import load_data
+    from fedcmi.methods.registry import method_spec
+    from fedcmi.models import ModelSpec, model_for
+
+    data = load_data(cfg)
+    with torch.random.fork_rng(devices=[]):
+        model = model_for(cfg, ModelSpec.of(data), method_spec(cfg.strategy).decomposed)
+    return model.state_dict(), data.num_classes
 
 
 def run_status(path: Path) -> str | None:

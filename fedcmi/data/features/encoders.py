@@ -78,7 +78,16 @@ def _read_state(path: Path, flag: str) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{flag}={str(path)!r}: holds no state dict of tensors")
+    check_finite(state, f"{flag}={str(path)!r}")
     return state
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse an encoder with a NaN or Inf weight (one line): it could only yield non-finite features."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ConfigError(f"{where}: tensor {name!r} holds NaN or Inf; refusing an encoder with non-finite "
+                              "weights")
 
 
 def _trunk(arch: str, state: dict[str, torch.Tensor]) -> tuple[str, nn.Module] | None:
@@ -162,6 +171,7 @@ def text_encoder(path: str | Path, device: torch.device, pad_id: int, flag: str 
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{flag}={str(p)!r}: cannot load the model ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]})") from None
+    check_finite(model.state_dict(), f"{flag}={str(p)!r}")
     model = model.eval().requires_grad_(False).to(device)
     vocab = int(model.config.vocab_size)
 

@@ -28,8 +28,9 @@ from datasets import Array2D, Dataset, Features, Value, concatenate_datasets, lo
 
 from fedcmi.data.features import FEATURES, is_features
 from fedcmi.data.features.encoders import FrozenEncoder, audio_encoder, image_encoder, text_encoder
+from fedcmi.data.outdir import check_output
 from fedcmi.data.prepare.writer import install_splits
-from fedcmi.data.prepared import MANIFEST, load_prepared
+from fedcmi.data.prepared import MANIFEST, load_prepared, read_manifest
 from fedcmi.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -78,11 +79,20 @@ def _encoder_for(kind: str, spec: str | None, device: torch.device, manifest: di
 
 
 def _encode(enc: FrozenEncoder, x: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    """Token embeddings of ``x``; refuses (one line) a batch with a NaN or Inf input or embedding: nothing
+    non-finite is ever written as a feature."""
     out = []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)).to(device)
-            out.append(enc.encode(batch).float().cpu().numpy())
+            if not bool(torch.isfinite(batch).all()):
+                raise ConfigError(f"the prepared input of samples {i}..{i + len(batch) - 1} of a shard holds NaN "
+                                  f"or Inf; the prepared directory is damaged ({enc.path} was not run on it)")
+            tokens = enc.encode(batch).float().cpu().numpy()
+            if not np.isfinite(tokens).all():
+                raise ConfigError(f"{enc.path}: the {enc.arch} encoder produced NaN or Inf features (samples {i}.."
+                                  f"{i + len(batch) - 1} of a shard); refusing to write non-finite features")
+            out.append(tokens)
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
@@ -154,6 +164,9 @@ def _extract(prepared: str | Path, out: str | Path | None, image: str | None, au
         raise ConfigError("--device cuda: no CUDA device is visible to torch")
     dev = torch.device(device)
     target = Path(out).expanduser() if out else src.path.with_name(src.path.name + FEATURES_SUFFIX)
+    check_output(target, "features")  # never write into a non-empty folder `fedcmi features` did not make
+    if (target / MANIFEST).is_file():
+        read_manifest(target)  # an earlier extraction's manifest, checked before it is trusted
     splits = {s: d for s, d in (("train", src.train), ("test", src.test)) if len(d)}
     first = next(iter(splits.values()))
     shapes_in = {c: tuple(np.asarray(first.with_format("numpy")[0][c]).shape) for c in ("a", "b")}

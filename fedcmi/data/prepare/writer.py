@@ -21,6 +21,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, concatenate_datasets, load_from_disk
 
 from fedcmi.config import ConfigError
+from fedcmi.data.outdir import check_output
 from fedcmi.data.prepare.media import SampleError
 from fedcmi.data.prepared import MANIFEST
 
@@ -151,7 +152,13 @@ def _finalize(src: Source, out: Path, shard_dirs: dict[str, list[Path]]) -> dict
 
 def install_splits(out: Path, splits: dict[str, Any]) -> dict[str, int]:
     """Renumber each split's ``idx`` and save the DatasetDict into ``out`` through a temporary folder, so a
-    crash leaves either the old splits or the new ones (shared by ``prepare`` and ``features``)."""
+    crash leaves either the old splits or the new ones (shared by ``prepare`` and ``features``).
+
+    It replaces ``out``'s splits, so ``out`` must be a folder the command is writing: one it checked with
+    :func:`fedcmi.data.outdir.check_output` and marked with ``.work/settings.json``; anything else is refused."""
+    if not (out / WORK / "settings.json").is_file():
+        raise ConfigError(f"{out}: not an output folder this command is writing (no {WORK}/settings.json); "
+                          "refusing to replace what it holds")
     splits = {name: ds.remove_columns("idx").add_column("idx", np.arange(len(ds), dtype=np.int64))
               for name, ds in splits.items()}
     final = out / ".final.tmp"
@@ -182,6 +189,7 @@ def write_prepared(src: Source, out: Path, shard_size: int = 256, show_progress:
 def _write_prepared(src: Source, out: Path, shard_size: int, show_progress: bool) -> Outcome:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    check_output(out, "prepare")  # never write into a non-empty folder `fedcmi prepare` did not make
     out.mkdir(parents=True, exist_ok=True)
     settings = {"name": src.name, **src.settings}
     if _check_settings(out, settings):
