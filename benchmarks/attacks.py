@@ -30,7 +30,7 @@ the same rule's and seed's clean run (``clean-cprK`` for the ``-cprK`` scenarios
 (``clients_rejected`` summed over the rounds); the sums of the ``clients_capped``/``clients_clipped`` columns
 where the metrics rows have them; rounds whose dominant modality differs from the clean run's; the run's status.
 The long table also lists ``acc_mm`` per round, the dominant modality per round (first letter of its name) and the
-partitions never asked to train (from the mod's trace).
+number of rounds each partition was asked to train (from the mod's trace).
 
 Each run is an ordinary run directory under ``--out`` (a finished one, ``complete`` or ``failed``, is reused
 when the benchmark is run again; ``--rerun-failed`` repeats the failed ones; an unfinished one is set aside as
@@ -138,10 +138,12 @@ def final(path: Path) -> dict:
         st = json.loads((path / "status.json").read_text())
         status, error = st["status"], st.get("error", "")
     rows = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else []
-    trained = None
+    trained: dict[int, int] | None = None  # partition -> rounds it was sent a TRAIN message (from the mod's trace)
     if (path / "attack-trace.txt").is_file():
-        trained = {int(line.split()[4]) for line in (path / "attack-trace.txt").read_text().splitlines()
-                   if line.startswith("train ")}
+        trained = {}
+        for line in set((path / "attack-trace.txt").read_text().splitlines()):
+            if line.startswith("train "):
+                trained[int(line.split()[4])] = trained.get(int(line.split()[4]), 0) + 1
     return {"status": status, "error": error, "rows": rows, "acc": rows[-1]["acc_mm"] if rows else float("nan"),
             "rejected": sum(r.get("clients_rejected", 0) or 0 for r in rows),
             "capped": sum(r.get("clients_capped", 0) or 0 for r in rows) if any("clients_capped" in r for r in rows)
@@ -274,10 +276,11 @@ def issue22(args: argparse.Namespace, rules: list[str]) -> str:
             cells.append(" / ".join(parts))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Every run: `dom≠clean` rounds whose dominant modality differs from the clean run's; capped/clipped: "
-              "sums of clients_capped/clients_clipped (`-` where the metrics have no such column); `not trained`: "
-              "partitions never sent a TRAIN message (from the mod's trace).", "",
+              "sums of clients_capped/clients_clipped (`-` where the metrics have no such column); `trained rounds`: "
+              "rounds in which each partition (0..5, by its real id) was sent a TRAIN message, from the mod's trace.",
+              "",
               "| scenario | spec | rule | seed | acc_mm | Δ clean | rejected | capped | clipped | dom≠clean | "
-              "acc_mm by round | dominant by round | not trained | status |",
+              "acc_mm by round | dominant by round | trained rounds per partition | status |",
               "|" + "---|" * 14]
     for run in runs:
         f, c = res[(run.seed, run.rule, run.name)], res[(run.seed, run.rule, run.baseline)]
@@ -285,7 +288,7 @@ def issue22(args: argparse.Namespace, rules: list[str]) -> str:
         delta = f"{f['acc'] - c['acc']:+.3f}" if run.name != run.baseline else ""
         by_round = " ".join(f"{r['acc_mm']:.2f}" for r in f["rows"][1:]) or "-"
         dom = "".join((r.get("dominant") or "-")[0] for r in f["rows"][1:]) or "-"
-        idle = "-" if f["trained"] is None else (",".join(str(p) for p in range(6) if p not in f["trained"]) or "none")
+        idle = "-" if f["trained"] is None else " ".join(str(f["trained"].get(p, 0)) for p in range(6))
         status = f["status"] + (f": {f['error'][:120]}" if f["error"] else "")
         acc = f"{f['acc']:.3f}" + (f" (round {max(f['rounds'], 0)})" if f["rounds"] < rounds else "")
         lines.append(f"| {run.name} | `{run.spec or '-'}` | {run.rule} | {run.seed} | {acc} | {delta} | "

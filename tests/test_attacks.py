@@ -251,6 +251,7 @@ GLOBAL = {"enc_a.w": np.array([1.0, 2.0, 3.0, 4.0], np.float32), "enc_b.w": np.a
           "fusion.w": np.array([2.0, -2.0], np.float32), "enc_a.bn.num_batches_tracked": np.array(50, np.int64)}
 TRAINED = {"enc_a.w": np.array([1.5, 2.0, 2.0, 4.0], np.float32), "enc_b.w": np.array([0.5, 0.0, 1.0], np.float32),
            "fusion.w": np.array([2.25, -2.0], np.float32), "enc_a.bn.num_batches_tracked": np.array(54, np.int64)}
+CLASS_STATS = (np.array([3.0, 1.0]), np.array([2.0, 1.0]), np.array([4.0, 2.0]))  # sum-pa, sum-pb, counts
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -285,9 +286,21 @@ def test_bad_attack_spec_names_the_item(spec, message):
     assert message in str(exc.value)
 
 
-def train_reply(n: int = 100, stats=STATS):
-    """An honest training reply (partition 3, multimodal) carrying TRAINED."""
-    return reply(33, TRAINED, n=n, stats=stats).content
+def train_reply(n: int = 100) -> RecordDict:
+    """An honest training reply of partition 3 (multimodal) carrying TRAINED, class statistics CLASS_STATS."""
+    return RecordDict({
+        "arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in TRAINED.items()}),
+        "metrics": MetricRecord({"num-examples": n, "partition-id": 3, "loss": 0.5}),
+        "info": ConfigRecord({"kind": "mm", "partition-id": 3}),
+        "class-stats": ArrayRecord({k: Array(np.asarray(v, np.float64))
+                                    for k, v in zip(("sum-pa", "sum-pb", "counts"), CLASS_STATS, strict=True)}),
+    })
+
+
+def claims(content: RecordDict) -> tuple:
+    """(partition id, kind, num-examples) of a discovery reply, as sent (no check)."""
+    info = content["info"]
+    return info["partition-id"], info["kind"], info["num-examples"]
 
 
 def attacked(kind: str, **kw) -> tuple[dict[str, np.ndarray], object]:
@@ -327,7 +340,7 @@ def test_each_attack_transforms_a_training_reply_by_hand(kind, want, n):
 
 
 def test_class_statistics_forgeries():
-    # STATS counts (4, 2): stats keeps them; sizelie-stats scales them to whole multiples within 2**53
+    # CLASS_STATS counts (4, 2): stats keeps them; sizelie-stats scales them to whole multiples within 2**53
     for kind, k in (("stats", 1.0), ("sizelie-stats", float(LIE // 6))):
         got, content = attacked(kind)
         assert_arrays(got, {})
@@ -355,8 +368,7 @@ def test_issue_12_kinds_still_transform_as_before():
 def test_discovery_reply_claims(kind, want):
     content = protocol.info_content(protocol.NodeInfo(3, "mm", 69))
     attacks.describe(content, kind)
-    info = protocol.read_info(content)  # still a well-formed NodeInfo
-    assert (info.partition_id, info.kind, info.num_examples) == want
+    assert claims(content) == want
 
 
 def run_mod(tmp_path, spec: str, mtype: str, partition: int):
@@ -380,12 +392,12 @@ def run_mod(tmp_path, spec: str, mtype: str, partition: int):
 
 def test_mod_intercepts_discovery_and_training_of_the_named_partitions_only(tmp_path):
     out, trace = run_mod(tmp_path, "sizelie-scale=-3:3, steal=3:1", MessageType.QUERY, 3)
-    assert protocol.read_info(out.content).num_examples == LIE
+    assert claims(out.content) == (3, "mm", LIE)
     assert trace == ["query round 0 partition 3 attack sizelie-scale=-3"]
     out, _ = run_mod(tmp_path, "sizelie-scale=-3:3, steal=3:1", MessageType.QUERY, 1)
-    assert protocol.read_info(out.content).partition_id == 3
+    assert claims(out.content) == (3, "mm", 69)
     out, _ = run_mod(tmp_path, "sizelie-scale=-3:3, steal=3:1", MessageType.QUERY, 2)  # not named: honest
-    assert protocol.read_info(out.content) == protocol.NodeInfo(2, "mm", 69)
+    assert claims(out.content) == (2, "mm", 69)
     out, trace = run_mod(tmp_path, "sizelie-scale=-3:3", MessageType.TRAIN, 3)
     assert out.content["metrics"]["num-examples"] == LIE
     assert record_arrays(out.content["arrays"])["fusion.w"].tolist() == [1.25, -2.0]

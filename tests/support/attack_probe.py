@@ -7,7 +7,7 @@ server's trust rules: it is exactly what each node put on the wire.
 
 ``probe.json``: ``{"query": [{"node", "partition-id", "kind", "num-examples"}...],
 "train": [{"node", "partition-id", "info-partition-id", "num-examples", "max-abs-update"}...],
-"trace": [lines of the mod's trace]}``, each list in node-id order.
+"trace": [the mod's trace lines, sorted, once each]}``, each list in node-id order.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_app(server, cfg, client_app=attacks.attacked_client_app(str(spec_file), cfg.update_norm_multiple,
                                                                 str(trace_file)))
-    found["trace"] = sorted(trace_file.read_text().splitlines())
+    found["trace"] = sorted(set(trace_file.read_text().splitlines()))  # a retried message logs twice
     args.out.write_text(json.dumps(found, indent=1))
     return 0
 
