@@ -70,17 +70,20 @@ def read_layout(recordings: Path) -> tuple[list[Clip], list[Skipped]]:
     misnamed file, a duplicate take, and a take that the speaker recorded for other digits but not this one."""
     clips: dict[tuple[int, str, int], Clip] = {}
     rejected: list[Skipped] = []
+    named: list[Clip] = []
     for path in sorted(recordings.iterdir()):
         if path.name.startswith(".") or path.is_dir():
             continue
         m = NAME.fullmatch(path.name)
         if m is None:
             rejected.append(Skipped("-", path.stem, str(path), "misnamed: not {digit}_{speaker}_{index}.wav"))
-            continue
-        clip = Clip(path, int(m["digit"]), m["speaker"], int(m["take"]))
+        else:
+            named.append(Clip(path, int(m["digit"]), m["speaker"], int(m["take"])))
+    # of two files for one take (7_jackson_5.wav, 7_jackson_05.wav) the one named as FSDD names files is kept
+    for clip in sorted(named, key=lambda c: (c.key != f"{c.digit}_{c.speaker}_{c.take}", c.path.name)):
         ident = (clip.digit, clip.speaker, clip.take)
         if ident in clips:
-            rejected.append(Skipped(clip.split, clip.key, str(path), f"duplicate of {clips[ident].path.name}"))
+            rejected.append(Skipped(clip.split, clip.key, str(clip.path), f"duplicate of {clips[ident].path.name}"))
             continue
         clips[ident] = clip
     takes: dict[str, set[int]] = defaultdict(set)
