@@ -110,7 +110,8 @@ def natural_groups(data: MultimodalData) -> tuple[str, np.ndarray]:
         return kind, np.asarray([from_key(str(k)) for k in data.train["key"]], dtype=str)
     where = getattr(data, "path", data.name)
     raise ConfigError(f"partitioner=natural: {where} has no {kind!r} column (prepared before fedcmi kept the "
-                      f"{kind}); prepare it again with `fedcmi prepare {data.name} --root RAW --out NEW_DIR`")
+                      f"{kind}); prepare it again with `fedcmi prepare {data.name} --root RAW --out NEW_DIR` (and "
+                      "run `fedcmi features` on that, for a features directory)")
 
 
 def natural_partition(data: MultimodalData, cfg: RunConfig) -> tuple[list[str], list[np.ndarray]]:
