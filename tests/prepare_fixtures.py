@@ -1,4 +1,5 @@
-"""Tiny fixture trees in the distributed layouts of CREMA-D, AVE and CrisisMMD, and a tiny local BERT.
+"""Tiny fixture trees in the distributed layouts of CREMA-D, AVE, CrisisMMD and FSDD (+ MNIST IDX files), and a
+tiny local BERT.
 
 A few seconds of tone per clip and a few 24x24 images: enough for prepare -> load -> simulate, and the
 class signal (tone pitch, image colour) is learnable so a 2-round run is meaningful. The video layouts are
@@ -148,20 +149,22 @@ def tiny_bert(directory: Path) -> Path:
     return directory
 
 
-def crisismmd_tree(root: Path, per_class: int = 12) -> None:
-    """data_image/<event>/<date>/<id>_0.jpg + crisismmd_datasplit_all/task_informative_text_img_*.tsv."""
+def crisismmd_tree(root: Path, per_class: int = 12, events: tuple[str, ...] = ("california_wildfires",)) -> None:
+    """data_image/<event>/<date>/<id>_0.jpg + crisismmd_datasplit_all/task_informative_text_img_*.tsv; tweet i of
+    a class belongs to ``events[i % len(events)]``."""
     cols = ["event_name", "tweet_id", "image_id", "tweet_text", "image", "label", "label_text", "label_image",
             "label_text_image"]
     rows = {"train": [], "test": []}
     for k, label in enumerate(["not_informative", "informative"]):
         for i in range(per_class):
             tid = f"91779{k}{i:04d}"
-            rel = f"data_image/california_wildfires/10_10_2017/{tid}_0.jpg"
+            event = events[i % len(events)]
+            rel = f"data_image/{event}/10_10_2017/{tid}_0.jpg"
             write_image(root / rel, _colour(k, 2), seed=i)
             words = WORDS[6 * k: 6 * k + 6]
             text = f"RT @user {words[i % 6]} {words[(i + 1) % 6]} https://t.co/x{i} #{words[(i + 2) % 6]}"
             split = "test" if i < 3 else "train"
-            rows[split].append(["california_wildfires", tid, f"{tid}_0", text, rel, label, label, label,
+            rows[split].append([event, tid, f"{tid}_0", text, rel, label, label, label,
                                 "Positive"])
     (root / "crisismmd_datasplit_all").mkdir(parents=True, exist_ok=True)
     for split, data in rows.items():
@@ -198,3 +201,50 @@ def write_sparse_wav(path: Path, size: int = 2**30, rate: int = 16_000) -> None:
     with open(path, "wb") as fh:
         fh.write(header)
         fh.truncate(size)
+
+
+FSDD_SPEAKERS = ("alice", "bob", "carol")
+
+
+def fsdd_tree(root: Path, speakers: tuple[str, ...] = FSDD_SPEAKERS, takes: int = 7, seconds: float = 0.3) -> list[str]:
+    """recordings/{digit}_{speaker}_{index}.wav as the FSDD repository holds them (8 kHz mono 16-bit): a short tone
+    per clip whose pitch carries the digit (300 + 150 * digit Hz), a little noise, and a speaker-specific level;
+    takes 0-4 are FSDD's test split, 5.. its training split. Returns the clip keys."""
+    keys = []
+    for s, speaker in enumerate(speakers):
+        for digit in range(10):
+            for take in range(takes):
+                key = f"{digit}_{speaker}_{take}"
+                write_wav(root / "recordings" / f"{key}.wav", seconds, 300 + 150 * digit, rate=8_000,
+                          seed=100 * s + take)
+                keys.append(key)
+    return keys
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    """An IDX file (the MNIST format: 0, 0, type byte, dims, big-endian sizes, data), gzipped if ``compress``."""
+    import gzip
+
+    types = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
+             np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
+    data = bytes([0, 0, types[array.dtype], array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    data += array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+def mnist_tree(root: Path, train_per_class: int = 4, test_per_class: int = 2) -> dict[str, np.ndarray]:
+    """A tiny MNIST in its IDX files (train-*-ubyte plain, t10k-*-ubyte.gz): 28x28 images whose mean brightness
+    encodes the digit and whose top-left pixel is the image's index, so a test can tell them apart. Returns the
+    labels per split."""
+    labels = {}
+    for split, prefix, per_class in (("train", "train", train_per_class), ("test", "t10k", test_per_class)):
+        y = np.repeat(np.arange(10, dtype=np.uint8), per_class)[::-1].copy()  # not in class order
+        x = np.zeros((len(y), 28, 28), dtype=np.uint8)
+        x[:, 4:24, 4:24] = (20 + 20 * y)[:, None, None]
+        x[:, 0, 0] = np.arange(len(y))
+        gz = ".gz" if split == "test" else ""
+        write_idx(root / f"{prefix}-images-idx3-ubyte{gz}", x, bool(gz))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte{gz}", y, bool(gz))
+        labels[split] = y
+    return labels

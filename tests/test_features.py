@@ -56,7 +56,7 @@ def env(tmp_path_factory) -> dict[str, Path]:
 
     base = tmp_path_factory.mktemp("features")
     crema_d_tree(base / "CREMA-D")
-    crisismmd_tree(base / "CrisisMMD", per_class=8)
+    crisismmd_tree(base / "CrisisMMD", per_class=8, events=("california_wildfires", "hurricane_irma"))
     tiny_bert(base / "bert")
     torch.manual_seed(0)
     torch.save(calibrated(mobilenet_v2(width_mult=0.25)).state_dict(), base / "mobilenet_v2.pth")
@@ -112,6 +112,22 @@ def test_crisismmd_text_keeps_tokens_with_padding_zeroed(env):
         ref = bert(input_ids=torch.from_numpy(ids[:2]), attention_mask=torch.from_numpy(valid[:2]).long())
     expect = (ref.last_hidden_state * torch.from_numpy(valid[:2])[..., None]).numpy()
     assert np.allclose(xa[:2], expect, atol=1e-5)
+
+
+def test_features_keep_the_natural_groups(env):
+    """partitioner=natural on a features directory: CrisisMMD's event column is carried over, CREMA-D's actor is
+    read from the keys; the federation is the one of the prepared directory."""
+    feat = load_prepared(env["crisismmd-feat"])
+    assert list(feat.train["event"]) == list(load_prepared(env["crisismmd"]).train["event"])
+    for name, groups in (("crisismmd", ["california_wildfires", "hurricane_irma"]),
+                         ("crema-d", ["1002", "1003", "1004"])):
+        specs = {}
+        for kind, encoder in (("", "cnn"), ("-feat", "features")):
+            cfg = RunConfig(dataset=name, data_root=str(env[name + kind]), encoder=encoder, partitioner="natural",
+                            num_clients=len(groups), clients_per_round=2)
+            specs[kind] = build_federation(load_data(cfg), cfg)
+        assert [s.group for s in specs[""]] == [s.group for s in specs["-feat"]] == groups
+        assert all(np.array_equal(a.indices, b.indices) for a, b in zip(specs[""], specs["-feat"], strict=True))
 
 
 def test_rerun_reuses_and_an_interrupted_extraction_resumes_to_the_same_result(env, tmp_path, monkeypatch):

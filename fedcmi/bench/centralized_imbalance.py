@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,8 +69,9 @@ def imbalance_report(data: MultimodalData, epochs: int = 8, batch_size: int = 64
                      feature_dim: int = 64, seed: int = 0) -> ImbalanceReport:
     """Train the joint concat model and each encoder alone on the whole training set; test accuracies."""
     torch.manual_seed(seed)
-    xa, xb, y = (torch.from_numpy(t) for t in data.arrays("train"))
-    ta, tb, ty = (torch.from_numpy(t) for t in data.arrays("test"))
+    # np.asarray: a prepared data set's training columns are lazy views (fedcmi.data.prepared.LazyColumn)
+    xa, xb, y = (torch.from_numpy(np.asarray(t)) for t in data.arrays("train"))
+    ta, tb, ty = (torch.from_numpy(np.asarray(t)) for t in data.arrays("test"))
     (sa, sb) = data.shapes()
     joint = ConcatModel(build_encoder("cnn", sa[0], feature_dim), build_encoder("cnn", sb[0], feature_dim),
                         data.num_classes)

@@ -46,21 +46,26 @@ class Mix:
         return f"{self.ratio:g}:{self.split:g}"
 
 
-def parse_alpha(text: str) -> float | None:
-    """A Dirichlet alpha, or ``None`` for ``iid``."""
+NATURAL = "natural"  # an --alphas value: partitioner=natural (one client per speaker/actor/event, natural-splits)
+
+
+def parse_alpha(text: str) -> float | str | None:
+    """A Dirichlet alpha, ``None`` for ``iid``, or ``"natural"`` (the natural federation)."""
     if text.strip().lower() == "iid":
         return None
+    if text.strip().lower() == NATURAL:
+        return NATURAL
     try:
         alpha = float(text)
     except ValueError:
-        raise ConfigError(f"alpha {text!r}: a positive number or iid") from None
+        raise ConfigError(f"alpha {text!r}: a positive number, iid or natural") from None
     if not alpha > 0 or not math.isfinite(alpha):
         raise ConfigError(f"alpha {text!r}: must be > 0")
     return alpha
 
 
-def alpha_label(alpha: float | None) -> str:
-    return "iid" if alpha is None else f"{alpha:g}"
+def alpha_label(alpha: float | str | None) -> str:
+    return "iid" if alpha is None else alpha if isinstance(alpha, str) else f"{alpha:g}"
 
 
 MISSING_KEYS = ("missing-a-rate", "missing-b-rate")  # the --missing-rates axis sets both to the cell's rate
@@ -84,7 +89,7 @@ def parse_rates(text: str, flag: str, upper: float) -> list[float | None]:
 @dataclass(frozen=True)
 class Cell:
     strategy: str
-    alpha: float | None
+    alpha: float | str | None  # a Dirichlet alpha, None: iid, "natural": the natural federation
     mix: Mix
     seed: int
     missing: float | None = None  # missing-a-rate = missing-b-rate of the cell; None: not an axis
@@ -109,10 +114,10 @@ class Cell:
 
     def axes(self, dirichlet: str = "dirichlet") -> dict[str, Any]:
         """The keys this cell sets (the alpha key only for a Dirichlet cell, with the ``dirichlet`` partitioner)."""
+        partitioner = "iid" if self.alpha is None else NATURAL if self.alpha == NATURAL else dirichlet
         keys: dict[str, Any] = {"strategy": self.strategy, "seed": self.seed, "multimodal-ratio": self.mix.ratio,
-                                "unimodal-split": self.mix.split,
-                                "partitioner": "iid" if self.alpha is None else dirichlet}
-        if self.alpha is not None:
+                                "unimodal-split": self.mix.split, "partitioner": partitioner}
+        if partitioner == dirichlet:
             keys["dirichlet-alpha"] = self.alpha
         if self.missing is not None:
             keys.update(dict.fromkeys(MISSING_KEYS, self.missing))
@@ -145,7 +150,7 @@ class BenchPlan:
     explicit: dict[str, Any]
     strategies: list[str]
     seeds: tuple[int, ...]
-    alphas: list[float | None]
+    alphas: list[float | str | None]
     mixes: list[Mix]
     out: Path
     missing: list[float | None] = field(default_factory=lambda: [None])

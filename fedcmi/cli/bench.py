@@ -39,6 +39,8 @@ examples:
   fedcmi bench --preset quick
   fedcmi bench --strategies fedavg,fedcmi --alphas 0.1,iid --seeds 2 num-server-rounds=10
   fedcmi bench --strategies fedavg,fedcmi --missing-rates 0,0.3,0.5 --label-noise 0,0.2
+  fedcmi bench --strategies fedavg,fedcmi --alphas natural,0.1 dataset=fsdd data-root=DIR num-clients=12 \
+      natural-splits=2
 """
 
 
@@ -55,7 +57,9 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--strategies", help="comma-separated strategy names (default: the preset's)")
     p.add_argument("--seeds", help="a count N (seeds 0..N-1), a range 10-19 or a list 3,7,21 (default: the "
                    "preset's count)")
-    p.add_argument("--alphas", help="comma-separated Dirichlet alphas; iid for IID (default: the preset's)")
+    p.add_argument("--alphas", help="comma-separated Dirichlet alphas; iid for IID; natural for the natural "
+                   "federation of a prepared data set (one client per speaker/actor/event, natural-splits=K each; "
+                   "num-clients must be groups x K) (default: the preset's)")
     p.add_argument("--mixes", help="comma-separated ratio:split mixes (default: the preset's)")
     p.add_argument("--missing-rates", help="comma-separated missing-modality rates in [0, 0.5] (an axis; default: "
                    "none, the base keys apply)")

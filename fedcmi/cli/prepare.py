@@ -17,13 +17,15 @@ examples:
   fedcmi prepare crema-d --root ~/data/CREMA-D
   fedcmi prepare ave --root ~/data/AVE_Dataset --frames 4
   fedcmi prepare crisismmd --root ~/data/CrisisMMD_v2.0 --tokenizer bert-base-uncased
+  fedcmi prepare fsdd --root ~/data/free-spoken-digit-dataset --out ~/data/fsdd-prepared
+  fedcmi prepare fsdd --root ~/data/free-spoken-digit-dataset --images ~/data/mnist --seed 1
 """
 
 
 def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
     from fedcmi.data.sources import PREPARED_SOURCES  # the names only: fedcmi.data.prepare imports datasets
 
-    p = sub.add_parser("prepare", help="prepare a real data set (CREMA-D, AVE, CrisisMMD)",
+    p = sub.add_parser("prepare", help="prepare a real data set (CREMA-D, AVE, CrisisMMD, FSDD)",
                        description=PREPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=tuple(PREPARED_SOURCES))
     p.add_argument("--root", required=True, metavar="DIR", help="the data set as distributed")
@@ -32,7 +34,10 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, metavar="S", help="frame/image side in pixels (default 224)")
     p.add_argument("--tokenizer", metavar="NAME|DIR", help="crisismmd: tokenizer (default bert-base-uncased)")
     p.add_argument("--max-length", type=int, metavar="N", help="crisismmd: tokens per tweet (default 40)")
-    p.add_argument("--seed", type=int, help="crema-d without train.csv/test.csv: seed of the 90/10 split")
+    p.add_argument("--images", metavar="MNIST_DIR", help="fsdd: pair the clips with MNIST digits read from the IDX "
+                   "files in this folder (default: scikit-learn's bundled 8x8 digits)")
+    p.add_argument("--seed", type=int, help="crema-d without train.csv/test.csv: seed of the 90/10 split; fsdd: seed "
+                   "of the clip-image pairing (default 0)")
     p.add_argument("--shard-size", type=int, default=256, metavar="N", help="samples per resumable shard")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(resume=None, config=None, overrides=[], verbose=False)
@@ -47,7 +52,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise ConfigError(f"--{flag.replace('_', '-')}={value}: must be >= 1")
     options = {"frames": args.frames, "image_size": args.image_size, "tokenizer": args.tokenizer,
-               "max_length": args.max_length, "seed": args.seed}
+               "max_length": args.max_length, "seed": args.seed, "images": args.images}
     outcome = prepare(args.dataset, Path(args.root), args.out, show_progress=not args.no_progress,
                       shard_size=args.shard_size, **options)
     rows = ", ".join(f"{split} {n}" for split, n in outcome.rows.items())

@@ -53,8 +53,9 @@ UPDATE_NORM_MULTIPLE = 10.0
 MAX_INT = 2**31 - 1
 MAX_STR = 4096
 UPPER: dict[str, float] = {
-    "num_clients": 100_000, "clients_per_round": 100_000, "train_size": 10**8, "test_size": 10**8,
-    "min_partition_size": 10**8, "seed": 2**32 - 1, "num_server_rounds": 100_000, "local_epochs": 10_000,
+    "num_clients": 100_000, "clients_per_round": 100_000, "natural_splits": 100_000, "train_size": 10**8,
+    "test_size": 10**8, "min_partition_size": 10**8, "seed": 2**32 - 1, "num_server_rounds": 100_000,
+    "local_epochs": 10_000,
     "batch_size": 2**20, "eval_batch_size": 2**20, "feature_dim": 16_384, "sgmft_tokens": 1024, "sgmft_heads": 256,
     "sgmft_layers": 64, "warmup_rounds": 100_000, "min_replies": 100_000, "max_consecutive_skips": 100_000,
     "round_timeout": 7 * 86_400.0, "lr": 1e3, "client_num_cpus": 4096.0, "client_num_gpus": 64.0,
@@ -92,9 +93,9 @@ class RunConfig:
 
     # --- data --------------------------------------------------------------------------------------------
     dataset: str = _opt("synthetic-av", "data", "data set: embedded (synthetic-av, digits-cg) or prepared with "
-                        "`fedcmi prepare` (crema-d, ave, crisismmd)", lambda v: v in _dataset_names(),
+                        "`fedcmi prepare` (crema-d, ave, crisismmd, fsdd)", lambda v: v in _dataset_names(),
                         lambda: f"must be one of {', '.join(_dataset_names())}", _dataset_names)
-    data_root: str = _opt("", "data", "crema-d, ave, crisismmd: the prepared directory (or the raw root "
+    data_root: str = _opt("", "data", "crema-d, ave, crisismmd, fsdd: the prepared directory (or the raw root "
                                       "holding fedcmi-prepared/)")
     num_classes: int = _opt(6, "data", "synthetic-av: classes", lambda v: 2 <= v <= 64, "must be in [2, 64]")
     train_size: int = _opt(3000, "data", "synthetic-av: training samples", _at_least(10), "must be >= 10")
@@ -123,9 +124,13 @@ class RunConfig:
     # --- federation ----------------------------------------------------------------------------------------
     num_clients: int = _opt(20, "federation", "clients in the federation", _at_least(1), "must be >= 1")
     partitioner: str = _opt("dirichlet", "federation", "label partitioner: dirichlet, dirichlet-balanced (the FedCMI "
-                            "authors' self-balancing: no client above ~N/M samples) or iid",
-                            lambda v: v in ("dirichlet", "dirichlet-balanced", "iid"),
-                            "must be dirichlet, dirichlet-balanced or iid")
+                            "authors' self-balancing: no client above ~N/M samples), iid, or natural (one client per "
+                            "natural group of a prepared data set: the fsdd speaker, the crema-d actor, the "
+                            "crisismmd event; num-clients = groups x natural-splits)",
+                            lambda v: v in ("dirichlet", "dirichlet-balanced", "iid", "natural"),
+                            "must be dirichlet, dirichlet-balanced, iid or natural")
+    natural_splits: int = _opt(1, "federation", "partitioner=natural: clients per natural group (its samples split "
+                               "IID, seeded)", _at_least(1), "must be >= 1")
     dirichlet_alpha: float = _opt(0.5, "federation", "Dirichlet concentration (smaller = more skew)", _positive,
                                   "must be > 0")
     min_partition_size: int = _opt(10, "federation", "Dirichlet: resample until every client has this many",

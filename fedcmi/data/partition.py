@@ -1,5 +1,7 @@
 """Label-skew partitions (flwr-datasets) and the modality each client holds (the FedCMI paper's setting:
-Dirichlet label skew, a share of clients with one modality).
+Dirichlet label skew, a share of clients with one modality); or natural federations: one client per natural
+group of a prepared data set (the FSDD speaker, the CREMA-D actor, the CrisisMMD event), each group optionally
+split IID into ``natural-splits`` clients. Modality kinds are assigned on top either way.
 
 Deterministic by seed: the same config gives the same partition and the same modality kinds.
 """
@@ -7,6 +9,7 @@ Deterministic by seed: the same config gives the same partition and the same mod
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -25,11 +28,13 @@ from fedcmi.data.registry import load_data
 
 @dataclass(frozen=True)
 class ClientSpec:
-    """One client: its partition id, modality kind (``mm``, ``a`` or ``b``) and training-row indices."""
+    """One client: its partition id, modality kind (``mm``, ``a`` or ``b``), training-row indices and, in a
+    natural federation, its group (e.g. the speaker)."""
 
     partition_id: int
     kind: str
     indices: np.ndarray
+    group: str = ""
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -77,16 +82,74 @@ def partition_indices(data: MultimodalData, cfg: RunConfig) -> list[np.ndarray]:
             "num-clients") from None
 
 
+def natural_group_kind(name: str) -> str | None:
+    """What the natural groups of data set ``name`` are (``speaker``, ``actor``, ``event``), or None: its
+    preparer module's ``NATURAL_GROUP``."""
+    from fedcmi.data.sources import PREPARED_SOURCES
+
+    if name not in PREPARED_SOURCES:
+        return None
+    return getattr(importlib.import_module(PREPARED_SOURCES[name]), "NATURAL_GROUP", None)
+
+
+def natural_groups(data: MultimodalData) -> tuple[str, np.ndarray]:
+    """(what a group is, the group of every training row). Read from the data set's group column, or for a
+    directory without it (prepared before fedcmi kept it, or a ``fedcmi features`` directory) from the sample
+    keys where the preparer can tell the group from a key (FSDD, CREMA-D)."""
+    from fedcmi.data.sources import PREPARED_SOURCES
+
+    kind = natural_group_kind(data.name)
+    if kind is None:
+        known = ", ".join(f"{n}: {k}s" for n in PREPARED_SOURCES if (k := natural_group_kind(n)))
+        raise ConfigError(f"partitioner=natural: dataset={data.name!r} has no natural groups ({known})")
+    columns = data.train.column_names
+    if kind in columns:
+        return kind, np.asarray(data.train[kind], dtype=str)
+    from_key = getattr(importlib.import_module(PREPARED_SOURCES[data.name]), "group_of_key", None)
+    if from_key is not None and "key" in columns:
+        return kind, np.asarray([from_key(str(k)) for k in data.train["key"]], dtype=str)
+    where = getattr(data, "path", data.name)
+    raise ConfigError(f"partitioner=natural: {where} has no {kind!r} column (prepared before fedcmi kept the "
+                      f"{kind}); prepare it again with `fedcmi prepare {data.name} --root RAW --out NEW_DIR` (and "
+                      "run `fedcmi features` on that, for a features directory)")
+
+
+def natural_partition(data: MultimodalData, cfg: RunConfig) -> tuple[list[str], list[np.ndarray]]:
+    """(group, training-row indices) per client: the groups in sorted order, each split IID (seeded) into
+    ``natural-splits`` clients; client ``g * natural-splits + j`` holds part ``j`` of group ``g``."""
+    kind, groups = natural_groups(data)
+    names = sorted(set(groups.tolist()))
+    k = cfg.natural_splits
+    if cfg.num_clients != len(names) * k:
+        raise ConfigError(f"partitioner=natural: {data.name} has {len(names)} {kind}s x natural-splits={k} = "
+                          f"{len(names) * k} clients; set num-clients={len(names) * k} (not {cfg.num_clients})")
+    idx = np.asarray(data.train["idx"], dtype=np.int64)
+    rng = np.random.default_rng([cfg.seed, 6_101])
+    owners: list[str] = []
+    parts: list[np.ndarray] = []
+    for name in names:
+        rows = rng.permutation(idx[groups == name])
+        if len(rows) < k:
+            raise ConfigError(f"natural-splits={k}: {kind} {name!r} has only {len(rows)} training sample(s)")
+        for part in np.array_split(rows, k):
+            owners.append(name)
+            parts.append(np.sort(part))
+    return owners, parts
+
+
 def build_federation(data: MultimodalData, cfg: RunConfig) -> list[ClientSpec]:
     kinds = assign_modalities(cfg.num_clients, cfg.multimodal_ratio, cfg.unimodal_split, cfg.seed)
-    parts = partition_indices(data, cfg)
-    return [ClientSpec(i, kinds[i], parts[i]) for i in range(cfg.num_clients)]
+    if cfg.partitioner == "natural":
+        groups, parts = natural_partition(data, cfg)
+    else:
+        groups, parts = [""] * cfg.num_clients, partition_indices(data, cfg)
+    return [ClientSpec(i, kinds[i], parts[i], groups[i]) for i in range(cfg.num_clients)]
 
 
 def _federation_key(cfg: RunConfig) -> tuple:
     return (cfg.dataset, cfg.num_classes, cfg.train_size, cfg.test_size, cfg.signal_a, cfg.signal_b, cfg.noise,
             cfg.partitioner, cfg.num_clients, cfg.dirichlet_alpha, cfg.min_partition_size,
-            cfg.multimodal_ratio, cfg.unimodal_split, cfg.seed, cfg.data_root)
+            cfg.multimodal_ratio, cfg.unimodal_split, cfg.seed, cfg.data_root, cfg.natural_splits)
 
 
 _FEDERATIONS: dict[tuple, list[ClientSpec]] = {}
@@ -122,15 +185,17 @@ def stored_federation(data: MultimodalData, cfg: RunConfig) -> list[ClientSpec]:
     if path is not None and path.is_file():
         f = npy.load_npz(path)
         kinds, sizes, flat = [str(k) for k in f["kinds"]], f["sizes"], f["indices"]
+        groups = [str(g) for g in f["groups"]]
         bounds = np.concatenate([[0], np.cumsum(sizes)])
-        return [ClientSpec(i, kinds[i], flat[bounds[i]:bounds[i + 1]]) for i in range(len(kinds))]
+        return [ClientSpec(i, kinds[i], flat[bounds[i]:bounds[i + 1]], groups[i]) for i in range(len(kinds))]
     specs = build_federation(data, cfg)
     if path is not None:
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(tmp, kinds=np.array([s.kind for s in specs]), sizes=np.array([len(s.indices) for s in specs]),
-                     indices=np.concatenate([s.indices for s in specs]).astype(np.int64))
+                     indices=np.concatenate([s.indices for s in specs]).astype(np.int64),
+                     groups=np.array([s.group for s in specs]))
             os.replace(tmp, path)  # readers never see a half-written file
         except OSError as exc:
             logging.getLogger(__name__).warning("federation cache %s not writable (%s)", path.parent, exc)

@@ -12,6 +12,7 @@ PREPARED_SOURCES: dict[str, str] = {  # name -> preparer module
     "crema-d": "fedcmi.data.prepare.crema_d",
     "ave": "fedcmi.data.prepare.ave",
     "crisismmd": "fedcmi.data.prepare.crisismmd",
+    "fsdd": "fedcmi.data.prepare.fsdd",
 }
 DATASET_NAMES: tuple[str, ...] = (*EMBEDDED, *PREPARED_SOURCES)
 

@@ -96,8 +96,15 @@ def _encode(enc: FrozenEncoder, x: np.ndarray, device: torch.device, batch_size:
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
+def _text_columns(ds: Dataset) -> list[str]:
+    """The source's extra string columns (e.g. FSDD's ``speaker``, CrisisMMD's ``event``): carried over as they
+    are, so a features directory keeps the natural groups of ``partitioner=natural``."""
+    return [c for c in ds.column_names if c not in ("idx", "key", "a", "b", "label")
+            and ds.features[c] == Value("string")]
+
+
 def _read_rows(ds: Dataset, start: int, stop: int) -> dict[str, Any]:
-    cols = [c for c in ("key", "a", "b", "label") if c in ds.column_names]
+    cols = [c for c in ("key", "a", "b", "label", *_text_columns(ds)) if c in ds.column_names]
     return ds.select(range(start, stop)).select_columns(cols).with_format("numpy")[:]
 
 
@@ -106,7 +113,8 @@ def _write_shard(rows: dict[str, Any], encs: dict[str, FrozenEncoder], features:
     out = {"idx": np.zeros(len(rows["label"]), np.int64),
            "key": [str(k) for k in rows["key"]] if "key" in rows else [""] * len(rows["label"]),
            "a": _encode(encs["a"], rows["a"], device, batch_size),
-           "b": _encode(encs["b"], rows["b"], device, batch_size), "label": rows["label"]}
+           "b": _encode(encs["b"], rows["b"], device, batch_size), "label": rows["label"],
+           **{c: [str(v) for v in rows[c]] for c in features if c not in ("idx", "key", "a", "b", "label")}}
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -191,7 +199,7 @@ def _extract(prepared: str | Path, out: str | Path | None, image: str | None, au
     label = first.features["label"]
     features = Features({"idx": Value("int64"), "key": Value("string"),
                          **{c: Array2D(shape=tuple(shapes[c]), dtype="float32") for c in ("a", "b")},
-                         "label": label})
+                         "label": label, **dict.fromkeys(_text_columns(first), Value("string"))})
     work = target / WORK
     work.mkdir(exist_ok=True)
     (work / "settings.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")

@@ -26,6 +26,12 @@ from fedcmi.data.prepare.writer import Item, Source
 EMOTIONS = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]  # the label order of the authors' code
 SECONDS = 3.0
 FRAMES_DIR = "Image-01-FPS"
+NATURAL_GROUP = "actor"  # partitioner=natural: one client per actor (fedcmi.data.partition)
+
+
+def group_of_key(clip: str) -> str:
+    """The actor of a clip ``<actor>_<sentence>_<EMO>_<level>`` (e.g. ``1001``)."""
+    return clip.split("_")[0]
 
 
 def _require_dir(path: Path, what: str) -> Path:

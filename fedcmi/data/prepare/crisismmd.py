@@ -8,6 +8,8 @@
 The TSV header names the columns; used are ``image_id``, ``tweet_text``, ``image`` (a path relative to
 <root>, e.g. data_image/california_wildfires/10_10_2017/917791044158185473_0.jpg) and ``label``.
 Text is cleaned and tokenised to ``max_length`` ids with the given BERT-family tokenizer (the authors' code: 40).
+The crisis event of each tweet (the TSV's ``event_name``, else its image folder) is kept as the ``event`` column,
+the natural group of ``partitioner=natural``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,17 @@ from fedcmi.data.prepare.writer import Item, Source
 CLASSES = ["not_informative", "informative"]
 SPLIT_DIR = "crisismmd_datasplit_all"
 COLUMNS = ("image_id", "tweet_text", "image", "label")
+NATURAL_GROUP = "event"  # partitioner=natural: one client per crisis event (the ``event`` column)
+
+
+def _event(row: dict[str, str]) -> str:
+    """The crisis event of a TSV row: its ``event_name`` column, else the folder of its image
+    (``data_image/<event>/<date>/<id>.jpg``)."""
+    name = (row.get("event_name") or "").strip()
+    if name:
+        return name
+    parts = Path(row["image"].strip()).parts
+    return parts[1] if len(parts) > 2 else ""
 
 
 def load_tokenizer(name: str):
@@ -70,7 +83,7 @@ def source(root: Path, tokenizer: str = "bert-base-uncased", max_length: int = 4
             if label not in CLASSES:
                 raise ConfigError(f"CrisisMMD: {path}:{n}: label {label!r} is not one of {CLASSES}")
             items.append(Item(row["image_id"].strip(), CLASSES.index(label),
-                              (row["image"].strip(), clean_tweet(row["tweet_text"]))))
+                              (row["image"].strip(), clean_tweet(row["tweet_text"])), (_event(row),)))
         splits[split] = items
 
     def load(item: Item) -> tuple[np.ndarray, np.ndarray]:
@@ -85,4 +98,5 @@ def source(root: Path, tokenizer: str = "bert-base-uncased", max_length: int = 4
         feature_b=Array3D(shape=(3, image_size, image_size), dtype="float32"), load=load,
         settings={"tokenizer": tokenizer, "max_length": max_length, "pad_id": int(tok.pad_token_id or 0),
                   "vocab_size": len(tok), "image_size": image_size,
-                  "split": "task_informative_text_img_{train,test}.tsv"})
+                  "split": "task_informative_text_img_{train,test}.tsv"},
+        extra={"event": Value("string")})

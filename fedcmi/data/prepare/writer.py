@@ -33,16 +33,31 @@ WORK = ".work"
 
 @dataclass(frozen=True)
 class Item:
-    """One sample to prepare: a unique key (clip or tweet id), its label and whatever the loader needs."""
+    """One sample to prepare: a unique key (clip or tweet id), its label, whatever the loader needs, and the
+    values of the source's ``extra`` columns (in their order)."""
 
     key: str
     label: int
     info: tuple[Any, ...] = ()
+    extra: tuple[Any, ...] = ()
+
+
+@dataclass
+class Skipped:
+    split: str
+    key: str
+    file: str
+    reason: str
 
 
 @dataclass
 class Source:
-    """What a data set contributes: names, items per split, column features and a per-item loader."""
+    """What a data set contributes: names, items per split, column features and a per-item loader.
+
+    ``extra``: more columns (name -> ``datasets`` feature; each item's values in ``Item.extra``), e.g. the
+    speaker of a clip. ``rejected``: files the layout reader could not use at all (a misnamed file, a missing
+    take); they are reported with the samples the loader skipped.
+    """
 
     name: str
     modalities: tuple[str, str]
@@ -52,14 +67,8 @@ class Source:
     feature_b: Any
     load: Callable[[Item], tuple[np.ndarray, np.ndarray]]
     settings: dict[str, Any] = field(default_factory=dict)  # recorded; a re-run must match them
-
-
-@dataclass
-class Skipped:
-    split: str
-    key: str
-    file: str
-    reason: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    rejected: list[Skipped] = field(default_factory=list)
 
 
 @dataclass
@@ -79,7 +88,7 @@ class Outcome:
 
 def _features(src: Source) -> Features:
     return Features({"idx": Value("int64"), "key": Value("string"), "a": src.feature_a, "b": src.feature_b,
-                     "label": ClassLabel(names=src.class_names)})
+                     "label": ClassLabel(names=src.class_names), **src.extra})
 
 
 def _shards(items: Sequence[Item], size: int) -> list[Sequence[Item]]:
@@ -88,7 +97,7 @@ def _shards(items: Sequence[Item], size: int) -> list[Sequence[Item]]:
 
 def _write_shard(src: Source, split: str, items: Sequence[Item], target: Path,
                  advance: Callable[[], None]) -> None:
-    rows: dict[str, list[Any]] = {"idx": [], "key": [], "a": [], "b": [], "label": []}
+    rows: dict[str, list[Any]] = {c: [] for c in ("idx", "key", "a", "b", "label", *src.extra)}
     skipped: list[dict[str, str]] = []
     for item in items:
         try:
@@ -96,7 +105,8 @@ def _write_shard(src: Source, split: str, items: Sequence[Item], target: Path,
         except SampleError as exc:
             skipped.append({"split": split, "key": item.key, "file": exc.file, "reason": exc.reason})
         else:
-            for col, val in (("idx", 0), ("key", item.key), ("a", a), ("b", b), ("label", item.label)):
+            for col, val in (("idx", 0), ("key", item.key), ("a", a), ("b", b), ("label", item.label),
+                             *zip(src.extra, item.extra, strict=True)):
                 rows[col].append(val)
         advance()
     tmp = target.with_name(target.name + ".tmp")
@@ -200,7 +210,7 @@ def _write_prepared(src: Source, out: Path, shard_size: int, show_progress: bool
     (work / "settings.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
     total = sum(len(v) for v in src.splits.values())
     shard_dirs: dict[str, list[Path]] = {}
-    skipped: list[Skipped] = []
+    skipped: list[Skipped] = list(src.rejected)
     resumed = 0
     with Progress(TextColumn(f"[bold]prepare {src.name}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), TextColumn("{task.description}"), disable=not show_progress) as bar:
