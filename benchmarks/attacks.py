@@ -27,8 +27,8 @@ attacker. Scenarios (name: spec):
 
 Cells: final ``acc_mm`` (of the last round recorded: "at round k" when a run ended early) and its difference to
 the same rule's and seed's clean run (``clean-cprK`` for the ``-cprK`` scenarios); rejected replies
-(``clients_rejected`` summed over the rounds); the sums of the ``clients_capped``/``clients_clipped`` columns
-where the metrics rows have them; rounds whose dominant modality differs from the clean run's; the run's status.
+(``clients_rejected`` summed over the rounds); the sum of the ``clients_capped`` column where the metrics
+rows have it; rounds whose dominant modality differs from the clean run's; the run's status.
 The long table also lists ``acc_mm`` per round, the dominant modality per round (first letter of its name) and the
 number of rounds each partition was asked to train (from the mod's trace).
 
@@ -148,8 +148,6 @@ def final(path: Path) -> dict:
             "rejected": sum(r.get("clients_rejected", 0) or 0 for r in rows),
             "capped": sum(r.get("clients_capped", 0) or 0 for r in rows) if any("clients_capped" in r for r in rows)
             else None,
-            "clipped": sum(r.get("clients_clipped", 0) or 0 for r in rows)
-            if any("clients_clipped" in r for r in rows) else None,
             "rounds": len(rows) - 1, "trained": trained}
 
 
@@ -275,13 +273,13 @@ def issue22(args: argparse.Namespace, rules: list[str]) -> str:
                 parts.append(cell)
             cells.append(" / ".join(parts))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Every run: `dom≠clean` rounds whose dominant modality differs from the clean run's; capped/clipped: "
-              "sums of clients_capped/clients_clipped (`-` where the metrics have no such column); `trained rounds`: "
+    lines += ["", "Every run: `dom≠clean` rounds whose dominant modality differs from the clean run's; capped: "
+              "the sum of clients_capped (`-` where the metrics have no such column); `trained rounds`: "
               "rounds in which each partition (0..5, by its real id) was sent a TRAIN message, from the mod's trace.",
               "",
-              "| scenario | spec | rule | seed | acc_mm | Δ clean | rejected | capped | clipped | dom≠clean | "
+              "| scenario | spec | rule | seed | acc_mm | Δ clean | rejected | capped | dom≠clean | "
               "acc_mm by round | dominant by round | trained rounds per partition | status |",
-              "|" + "---|" * 14]
+              "|" + "---|" * 13]
     for run in runs:
         f, c = res[(run.seed, run.rule, run.name)], res[(run.seed, run.rule, run.baseline)]
         flips, n = _dominant_flips(f["rows"], c["rows"])
@@ -293,7 +291,7 @@ def issue22(args: argparse.Namespace, rules: list[str]) -> str:
         acc = f"{f['acc']:.3f}" + (f" (round {max(f['rounds'], 0)})" if f["rounds"] < rounds else "")
         lines.append(f"| {run.name} | `{run.spec or '-'}` | {run.rule} | {run.seed} | {acc} | {delta} | "
                      f"{f['rejected']} | {'-' if f['capped'] is None else f['capped']} | "
-                     f"{'-' if f['clipped'] is None else f['clipped']} | {flips}/{n} | {by_round} | {dom} | {idle} | "
+                     f"{flips}/{n} | {by_round} | {dom} | {idle} | "
                      f"{status.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
