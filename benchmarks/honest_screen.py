@@ -4,7 +4,8 @@ Reads every ``replies.csv`` under the given folders (run directories or ``fedcmi
 screened reply with its group norms, local steps, ratio to the reference and verdict) and prints, per setting
 (strategy, alpha, mix), the replies screened, the rejected ones, and the largest and 99.9th-percentile ratio.
 
-``--replay P`` recomputes the ratios from the recorded norms with the norms divided by steps ** P (the screen
+``--old`` replays the screen before issue 22 (raw norms against the round's median). ``--replay P``
+recomputes the ratios from the recorded norms with the norms divided by steps ** P (the screen
 of ``fedcmi.federated.screening`` with another exponent; ``--history`` rounds in the reference), so runs made
 with the screen off (``update-norm-multiple=0``) show what a candidate rule would have done to them.
 
@@ -58,6 +59,29 @@ def replay(rows: list[dict], exponent: float, history: int) -> list[float]:
     return out
 
 
+def replay_old(rows: list[dict]) -> list[float]:
+    """The screen before issue 22: each raw group norm against the median of that group over the round only."""
+    by_round: dict[int, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_round[int(r["round"])].append(r)
+    out = []
+    for rnd in sorted(by_round):
+        norms = [{g: float(r[f"norm_{g}"]) for g in GROUPS if r.get(f"norm_{g}") not in ("", "nan", None)
+                  and not math.isnan(float(r[f"norm_{g}"]))} for r in by_round[rnd]]
+        ratios = [0.0] * len(norms)
+        for g in GROUPS:
+            values = sorted(n[g] for n in norms if g in n)
+            if not values:
+                continue
+            mid = len(values) // 2
+            median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+            for i, n in enumerate(norms):
+                if g in n and median > 0:
+                    ratios[i] = max(ratios[i], n[g] / median)
+        out += ratios
+    return out
+
+
 def setting_of(run: Path) -> str:
     cfg = json.loads((run / "config.json").read_text())
     alpha = "iid" if cfg.get("partitioner") == "iid" else f"{cfg['dirichlet-alpha']:g}"
@@ -73,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--replay", type=float, action="append", help="step exponent to replay (repeatable)")
+    parser.add_argument("--old", action="store_true", help="also replay the screen before issue 22 (raw norm, "
+                        "round median)")
     parser.add_argument("--history", type=int, default=3, help="rounds of past replies in the reference")
     parser.add_argument("--multiple", type=float, default=10.0, help="the bound, for the over-bound count")
     parser.add_argument("--by", choices=("setting", "strategy", "all"), default="setting")
@@ -92,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         t["rejected"] += [r["verdict"] == "rejected" for r in rows]
         for p in args.replay or []:
             t[f"p={p:g}"] += replay(rows, p, args.history)
-    cols = ["recorded"] + [f"p={p:g}" for p in args.replay or []]
+        if args.old:
+            t["old"] += replay_old(rows)
+    cols = ["recorded"] + [f"p={p:g}" for p in args.replay or []] + (["old"] if args.old else [])
     head = "| setting | runs | replies | rejected | " + " | ".join(
         f"{c}: max, p99.9, > {args.multiple:g}" for c in cols) + " |"
     print(head)
