@@ -59,7 +59,7 @@ def _ray_processes() -> list[str]:
 @pytest.fixture(scope="module")
 def fedcmi_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("e2e") / "run"
-    return out, _simulate(out)
+    return out, _simulate(out, "--verbose")  # Flower's log lines too
 
 
 def test_fedcmi_simulation_writes_results_and_learns(fedcmi_run):
@@ -68,6 +68,7 @@ def test_fedcmi_simulation_writes_results_and_learns(fedcmi_run):
     assert f"results written to {out}" in " ".join(proc.stdout.split())
     for noise in ("Manually terminating ClientAppActor", "ClientAppActor.terminate failed"):  # end-of-run chatter
         assert noise not in proc.stderr, proc.stderr[-2000:]
+    assert "\x1b[" not in proc.stdout + proc.stderr  # output to a file or a pipe: no colour codes
     rows = _rows(out)
     assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
     for col in ("acc_mm", "acc_audio", "acc_visual", "acc_audio_zero", "acc_visual_zero", "worst_class_acc",
