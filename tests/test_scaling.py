@@ -54,7 +54,7 @@ def test_unreachable_ray_address_is_one_line_and_exit_2():
     server, port = _listening()
     server.close()  # nothing listens there now
     proc = subprocess.run([sys.executable, "-m", "fedcmi.cli", "simulate", "num-clients=4", "clients-per-round=2",
-                           f"ray-address=127.0.0.1:{port}"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                           f"ray-address=127.0.0.1:{port}"], capture_output=True, text=True, cwd=ROOT, timeout=600,
                           env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
     assert proc.returncode == 2
     assert f"ray-address='127.0.0.1:{port}': no Ray head answers there" in proc.stderr
