@@ -1,16 +1,19 @@
-"""The numbers the docs state about the code agree with it: the size of the default bench grid (cells,
-strategies, settings, seeds, rounds, clients) wherever a sentence names `--preset default`, and every
-"`key`, default N" a doc states for a configuration key."""
+"""The numbers the docs state about the code agree with it: the size of a bench grid (cells, strategies,
+settings, seeds, rounds, clients) wherever a sentence names its preset (`--preset default`, "the default
+preset", `--preset quick`, ...; with the grid flags of the command it quotes), and every "`key`, default N" a
+doc states for a configuration key."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fedcmi.bench.plan import make_plan
+from fedcmi.bench.plan import BENCH_PRESETS, make_plan
+from fedcmi.config import parse_overrides
 from fedcmi.config.run_config import FIELDS, defaults
 
 ROOT = Path(__file__).parents[1]
@@ -41,33 +44,41 @@ def sentences(text: str) -> Iterator[str]:
         yield from re.split(r"(?<=[.!?])\s+", block)
 
 
-# a sentence about the default grid, the grid flags its command sets, and the counts it states
-ABOUT_DEFAULT = re.compile(r"--preset default|default preset")
-FLAGS = re.compile(r"--preset default((?:\s+--[a-z-]+\s+[^\s`]+)*)")
+# a sentence about a preset's grid, the grid flags its command sets, and the counts it states
+PRESET = re.compile(r"--preset (" + "|".join(map(re.escape, BENCH_PRESETS)) + r")\b"
+                    r"((?:\s+--[a-z-]+\s+[^\s`]+|\s+[a-z][a-z0-9-]*=[^\s`]+)*)|(default) preset")
 COUNT = re.compile(r"\b(\d[\d,]*)[ -](cells?|strateg(?:y|ies)|settings?|seeds?|rounds|clients)\b")
 GRID_FLAGS = {"--strategies": "strategies", "--seeds": "seeds", "--alphas": "alphas", "--mixes": "mixes",
               "--missing-rates": "missing_rates", "--label-noise": "label_noise"}
 
 
-def _default_grid_claims() -> list[tuple[str, str, dict[str, str], int, str]]:
-    """(file, sentence, grid flags, number, what) for every count stated in a sentence about the default grid."""
+def _grid_claims() -> list[tuple[str, str, str, dict[str, Any], int, str]]:
+    """(file, sentence, preset, grid flags, number, what) for every count stated in a sentence that names one
+    preset (a sentence naming two is left out: which count is whose is not for a regex to say)."""
     claims = []
     for doc in DOCS:
         for sentence in sentences(doc.read_text(encoding="utf-8")):
-            if not ABOUT_DEFAULT.search(sentence):
+            named = PRESET.findall(sentence)
+            if len({p or d for p, _, d in named}) != 1:
                 continue
-            flags: dict[str, str] = {}
-            command = FLAGS.search(sentence)
-            if command:
-                words = command.group(1).split()
-                flags = {GRID_FLAGS[f]: v for f, v in zip(words[::2], words[1::2], strict=True) if f in GRID_FLAGS}
+            preset, command, default = named[0]
+            flags, words = {}, command.split()
+            while words:  # --flag value, or key=value (the grid's base keys)
+                word = words.pop(0)
+                if word.startswith("--"):
+                    value = words.pop(0)
+                    if word in GRID_FLAGS:
+                        flags[GRID_FLAGS[word]] = value
+                else:
+                    flags.setdefault("keys", []).append(word)
             for number, what in COUNT.findall(sentence):
-                claims.append((doc.name, sentence, flags, int(number.replace(",", "")), what))
+                claims.append((doc.name, sentence, preset or default, flags, int(number.replace(",", "")), what))
     return claims
 
 
-def _actual(flags: dict[str, str], what: str, tmp: Path) -> int:
-    plan = make_plan("default", tmp / "bench", {}, **flags)
+def _actual(preset: str, flags: dict[str, Any], what: str, tmp: Path) -> int:
+    flags = dict(flags)
+    plan = make_plan(preset, tmp / "bench", parse_overrides(flags.pop("keys", [])), **flags)
     counts = {"cell": len(plan.cells()), "strategy": len(plan.strategies),
               "setting": len(plan.alphas) * len(plan.mixes), "seed": len(plan.seeds),
               "round": plan.base.num_server_rounds, "client": plan.base.num_clients}
@@ -77,15 +88,15 @@ def _actual(flags: dict[str, str], what: str, tmp: Path) -> int:
 SINGULAR = {"strategies": "strategy"}
 
 
-def test_every_count_the_docs_state_for_the_default_grid_is_the_codes(tmp_path):
-    claims = _default_grid_claims()
-    wrong = [(doc, number, what, _actual(flags, what, tmp_path), sentence[:160])
-             for doc, sentence, flags, number, what in claims if number != _actual(flags, what, tmp_path)]
+def test_every_count_the_docs_state_for_a_bench_grid_is_the_codes(tmp_path):
+    claims = _grid_claims()
+    wrong = [(doc, number, what, actual, sentence[:160]) for doc, sentence, preset, flags, number, what in claims
+             if number != (actual := _actual(preset, flags, what, tmp_path))]
     assert wrong == [], "\n".join(f"{d}: says {n} {w}, the code has {a}: {s}" for d, n, w, a, s in wrong)
-    stated = {(doc, what) for doc, _, flags, _, what in claims if not flags}
-    # not vacuous: the README and docs/benchmark.md state the whole grid's size
-    assert {("README.md", "cells"), ("README.md", "strategies"), ("benchmark.md", "cells"),
-            ("benchmark.md", "strategies")} <= stated, stated
+    stated = {(doc, preset, what) for doc, _, preset, flags, _, what in claims if not flags}
+    # not vacuous: the README and docs/benchmark.md state the whole default grid's size
+    assert {("README.md", "default", "cells"), ("README.md", "default", "strategies"),
+            ("benchmark.md", "default", "cells"), ("benchmark.md", "default", "strategies")} <= stated, stated
 
 
 DEFAULT_STATED = re.compile(r"`([a-z][a-z0-9-]+)(?:=[^`]*)?`\)?,? \(?default:? ([^\s),;:]+)")
