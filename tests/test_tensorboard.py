@@ -102,3 +102,15 @@ def test_a_resumed_run_without_event_files_gets_its_earlier_rounds(tmp_path):
     acc = _shown(out / "tensorboard")
     assert [s for s, _ in _series(acc, "accuracy/acc_mm")] == [0, 1, 2, 3, 4]
     assert [e.step for e in acc.Tensors("config/text_summary")] == [0]
+
+
+def test_a_finished_run_reopened_to_write_its_final_files_adds_no_step(tmp_path):
+    """`--resume` of a run killed after its last checkpoint only writes the final files: no round, no config."""
+    out = tmp_path / "run"
+    run = RunDirectory(out, CFG, NAMES)
+    _record(run, range(6))
+    run.release()
+    RunDirectory(out, CFG, NAMES, resume_after=5).release()
+    acc = _shown(out / "tensorboard")
+    assert [s for s, _ in _series(acc, "accuracy/acc_mm")] == [0, 1, 2, 3, 4, 5]
+    assert [e.step for e in acc.Tensors("config/text_summary")] == [0]

@@ -59,8 +59,9 @@ class TensorBoardLog:
                            "package, or set tensorboard=false", exc)
             return None
         # a new log (also one backfilled with the kept rows) has the config at round 0; a resumed one restates
-        # it at its first new round (num-server-rounds may have grown)
-        log.writer.add_text(CONFIG_TAG, config_text(config), first if had_events else 0)
+        # it at its first new round (num-server-rounds may have grown), if it has one left to train
+        if not had_events or first <= int(config.get("num-server-rounds", first)):
+            log.writer.add_text(CONFIG_TAG, config_text(config), first if had_events else 0)
         if not had_events:
             for row in kept:
                 log.add_round(row, flush=False)
