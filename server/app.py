@@ -260,7 +260,8 @@ SERVER_CONFIG_ENV = "FEDCMI_SERVER_CONFIG"
 SERVER_PATH_KEYS = ("data-root", "text-encoder", "encoder-weights", "out-dir", "ray-address", "node-registry")
 SUBMITTABLE = tuple(k for k in FIELDS if section_of(k) in ("data", "federation", "training", "method", "model")
                     and k not in SERVER_PATH_KEYS) + (
-    "device", "bf16", "num-server-rounds", "clients-per-round", "aggregation", "eval-batch-size", "run-name")
+    "device", "bf16", "num-server-rounds", "clients-per-round", "aggregation", "eval-batch-size", "run-name",
+    "tensorboard")
 
 # What a submitted run may ask the server to pay for: upper bounds of its size keys (docs/deployment.md). The
 # operator changes them, or bounds another numeric submittable key, in the [limits] table of SERVER_CONFIG_ENV.

@@ -86,7 +86,7 @@ def test_tls_deployment_with_node_authentication(tmp_path):
         dep.write_registry(entries)
         dep.start_supernode("intruder", f"partition-id=0 num-partitions={NODES}", dep.key(NODES),
                             executor=False)
-        assert dep.wait_exit("intruder", timeout_s=90) not in (None, 0), dep.log_of("intruder")[-2000:]
+        assert dep.wait_exit("intruder", timeout_s=600) not in (None, 0), dep.log_of("intruder")[-2000:]
         assert "Failed to activate SuperNode" in dep.log_of("intruder")
         dep.wait_ready()
         proc = dep.run({**TINY, "run-name": out.name})

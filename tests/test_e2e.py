@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+
+from fedcmi.runtime.loopback import _alive, free_port, stop_pids
 
 ROOT = Path(__file__).parents[1]
 FEDCMI = [sys.executable, "-m", "fedcmi.cli"]
@@ -59,7 +60,7 @@ def _ray_processes() -> list[str]:
 @pytest.fixture(scope="module")
 def fedcmi_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("e2e") / "run"
-    return out, _simulate(out)
+    return out, _simulate(out, "--verbose")  # Flower's log lines too
 
 
 def test_fedcmi_simulation_writes_results_and_learns(fedcmi_run):
@@ -68,6 +69,7 @@ def test_fedcmi_simulation_writes_results_and_learns(fedcmi_run):
     assert f"results written to {out}" in " ".join(proc.stdout.split())
     for noise in ("Manually terminating ClientAppActor", "ClientAppActor.terminate failed"):  # end-of-run chatter
         assert noise not in proc.stderr, proc.stderr[-2000:]
+    assert "\x1b[" not in proc.stdout + proc.stderr  # output to a file or a pipe: no colour codes
     rows = _rows(out)
     assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
     for col in ("acc_mm", "acc_audio", "acc_visual", "acc_audio_zero", "acc_visual_zero", "worst_class_acc",
@@ -86,29 +88,34 @@ def test_fedcmi_simulation_writes_results_and_learns(fedcmi_run):
 
 def test_no_process_left_behind(fedcmi_run):
     assert fedcmi_run[1].returncode == 0
-    deadline = time.monotonic() + 15  # Ray's daemons exit asynchronously after shutdown
+    deadline = time.monotonic() + 300  # Ray's daemons exit asynchronously after shutdown (a backstop only)
     while _ray_processes() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _ray_processes() == []
 
 
-def _kill_flower_processes(flwr_home: Path) -> None:
-    """`flwr run` leaves a local SuperLink (and its SuperExec) running: stop the ones this test started."""
-    for pid in map(int, subprocess.run(["pgrep", "-f", "flower-super"], capture_output=True,
-                                       text=True).stdout.split()):
+def _flower_processes(flwr_home: Path) -> list[int]:
+    """Live processes started with this FLWR_HOME: the local SuperLink `flwr run` started, its SuperExec, apps."""
+    found = []
+    for entry in Path("/proc").iterdir():
         try:
-            if f"FLWR_HOME={flwr_home}".encode() in Path(f"/proc/{pid}/environ").read_bytes():
-                os.kill(pid, signal.SIGTERM)
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            if entry.name.isdigit() and f"FLWR_HOME={flwr_home}".encode() in (entry / "environ").read_bytes().split(
+                    b"\0") and _alive(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:
             pass
+    return found
 
 
 @pytest.mark.skipif(shutil.which("flwr", path=str(Path(sys.executable).parent)) is None, reason="no flwr CLI")
 def test_flwr_run_launcher(tmp_path):
+    """Hermetic: its own FLWR_HOME and its own local SuperLink on free ports (Flower's defaults, 127.0.0.1:39091
+    and :39093, may hold a SuperLink a user's `flwr run` left running, which would otherwise take the run)."""
     flwr_home = tmp_path / "flwr-home"
     out = tmp_path / "flwr-run"
     flwr = str(Path(sys.executable).parent / "flwr")
     env = _env(FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()), FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
                FEDCMI_RUNS_DIR=str(tmp_path),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     try:
@@ -119,7 +126,10 @@ def test_flwr_run_launcher(tmp_path):
              "--federation-config", "num-supernodes=4 client-resources-num-cpus=1"],
             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     finally:
-        _kill_flower_processes(flwr_home)
+        started = _flower_processes(flwr_home)
+        stop_pids(started)  # `flwr run` leaves its local SuperLink running: stop exactly what this test started
+    assert started, "no local SuperLink of this test's own (did the run go to another one?)"
+    assert _flower_processes(flwr_home) == []
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert json.loads((out / "status.json").read_text())["status"] == "complete"
     assert [int(r["round"]) for r in _rows(out)] == [0, 1, 2]

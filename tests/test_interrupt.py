@@ -135,6 +135,10 @@ def test_ctrl_c_while_clients_train_stops_then_resume_matches(tmp_path, whole):
     proc, took = _interrupt(cmd, signal.SIGINT, after_round=1, after_s=1.0, to_group=True)
     assert _check_interrupted(proc, took, out, signal.SIGINT) == 1
     assert "Traceback" not in proc.stderr
+    # nothing from Ray about the client actors the stop killed ("(raylet) Task ClientAppActor.run failed ...
+    # killed by `ray.kill`" on stdout), and no colour codes in a pipe
+    for noise in ("(raylet)", "ClientAppActor", "ray.kill", "\x1b["):
+        assert noise not in proc.stdout + proc.stderr, proc.stdout[-3000:]
     _resume(out)
     _same_numbers(whole, out)
 

@@ -112,7 +112,7 @@ def test_unused_keys_are_the_method_keys_it_does_not_read():
 
 def test_cli_refuses_a_contradiction_with_one_line_and_exit_2_and_writes_effective_config(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "fedcmi.cli", "simulate", "strategy=fedcmi-noinf", "lambda-cmi=3"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "fedcmi: error: strategy=fedcmi-noinf is defined by lambda-cmi = 0.0; lambda-cmi=3.0 contradicts it "

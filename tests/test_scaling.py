@@ -54,7 +54,7 @@ def test_unreachable_ray_address_is_one_line_and_exit_2():
     server, port = _listening()
     server.close()  # nothing listens there now
     proc = subprocess.run([sys.executable, "-m", "fedcmi.cli", "simulate", "num-clients=4", "clients-per-round=2",
-                           f"ray-address=127.0.0.1:{port}"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                           f"ray-address=127.0.0.1:{port}"], capture_output=True, text=True, cwd=ROOT, timeout=600,
                           env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
     assert proc.returncode == 2
     assert f"ray-address='127.0.0.1:{port}': no Ray head answers there" in proc.stderr
@@ -97,19 +97,55 @@ def test_dispatch_takes_each_undelivered_message_once():
 
 def test_ray_end_of_run_notes_are_dropped_and_other_notes_kept(monkeypatch):
     """Ray prints "(raylet)" notes straight to the terminal; the end-of-run retry note of every actor's
-    goodbye is dropped, any other note (a real client crash) still reaches the user."""
+    goodbye is dropped, any other note (a real client crash) still reaches the user, until a stop is requested:
+    then the notes are about the actors the stop killed (Ctrl-C ends with the single line, nothing from Ray)."""
     import ray._private.worker as worker
 
-    from fedcmi.runtime.simulation import _filter_raylet_notes
+    from fedcmi.runtime.interrupt import STOP
+    from fedcmi.runtime.simulation import quiet_ray_printing
 
     printed = []
     monkeypatch.setattr(worker, "print_to_stdstream", lambda data, ignore_prefix: printed.append(data["lines"]))
-    _filter_raylet_notes()
-    _filter_raylet_notes()  # once per process: not wrapped twice
+    monkeypatch.setattr(worker, "print_worker_logs", worker.print_worker_logs)  # restored after the test
+    quiet_ray_printing()
+    quiet_ray_printing()  # once per process: not wrapped twice
     note = ("Task ClientAppActor.terminate failed. There are 1 retries remaining, so the task will be retried. "
             "Error: The actor is temporarily unavailable: IntentionalSystemExit")
     crash = "Task ClientAppActor.run failed. There are 1 retries remaining, so the task will be retried."
+    killed = crash + " Error: The actor is dead because it was killed by `ray.kill`."
     worker.print_to_stdstream({"lines": [note], "pid": "raylet", "is_err": False}, ignore_prefix=False)
     worker.print_to_stdstream({"lines": [note, crash], "pid": "raylet", "is_err": False}, ignore_prefix=False)
     assert printed == [[crash]]
     assert worker.print_to_stdstream._fedcmi_filtered
+    STOP.request()
+    try:
+        worker.print_to_stdstream({"lines": [killed, killed], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    finally:
+        STOP.clear()
+    assert printed == [[crash]]
+
+
+def test_ray_prints_no_colour_codes_into_a_file_or_a_pipe(monkeypatch):
+    """`fedcmi simulate > log.txt`: what Ray prints to stdout (its notes, forwarded client logs that Flower
+    coloured) has no ANSI codes; a terminal keeps them. Each stream is judged on its own."""
+    import io
+
+    import ray._private.worker as worker
+
+    from fedcmi.runtime.simulation import ANSI, quiet_ray_printing
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)
+    monkeypatch.setattr(worker, "print_worker_logs", worker.print_worker_logs)
+    quiet_ray_printing()
+    data = {"lines": ["\x1b[92mINFO \x1b[0m:      Start client", "(plain)"], "pid": 1234, "ip": "127.0.0.1",
+            "localhost": "127.0.0.1", "actor_name": "ClientAppActor"}
+    file, terminal = io.StringIO(), Terminal()
+    worker.print_worker_logs(data, file)
+    worker.print_worker_logs(data, terminal)
+    assert file.getvalue() == "(ClientAppActor pid=1234) INFO :      Start client\n(ClientAppActor pid=1234) (plain)\n"
+    assert "\x1b[" in terminal.getvalue() and ANSI.sub("", terminal.getvalue()) == file.getvalue()

@@ -42,7 +42,7 @@ def test_a_client_process_does_not_import_the_arrow_stack(tmp_path):
     overrides = json.dumps(SMALL)
     warm = ("from fedcmi.config import resolve; from fedcmi.data.partition import federation; "
             f"federation(resolve(overrides={overrides}))")
-    subprocess.run([sys.executable, "-c", warm], check=True, env=env, cwd=ROOT, timeout=120)
+    subprocess.run([sys.executable, "-c", warm], check=True, env=env, cwd=ROOT, timeout=600)
     client = (
         "import sys, json; import clients.app\n"
         "from clients.node_data import node_data\n"
@@ -51,7 +51,7 @@ def test_a_client_process_does_not_import_the_arrow_stack(tmp_path):
         "node = node_data({'partition-id': 2, 'num-partitions': 7}, cfg)\n"
         "data = node.client_data(cfg)\n"
         "print(json.dumps([len(data), [m for m in ('datasets', 'flwr_datasets', 'pandas') if m in sys.modules]]))\n")
-    out = subprocess.run([sys.executable, "-c", client], check=True, env=env, cwd=ROOT, timeout=120,
+    out = subprocess.run([sys.executable, "-c", client], check=True, env=env, cwd=ROOT, timeout=600,
                          capture_output=True, text=True).stdout
     size, heavy = json.loads(out.strip().splitlines()[-1])
     assert size > 0 and heavy == []

@@ -126,7 +126,7 @@ class Cell:
         return keys
 
 
-# Grid presets. The base keys shrink a cell so the default grid (351 cells) fits its time budget on 2 cores.
+# Grid presets. The base keys shrink a cell so the default grid (378 cells) fits its time budget on 2 cores.
 BENCH_BASE = {"num-clients": 20, "clients-per-round": 5, "local-epochs": 1, "min-partition-size": 5, "lr": 0.05}
 BENCH_PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"strategies": ["fedavg", "fedprox", "fedcmi", "fedcmi-plus"], "seeds": 1, "alphas": ["0.5"],

@@ -268,6 +268,9 @@ class RunConfig:
                          "digits, '.', '_', '-', at most 100, never a path", _run_name_ok,
                          "must be letters, digits, '.', '_' or '-' (at most 100, not starting with '.' or '-')")
     out_dir: str = _opt("", "output", "run directory (default: runs/<time>-<name>)")
+    tensorboard: bool = _opt(True, "output", "write every round's accuracies, mean losses, reply counts and "
+                             "dominance ratio, and the configuration, as TensorBoard event files in "
+                             "<run>/tensorboard/ (`tensorboard --logdir runs/`)")
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -58,6 +58,20 @@ def round_row(server_round: int, accuracies: Mapping[str, Any], losses: Mapping[
         WALL_S: round(wall_s, 3)}
 
 
+def scalars(row: Mapping[str, Any], names: tuple[str, str]) -> dict[str, float]:
+    """The numbers of a row as TensorBoard tags (``group/column``): every accuracy column (per class too), the
+    mean loss terms, the reply counts, the dominance ratio and the wall time; absent or non-finite ones left out
+    (round 0 has no replies, losses or ratio)."""
+    columns = [(f"accuracy/{c}", c) for c in accuracy_columns(names)]
+    columns += [(f"loss/{k}", k) for k in row if k.startswith("loss")]
+    columns += [(f"replies/{k.removeprefix('clients_')}", k) for k in (*CLIENT_COUNTS, CAPPED, SKIPPED)]
+    columns += [(f"dominance/{RATIO}", RATIO), (f"time/{WALL_S}", WALL_S)]
+    values = [(tag, row.get(key)) for tag, key in columns]
+    values += [(f"accuracy/{PER_CLASS}_{i}", v) for i, v in enumerate(row.get(PER_CLASS) or [])]
+    return {tag: float(v) for tag, v in values
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
 def round_line(row: Mapping[str, Any], total: int, names: tuple[str, str]) -> str:
     """A round in one plain line: accuracies (mm, each modality alone, worst class), replies and time."""
     a, b = names

@@ -1,4 +1,4 @@
-"""The run directory: resolved config, per-round metrics (CSV + JSON), final model, accuracy plot.
+"""The run directory: resolved config, per-round metrics (CSV + JSON, TensorBoard), final model, accuracy plot.
 
 Every file is written atomically (temporary file + rename) after each round, so an interrupted run keeps
 every finished round.
@@ -32,13 +32,14 @@ if TYPE_CHECKING:  # torch and safetensors load when a checkpoint is read or a m
     import torch
 
     from fedcmi.runs.checkpoint import Checkpoint
+    from fedcmi.runs.tensorboard import TensorBoardLog
 
 MODEL_FILE = "model.safetensors"
 REPLIES_FILE = "replies.csv"  # one row per screened reply: its norms, local steps, weight, ratio and verdict
 MARKER = ".fedcmi-run"
 # keys that may differ between a checkpoint and its resume (more rounds; the folder's own path)
 # keys that never change a result: a resume may change them, and checkpoints from before a key existed still match
-RESUMABLE_KEYS = ("num-server-rounds", "out-dir", "pipelined-eval", "discovery-timeout")
+RESUMABLE_KEYS = ("num-server-rounds", "out-dir", "pipelined-eval", "discovery-timeout", "tensorboard")
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
@@ -170,11 +171,13 @@ class RunDirectory:
         self.modality_names = modality_names
         self.rows: list[dict[str, Any]] = []
         self.replies: list[dict[str, Any]] = []
+        self.tensorboard: TensorBoardLog | None = None
         if resume_after is not None:
             check_metrics(self.path, resume_after)
         self.write_config(cfg)  # on a resume too: an extended run records its new num-server-rounds
         self.finish("running", rounds=resume_after)  # None: no round recorded yet; add_round updates it
         if resume_after is None:
+            self._open_tensorboard()
             return
         rows = json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
         for row in rows:
@@ -187,6 +190,16 @@ class RunDirectory:
         if replies.is_file():
             with replies.open(newline="", encoding="utf-8") as f:
                 self.add_replies([r for r in csv.DictReader(f) if int(r["round"]) <= resume_after])
+        self._open_tensorboard()  # after the rewrite above: the kept rows are not logged again
+
+    def _open_tensorboard(self) -> None:
+        if self.cfg.tensorboard:
+            from fedcmi.runs.tensorboard import TensorBoardLog
+
+            modalities, _ = META_KEYS
+            self.tensorboard = TensorBoardLog.open(self.path, {**self.cfg.to_dict(),
+                                                               modalities: list(self.modality_names)},
+                                                   self.modality_names, self.rows)
 
     def write_config(self, cfg: RunConfig) -> None:
         """config.json: the effective configuration (exactly the values that ran), the data set's modality
@@ -202,6 +215,8 @@ class RunDirectory:
         atomic_write(self.path / "metrics.json", json.dumps(
             [{k: _json_safe(v) for k, v in r.items()} for r in self.rows], indent=1) + "\n")
         atomic_write(self.path / "metrics.csv", self._csv())
+        if self.tensorboard is not None:
+            self.tensorboard.add_round(row)
         self.finish("running", rounds=int(row[ROUND]))
 
     def add_replies(self, rows: list[Mapping[str, Any]]) -> None:
@@ -270,7 +285,10 @@ class RunDirectory:
         atomic_write(self.path / "status.json", json.dumps({"status": status, **extra}, indent=2) + "\n")
 
     def release(self) -> None:
-        """Give up the folder's lock (a process that exits releases it anyway)."""
+        """Close the TensorBoard log and give up the folder's lock (a process that exits releases it anyway)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self.lock >= 0:
             os.close(self.lock)
             self.lock = -1

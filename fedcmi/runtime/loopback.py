@@ -199,7 +199,7 @@ class Loopback:
             '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n\n'
             f'[superlink.{FEDERATION}]\naddress = "127.0.0.1:{self.superlink_port}"\n{security}\n')
 
-    def _wait_for_port(self, port: int, name: str, timeout_s: float = 60.0) -> None:
+    def _wait_for_port(self, port: int, name: str, timeout_s: float = 600.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.procs[name].poll() is not None:
@@ -218,7 +218,7 @@ class Loopback:
 
     def register(self, i: int) -> int:
         """Register SuperNode ``i``'s public key with the SuperLink (``flwr supernode register``); its node id."""
-        proc = self.flwr("supernode", "register", str(self.key(i)) + ".pub", FEDERATION, timeout_s=120)
+        proc = self.flwr("supernode", "register", str(self.key(i)) + ".pub", FEDERATION, timeout_s=600)
         found = re.search(r"SuperNode (\d+) registered", proc.stdout)
         if proc.returncode != 0 or not found:
             raise RuntimeError(f"registering supernode-{i} failed: {proc.stdout[-800:]} {proc.stderr[-800:]}")
@@ -256,8 +256,11 @@ class Loopback:
                                                      f"127.0.0.1:{port}"], name)
         return proc
 
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Wait until every warm worker has loaded its imports (as on real machines, started before runs)."""
+    def wait_ready(self, timeout_s: float = 900.0) -> None:
+        """Wait until every warm worker has loaded its imports (as on real machines, started before runs).
+
+        Waits on the workers' own "serving" line (or one of them exiting); ``timeout_s`` is only a backstop for a
+        worker that hangs: a loaded machine takes minutes to import torch in several processes at once."""
         deadline = time.monotonic() + timeout_s
         workers = [n for n in self.procs if n.endswith("-warm")]
         while any("serving ClientApp tasks" not in self.log_of(n) for n in workers):

@@ -173,8 +173,6 @@ def _start_ray(backend_config: dict[str, Any], token: ProcessToken, verbose: boo
 
     if ray.is_initialized():
         return
-    if not sys.stderr.isatty():
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     init_args = dict(backend_config.get("init_args", {}))
     init_args.setdefault("include_dashboard", False)
     if not verbose:  # Flower's defaults for a non-verbose simulation
@@ -211,51 +209,79 @@ def _start_ray(backend_config: dict[str, Any], token: ProcessToken, verbose: boo
         if original is not None:
             utils.set_sigterm_handler = original
         reinstall(ours)
-    _filter_worker_logs(strip_ansi=not sys.stderr.isatty())
+    _filter_worker_logs()
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Flower's goodbye of every actor at the end of every run, and Ray's note that this goodbye (the actor exits
 # on purpose) is "retried" under max_task_retries: neither is news to a user.
 _NOISE = ("Manually terminating ClientAppActor", "Task ClientAppActor.terminate failed")
 
 
-def _filter_worker_logs(strip_ansi: bool) -> None:
-    """What Ray forwards from the client actors: without Flower's end-of-run noise and, when stderr is not a
-    terminal, without colour codes (Flower colours its log lines in every process, Ray its prefixes)."""
+def is_noise(line: str) -> bool:
+    """A line Ray forwards or prints that says nothing to a user: Flower's end-of-run goodbyes, and anything
+    once a stop was requested (Ray's notes then are about the client actors the stop killed on purpose, e.g.
+    "Task ClientAppActor.run failed ... killed by `ray.kill`")."""
+    return STOP.is_set() or any(n in line for n in _NOISE)
+
+
+def _filter_worker_logs() -> None:
+    """What Ray forwards from the client actors, and Ray's own notes: without the noise (:func:`is_noise`) and,
+    on a stream that is not a terminal, without colour codes (Flower colours its log lines in every process,
+    Ray its prefixes)."""
     dispatcher = importlib.import_module("ray._private.worker").global_worker_stdstream_dispatcher
     with dispatcher._lock:
         named = [(name, handler) for name, handler in dispatcher.handlers if name == "ray_print_logs"]
-    if not named:  # log_to_driver=False: nothing is forwarded
-        return
-    forward = named[0][1]
+    if named:  # else log_to_driver=False: nothing is forwarded
+        forward = named[0][1]
 
-    def filtered(data: dict[str, Any]) -> None:
-        lines = [_ANSI.sub("", line) if strip_ansi else line for line in data.get("lines", [])
-                 if not any(n in line for n in _NOISE)]
-        if lines:
-            forward({**data, "lines": lines})
+        def filtered(data: dict[str, Any]) -> None:
+            lines = [line for line in data.get("lines", []) if not is_noise(line)]
+            if lines:
+                forward({**data, "lines": lines})
 
-    dispatcher.remove_handler("ray_print_logs")
-    dispatcher.add_handler("ray_print_logs", filtered)
-    _filter_raylet_notes()
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs", filtered)
+    quiet_ray_printing()
 
 
-def _filter_raylet_notes() -> None:
-    """Ray prints its own notes ("(raylet) ...": task retries, errors) straight through ``print_to_stdstream``,
-    not through the dispatcher above: drop the noise there too (once per process)."""
+class _PlainStream:
+    """A text stream that drops ANSI escape codes from what is written to it."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(ANSI.sub("", text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def quiet_ray_printing() -> None:
+    """Once per process: Ray's notes ("(raylet) ...": task retries, errors; printed by the driver's error
+    listener through ``print_to_stdstream``, not through the dispatcher) without the noise, and every line Ray
+    prints (forwarded logs and notes, through ``print_worker_logs``) without colour codes when its stream
+    (stdout or stderr, each on its own: ``fedcmi simulate > log.txt``) is not a terminal."""
     worker = importlib.import_module("ray._private.worker")
     original = worker.print_to_stdstream
     if getattr(original, "_fedcmi_filtered", False):
         return
 
     def print_filtered(data: dict[str, Any], ignore_prefix: bool) -> None:
-        lines = [line for line in data.get("lines", []) if not any(n in line for n in _NOISE)]
+        lines = [line for line in data.get("lines", []) if not is_noise(line)]
         if lines:
             original({**data, "lines": lines}, ignore_prefix)
 
+    print_logs = worker.print_worker_logs
+
+    def print_plain(data: dict[str, Any], print_file: Any, ignore_prefix: bool = False) -> None:
+        isatty = getattr(print_file, "isatty", None)
+        print_logs(data, print_file if isatty is not None and isatty() else _PlainStream(print_file), ignore_prefix)
+
     print_filtered._fedcmi_filtered = True  # type: ignore[attr-defined]
     worker.print_to_stdstream = print_filtered
+    worker.print_worker_logs = print_plain
 
 
 class _Backends:

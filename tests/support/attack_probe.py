@@ -60,13 +60,13 @@ def main(argv: list[str] | None = None) -> int:
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a backstop: nodes connect as Ray starts their actors (slow under load)
         while len(grid.get_node_ids()) < cfg.num_clients and time.monotonic() < deadline:
             time.sleep(0.2)
         nodes = sorted(grid.get_node_ids())
         queries = [Message(protocol.query_content(cfg.client_dict()), dst_node_id=n, message_type=MessageType.QUERY)
                    for n in nodes]
-        for reply in sorted(grid.send_and_receive(queries, timeout=120), key=lambda m: m.metadata.src_node_id):
+        for reply in sorted(grid.send_and_receive(queries, timeout=600), key=lambda m: m.metadata.src_node_id):
             info = reply.content[protocol.INFO]
             found["query"].append({"node": reply.metadata.src_node_id, **{k: info[k] for k in (
                 protocol.PARTITION_ID, protocol.KIND, protocol.NUM_EXAMPLES)}})
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         glob = record_arrays(arrays)
         content = protocol.train_content(arrays, cfg.client_dict(), 1, Guidance(False, None, None), spec)
         msgs = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
-        for reply in sorted(grid.send_and_receive(msgs, timeout=300), key=lambda m: m.metadata.src_node_id):
+        for reply in sorted(grid.send_and_receive(msgs, timeout=600), key=lambda m: m.metadata.src_node_id):
             if reply.has_error():
                 found["train"].append({"node": reply.metadata.src_node_id, "error": reply.error.reason[-500:]})
                 continue
