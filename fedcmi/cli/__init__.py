@@ -283,6 +283,7 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
 
     check_device(cfg.device)
     federation(cfg)  # an infeasible partition (alpha too small for min-partition-size) stops here, not in Ray
+    done = 0
     if resume:
         from fedcmi.runs.run_dir import resumable, run_status
 
@@ -300,7 +301,8 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
         cfg = cfg.replace(out_dir=str(default_run_dir(cfg)))
     names = load_data(cfg).modalities
     header = (f"fedcmi simulate: {cfg.strategy} on {cfg.dataset}, {cfg.num_clients} clients "
-              f"({cfg.clients_per_round} per round), {cfg.num_server_rounds} rounds, seed {cfg.seed}")
+              f"({cfg.clients_per_round} per round), {cfg.num_server_rounds} rounds, seed {cfg.seed}"
+              + (f"; resuming {cfg.out_dir} from round {done + 1}" if resume else ""))
     if not sys.stdout.isatty():  # a file or a pipe: one plain line per round, as it ends
         print(header, flush=True)
 
