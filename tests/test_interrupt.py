@@ -116,7 +116,8 @@ def _resume(out: Path) -> None:
                           capture_output=True, text=True, timeout=600, env=_env(uuid.uuid4().hex))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "status.json").read_text())["status"] == "complete"
-    assert "; resuming " in proc.stdout.splitlines()[0] and " from round " in proc.stdout.splitlines()[0], proc.stdout[:500]
+    header = proc.stdout.splitlines()[0]
+    assert "; resuming " in header and " from round " in header, proc.stdout[:500]
 
 
 @pytest.fixture(scope="module")
