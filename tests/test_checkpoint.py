@@ -173,3 +173,20 @@ def test_an_intact_checkpoint_passes_the_content_checks(finished_run):
     before = torch.random.get_rng_state()
     assert resumable(finished_run, cfg).round == 1
     assert torch.equal(torch.random.get_rng_state(), before)  # building the expected model drew nothing
+
+
+def test_a_run_started_before_a_key_existed_resumes_while_that_key_is_at_its_default(tmp_path):
+    """config.json of a run started before `natural-splits` existed: its checkpoint hash covers the keys it had;
+    the run resumes with the new key at its default, and is refused with the key set or another key changed."""
+    from fedcmi.config import effective
+    from fedcmi.runs.run_dir import config_hash, same_config
+
+    cfg = effective({"num-clients": 4, "clients-per-round": 2})
+    old = {k: v for k, v in cfg.to_dict().items() if k != "natural-splits"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    digest = config_hash(cfg, set(old))
+    assert digest != config_hash(cfg)  # the key set grew: the plain hash no longer matches
+    assert same_config(tmp_path, cfg, digest)
+    assert not same_config(tmp_path, cfg.replace(natural_splits=cfg.natural_splits + 1), digest)
+    assert not same_config(tmp_path, cfg.replace(lr=cfg.lr * 2), digest)
+    assert same_config(tmp_path, cfg, config_hash(cfg))  # a current run: the plain hash

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +49,31 @@ def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
     return path
 
 
-def config_hash(cfg: RunConfig) -> str:
-    """SHA-256 of the effective configuration a checkpoint was trained with (less the keys a resume may change)."""
-    values = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS}
+def config_hash(cfg: RunConfig, keys: Collection[str] | None = None) -> str:
+    """SHA-256 of the effective configuration a checkpoint was trained with (less the keys a resume may change);
+    with ``keys``, of those keys only (the ones a run's config.json had when the run started)."""
+    values = {k: v for k, v in cfg.to_dict().items()
+              if k not in RESUMABLE_KEYS and (keys is None or k in keys)}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def same_config(path: Path, cfg: RunConfig, digest: str | None) -> bool:
+    """Whether ``cfg`` is the configuration a checkpoint of ``path`` was trained with: the same hash, or, for a
+    run started before some keys existed, the same hash over the keys its config.json has while every newer key
+    is at its default (a new key's default keeps the old behaviour)."""
+    if digest == config_hash(cfg):
+        return True
+    try:
+        old = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(old, dict):
+        return False
+    from fedcmi.config import defaults
+
+    values, default = cfg.to_dict(), defaults()
+    newer = [k for k in values if k not in old and k not in RESUMABLE_KEYS]
+    return bool(newer) and all(values[k] == default[k] for k in newer) and digest == config_hash(cfg, set(old))
 
 
 def is_run_dir(path: Path) -> bool:
@@ -101,7 +122,7 @@ def resumable(path: Path, cfg: RunConfig, expected: Mapping[str, torch.Tensor] |
     from fedcmi.runs.checkpoint import CheckpointError, check_content, load_checkpoint
 
     checkpoint = load_checkpoint(path)
-    if checkpoint.config_hash != config_hash(cfg):
+    if not same_config(path, cfg, checkpoint.config_hash):
         raise CheckpointError(f"{path / 'config.json'}: differs from the configuration the checkpoint was trained "
                               "with (edited after the run started?); refusing to resume a different run")
     if expected is None or num_classes is None:
