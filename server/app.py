@@ -172,7 +172,8 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         wall = snap.wall_s if cfg.pipelined_eval else time.monotonic() - clock["t"] + snap.wall_s
         row = round_row(snap.server_round, res, {k: v for k, v in snap.train_metrics.items() if k.startswith("loss")},
                         _modality_name(data.modalities, guidance.dominant if guidance else None),
-                        guidance.ratio if guidance else math.nan, snap.round_log, wall)
+                        guidance.ratio if guidance else math.nan, snap.round_log, wall,
+                        guidance.tau if guidance else None)
         if not cfg.pipelined_eval:
             clock["t"] = time.monotonic()
             STOP.check()  # from here the row and its checkpoint are written together

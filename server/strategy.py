@@ -91,6 +91,10 @@ class Accepted:
     capped: bool = False
 
 
+# Class statistics are measured with the received model; those of round 1 describe the untrained initial model.
+FIRST_INFORMATIVE_ROUND = 2
+
+
 class FedCMIStrategy(Strategy):
     """Per-modality FedAvg with server-side dominant-modality guidance.
 
@@ -453,7 +457,7 @@ class FedCMIStrategy(Strategy):
                 server_round, len(accepted), self.min_replies)
             return None, metrics
         new, _ = aggregate(current, [e.update for e in accepted], self.group_of, self.rule)
-        self._update_guidance([e.stats for e in accepted if e.stats is not None])
+        self._update_guidance(server_round, [e.stats for e in accepted if e.stats is not None])
         self._pool_features(server_round, [(e.who, e.features) for e in accepted])
         return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in new.items()}), metrics
 
@@ -473,7 +477,12 @@ class FedCMIStrategy(Strategy):
         if pooled is not None:
             self.feature_stats = pooled
 
-    def _update_guidance(self, all_stats: list[ClassStats]) -> None:
+    def _update_guidance(self, server_round: int, all_stats: list[ClassStats]) -> None:
+        """The next round's dominant modality and tau_c from the accepted class statistics (smoothed with
+        ``dominance-momentum``). Clients measure them with the model they received, so round 1's describe the
+        untrained initial model (ratios near 1, a coin flip of a dominant modality): they are not used."""
+        if server_round < FIRST_INFORMATIVE_ROUND:
+            return
         stats = sum(all_stats, ClassStats.zeros(self.num_classes))
         if stats.counts.sum() <= 0:
             return

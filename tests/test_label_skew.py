@@ -106,9 +106,9 @@ def test_smoothed_dominance_and_clipped_tau_by_hand():
     s = build_strategy(cfg, ModelSpec(2, (1,), (1,)))
     first = ClassStats(np.array([8.0, 1.0]), np.array([2.0, 1.0]), np.array([10.0, 10.0]))  # a dominates
     second = ClassStats(np.array([1.0, 1.0]), np.array([9.0, 9.0]), np.array([10.0, 10.0]))  # b, one round
-    s._update_guidance([first])
+    s._update_guidance(2, [first])
     assert s.guidance.dominant == "a"
-    s._update_guidance([second])
+    s._update_guidance(3, [second])
     ema = ClassStats(0.5 * first.sum_pa + 0.5 * second.sum_pa, 0.5 * first.sum_pb + 0.5 * second.sum_pb,
                      0.5 * first.counts + 0.5 * second.counts)
     want = dominance(ema, cfg.gamma)

@@ -44,6 +44,34 @@ def test_iid_partitioner_is_balanced():
     assert {len(s.indices) for s in specs} == {60}
 
 
+def _iid_shards(seed: int, table) -> list[np.ndarray]:
+    from types import SimpleNamespace
+
+    from fedcmi.data.partition import partition_indices
+
+    return partition_indices(SimpleNamespace(train=table), RunConfig(num_clients=10, partitioner="iid", seed=seed))
+
+
+def test_iid_shards_follow_the_seed_and_spread_a_sorted_split():
+    """IID is shuffled by the run seed: one seed gives the same shards twice, another seed other shards, and a
+    split stored sorted by class and by actor (as a prepared CREMA-D split is) still gives every client a spread
+    of both instead of a contiguous block."""
+    from datasets import Dataset
+
+    n, classes, actors = 600, 6, 12
+    labels = np.repeat(np.arange(classes), n // classes)  # sorted by class
+    actor = np.repeat(np.arange(actors), n // actors)  # and by actor: rows 0-49 are actor 0, ...
+    table = Dataset.from_dict({"idx": np.arange(n), "label": labels})
+    one, again, other = _iid_shards(0, table), _iid_shards(0, table), _iid_shards(1, table)
+    assert all(np.array_equal(a, b) for a, b in zip(one, again, strict=True))
+    assert not any(np.array_equal(a, b) for a, b in zip(one, other, strict=True))
+    assert np.array_equal(np.sort(np.concatenate(one)), np.arange(n))
+    for shard in one:
+        assert len(shard) == n // 10
+        assert len(np.unique(labels[shard])) == classes  # a contiguous shard of 60 would hold 1-2 classes
+        assert len(np.unique(actor[shard])) >= actors // 2  # ... and 2 actors
+
+
 @pytest.mark.parametrize("n, ratio, split, expect", [
     (20, 0.5, 0.5, {"mm": 10, "a": 5, "b": 5}),
     (20, 1.0, 0.5, {"mm": 20, "a": 0, "b": 0}),

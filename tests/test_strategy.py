@@ -92,20 +92,28 @@ def test_group_nobody_trained_stays_unchanged():
 
 
 def test_guidance_from_statistics_is_sent_next_round():
+    """Round 1's statistics (measured on the untrained initial model) are not used; round 2's decide round 3."""
     s = _strategy(gamma=2.0, warmup_rounds=1)
     grid = FakeGrid()
     first = list(s.configure_train(1, s.current_arrays, ConfigRecord({"lr": 0.1}), grid))
     cfg1 = first[0].content["config"]
     assert cfg1["infiltrate"] is False and "dominant" not in cfg1 and cfg1["lr"] == 0.1
-    s.aggregate_train(1, [
+    replies = [
         _reply(11, 10, _arrays(1, 1, 1), stats=([9.0, 0.0], [3.0, 0.0], [10.0, 0.0])),
         _reply(15, 40, _arrays(1, 1, 1), stats=([15.0, 6.0], [15.0, 6.0], [30.0, 10.0])),
-    ])
-    assert s.guidance.dominant == "a" and s.guidance.ratio == pytest.approx(7 / 6)
+    ]
+    s.aggregate_train(1, replies)
+    assert s.guidance is None
     second = list(s.configure_train(2, s.current_arrays, ConfigRecord(), grid))
     cfg2 = second[0].content["config"]
-    assert cfg2["infiltrate"] is True and cfg2["dominant"] == "a" and cfg2["server-round"] == 2
-    assert cfg2["tau"] == pytest.approx([1 / (1 + 2 * math.log((4 / 3) / (7 / 6))), 1.0])
+    assert cfg2["infiltrate"] is True and "dominant" not in cfg2  # clients do not distil without a decision
+    s.aggregate_train(2, replies)
+    # P_a = (9 + 15) / 40 = 0.6 and 6 / 10; P_b = 18 / 40 = 0.45 and 0.6: ratios 4/3 and 1, mean 7/6
+    assert s.guidance.dominant == "a" and s.guidance.ratio == pytest.approx(7 / 6)
+    third = list(s.configure_train(3, s.current_arrays, ConfigRecord(), grid))
+    cfg3 = third[0].content["config"]
+    assert cfg3["infiltrate"] is True and cfg3["dominant"] == "a" and cfg3["server-round"] == 3
+    assert cfg3["tau"] == pytest.approx([1 / (1 + 2 * math.log((4 / 3) / (7 / 6))), 1.0])
 
 
 def test_sampling_is_seeded_and_discovers_nodes():

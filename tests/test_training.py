@@ -85,6 +85,18 @@ def test_distillation_switch_off_and_warmup_leave_infiltration_projectors_alone(
         assert not _moved(before, model, "inf_a.") and not _moved(before, model, "inf_b.")
 
 
+def test_no_infiltration_before_the_server_decided_the_dominant_modality():
+    """dominance=global without a server decision (round 2, whose statistics came from the initial model): no
+    distillation at all, never a silent switch to the per-batch rule; dominance=local distils regardless."""
+    model = _model()
+    before = _snapshot(model)
+    result = _update(model, _data("mm"), guidance=Guidance(infiltrate=True), **FEDCMI)
+    assert "loss_cmi" not in result.losses
+    assert not _moved(before, model, "inf_a.") and not _moved(before, model, "inf_b.")
+    local = _update(_model(), _data("mm"), guidance=Guidance(infiltrate=True), dominance="local", **FEDCMI)
+    assert "loss_cmi" in local.losses
+
+
 def test_each_term_reported_and_local_dominance_runs():
     model = _model()
     result = _update(model, _data("mm"), guidance=Guidance(infiltrate=True), dominance="local")

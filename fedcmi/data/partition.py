@@ -58,12 +58,18 @@ def assign_modalities(num_clients: int, multimodal_ratio: float, unimodal_split:
 
 
 def partition_indices(data: MultimodalData, cfg: RunConfig) -> list[np.ndarray]:
-    """Training-row indices per client, by flwr-datasets' Dirichlet or IID partitioner."""
+    """Training-row indices per client, by flwr-datasets' Dirichlet or IID partitioner.
+
+    IID: the rows are shuffled by the run seed first. flwr-datasets' IidPartitioner cuts contiguous shards
+    (``FederatedDataset`` shuffles before it, a bare partitioner does not), and a prepared split is stored sorted
+    (CREMA-D by clip name, so by actor): unshuffled, every seed would get the same shards, each a block of actors.
+    """
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner  # here: ~1 s of imports
 
     table = data.train.select_columns(["idx", "label"])
     if cfg.partitioner == "iid":
         part = IidPartitioner(num_partitions=cfg.num_clients)
+        table = table.shuffle(seed=cfg.seed)
     else:
         part = DirichletPartitioner(num_partitions=cfg.num_clients, partition_by="label",
                                     alpha=cfg.dirichlet_alpha, min_partition_size=cfg.min_partition_size,
@@ -73,7 +79,8 @@ def partition_indices(data: MultimodalData, cfg: RunConfig) -> list[np.ndarray]:
     try:
         with warnings.catch_warnings():  # its retry warnings; failure becomes our own one-line error
             warnings.simplefilter("ignore", UserWarning)
-            return [np.asarray(part.load_partition(i)["idx"], dtype=np.int64) for i in range(cfg.num_clients)]
+            return [np.sort(np.asarray(part.load_partition(i)["idx"], dtype=np.int64)) if cfg.partitioner == "iid"
+                    else np.asarray(part.load_partition(i)["idx"], dtype=np.int64) for i in range(cfg.num_clients)]
     except ValueError as exc:
         raise ConfigError(
             f"dirichlet-alpha={cfg.dirichlet_alpha}, min-partition-size={cfg.min_partition_size}, "

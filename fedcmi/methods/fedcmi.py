@@ -38,7 +38,7 @@ class Distiller:
             tau = np.full(num_classes, method.temperature)
         elif self.local:  # the authors' rule: the client's own statistics with the received weights
             tau, _ = class_temperatures(*class_statistics(model, data, num_classes).means(), method.gamma)
-        else:
+        else:  # the server's, decided with the dominant modality (``start`` builds no distiller before that)
             tau = guidance.tau if guidance.tau is not None else np.ones(num_classes)
         self.tau = torch.as_tensor(tau, dtype=torch.float32, device=device)
 
@@ -46,7 +46,7 @@ class Distiller:
              z_aa: torch.Tensor, z_bb: torch.Tensor, students: dict[str, torch.Tensor]) -> torch.Tensor:
         """Teacher: the frozen global dominant self branch. Student: ``students[weak]`` through cls_weak."""
         dominant = self.dominant
-        if self.local or dominant is None:  # per batch: rho = sum p_aa[y] / sum p_bb[y] (authors' code)
+        if self.local:  # per batch: rho = sum p_aa[y] / sum p_bb[y] (authors' code)
             with torch.no_grad():
                 rho = true_class_probability(z_aa, y).sum() / true_class_probability(z_bb, y).sum()
             dominant = "a" if rho > 1 else "b"
@@ -78,7 +78,11 @@ class FedCMI(LocalMethod):
                    unimodal_zero_fill=cfg.unimodal_zero_fill, normalize_loss=cfg.normalize_loss)
 
     def start(self, model: nn.Module, data: ClientData, guidance: Guidance, num_classes: int) -> None:
-        if data.kind == "mm" and self.lambda_cmi > 0 and guidance.infiltrate:
+        """Distil this round when the warm-up is over and, with ``dominance=global``, the server has decided the
+        dominant modality (it has not before it has statistics of a trained model: no infiltration then, rather
+        than a silent switch to the per-batch rule)."""
+        decided = self.dominance == "local" or guidance.dominant is not None
+        if data.kind == "mm" and self.lambda_cmi > 0 and guidance.infiltrate and decided:
             self.distiller = Distiller(model, data, self, guidance, num_classes)
 
     def batch_loss(self, model: nn.Module, xa: torch.Tensor | None, xb: torch.Tensor | None,

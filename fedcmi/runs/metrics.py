@@ -14,6 +14,7 @@ from typing import Any
 ROUND = "round"
 ACC_MM, WORST_CLASS, PER_CLASS = "acc_mm", "worst_class_acc", "per_class_acc"
 DOMINANT, RATIO, FAULTS, WALL_S, SKIPPED = "dominant", "ratio", "faults", "wall_s", "skipped"
+TAU = "tau"  # the class-wise temperatures tau_c decided with DOMINANT and RATIO (one per class; empty before)
 CLIENT_COUNTS = ("clients_ok", "clients_failed", "clients_rejected", "clients_timeout")
 # Accepted replies whose sample weight the server capped (claims mode: a size claim above what the round
 # allows); counted among clients_ok, shown beside the counts above.
@@ -45,12 +46,15 @@ def column_labels(names: tuple[str, str]) -> dict[str, str]:
 
 
 def round_row(server_round: int, accuracies: Mapping[str, Any], losses: Mapping[str, float], dominant: str,
-              ratio: float, round_info: Mapping[str, Any], wall_s: float) -> dict[str, Any]:
-    """One round's row: accuracies, mean loss terms of the good clients, guidance, reply counts, time."""
+              ratio: float, round_info: Mapping[str, Any], wall_s: float,
+              tau: Any = None) -> dict[str, Any]:
+    """One round's row: accuracies, mean loss terms of the good clients, guidance (the dominant modality, r̄ and
+    tau_c the server decided from this round's statistics, sent with the next round), reply counts, time."""
     return {
         ROUND: server_round, **accuracies,
         **{k.replace("-", "_"): float(v) for k, v in losses.items()},
         DOMINANT: dominant, RATIO: ratio if ratio is not None else math.nan,
+        TAU: [] if tau is None else [float(t) for t in tau],
         "clients_ok": int(round_info.get("replies", 0)), "clients_failed": int(round_info.get("failed", 0)),
         "clients_rejected": int(round_info.get("rejected", 0)), "clients_timeout": int(round_info.get("timeout", 0)),
         CAPPED: int(round_info.get("capped", 0)),
@@ -68,6 +72,7 @@ def scalars(row: Mapping[str, Any], names: tuple[str, str]) -> dict[str, float]:
     columns += [(f"dominance/{RATIO}", RATIO), (f"time/{WALL_S}", WALL_S)]
     values = [(tag, row.get(key)) for tag, key in columns]
     values += [(f"accuracy/{PER_CLASS}_{i}", v) for i, v in enumerate(row.get(PER_CLASS) or [])]
+    values += [(f"dominance/{TAU}_{i}", v) for i, v in enumerate(row.get(TAU) or [])]
     return {tag: float(v) for tag, v in values
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
