@@ -89,6 +89,7 @@ def build_strategy(cfg: RunConfig, model_spec: ModelSpec, membership: Membership
                           update_norm_multiple=cfg.update_norm_multiple,
                           use_modalities=method_spec(cfg.strategy).modalities, rule=rule(cfg.aggregation),
                           dominance_momentum=cfg.dominance_momentum, tau_min=cfg.tau_min,
+                          ratio_mean=cfg.ratio_mean,
                           discovery_timeout=discovery_timeout(cfg))
 
 

@@ -182,6 +182,10 @@ class RunConfig:
                                      "must be in [0, 1)")
     tau_min: float = _opt(0.0, "method", "fedcmi: lower bound of the class-wise temperatures; 0 = none", _unit,
                           "must be in [0, 1]")
+    ratio_mean: str = _opt("arithmetic", "method", "fedcmi: how the per-class ratios P_a(c)/P_b(c) are averaged into "
+                           "r̄, which decides the dominant modality and tau_c: arithmetic (the authors' code) or "
+                           "geometric (mean of the log ratios: one class whose probability collapsed cannot decide)",
+                           lambda v: v in ("arithmetic", "geometric"), "must be arithmetic or geometric")
     # label-skew remedies, combinable with every method (fedcmi.methods.remedies)
     logit_adjust: float = _opt(0.0, "method", "every method: CE(z + tau log pi_local, y) with this tau (FedLC / "
                                "logit adjustment); 0 = off", _at_least(0), "must be >= 0")

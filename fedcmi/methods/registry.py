@@ -21,7 +21,7 @@ EVERY_METHOD_KEYS = (*REMEDY_KEYS, *CCVR_KEYS)
 CROSS_ENTROPY = "fedcmi.methods.fedavg:build"  # fedavg.py: FedAvg's cross-entropy
 FEDCMI_USES = ("proximal-mu", "lambda-self", "lambda-cmi", "class-wise-temperature", "temperature", "gamma",
                "dominance", "warmup-rounds", "lambda-cross", "unimodal-zero-fill", "normalize-loss",
-               "dominance-momentum", "tau-min")
+               "dominance-momentum", "tau-min", "ratio-mean")
 
 
 def _fedcmi(name: str, summary: str, defaults: dict | None = None, defining: dict | None = None,
