@@ -84,6 +84,10 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
         parsed, extras = self.parse_known_args(args, namespace)
+        if isinstance(getattr(parsed, "overrides", None), list):  # key=value after an option: still a key
+            keys = [e for e in extras if "=" in e and not e.startswith("-")]
+            parsed.overrides += keys
+            extras = [e for e in extras if e not in keys]
         if extras:  # argparse reports them from the top parser; the help to read is the command's
             command = getattr(parsed, "command", None)
             self.error(f"unrecognized arguments: {' '.join(extras)}", f"{self.prog} {command}" if command else None)
