@@ -14,7 +14,7 @@ A resumed run continues the same W&B run id, kept in ``<run>/wandb-run.json`` wi
 W&B cannot hide steps the way TensorBoard's purge marker does, so rounds already logged (by the stopped
 attempt, past its checkpoint) are not logged again; a run resumed without the file (W&B was off, or it
 predates it) gets its kept rows logged first. Offline, each attempt is its own ``offline-run-*`` folder with
-that id (disjoint steps): sync the first, then the others with ``wandb sync --append``.
+that id and disjoint steps; ``wandb sync`` of them all uploads them into one run, in the order they started.
 """
 
 from __future__ import annotations
@@ -50,6 +50,14 @@ def require() -> None:
     """The one-line config error of ``wandb=true`` without the package, raised before a run starts."""
     if not installed():
         raise ConfigError(f"wandb=true: the wandb package is not installed; {INSTALL_HINT}")
+
+
+def sync_hint(run_path: Path) -> str | None:
+    """The line that tells how to upload a run's offline W&B run (None when it has none)."""
+    if os.environ.get("WANDB_MODE", "offline") not in ("offline", "dryrun") or not any(
+            (run_path / FOLDER).glob("offline-run-*")):
+        return None
+    return f"W&B run (offline): upload it with `wandb sync {run_path / FOLDER}/offline-run-*`"
 
 
 def _read_state(path: Path) -> dict[str, Any]:
