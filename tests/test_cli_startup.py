@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-HEAVY = ("torch", "flwr", "ray", "datasets")
+HEAVY = ("torch", "flwr", "ray", "datasets", "wandb")
 
 # (argv, exit code, what stderr's one line holds; None: no error line)
 CALLS = [

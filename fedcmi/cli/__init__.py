@@ -317,6 +317,8 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
         print_closing_lines(run_dir.rows)
         files = sorted(p.name for p in run_dir.path.iterdir() if p.is_file() and not p.name.startswith("."))
         print(f"results written to {run_dir.path}: " + ", ".join(files), flush=True)
+        if hint := _wandb_hint(cfg, run_dir.path):
+            print(hint, flush=True)
         return 0
 
     from rich.console import Console
@@ -340,7 +342,17 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
     console.print(results_table(run_dir.rows, names))
     print_closing_lines(run_dir.rows, console)
     console.print(f"results written to [bold]{run_dir.path}[/bold]")
+    if hint := _wandb_hint(cfg, run_dir.path):
+        console.print(hint, markup=False, highlight=False)
     return 0
+
+
+def _wandb_hint(cfg: RunConfig, path: Path) -> str | None:
+    if not cfg.wandb:
+        return None
+    from fedcmi.runs.wandb_log import sync_hint
+
+    return sync_hint(path)
 
 
 def _toml(value: Any) -> str:

@@ -63,6 +63,10 @@ UPPER: dict[str, float] = {
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
+def _wandb_project_ok(v: str) -> bool:
+    return 0 < len(v) <= 128 and not any(c in v for c in "/\\#?%:")
+
+
 def _run_name_ok(v: str) -> bool:
     return v == "" or bool(RUN_NAME.fullmatch(v))
 
@@ -275,6 +279,11 @@ class RunConfig:
     tensorboard: bool = _opt(True, "output", "write every round's accuracies, mean losses, reply counts and "
                              "dominance ratio, and the configuration, as TensorBoard event files in "
                              "<run>/tensorboard/ (`tensorboard --logdir runs/`)")
+    wandb: bool = _opt(False, "output", "also log the numbers TensorBoard gets, and the configuration, to a Weights & "
+                       "Biases run in <run>/wandb/: offline (no account, no network) unless WANDB_MODE is set; "
+                       "upload later with `wandb sync`. Needs `pip install wandb`")
+    wandb_project: str = _opt("fedcmi", "output", "the W&B project of a wandb=true run", _wandb_project_ok,
+                              "must be 1-128 characters, none of / \\ # ? % :")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -319,6 +328,10 @@ class RunConfig:
         if self.min_replies > self.clients_per_round:
             raise ConfigError(
                 f"min-replies={self.min_replies}: must be <= clients-per-round ({self.clients_per_round})")
+        if self.wandb:
+            from fedcmi.runs.wandb_log import require  # finds the package without importing it
+
+            require()
         return self
 
     # --- views ------------------------------------------------------------------------------------
