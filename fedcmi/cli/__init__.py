@@ -25,7 +25,7 @@ from fedcmi.cli.bench import add_bench_parser, cmd_bench
 from fedcmi.cli.features import add_features_parser, cmd_features
 from fedcmi.cli.prepare import add_prepare_parser, cmd_prepare
 from fedcmi.config import META_KEYS, ConfigError, RunConfig, config_keys, defaults, effective, parse_overrides, resolve
-from fedcmi.config.presets import PRESETS, preset_values
+from fedcmi.config.presets import PRESETS, SIMULATION_DEFAULTS, preset_values
 from fedcmi.errors import UserError, did_you_mean
 
 SIMULATE_HELP = """\
@@ -157,7 +157,8 @@ def _resolve(args: argparse.Namespace) -> RunConfig:
     overrides: dict[str, Any] = parse_overrides(args.overrides)
     if getattr(args, "out", None):
         overrides["out-dir"] = args.out
-    cfg = resolve(args.config, overrides, preset=preset_values(getattr(args, "preset", None)))
+    cfg = resolve(args.config, overrides,
+                  preset={**SIMULATION_DEFAULTS, **preset_values(getattr(args, "preset", None))})
     if args.command == "simulate":
         cfg.check_run()
     if cfg.out_dir:
