@@ -260,7 +260,8 @@ class RunConfig:
                                        "(each modality's encoder, the shared head): reject a client update whose "
                                        "L2 distance to the global model in a group, per local step, exceeds this "
                                        "multiple of the lower median of that group over the round's replies and "
-                                       "the last 3 rounds' accepted ones; 0 = off (docs/robustness.md)",
+                                       "the last 3 rounds' accepted ones; 0 = off, the default of fedcmi simulate and "
+                                       "fedcmi bench (docs/robustness.md)",
                                        lambda v: v == 0 or v >= 2, "must be 0 (off) or >= 2")
     membership: str = _opt("auto", "reliability", "what backs a node's sample count and partition id: federation "
                            "(the server rebuilds the partitions from this config: simulations, embedded-data "
