@@ -97,7 +97,7 @@ def test_summary_shows_no_spread_for_one_seed():
     lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| fed")}
     assert "| 0.600 ± 1.271 |" in lines["fedavg"]
     assert "**0.800**" in lines["fedcmi"] and "±" not in lines["fedcmi"]
-    assert lines["fedcmi"].endswith("| +0.300, n/a (1 seed) |")  # one common seed: no interval, no verdict
+    assert lines["fedcmi"].endswith("| +0.300, n/a (1 seed) | – |")  # one common seed: no interval, no verdict
     assert "tie" not in lines["fedcmi"]
 
 

@@ -75,10 +75,10 @@ def _bad(kind: str) -> Message:
 ])
 def test_each_bad_update_is_rejected_and_left_out(kind, reason):
     s = _strategy()
-    s.round_log[1] = {"nodes": [21, 22]}
-    arrays, metrics = s.aggregate_train(1, [_reply(21, GOOD), _bad(kind)])
+    s.round_log[2] = {"nodes": [21, 22]}  # round 2: its class statistics count (round 1's are of the initial model)
+    arrays, metrics = s.aggregate_train(2, [_reply(21, GOOD), _bad(kind)])
     assert metrics["clients-rejected"] == 1 and metrics["clients-ok"] == 1
-    assert any(reason in line and line.startswith("partition 1: rejected") for line in s.round_log[1]["faults"])
+    assert any(reason in line and line.startswith("partition 1: rejected") for line in s.round_log[2]["faults"])
     out = {k: v.numpy() for k, v in arrays.items()}
     for v in out.values():
         assert np.all(np.isfinite(v))
