@@ -17,10 +17,10 @@ from clients.node_data import node_data
 from fedcmi import protocol
 from fedcmi.config import RunConfig, from_mapping, normalize
 from fedcmi.config.run_config import FIELDS
+from fedcmi.devices import device_of
 from fedcmi.federated.client_step import client_step
 from fedcmi.methods.registry import method_spec
 from fedcmi.models import ModelSpec, model_for
-from fedcmi.runtime.devices import device_of
 
 app = ClientApp()
 

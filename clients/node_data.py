@@ -32,8 +32,8 @@ from fedcmi.data.features import check_encoder
 from fedcmi.data.partition import ClientSpec, client_data, federation
 from fedcmi.data.prepared import load_prepared
 from fedcmi.data.registry import load_data
-from fedcmi.models.modalities import kind_of as kind_of_codes
-from fedcmi.models.modalities import modalities_of
+from fedcmi.modalities import kind_of as kind_of_codes
+from fedcmi.modalities import modalities_of
 
 HINT = ('start the SuperNode with --node-config "partition-id=<i> num-partitions=<n>" or '
         '--node-config "partition-id=<i> data-dir=\'/path\' modalities=\'<m1>,<m2>\'"')

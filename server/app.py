@@ -34,10 +34,10 @@ from fedcmi.federated.client_step import round_seed
 from fedcmi.federated.evaluation import evaluate
 from fedcmi.federated.membership import Known, Membership, load_registry
 from fedcmi.methods.registry import method_spec
+from fedcmi.metrics import round_line, round_row
 from fedcmi.models import ModelSpec, model_for
 from fedcmi.npy import record_state_dict
 from fedcmi.runs.checkpoint import save_checkpoint
-from fedcmi.runs.metrics import round_line, round_row
 from fedcmi.runs.run_dir import RunDirectory, config_hash, default_run_dir, resumable
 from fedcmi.runtime.interrupt import STOP, Interrupted, StoppableGrid
 from server.pipeline import Recorder, RoundSnapshot

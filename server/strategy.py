@@ -9,7 +9,7 @@ does not. Each round:
 2. ``aggregate_train`` screens every reply, combines each modality's group over the clients that hold it
    and the fusion head over all with the run's aggregation rule (``fedcmi.federated.aggregation``), and
    turns the clients' class statistics into the next dominant modality and
-   temperatures (``fedcmi.federated.dominance``).
+   temperatures (``fedcmi.dominance``).
 
 Every record key comes from ``fedcmi.protocol``.
 
@@ -36,15 +36,15 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedcmi import protocol
+from fedcmi.dominance import ClassStats, Dominance, Guidance, dominance
 from fedcmi.federated.aggregation import ClientUpdate, Rule, aggregate
 from fedcmi.federated.aggregation.mean import weighted_mean
 from fedcmi.federated.calibration import FeatureStats
-from fedcmi.federated.dominance import ClassStats, Dominance, Guidance, dominance
 from fedcmi.federated.membership import Member, Membership, capped_weights
 from fedcmi.federated.screening import UpdateScreen, check_arrays, check_class_stats, group_norms, local_steps
+from fedcmi.modalities import group_of as default_group_of
+from fedcmi.modalities import modalities_of
 from fedcmi.models.build import ModelSpec
-from fedcmi.models.modalities import group_of as default_group_of
-from fedcmi.models.modalities import modalities_of
 from fedcmi.npy import record_arrays
 
 _logger = logging.getLogger("fedcmi.server")

@@ -11,7 +11,8 @@ from support.members import admit
 from fedcmi.federated.aggregation import RULES, ClientUpdate, aggregate, rule
 from fedcmi.federated.aggregation.clipped_mean import clipped_mean
 from fedcmi.federated.aggregation.trimmed_mean import trimmed_mean
-from fedcmi.models import ModelSpec, group_of
+from fedcmi.modalities import group_of
+from fedcmi.models import ModelSpec
 from server.strategy import FedCMIStrategy
 
 # six multimodal nodes and one audio-only node, each reported 100 samples at discovery

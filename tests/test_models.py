@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedcmi.models import ConcatModel, FedCMIModel, build_model, group_of
+from fedcmi.modalities import group_of
+from fedcmi.models import ConcatModel, FedCMIModel, build_model
 from fedcmi.models.encoders import ResNet18Encoder
 
 SHAPES = ((1, 20, 24), (3, 16, 16))

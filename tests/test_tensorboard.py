@@ -8,7 +8,7 @@ import math
 import pytest
 
 from fedcmi.config import RunConfig
-from fedcmi.runs.metrics import round_row
+from fedcmi.metrics import round_row
 from fedcmi.runs.run_dir import RunDirectory
 
 pytest.importorskip("tensorboard")

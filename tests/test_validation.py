@@ -8,7 +8,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from support.members import admit
 
 from fedcmi.federated.screening import check_arrays, check_class_stats
-from fedcmi.models import ModelSpec, group_of
+from fedcmi.modalities import group_of
+from fedcmi.models import ModelSpec
 from server.strategy import FedCMIStrategy
 
 NODES = {21: (0, "mm"), 22: (1, "mm")}

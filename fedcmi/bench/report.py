@@ -14,8 +14,7 @@ import numpy as np
 from fedcmi.bench.plan import BenchPlan, Cell, alpha_label, cell_complete
 from fedcmi.bench.stats import paired_difference, t_interval, verdict
 from fedcmi.methods.unimodal import display_name
-from fedcmi.runs.files import atomic_write, csv_text
-from fedcmi.runs.metrics import (
+from fedcmi.metrics import (
     ACC_MM,
     CAPPED,
     CLIENT_COUNTS,
@@ -25,6 +24,7 @@ from fedcmi.runs.metrics import (
     accuracy_columns,
     reply_totals,
 )
+from fedcmi.runs.files import atomic_write, csv_text
 
 BASELINE = "fedavg"  # every summary table compares each strategy with it, seed by seed
 PAIRED_METRIC = ACC_MM
@@ -251,7 +251,7 @@ def plot_reports(out: Path, finals: Sequence[dict[str, Any]], rounds: Sequence[d
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fedcmi.runs.metrics import column_labels
+    from fedcmi.metrics import column_labels
 
     metrics = _metric_names(names)
     labels_of = column_labels(names)

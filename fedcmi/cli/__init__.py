@@ -277,9 +277,9 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
 
     from fedcmi.data import load_data
     from fedcmi.data.partition import federation
-    from fedcmi.runs.metrics import round_line
+    from fedcmi.devices import check_device
+    from fedcmi.metrics import round_line
     from fedcmi.runs.run_dir import default_run_dir
-    from fedcmi.runtime.devices import check_device
 
     check_device(cfg.device)
     federation(cfg)  # an infeasible partition (alpha too small for min-partition-size) stops here, not in Ray
@@ -292,7 +292,7 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
             if run_status(Path(cfg.out_dir)) == "complete":
                 print(f"fedcmi: nothing to resume: {cfg.out_dir} has finished all {cfg.num_server_rounds} rounds")
                 return 0
-            from server.app import run_server  # killed after its last checkpoint: write what is missing
+            from fedcmi.runtime.apps import run_server  # killed after its last checkpoint: write what is missing
 
             print_closing_lines(run_server(None, cfg, resume=True).rows)  # no round left to train: no Ray
             print(f"fedcmi: {cfg.out_dir}: all {done} rounds were done; wrote the final model, plot and status")

@@ -99,8 +99,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     from fedcmi.bench.report import replies_note, write_reports
     from fedcmi.data.partition import federation
-    from fedcmi.runs.metrics import round_line
-    from server.bench_app import make_bench_app
+    from fedcmi.metrics import round_line
+    from fedcmi.runtime.apps import make_bench_app
 
     for cell in plan.cells():  # every partition of the grid, before Ray starts (cached: cheap)
         federation(plan.cell_config(cell))

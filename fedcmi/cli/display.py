@@ -48,7 +48,7 @@ def _faults_of(row: dict[str, Any]) -> list[str]:
     holds "; " stays whole (entries start with the partition or node they are about)."""
     import re
 
-    from fedcmi.runs.metrics import FAULTS
+    from fedcmi.metrics import FAULTS
 
     text = str(row.get(FAULTS) or "").strip()
     return [f for f in re.split(r"; (?=(?:partition -?\d+|node \d+): )", text) if f] if text else []
@@ -59,7 +59,7 @@ def closing_lines(rows: Sequence[dict[str, Any]], shown: int = SHOWN_FAULTS) -> 
     to ``shown`` lines naming the round, partition and reason of each failed, rejected, timed-out or capped
     reply, and how many more there are. A run with nothing to report gets its one short line; a run
     with no trained round gets none."""
-    from fedcmi.runs.metrics import CAPPED, CLIENT_COUNTS, ROUND, SKIPPED, reply_totals
+    from fedcmi.metrics import CAPPED, CLIENT_COUNTS, ROUND, SKIPPED, reply_totals
 
     trained = [r for r in rows if int(r.get(ROUND) or 0) >= 1]
     if not trained:

@@ -15,14 +15,14 @@ from torch import nn
 
 from fedcmi.config import RunConfig
 from fedcmi.data.base import ClientData
+from fedcmi.devices import autocast, device_of, on_device
+from fedcmi.dominance import ClassStats, Guidance
 from fedcmi.federated.calibration import FeatureStats, feature_statistics
-from fedcmi.federated.dominance import ClassStats, Guidance
-from fedcmi.federated.statistics import class_statistics
 from fedcmi.methods.base import TrainSettings, local_update, only
 from fedcmi.methods.registry import method_spec
 from fedcmi.methods.remedies import LabelSkew
-from fedcmi.models.modalities import group_of, trained_groups
-from fedcmi.runtime.devices import autocast, device_of, on_device
+from fedcmi.methods.statistics import class_statistics
+from fedcmi.modalities import group_of, trained_groups
 
 
 @dataclass
@@ -46,7 +46,7 @@ def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: G
                 cfg: RunConfig, *, num_classes: int, server_round: int, partition_id: int) -> ClientResult:
     """Load ``state``, measure the class statistics, train with the run's method, return the update.
 
-    ``model`` must already be on the client's device (``fedcmi.runtime.devices.device_of(cfg.device)``).
+    ``model`` must already be on the client's device (``fedcmi.devices.device_of(cfg.device)``).
     """
     spec = method_spec(cfg.strategy)
     device = device_of(cfg.device)

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from fedcmi.data.base import ClientData
-from fedcmi.federated.dominance import Guidance
+from fedcmi.dominance import Guidance
 from fedcmi.methods.losses import add_proximal_gradient
 from fedcmi.methods.remedies import LabelSkew
 from fedcmi.methods.sgd import SGD
-from fedcmi.models.modalities import group_of, modalities_of
+from fedcmi.modalities import group_of, modalities_of
 
 if TYPE_CHECKING:
     from fedcmi.config import RunConfig

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from fedcmi.data.base import ClientData
-from fedcmi.federated.dominance import Guidance, class_temperatures
-from fedcmi.federated.statistics import class_statistics
+from fedcmi.dominance import Guidance, class_temperatures
 from fedcmi.methods.base import LocalMethod
 from fedcmi.methods.losses import infiltration_distillation, true_class_probability
+from fedcmi.methods.statistics import class_statistics
 
 
 class Distiller:

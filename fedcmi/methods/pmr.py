@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedcmi.data.base import ClientData
-from fedcmi.federated.dominance import Guidance
+from fedcmi.dominance import Guidance
 from fedcmi.methods.fedavg import CrossEntropy
 from fedcmi.methods.losses import true_class_probability
 

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from fedcmi.config import META_KEYS, RunConfig, unused_keys
 from fedcmi.errors import ConfigError
+from fedcmi.metrics import ROUND, accuracy_columns, column_labels
 from fedcmi.runs.files import atomic_write, csv_text, save_tensors
-from fedcmi.runs.metrics import ROUND, accuracy_columns, column_labels
 
 if TYPE_CHECKING:  # torch and safetensors load when a checkpoint is read or a model saved, not to name a folder
     import torch

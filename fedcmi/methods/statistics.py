@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fedcmi.data.base import ClientData
-from fedcmi.federated.dominance import ClassStats
+from fedcmi.dominance import ClassStats
 from fedcmi.methods.losses import true_class_probability
 
 
