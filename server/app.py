@@ -34,10 +34,11 @@ from fedcmi.federated.client_step import round_seed
 from fedcmi.federated.evaluation import evaluate
 from fedcmi.federated.membership import Known, Membership, load_registry
 from fedcmi.methods.registry import method_spec
-from fedcmi.metrics import round_line, round_row
+from fedcmi.metrics import FAULTS, round_line, round_row
 from fedcmi.models import ModelSpec, model_for
 from fedcmi.npy import record_state_dict
 from fedcmi.runs.checkpoint import save_checkpoint
+from fedcmi.runs.layout import COMPLETE, CONFIG_FILE, FAILED, INTERRUPTED, has_checkpoint, run_status
 from fedcmi.runs.run_dir import RunDirectory, config_hash, default_run_dir, resumable
 from fedcmi.runtime.interrupt import STOP, Interrupted, StoppableGrid
 from server.pipeline import Recorder, RoundSnapshot
@@ -89,13 +90,7 @@ def build_strategy(cfg: RunConfig, model_spec: ModelSpec, membership: Membership
                           update_norm_multiple=cfg.update_norm_multiple,
                           use_modalities=method_spec(cfg.strategy).modalities, rule=rule(cfg.aggregation),
                           dominance_momentum=cfg.dominance_momentum, tau_min=cfg.tau_min,
-                          discovery_timeout=discovery_timeout(cfg))
-
-
-def discovery_timeout(cfg: RunConfig) -> float:
-    """Seconds the first discovery may take: discovery-timeout, or round-timeout when that is 0 (a loaded
-    machine starts actors slowly; a fixed 120 s failed whole bench cells there)."""
-    return cfg.discovery_timeout or cfg.round_timeout
+                          discovery_timeout=cfg.discovery_seconds)
 
 
 def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds: range, timeout: float,
@@ -117,7 +112,7 @@ def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds
             arrays = new_arrays
         on_round_end(server_round, arrays)
         if skips >= max_consecutive_skips:
-            faults = strategy.round_log.get(server_round, {}).get("faults") or ["no reply"]
+            faults = strategy.round_log.get(server_round, {}).get(FAULTS) or ["no reply"]
             raise RunAborted(f"{skips} rounds in a row without min-replies good replies (round {server_round}: "
                              f"{faults[0]})")
     return arrays
@@ -213,18 +208,18 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     except Interrupted as exc:
         recorder.close()
         done = len(run_dir.rows) - 1
-        run_dir.finish("interrupted", rounds=done if done >= 0 else None, signal=exc.name)
+        run_dir.finish(INTERRUPTED, rounds=done if done >= 0 else None, signal=exc.name)
         run_dir.release()
         flwr_log(INFO, "interrupted (%s) after round %s of %s; continue with: fedcmi simulate --resume %s",
                  exc.name, done, cfg.num_server_rounds, out)
         raise
     except BaseException as exc:
         recorder.close()
-        run_dir.finish("failed", error=f"{type(exc).__name__}: {exc}", rounds=len(run_dir.rows) - 1)
+        run_dir.finish(FAILED, error=f"{type(exc).__name__}: {exc}", rounds=len(run_dir.rows) - 1)
         run_dir.release()
         raise
     recorder.close()
-    run_dir.finish("complete", rounds=cfg.num_server_rounds)
+    run_dir.finish(COMPLETE, rounds=cfg.num_server_rounds)
     run_dir.release()
     return run_dir
 
@@ -327,7 +322,7 @@ def submitted_config(run_config: dict[str, Any]) -> tuple[RunConfig, bool]:
     # A deployed run resumes when its run-name names an unfinished run of the same configuration (run_server
     # checks the checkpoint's config hash and content and refuses anything else), or a run the operator opened.
     resume = False
-    if cfg.run_name and (out / "checkpoint" / "state.json").is_file():
+    if cfg.run_name and has_checkpoint(out):
         resume = _continues(out, cfg, cfg.run_name in extendable)
     return cfg.replace(out_dir=str(out)), resume
 
@@ -335,12 +330,10 @@ def submitted_config(run_config: dict[str, Any]) -> tuple[RunConfig, bool]:
 def _continues(out: Path, cfg: RunConfig, extendable: bool) -> bool:
     """Whether a submission of an existing run's name continues it; refuses another num-server-rounds (an
     extension of a complete run, or a change of an unfinished one) unless the operator opened the run."""
-    from fedcmi.runs.run_dir import run_status
-
     done, started = _rounds_done(out), _rounds_started(out)
     how = (f"only the operator can let it have another (list it in {EXTEND_KEY} of ${SERVER_CONFIG_ENV} on the "
            "server)")
-    if run_status(out) == "complete":
+    if run_status(out) == COMPLETE:
         if cfg.num_server_rounds <= done:
             return False  # the same or fewer rounds: a new run under a taken name, refused by the run directory
         if not extendable:
@@ -363,7 +356,7 @@ def _rounds_started(out: Path) -> int:
     """num-server-rounds of the run in ``out`` (its config.json)."""
     import json
 
-    file = out / "config.json"
+    file = out / CONFIG_FILE
     try:
         rounds = json.loads(file.read_text(encoding="utf-8"))["num-server-rounds"]
     except (OSError, ValueError, TypeError, KeyError) as exc:

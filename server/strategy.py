@@ -36,14 +36,25 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedcmi import protocol
+from fedcmi.config import RunConfig
 from fedcmi.dominance import ClassStats, Dominance, Guidance, dominance
 from fedcmi.federated.aggregation import ClientUpdate, Rule, aggregate
 from fedcmi.federated.aggregation.mean import weighted_mean
 from fedcmi.federated.calibration import FeatureStats
 from fedcmi.federated.membership import Member, Membership, capped_weights
 from fedcmi.federated.screening import UpdateScreen, check_arrays, check_class_stats, group_norms, local_steps
+from fedcmi.metrics import (
+    CAPPED,
+    CLIENT_COUNTS,
+    CLIENTS_FAILED,
+    CLIENTS_OK,
+    CLIENTS_REJECTED,
+    CLIENTS_TIMEOUT,
+    FAULTS,
+    SKIPPED,
+)
+from fedcmi.modalities import MODALITIES, SHARED, modalities_of
 from fedcmi.modalities import group_of as default_group_of
-from fedcmi.modalities import modalities_of
 from fedcmi.models.build import ModelSpec
 from fedcmi.npy import record_arrays
 
@@ -95,6 +106,10 @@ class Accepted:
 FIRST_INFORMATIVE_ROUND = 2
 
 
+# The constructor's defaults are the run configuration's (RunConfig is their one source)
+_DEFAULT = RunConfig()
+
+
 class FedCMIStrategy(Strategy):
     """Per-modality FedAvg with server-side dominant-modality guidance.
 
@@ -107,21 +122,21 @@ class FedCMIStrategy(Strategy):
     run_config : Mapping[str, Any]
         The clients' part of the run configuration, sent to every client so all sides train with the same
         settings.
-    gamma : float (default: 2.0)
+    gamma : float (default: gamma's, 2.0)
         Strength of the class-wise temperatures (FedCMI authors' code).
-    warmup_rounds : int (default: 1)
+    warmup_rounds : int (default: warmup-rounds', 1)
         Rounds without infiltration at the start.
-    seed : int (default: 0)
+    seed : int (default: seed's, 0)
         Seed of client sampling.
     group_of : Callable[[str], str]
         Maps an array key to ``"a"``, ``"b"`` or ``"shared"``.
-    discovery_timeout : float (default: 120.0)
+    discovery_timeout : float (default: ``RunConfig.discovery_seconds``, round-timeout's 600 s)
         Seconds to wait for enough nodes to connect and describe themselves.
-    min_replies : int (default: 1)
+    min_replies : int (default: min-replies', 1)
         Good replies needed to aggregate; with fewer the round is skipped and the global model kept.
-    max_update_norm : float (default: 0.0)
+    max_update_norm : float (default: max-update-norm's, 0.0)
         Reject an update whose L2 distance to the global model exceeds this (0 = no bound).
-    update_norm_multiple : float (default: 0.0)
+    update_norm_multiple : float (default: update-norm-multiple's, 10.0)
         Reject an update whose L2 distance to the global model in one parameter group (a modality's
         encoder, the shared head), per local step, exceeds this multiple of the group's reference
         (``fedcmi.federated.screening.UpdateScreen``; 0 = no bound).
@@ -132,19 +147,21 @@ class FedCMIStrategy(Strategy):
         Modalities the strategy trains; unimodal baselines sample only clients holding theirs.
     rule : Rule (default: the sample-weighted mean)
         The aggregation rule applied per modality group (``fedcmi.federated.aggregation``).
-    dominance_momentum : float (default: 0.0)
+    dominance_momentum : float (default: dominance-momentum's, 0.0)
         Moving average of the class statistics across rounds (0 = this round's only), so one round's
         participants under label skew cannot flip the dominant modality on their own.
-    tau_min : float (default: 0.0)
+    tau_min : float (default: tau-min's, 0.0)
         Lower bound of the class-wise temperatures (0 = none).
     """
 
     def __init__(self, *, clients_per_round: int, model_spec: ModelSpec, run_config: Mapping[str, Any],
-                 gamma: float = 2.0, warmup_rounds: int = 1, seed: int = 0,
-                 group_of: Callable[[str], str] = default_group_of, discovery_timeout: float = 120.0,
-                 min_replies: int = 1, max_update_norm: float = 0.0, update_norm_multiple: float = 0.0,
-                 use_modalities: tuple[str, ...] = ("a", "b"), rule: Rule = weighted_mean,
-                 dominance_momentum: float = 0.0, tau_min: float = 0.0,
+                 gamma: float = _DEFAULT.gamma, warmup_rounds: int = _DEFAULT.warmup_rounds,
+                 seed: int = _DEFAULT.seed, group_of: Callable[[str], str] = default_group_of,
+                 discovery_timeout: float = _DEFAULT.discovery_seconds, min_replies: int = _DEFAULT.min_replies,
+                 max_update_norm: float = _DEFAULT.max_update_norm,
+                 update_norm_multiple: float = _DEFAULT.update_norm_multiple,
+                 use_modalities: tuple[str, ...] = MODALITIES, rule: Rule = weighted_mean,
+                 dominance_momentum: float = _DEFAULT.dominance_momentum, tau_min: float = _DEFAULT.tau_min,
                  membership: Membership | None = None) -> None:
         self.dominance_momentum, self.tau_min = dominance_momentum, tau_min
         self.smoothed: ClassStats | None = None  # the moving average of the class statistics
@@ -349,7 +366,7 @@ class FedCMIStrategy(Strategy):
         held = self.held(kind)
         # CCVR moments are pooled only from a client holding both modalities, counting no more than it trained on
         fs = reply.features
-        features = fs if fs is not None and set(held) == {"a", "b"} and fs.counts.sum() <= n else None
+        features = fs if fs is not None and set(held) == set(MODALITIES) and fs.counts.sum() <= n else None
         who = f"partition {pid}"
         return None, Accepted(who, pid, kind, ClientUpdate(reply.arrays, n, held), n, reply.stats, reply.losses,
                               features)
@@ -380,7 +397,7 @@ class FedCMIStrategy(Strategy):
                 faults: list[str], info: dict[str, Any]) -> list[Accepted]:
         """The relative update bound (``UpdateScreen``): rejected replies go to ``faults``; every judged reply's
         norms, steps, ratio and verdict go to ``info["screen"]`` (the run directory's replies.csv)."""
-        norms = [group_norms(e.update.arrays, current, self.group_of, (*e.update.modalities, "shared"))
+        norms = [group_norms(e.update.arrays, current, self.group_of, (*e.update.modalities, SHARED))
                  for e in accepted]
         epochs, batch = self.run_config.get("local-epochs", 1), self.run_config.get("batch-size", 1)
         steps = [local_steps(e.update.num_examples, epochs, batch) for e in accepted]
@@ -389,7 +406,7 @@ class FedCMIStrategy(Strategy):
         for entry, norm, st, v in zip(accepted, norms, steps, verdicts, strict=True):
             rows.append({"round": server_round, "partition": entry.partition_id, "kind": entry.kind,
                          "claimed": entry.claimed, "weight": entry.update.num_examples, "steps": st,
-                         **{f"norm_{g}": norm.get(g, math.nan) for g in ("a", "b", "shared")},
+                         **{f"norm_{g}": norm.get(g, math.nan) for g in (*MODALITIES, SHARED)},
                          "ratio": round(v.ratio, 4), "verdict": "rejected" if v.reason else
                          ("capped" if entry.capped else "accepted")})
             if v.reason:
@@ -447,12 +464,13 @@ class FedCMIStrategy(Strategy):
         faults += [f"{self._who(n, info)}: no reply within round-timeout" for n in missing]
         for line in faults:
             log(WARNING, "round %s: %s", server_round, line)
-        info.update({"replies": len(accepted), "failed": failed, "rejected": rejected, "timeout": len(missing),
-                     "capped": capped, "faults": faults, "skipped": len(accepted) < self.min_replies})
+        info.update({CLIENTS_OK: len(accepted), CLIENTS_FAILED: failed, CLIENTS_REJECTED: rejected,
+                     CLIENTS_TIMEOUT: len(missing), CAPPED: capped, FAULTS: faults,
+                     SKIPPED: len(accepted) < self.min_replies})
         accepted.sort(key=lambda e: e.partition_id)
         metrics = self._train_metrics([(e.update.num_examples, e.losses) for e in accepted], info)
         self.train_metrics[server_round] = metrics
-        if info["skipped"]:
+        if info[SKIPPED]:
             log(WARNING, "round %s skipped: %s good replies, min-replies is %s; the global model is kept",
                 server_round, len(accepted), self.min_replies)
             return None, metrics
@@ -501,7 +519,7 @@ class FedCMIStrategy(Strategy):
 
     @staticmethod
     def _train_metrics(replies: list[tuple[float, dict[str, float]]], info: Mapping[str, Any]) -> MetricRecord:
-        """Sample-weighted means of the good clients' loss terms, plus reply counts."""
+        """Sample-weighted means of the good clients' loss terms, plus reply counts (named as the metrics columns)."""
         totals: dict[str, float] = {}
         weights: dict[str, float] = {}
         examples = 0.0
@@ -511,10 +529,8 @@ class FedCMIStrategy(Strategy):
                 totals[k] = totals.get(k, 0.0) + n * v
                 weights[k] = weights.get(k, 0.0) + n
         out = MetricRecord({k: totals[k] / weights[k] for k in totals})
-        for key in ("failed", "rejected", "timeout", "capped"):
-            out[f"clients-{key}"] = int(info[key])
-        out["clients-ok"] = len(replies)
-        out["skipped"] = int(info["skipped"])
+        for key in (*CLIENT_COUNTS, CAPPED, SKIPPED):
+            out[key] = int(info[key])
         out[protocol.NUM_EXAMPLES] = int(examples)
         return out
 

@@ -77,7 +77,7 @@ def honest_mean(skip: int = 5) -> dict[str, float]:
 
 
 def assert_rejected_alone(out: dict, metrics: MetricRecord, faults: list[str], reason: str) -> None:
-    assert metrics["clients-rejected"] == 1 and metrics["clients-ok"] == 5, faults
+    assert metrics["clients_rejected"] == 1 and metrics["clients_ok"] == 5, faults
     assert any(reason in f and f.startswith("partition 5: rejected") for f in faults), faults
     assert np.allclose(out["enc_a.w"], honest_mean()["enc_a.w"], atol=1e-7)  # exactly the honest mean
     assert all(np.all(np.isfinite(v)) for v in out.values())
@@ -99,7 +99,7 @@ def test_bound_is_per_group_and_honest_spread_passes():
     # honest clients whose steps differ 3x are all accepted
     s = strategy()
     _, metrics = s.aggregate_train(1, [reply(30 + i, honest(i)) for i in range(6)])
-    assert metrics["clients-ok"] == 6 and metrics["clients-rejected"] == 0
+    assert metrics["clients_ok"] == 6 and metrics["clients_rejected"] == 0
 
 
 def test_update_norm_multiple_is_a_config_key_with_its_default_in_pyproject():
@@ -123,7 +123,7 @@ def test_two_clients_with_1e308_samples_do_not_overflow_the_server():
     replies = [reply(30 + i, honest(i)) for i in range(4)] + [reply(34, honest(4), n=1e308),
                                                               reply(35, honest(5), n=1e308)]
     arrays, metrics = s.aggregate_train(1, replies)
-    assert metrics["clients-rejected"] == 2 and metrics["num-examples"] == 400
+    assert metrics["clients_rejected"] == 2 and metrics["num-examples"] == 400
     assert all(np.all(np.isfinite(v.numpy())) for v in arrays.values())
 
 
@@ -133,7 +133,7 @@ def test_forged_class_statistics_are_rejected():
     arrays, metrics = s.aggregate_train(1, [reply(30 + i, honest(i)) for i in range(5)]
                                         + [reply(36, {k: v for k, v in honest(6).items() if group_of(k) != "b"},
                                                  stats=forged)])
-    assert metrics["clients-rejected"] == 1
+    assert metrics["clients_rejected"] == 1
     assert any("class-stats from a one-modality node (kind a)" in f for f in s.round_log[1]["faults"])
     # counts above what a multimodal node reported (1e15 > 100) are rejected too
     out, metrics, faults = run_round(strategy(), reply(35, honest(5), stats=forged))
@@ -225,7 +225,7 @@ def test_robust_rules_through_the_strategy_resist_a_noisy_client(name):
     s = strategy(rule=rule(name), update_norm_multiple=0.0)  # no norm screening: the rule alone
     noise = {**honest(5), "enc_a.w": np.full(4, 50.0, np.float32)}
     arrays, metrics = s.aggregate_train(1, [reply(30 + i, honest(i)) for i in range(5)] + [reply(35, noise)])
-    assert metrics["clients-ok"] == 6
+    assert metrics["clients_ok"] == 6
     assert abs(float(arrays["enc_a.w"].numpy()[0])) < 0.05  # the mean would be (0.01+0.02+0.03+0.01+0.02+50)/6
 
 

@@ -79,7 +79,7 @@ def test_modality_groups_average_over_holders_only_fusion_over_all():
     assert np.allclose(out["fusion.fc.weight"], (1 * 1 + 3 * 5 + 4 * 2) / 8)
     assert out["enc_a.bn.num_batches_tracked"] == round((10 + 60) / 4)  # integer buffer, rounded
     assert out["enc_a.w"].dtype == np.float32 and out["enc_a.w"].shape == (2, 2)
-    assert metrics["clients-ok"] == 3 and metrics["num-examples"] == 8
+    assert metrics["clients_ok"] == 3 and metrics["num-examples"] == 8
     assert metrics["loss"] == pytest.approx((0 * 1 + 1 * 3 + 2 * 4) / 8)
 
 
@@ -135,7 +135,7 @@ def test_round_below_min_replies_is_skipped_and_model_kept():
     s.round_log[1] = {"nodes": [11, 12]}
     arrays, metrics = s.aggregate_train(1, [_reply(11, 1, _arrays(1, 1, 1))])
     assert arrays is None  # Flower/our loop keep the previous global model
-    assert metrics["skipped"] == 1 and metrics["clients-ok"] == 1 and metrics["clients-timeout"] == 1
+    assert metrics["skipped"] == 1 and metrics["clients_ok"] == 1 and metrics["clients_timeout"] == 1
     assert s.round_log[1]["faults"] == ["partition 1: no reply within round-timeout"]
 
 
@@ -182,7 +182,7 @@ def test_a_node_that_left_is_not_sampled_and_a_rejoined_one_counts_once():
     assert sorted(pid for pid, _ in s.nodes.values()) == [0, 1, 2, 3, 4] and s.nodes[22] == (1, "a")
     s.round_log[9] = {"nodes": [22]}
     _, metrics = s.aggregate_train(9, [])
-    assert metrics["clients-timeout"] == 1 and metrics["clients-failed"] == 0
+    assert metrics["clients_timeout"] == 1 and metrics["clients_failed"] == 0
 
 
 def test_faults_are_listed_in_partition_order_whatever_order_the_replies_arrive_in():

@@ -175,7 +175,7 @@ def test_claims_mode_caps_a_liars_weight_in_the_mean():
     arrays, metrics = s.aggregate_train(1, [_reply(10, 32, 1), _reply(11, 32, 1), _reply(12, 32, 1),
                                             _reply(13, 2**53, -1)])
     assert np.allclose(arrays["fusion.w"].numpy(), (96 - 128) / 224)
-    assert metrics["clients-capped"] == 1 and metrics["clients-ok"] == 4
+    assert metrics["clients_capped"] == 1 and metrics["clients_ok"] == 4
     screen = s.round_log[1]["screen"]
     assert [r["verdict"] for r in screen] == ["accepted"] * 3 + ["capped"] and screen[3]["weight"] == 128
 

@@ -78,7 +78,7 @@ def test_each_bad_update_is_rejected_and_left_out(kind, reason):
     s = _strategy()
     s.round_log[1] = {"nodes": [21, 22]}
     arrays, metrics = s.aggregate_train(1, [_reply(21, GOOD), _bad(kind)])
-    assert metrics["clients-rejected"] == 1 and metrics["clients-ok"] == 1
+    assert metrics["clients_rejected"] == 1 and metrics["clients_ok"] == 1
     assert any(reason in line and line.startswith("partition 1: rejected") for line in s.round_log[1]["faults"])
     out = {k: v.numpy() for k, v in arrays.items()}
     for v in out.values():

@@ -25,6 +25,7 @@ from fedcmi.metrics import (
     reply_totals,
 )
 from fedcmi.runs.files import atomic_write, csv_text
+from fedcmi.runs.layout import CONFIG_FILE, METRICS_JSON
 
 BASELINE = "fedavg"  # every summary table compares each strategy with it, seed by seed
 PAIRED_METRIC = ACC_MM
@@ -69,8 +70,8 @@ def collect(plan: BenchPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         path = plan.cell_dir(cell)
         if not cell_complete(path):
             continue
-        names = tuple(json.loads((path / "config.json").read_text())["modalities"])  # type: ignore[assignment]
-        rows = json.loads((path / "metrics.json").read_text())
+        names = tuple(json.loads((path / CONFIG_FILE).read_text())["modalities"])  # type: ignore[assignment]
+        rows = json.loads((path / METRICS_JSON).read_text())
         keys = _cell_keys(cell, names)
         for r in rows:
             flat = {k: v for k, v in r.items() if not isinstance(v, list)}

@@ -27,6 +27,7 @@ from fedcmi.cli.prepare import add_prepare_parser, cmd_prepare
 from fedcmi.config import META_KEYS, ConfigError, RunConfig, config_keys, defaults, effective, parse_overrides, resolve
 from fedcmi.config.presets import PRESETS, preset_values
 from fedcmi.errors import UserError, did_you_mean
+from fedcmi.runs.layout import CONFIG_FILE, METRICS_JSON, STATUS_FILE
 
 SIMULATE_HELP = """\
 Simulate a federation on this machine with Flower's simulation engine (Ray).
@@ -125,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
 def _resume_config(args: argparse.Namespace) -> RunConfig:
     """The config of the run to resume: its own config.json, plus at most a new num-server-rounds."""
     run = Path(args.resume)
-    path = run / "config.json"
+    path = run / CONFIG_FILE
     if not run.is_dir():
         raise ConfigError(f"--resume {run}: " + ("not a directory" if run.exists() else "no such directory"))
     if not path.is_file():
@@ -236,7 +237,7 @@ def cmd_simulate(cfg: RunConfig, verbose: bool, resume: bool = False, client_app
 
 def saved_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     """The rows in the run directory's metrics.json ([] when there is none or it cannot be read)."""
-    path = Path(cfg.out_dir or "") / "metrics.json"
+    path = Path(cfg.out_dir or "") / METRICS_JSON
     if not cfg.out_dir or not path.is_file():
         return []
     with contextlib.suppress(ValueError, OSError):
@@ -259,7 +260,7 @@ def print_closing_lines(rows: list[dict[str, Any]], console: Any = None) -> None
 
 def interrupted_line(exc: Any, cfg: RunConfig) -> str:
     """The one line an interrupted run ends with: the signal, the last complete round, how to continue."""
-    status_path = Path(cfg.out_dir or "") / "status.json"
+    status_path = Path(cfg.out_dir or "") / STATUS_FILE
     done = None
     if cfg.out_dir and status_path.is_file():
         with contextlib.suppress(ValueError, OSError):
@@ -285,11 +286,12 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
     federation(cfg)  # an infeasible partition (alpha too small for min-partition-size) stops here, not in Ray
     done = 0
     if resume:
-        from fedcmi.runs.run_dir import resumable, run_status
+        from fedcmi.runs.layout import COMPLETE, run_status
+        from fedcmi.runs.run_dir import resumable
 
         done = resumable(Path(cfg.out_dir), cfg).round  # checkpoint, config hash, metrics: before anything starts
         if done >= cfg.num_server_rounds:
-            if run_status(Path(cfg.out_dir)) == "complete":
+            if run_status(Path(cfg.out_dir)) == COMPLETE:
                 print(f"fedcmi: nothing to resume: {cfg.out_dir} has finished all {cfg.num_server_rounds} rounds")
                 return 0
             from fedcmi.runtime.apps import run_server  # killed after its last checkpoint: write what is missing

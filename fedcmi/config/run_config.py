@@ -331,6 +331,12 @@ class RunConfig:
     def name(self) -> str:
         return self.run_name or f"{self.dataset}-{self.strategy}"
 
+    @property
+    def discovery_seconds(self) -> float:
+        """Seconds the first discovery may take: discovery-timeout, or round-timeout when that is 0 (actors
+        start slowly on a loaded machine, as slowly as a round may take)."""
+        return self.discovery_timeout or self.round_timeout
+
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 

@@ -22,7 +22,7 @@ from fedcmi.methods.base import TrainSettings, local_update, only
 from fedcmi.methods.registry import method_spec
 from fedcmi.methods.remedies import LabelSkew
 from fedcmi.methods.statistics import class_statistics
-from fedcmi.modalities import group_of, trained_groups
+from fedcmi.modalities import MM, group_of, trained_groups
 
 
 @dataclass
@@ -56,7 +56,7 @@ def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: G
     with autocast(cfg.bf16, device):
         stats = class_statistics(model, local, num_classes)  # with the received global weights
         features = (feature_statistics(model, local, num_classes)
-                    if cfg.ccvr_steps > 0 and local.kind == "mm" and len(local) else None)
+                    if cfg.ccvr_steps > 0 and local.kind == MM and len(local) else None)
         torch.manual_seed(seed)
         result = local_update(model, only(local, spec.modalities), spec.build(cfg), guidance,
                               TrainSettings.of(cfg, spec), num_classes=num_classes,

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from fedcmi.metrics import ROUND, scalars
+from fedcmi.runs.layout import TENSORBOARD_DIR
 
 logger = logging.getLogger("fedcmi")
 
-FOLDER = "tensorboard"
+FOLDER = TENSORBOARD_DIR
 CONFIG_TAG = "config"
 _EVENT_FILES = "events.out.tfevents.*"
 

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedcmi.runs.layout import COMPLETE, run_status
 from fedcmi.runtime.processes import alive, descendants, free_port, stop_pids
 
 logger = logging.getLogger("fedcmi.loopback")
@@ -297,12 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     proc, wall = demo(args.work, args.out, tls=args.tls, isolation=args.isolation, rounds=args.rounds,
                       num_nodes=args.nodes)
-    status_file = args.out / "status.json"
-    status = json.loads(status_file.read_text())["status"] if status_file.exists() else "missing"
+    status = run_status(args.out) or "missing"
     print(proc.stdout[-3000:])
     print(f"deploy-demo: {args.rounds} rounds, {args.nodes} SuperNodes, tls={args.tls}, isolation={args.isolation}: "
           f"run {status} in {wall:.1f} s; results in {args.out}")
-    return 0 if status == "complete" else 1
+    return 0 if status == COMPLETE else 1
 
 
 if __name__ == "__main__":
