@@ -9,6 +9,7 @@ resumes from a checkpoint at the right round number, and skips rounds with too f
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -34,7 +35,7 @@ from fedcmi.federated.client_step import round_seed
 from fedcmi.federated.evaluation import evaluate
 from fedcmi.federated.membership import Known, Membership, load_registry
 from fedcmi.methods.registry import method_spec
-from fedcmi.metrics import FAULTS, round_line, round_row
+from fedcmi.metrics import round_line, round_row
 from fedcmi.models import ModelSpec, model_for
 from fedcmi.npy import record_state_dict
 from fedcmi.runs.checkpoint import save_checkpoint
@@ -42,6 +43,7 @@ from fedcmi.runs.layout import COMPLETE, CONFIG_FILE, FAILED, INTERRUPTED, has_c
 from fedcmi.runs.run_dir import RunDirectory, config_hash, default_run_dir, resumable
 from fedcmi.runtime.interrupt import STOP, Interrupted, StoppableGrid
 from server.pipeline import Recorder, RoundSnapshot
+from server.report import RoundReport
 from server.strategy import FedCMIStrategy
 
 logger = logging.getLogger("fedcmi")
@@ -112,7 +114,8 @@ def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds
             arrays = new_arrays
         on_round_end(server_round, arrays)
         if skips >= max_consecutive_skips:
-            faults = strategy.round_log.get(server_round, {}).get(FAULTS) or ["no reply"]
+            report = strategy.reports.get(server_round)
+            faults = (report.faults if report else []) or ["no reply"]
             raise RunAborted(f"{skips} rounds in a row without min-replies good replies (round {server_round}: "
                              f"{faults[0]})")
     return arrays
@@ -153,7 +156,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         now = time.monotonic()
         wall, clock["t"] = now - clock["t"], now
         return RoundSnapshot(server_round, arrays, dict(strategy.train_metrics.get(server_round, {})),
-                             strategy.guidance, dict(strategy.round_log.get(server_round, {})),
+                             strategy.guidance, copy.copy(strategy.reports.get(server_round, RoundReport())),
                              strategy.feature_stats, strategy.state(), wall)
 
     def record(snap: RoundSnapshot) -> None:
@@ -167,13 +170,13 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         wall = snap.wall_s if cfg.pipelined_eval else time.monotonic() - clock["t"] + snap.wall_s
         row = round_row(snap.server_round, res, {k: v for k, v in snap.train_metrics.items() if k.startswith("loss")},
                         _modality_name(data.modalities, guidance.dominant if guidance else None),
-                        guidance.ratio if guidance else math.nan, snap.round_log, wall,
+                        guidance.ratio if guidance else math.nan, snap.report.columns(), wall,
                         guidance.tau if guidance else None)
         if not cfg.pipelined_eval:
             clock["t"] = time.monotonic()
             STOP.check()  # from here the row and its checkpoint are written together
         run_dir.add_round(row)
-        run_dir.add_replies(snap.round_log.get("screen", []))
+        run_dir.add_replies(snap.report.screened)
         log_round(row, cfg.num_server_rounds, data.modalities)
         if reporter is not None:
             reporter(row)

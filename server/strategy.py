@@ -43,20 +43,12 @@ from fedcmi.federated.aggregation.mean import weighted_mean
 from fedcmi.federated.calibration import FeatureStats
 from fedcmi.federated.membership import Member, Membership, capped_weights
 from fedcmi.federated.screening import UpdateScreen, check_arrays, check_class_stats, group_norms, local_steps
-from fedcmi.metrics import (
-    CAPPED,
-    CLIENT_COUNTS,
-    CLIENTS_FAILED,
-    CLIENTS_OK,
-    CLIENTS_REJECTED,
-    CLIENTS_TIMEOUT,
-    FAULTS,
-    SKIPPED,
-)
+from fedcmi.metrics import FAULTS
 from fedcmi.modalities import MODALITIES, SHARED, modalities_of
 from fedcmi.modalities import group_of as default_group_of
 from fedcmi.models.build import ModelSpec
 from fedcmi.npy import record_arrays
+from server.report import RoundReport
 
 _logger = logging.getLogger("fedcmi.server")
 
@@ -185,7 +177,7 @@ class FedCMIStrategy(Strategy):
         self.rng = random.Random(seed)
         self.current_arrays: ArrayRecord | None = None
         self.guidance: Dominance | None = None  # from the latest statistics; sent next round
-        self.round_log: dict[int, dict[str, Any]] = {}
+        self.reports: dict[int, RoundReport] = {}
         self.feature_stats: FeatureStats | None = None  # CCVR: the latest round's pooled head-input moments
         self.train_metrics: dict[int, MetricRecord] = {}
 
@@ -324,15 +316,9 @@ class FedCMIStrategy(Strategy):
         nodes = self.sample(grid)
         content = protocol.train_content(arrays, {**self.run_config, **dict(config)}, server_round,
                                          self.guidance_for(server_round), self.model_spec)
-        members = {n: self.membership.members[n] for n in nodes}
-        self.round_log[server_round] = {
-            "nodes": nodes,
-            "sampled": [members[n].partition_id for n in nodes],
-            "who": {n: f"partition {members[n].partition_id}" for n in nodes},
-            "dominant": self.guidance.dominant if self.guidance else None,
-            "ratio": self.guidance.ratio if self.guidance else float("nan"),
-        }
-        log(INFO, "configure_train: round %s, partitions %s", server_round, self.round_log[server_round]["sampled"])
+        report = RoundReport(nodes, [self.membership.members[n].partition_id for n in nodes])
+        self.reports[server_round] = report
+        log(INFO, "configure_train: round %s, partitions %s", server_round, report.partitions)
         return [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
 
     def _check(self, msg: Message, current: Mapping[str, np.ndarray]) -> tuple[str | None, Accepted | None]:
@@ -371,10 +357,10 @@ class FedCMIStrategy(Strategy):
         return None, Accepted(who, pid, kind, ClientUpdate(reply.arrays, n, held), n, reply.stats, reply.losses,
                               features)
 
-    def _who(self, node: int, info: Mapping[str, Any]) -> str:
+    def _who(self, node: int, report: RoundReport) -> str:
         """How faults name a node: its partition when it was sampled or is a member, else its node id."""
         member = self.membership.get(node)
-        return info.get("who", {}).get(node) or (f"partition {member.partition_id}" if member else f"node {node}")
+        return report.sampled_as(node) or (f"partition {member.partition_id}" if member else f"node {node}")
 
     def _cap_claims(self, accepted: list[Accepted]) -> list[Accepted]:
         """Claims mode: every weight at most CLAIM_CAP_MULTIPLE x the round's lower median claim; class statistics
@@ -394,9 +380,9 @@ class FedCMIStrategy(Strategy):
         return out
 
     def _screen(self, server_round: int, accepted: list[Accepted], current: Mapping[str, np.ndarray],
-                faults: list[str], info: dict[str, Any]) -> list[Accepted]:
+                faults: list[str], report: RoundReport) -> list[Accepted]:
         """The relative update bound (``UpdateScreen``): rejected replies go to ``faults``; every judged reply's
-        norms, steps, ratio and verdict go to ``info["screen"]`` (the run directory's replies.csv)."""
+        norms, steps, ratio and verdict go to ``report.screened`` (the run directory's replies.csv)."""
         norms = [group_norms(e.update.arrays, current, self.group_of, (*e.update.modalities, SHARED))
                  for e in accepted]
         epochs, batch = self.run_config.get("local-epochs", 1), self.run_config.get("batch-size", 1)
@@ -414,7 +400,7 @@ class FedCMIStrategy(Strategy):
             else:
                 kept.append((entry, v))
         self.screen.remember([v for _, v in kept])
-        info["screen"] = rows
+        report.screened = rows
         if rows:
             log(INFO, "round %s: largest update ratio %.3g (bound %g)", server_round, max(r["ratio"] for r in rows),
                 self.update_norm_multiple)
@@ -431,7 +417,7 @@ class FedCMIStrategy(Strategy):
             return member is None, member.partition_id if member else 0, m.metadata.src_node_id
 
         replies = sorted(replies, key=order)
-        info = self.round_log.setdefault(server_round, {})
+        report = self.reports.setdefault(server_round, RoundReport())
         current = record_arrays(self.current_arrays) if self.current_arrays else {}
         accepted: list[Accepted] = []
         faults: list[str] = self.discovery_faults
@@ -457,37 +443,37 @@ class FedCMIStrategy(Strategy):
             accepted.append(good)
         accepted = self._cap_claims(accepted)
         capped = sum(e.capped for e in accepted)
-        screened = self._screen(server_round, accepted, current, faults, info)
+        screened = self._screen(server_round, accepted, current, faults, report)
         rejected += len(accepted) - len(screened)
         accepted = screened
-        missing = [n for n in info.get("nodes", []) if n not in answered]
-        faults += [f"{self._who(n, info)}: no reply within round-timeout" for n in missing]
+        missing = [n for n in report.nodes if n not in answered]
+        faults += [f"{self._who(n, report)}: no reply within round-timeout" for n in missing]
         for line in faults:
             log(WARNING, "round %s: %s", server_round, line)
-        info.update({CLIENTS_OK: len(accepted), CLIENTS_FAILED: failed, CLIENTS_REJECTED: rejected,
-                     CLIENTS_TIMEOUT: len(missing), CAPPED: capped, FAULTS: faults,
-                     SKIPPED: len(accepted) < self.min_replies})
+        report.ok, report.failed, report.rejected, report.timeout = len(accepted), failed, rejected, len(missing)
+        report.capped, report.faults, report.skipped = capped, faults, len(accepted) < self.min_replies
         accepted.sort(key=lambda e: e.partition_id)
-        metrics = self._train_metrics([(e.update.num_examples, e.losses) for e in accepted], info)
+        metrics = self._train_metrics(accepted, report)
         self.train_metrics[server_round] = metrics
-        if info[SKIPPED]:
+        if report.skipped:
             log(WARNING, "round %s skipped: %s good replies, min-replies is %s; the global model is kept",
                 server_round, len(accepted), self.min_replies)
             return None, metrics
         new, _ = aggregate(current, [e.update for e in accepted], self.group_of, self.rule)
         self._update_guidance(server_round, [e.stats for e in accepted if e.stats is not None])
-        self._pool_features(server_round, [(e.who, e.features) for e in accepted])
+        self._pool_features(server_round, accepted)
         return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in new.items()}), metrics
 
-    def _pool_features(self, server_round: int, accepted: list[tuple[str, FeatureStats | None]]) -> None:
+    def _pool_features(self, server_round: int, accepted: list[Accepted]) -> None:
         """CCVR: sum the accepted clients' feature moments; a malformed set is left out (and logged)."""
         pooled = None
-        for who, features in accepted:
+        for entry in accepted:
+            features = entry.features
             if features is None:
                 continue
             reason = features.check(self.num_classes)
             if reason:
-                log(WARNING, "round %s: %s: %s; left out of the calibration", server_round, who, reason)
+                log(WARNING, "round %s: %s: %s; left out of the calibration", server_round, entry.who, reason)
                 continue
             if pooled is not None and pooled.sums.shape != features.sums.shape:
                 continue
@@ -518,19 +504,21 @@ class FedCMIStrategy(Strategy):
             self.guidance = new
 
     @staticmethod
-    def _train_metrics(replies: list[tuple[float, dict[str, float]]], info: Mapping[str, Any]) -> MetricRecord:
+    def _train_metrics(accepted: list[Accepted], report: RoundReport) -> MetricRecord:
         """Sample-weighted means of the good clients' loss terms, plus reply counts (named as the metrics columns)."""
         totals: dict[str, float] = {}
         weights: dict[str, float] = {}
         examples = 0.0
-        for n, losses in replies:
+        for entry in accepted:
+            n = entry.update.num_examples
             examples += n
-            for k, v in losses.items():
+            for k, v in entry.losses.items():
                 totals[k] = totals.get(k, 0.0) + n * v
                 weights[k] = weights.get(k, 0.0) + n
         out = MetricRecord({k: totals[k] / weights[k] for k in totals})
-        for key in (*CLIENT_COUNTS, CAPPED, SKIPPED):
-            out[key] = int(info[key])
+        for key, value in report.columns().items():
+            if key != FAULTS:
+                out[key] = int(value)
         out[protocol.NUM_EXAMPLES] = int(examples)
         return out
 

@@ -13,6 +13,7 @@ from fedcmi.federated.aggregation.clipped_mean import clipped_mean
 from fedcmi.federated.aggregation.trimmed_mean import trimmed_mean
 from fedcmi.modalities import group_of
 from fedcmi.models import ModelSpec
+from server.report import RoundReport
 from server.strategy import FedCMIStrategy
 
 # six multimodal nodes and one audio-only node, each reported 100 samples at discovery
@@ -61,14 +62,14 @@ def strategy(**kw) -> FedCMIStrategy:
                        run_config={"strategy": "fedcmi", "local-epochs": 2}, **kw)
     admit(s, NODES, SIZE)
     s.current_arrays = ArrayRecord({k: Array(v) for k, v in ZERO.items()})
-    s.round_log[1] = {"nodes": list(NODES)[:6]}
+    s.reports[1] = RoundReport(nodes=list(NODES)[:6])
     return s
 
 
 def run_round(s: FedCMIStrategy, bad: Message, bad_node: int = 35) -> tuple[dict, MetricRecord, list[str]]:
     replies = [reply(30 + i, honest(i)) for i in range(6) if 30 + i != bad_node] + [bad]
     arrays, metrics = s.aggregate_train(1, replies)
-    return {k: v.numpy() for k, v in arrays.items()}, metrics, s.round_log[1]["faults"]
+    return {k: v.numpy() for k, v in arrays.items()}, metrics, s.reports[1].faults
 
 
 def honest_mean(skip: int = 5) -> dict[str, float]:
@@ -134,7 +135,7 @@ def test_forged_class_statistics_are_rejected():
                                         + [reply(36, {k: v for k, v in honest(6).items() if group_of(k) != "b"},
                                                  stats=forged)])
     assert metrics["clients_rejected"] == 1
-    assert any("class-stats from a one-modality node (kind a)" in f for f in s.round_log[1]["faults"])
+    assert any("class-stats from a one-modality node (kind a)" in f for f in s.reports[1].faults)
     # counts above what a multimodal node reported (1e15 > 100) are rejected too
     out, metrics, faults = run_round(strategy(), reply(35, honest(5), stats=forged))
     assert_rejected_alone(out, metrics, faults, "class-stats counts: 1e+15 samples, the node reported 100")

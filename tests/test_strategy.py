@@ -13,6 +13,7 @@ from fedcmi.federated.aggregation import ClientUpdate, aggregate
 from fedcmi.federated.aggregation.mean import weighted_mean
 from fedcmi.modalities import group_of
 from fedcmi.models import ModelSpec
+from server.report import RoundReport
 from server.strategy import FedCMIStrategy, NoClientsError
 
 KINDS = {11: (0, "mm"), 12: (1, "a"), 13: (2, "b"), 14: (3, "a"), 15: (4, "mm")}
@@ -132,11 +133,11 @@ def test_sampling_is_seeded_and_discovers_nodes():
 
 def test_round_below_min_replies_is_skipped_and_model_kept():
     s = _strategy(min_replies=2)
-    s.round_log[1] = {"nodes": [11, 12]}
+    s.reports[1] = RoundReport(nodes=[11, 12])
     arrays, metrics = s.aggregate_train(1, [_reply(11, 1, _arrays(1, 1, 1))])
     assert arrays is None  # Flower/our loop keep the previous global model
     assert metrics["skipped"] == 1 and metrics["clients_ok"] == 1 and metrics["clients_timeout"] == 1
-    assert s.round_log[1]["faults"] == ["partition 1: no reply within round-timeout"]
+    assert s.reports[1].faults == ["partition 1: no reply within round-timeout"]
 
 
 def test_discovery_needs_enough_nodes():
@@ -172,15 +173,15 @@ def test_a_node_that_left_is_not_sampled_and_a_rejoined_one_counts_once():
     sampled = [m.metadata.dst_node_id for m in s.configure_train(8, ArrayRecord(), ConfigRecord(), grid)]
     assert 12 not in sampled and 22 not in sampled
     assert sorted(pid for pid, _ in s.nodes.values()) == [0, 2, 3, 4]
-    s.round_log[8]["nodes"] = []
+    s.reports[8].nodes = []
     s.aggregate_train(8, [])
-    faults = s.round_log[8]["faults"]
+    faults = s.reports[8].faults
     assert any(f.startswith("node 22: refused: partition 1 is also claimed") for f in faults), faults
     assert any(f.startswith("node 12: refused: partition 1 is also claimed") for f in faults), faults
     del grid.nodes[12]  # the old id expires on the SuperLink: the dispute is settled
     list(s.configure_train(9, ArrayRecord(), ConfigRecord(), grid))
     assert sorted(pid for pid, _ in s.nodes.values()) == [0, 1, 2, 3, 4] and s.nodes[22] == (1, "a")
-    s.round_log[9] = {"nodes": [22]}
+    s.reports[9] = RoundReport(nodes=[22])
     _, metrics = s.aggregate_train(9, [])
     assert metrics["clients_timeout"] == 1 and metrics["clients_failed"] == 0
 
@@ -195,7 +196,7 @@ def test_faults_are_listed_in_partition_order_whatever_order_the_replies_arrive_
         good = {11: _arrays(0.1, 0.3, 0.7), 15: _arrays(0.2, 0.6, 0.9)}
         replies = [_reply(n, 3 + n % 4, good[n] if n in good else bad) for n in order]
         arrays, _ = s.aggregate_train(1, replies)
-        results.append((s.round_log[1]["faults"], {k: v.numpy().tobytes() for k, v in arrays.items()}))
+        results.append((s.reports[1].faults, {k: v.numpy().tobytes() for k, v in arrays.items()}))
     faults, _ = results[0]
     assert [f.split(":")[0] for f in faults] == ["partition 1", "partition 3"]
     assert results[0] == results[1]
