@@ -25,14 +25,23 @@ CLIENT_COUNTS = (CLIENTS_OK, CLIENTS_FAILED, CLIENTS_REJECTED, CLIENTS_TIMEOUT)
 CAPPED = "clients_capped"
 
 
+_ACC, _ZERO = "acc_", "_zero"
+
+
 def acc_alone(name: str) -> str:
     """Modality ``name`` alone through its infiltration path (zero-filled for models without one)."""
-    return f"acc_{name}"
+    return f"{_ACC}{name}"
 
 
 def acc_zero(name: str) -> str:
     """Modality ``name`` alone with the other slot zeroed."""
-    return f"acc_{name}_zero"
+    return f"{_ACC}{name}{_ZERO}"
+
+
+def modality_names(row: Mapping[str, Any]) -> tuple[str, str]:
+    """The two modality names a row's accuracy columns carry (what :func:`accuracy_columns` was given)."""
+    names = [k.removeprefix(_ACC) for k in row if k.startswith(_ACC) and k != ACC_MM and not k.endswith(_ZERO)]
+    return names[0], names[1]
 
 
 def accuracy_columns(names: tuple[str, str]) -> list[str]:

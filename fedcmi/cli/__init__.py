@@ -178,10 +178,11 @@ def cmd_partitions(cfg: RunConfig) -> int:
     from fedcmi.data import load_data
     from fedcmi.data.corruption import active, plan
     from fedcmi.data.partition import federation, natural_group_kind
+    from fedcmi.modalities import MM, A, B
 
     data = load_data(cfg)
     _, _, y = data.arrays("train")
-    names = {"mm": "+".join(data.modalities), "a": data.modalities[0], "b": data.modalities[1]}
+    names = {MM: "+".join(data.modalities), A: data.modalities[0], B: data.modalities[1]}
     specs = federation(cfg)
     natural = cfg.partitioner == "natural"
     kind = natural_group_kind(cfg.dataset) if natural else None
@@ -279,7 +280,7 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
     from fedcmi.data import load_data
     from fedcmi.data.partition import federation
     from fedcmi.devices import check_device
-    from fedcmi.metrics import round_line
+    from fedcmi.metrics import ACC_MM, ROUND, acc_alone, round_line
     from fedcmi.runs.run_dir import default_run_dir
 
     check_device(cfg.device)
@@ -330,9 +331,9 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
                                  completed=done if resume else 0)
 
         def report(row: dict[str, Any]) -> None:
-            desc = (f"mm {row['acc_mm']:.3f}  {names[0]} {row[f'acc_{names[0]}']:.3f}  "
-                    f"{names[1]} {row[f'acc_{names[1]}']:.3f}")
-            progress.update(task, completed=row["round"], description=desc)
+            desc = (f"mm {row[ACC_MM]:.3f}  {names[0]} {row[acc_alone(names[0])]:.3f}  "
+                    f"{names[1]} {row[acc_alone(names[1])]:.3f}")
+            progress.update(task, completed=row[ROUND], description=desc)
 
         run_dir = simulate(cfg, report, verbose=verbose, resume=resume, client_app=client_app)
     console.print(results_table(run_dir.rows, names))

@@ -20,10 +20,12 @@ def console() -> Console:
 
 def results_table(rows: Sequence[dict[str, Any]], names: tuple[str, str]) -> Table:
     """Per round: multimodal, each modality alone (infiltration path and zero-filled), worst class."""
+    from fedcmi.metrics import DOMINANT, ROUND, WALL_S, accuracy_columns
+
     a, b = names
-    cols = [("round", "round"), ("acc_mm", "mm"), (f"acc_{a}", a), (f"acc_{b}", b),
-            (f"acc_{a}_zero", f"{a}/0"), (f"acc_{b}_zero", f"{b}/0"),
-            ("worst_class_acc", "worst"), ("dominant", "dominant"), ("wall_s", "s")]
+    titles = ["mm", a, b, f"{a}/0", f"{b}/0", "worst"]  # of accuracy_columns, in its order
+    cols = [(ROUND, "round"), *zip(accuracy_columns(names), titles, strict=True), (DOMINANT, "dominant"),
+            (WALL_S, "s")]
     table = Table(title="test accuracy per round", caption=(
         f"mm: both modalities; {a}, {b}: one modality alone through its infiltration path; "
         "/0: alone with the other slot zeroed; worst: worst class (mm); s: wall seconds of the round"))
@@ -33,7 +35,7 @@ def results_table(rows: Sequence[dict[str, Any]], names: tuple[str, str]) -> Tab
         cells = []
         for key, _ in cols:
             v = r.get(key, "")
-            cells.append(f"{v:.3f}" if isinstance(v, float) and key != "wall_s" else
+            cells.append(f"{v:.3f}" if isinstance(v, float) and key != WALL_S else
                          (f"{v:.1f}" if isinstance(v, float) else str(v)))
         table.add_row(*cells)
     return table
