@@ -339,9 +339,9 @@ def warm_actor() -> None:
         warnings.simplefilter("ignore")
         if ray.get_runtime_context().was_current_actor_reconstructed:
             return
-    from fedcmi.runtime.apps import CLIENT_APP, load
+    from fedcmi.runtime.apps import client_app
 
-    load(CLIENT_APP.partition(":")[0])
+    client_app()  # imports the ClientApp's module
 
 
 def _free_workers_on_stop(tracked: _Backends) -> None:
