@@ -163,6 +163,20 @@ def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
     return out
 
 
+def test_only_the_apps_module_names_the_apps():
+    """A module of the core that loaded an app by a string of its own would bypass the floors."""
+    apps_module = "fedcmi.runtime.apps"
+    found = []
+    for module, path in MODULES.items():
+        if not module.startswith("fedcmi") or module == apps_module:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            target = node.value.split(":")[0] if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+            if target.split(".")[0] in ("server", "clients") and "." in target and target in MODULES:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert not found, f"name the apps through {apps_module}:\n" + "\n".join(found)
+
+
 def test_the_core_names_the_apps_as_pyproject_does():
     from fedcmi.runtime import apps
 

@@ -16,6 +16,7 @@ SERVER_APP = "server.app:app"  # = serverapp in [tool.flwr.app.components]
 MAKE_SERVER_APP = "server.app:make_server_app"  # a ServerApp bound to a resolved config (fedcmi simulate)
 RUN_SERVER = "server.app:run_server"  # the ServerApp's round loop, on any grid
 MAKE_BENCH_APP = "server.bench_app:make_bench_app"  # the ServerApp of a bench grid (fedcmi bench)
+CLIENT_WORKER = "clients.worker"  # the long-lived ClientApp process, started as ``python -m`` (loopback demo)
 
 
 def load(reference: str) -> Any:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedcmi.runs.layout import COMPLETE, run_status
+from fedcmi.runtime.apps import CLIENT_WORKER
 from fedcmi.runtime.processes import alive, descendants, free_port, stop_pids
 
 logger = logging.getLogger("fedcmi.loopback")
@@ -194,7 +195,7 @@ class Loopback:
         if executor and self.isolation != "subprocess":  # the SuperNode spawns nothing: run its executor next to it
             self._wait_for_port(port, name)
             executor = ([self._tool("flower-superexec")] if self.isolation == "process"
-                        else [sys.executable, "-m", "clients.worker"])
+                        else [sys.executable, "-m", CLIENT_WORKER])
             self._spawn(f"{name}-{self.isolation}", [*executor, "--insecure", "--runtime-api-address",
                                                      f"127.0.0.1:{port}"], name)
         return proc
