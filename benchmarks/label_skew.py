@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedcmi.bench.stats import paired_difference, t_interval, verdict
+from fedcmi.bench.report import seed_text
+from fedcmi.bench.stats import holm, paired_difference, paired_p_value, rules_out, t_interval, verdict
 from fedcmi.runs.layout import COMPLETE, METRICS_JSON, run_status
 
 LAST = 5
@@ -54,17 +55,22 @@ def main() -> None:
     for metric in args.metrics.split(","):
         per = {label: scores(folder, strategy, metric, args.setting) for label, (folder, strategy) in variants.items()}
         base = per[args.baseline]
-        print(f"\n{metric} (mean of the last {LAST} rounds; 95 % t interval over seeds; paired difference vs "
-              f"{args.baseline})")
-        print(f"| variant | n | {metric} | vs {args.baseline} | verdict |")
-        print("|---|---|---|---|---|")
+        others = [label for label in per if label != args.baseline]
+        adjusted = holm({label: paired_p_value(per[label], base) for label in others})
+        seeds = sorted(set().union(*(set(s) for s in per.values())))
+        print(f"\n{metric} (mean of the last {LAST} rounds; 95 % t interval over seeds {seed_text(seeds)}; paired "
+              f"difference vs {args.baseline}; Holm-adjusted p over the {len(others)} comparisons of this table)")
+        print(f"| variant | n | {metric} | vs {args.baseline} | the difference lies | verdict | Holm p |")
+        print("|---|---|---|---|---|---|---|")
         for label, s in per.items():
             iv = t_interval(s.values())
             if label == args.baseline:
-                print(f"| {label} | {iv.n} | {iv.text()} | – | – |")
+                print(f"| {label} | {iv.n} | {iv.text()} | – | – | – | – |")
                 continue
             diff = paired_difference(s, base)
-            print(f"| {label} | {iv.n} | {iv.text()} | {diff.text()} | {verdict(diff)} |")
+            p = adjusted[label]
+            print(f"| {label} | {iv.n} | {iv.text()} | {diff.text()} | {rules_out(diff)} | {verdict(diff)} | "
+                  f"{'–' if np.isnan(p) else f'{p:.3f}'} |")
 
 
 if __name__ == "__main__":

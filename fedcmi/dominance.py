@@ -52,10 +52,14 @@ class Dominance:
     tau: np.ndarray
 
 
-def class_temperatures(p_a: np.ndarray, p_b: np.ndarray, gamma: float) -> tuple[np.ndarray, float]:
+def class_temperatures(p_a: np.ndarray, p_b: np.ndarray, gamma: float,
+                       geometric: bool = False) -> tuple[np.ndarray, float]:
     """Class-wise temperatures (the FedCMI authors' code): tau_c < 1 for classes whose imbalance exceeds
     the average one; tau_c = 1 otherwise.
 
+    The average r̄ is the arithmetic mean of the ratios r_c (the authors' code), or with ``geometric`` the
+    exponential of the mean log ratio: under label skew a class the round barely holds can have P_b(c) near 0
+    and r_c of 1e9 or more, and then alone decides an arithmetic r̄ (and so the dominant modality).
     Classes with NaN or non-positive probabilities are absent and keep tau_c = 1. Returns (tau, r̄);
     r̄ is NaN when no class is usable.
     """
@@ -66,7 +70,7 @@ def class_temperatures(p_a: np.ndarray, p_b: np.ndarray, gamma: float) -> tuple[
     if not ok.any():
         return tau, float("nan")
     r = np.where(ok, p_a / np.where(ok, p_b, 1.0), np.nan)
-    r_bar = float(np.nanmean(r))
+    r_bar = float(np.exp(np.nanmean(np.log(r)))) if geometric else float(np.nanmean(r))
     if r_bar > 1:
         hit = ok & (r > r_bar)
         tau[hit] = 1.0 / (1.0 + gamma * np.log(r[hit] / r_bar))
@@ -77,10 +81,10 @@ def class_temperatures(p_a: np.ndarray, p_b: np.ndarray, gamma: float) -> tuple[
     return tau, r_bar
 
 
-def dominance(stats: ClassStats, gamma: float) -> Dominance | None:
+def dominance(stats: ClassStats, gamma: float, geometric: bool = False) -> Dominance | None:
     """Global dominant modality and class temperatures from aggregated statistics (None if no data)."""
     p_a, p_b = stats.means()
-    tau, r_bar = class_temperatures(p_a, p_b, gamma)
+    tau, r_bar = class_temperatures(p_a, p_b, gamma, geometric)
     if not np.isfinite(r_bar):
         return None
     return Dominance("a" if r_bar > 1 else "b", r_bar, tau)

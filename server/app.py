@@ -92,7 +92,7 @@ def build_strategy(cfg: RunConfig, model_spec: ModelSpec, membership: Membership
                           update_norm_multiple=cfg.update_norm_multiple,
                           use_modalities=method_spec(cfg.strategy).modalities, rule=rule(cfg.aggregation),
                           dominance_momentum=cfg.dominance_momentum, tau_min=cfg.tau_min,
-                          discovery_timeout=cfg.discovery_seconds)
+                          ratio_mean=cfg.ratio_mean, discovery_timeout=cfg.discovery_seconds)
 
 
 def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds: range, timeout: float,

@@ -144,6 +144,8 @@ class FedCMIStrategy(Strategy):
         participants under label skew cannot flip the dominant modality on their own.
     tau_min : float (default: tau-min's, 0.0)
         Lower bound of the class-wise temperatures (0 = none).
+    ratio_mean : str (default: ratio-mean's, "arithmetic")
+        How the per-class ratios are averaged into r̄: ``arithmetic`` (the authors' code) or ``geometric``.
     """
 
     def __init__(self, *, clients_per_round: int, model_spec: ModelSpec, run_config: Mapping[str, Any],
@@ -154,8 +156,9 @@ class FedCMIStrategy(Strategy):
                  update_norm_multiple: float = _DEFAULT.update_norm_multiple,
                  use_modalities: tuple[str, ...] = MODALITIES, rule: Rule = weighted_mean,
                  dominance_momentum: float = _DEFAULT.dominance_momentum, tau_min: float = _DEFAULT.tau_min,
+                 ratio_mean: str = _DEFAULT.ratio_mean,
                  membership: Membership | None = None) -> None:
-        self.dominance_momentum, self.tau_min = dominance_momentum, tau_min
+        self.dominance_momentum, self.tau_min, self.ratio_mean = dominance_momentum, tau_min, ratio_mean
         self.smoothed: ClassStats | None = None  # the moving average of the class statistics
         self.clients_per_round = clients_per_round
         self.model_spec = model_spec
@@ -497,7 +500,7 @@ class FedCMIStrategy(Strategy):
                 m * prev.sum_pa + (1 - m) * stats.sum_pa, m * prev.sum_pb + (1 - m) * stats.sum_pb,
                 m * prev.counts + (1 - m) * stats.counts)
             stats = self.smoothed
-        new = dominance(stats, self.gamma)
+        new = dominance(stats, self.gamma, geometric=self.ratio_mean == "geometric")
         if new is not None:
             if self.tau_min > 0:
                 new = Dominance(new.dominant, new.ratio, np.maximum(new.tau, self.tau_min))

@@ -43,8 +43,12 @@ def test_summary_table_from_rows():
     assert "| – |" in lines["unimodal-audio"]      # never sees visual
     assert lines["fedavg"].count("**") == 4         # ties on the last two columns are all bold
     # paired with fedavg per seed: fedcmi 0.8-0.5, 0.8-0.7 -> +0.2, half-width 12.706 * 0.1414 / sqrt(2)
-    assert lines["fedcmi"].endswith("| +0.200 ± 1.271 (tie) |") and lines["fedavg"].endswith("| (reference) |")
-    assert lines["unimodal-audio"].endswith("| +0.000 ± 1.271 (tie) |")
+    # Holm p: fedcmi t = 0.2 / (0.1414 / sqrt 2) = 2.0 with 1 dof, p = 0.295; unimodal-audio +0.1, -0.1: p = 1;
+    # adjusted over the two: 2 x 0.295 = 0.590, then max(0.590, 1 x 1.0) = 1.000
+    assert lines["fedcmi"].endswith("| +0.200 ± 1.271 (tie) | 0.590 |")
+    assert lines["fedavg"].endswith("| (reference) | – |")
+    assert lines["unimodal-audio"].endswith("| +0.000 ± 1.271 (tie) | 1.000 |")
+    assert "Seeds: 0, 1." in md
 
 
 def test_summary_paired_column_names_a_clear_win():
@@ -56,7 +60,9 @@ def test_summary_paired_column_names_a_clear_win():
     md = summary_markdown(rows, ("audio", "visual"), "x")
     fedcmi = next(line for line in md.splitlines() if line.startswith("| fedcmi"))
     # differences 0.10, 0.11, 0.12: mean 0.11, sd 0.01, t(0.975, 2) = 4.303 -> 4.303 * 0.01 / sqrt(3) = 0.0248
-    assert fedcmi.endswith("| +0.110 ± 0.025 (better) |")
+    # one comparison, so Holm changes nothing: t = 0.11 / (0.01 / sqrt 3) = 19.05 with 2 dof, p = 0.0027
+    assert fedcmi.endswith("| +0.110 ± 0.025 (better) | 0.003 |")
+    assert "Seeds: 0-2." in md
 
 
 def _counted(strategy: str, seed: int, ok: int, rejected: int = 0, failed: int = 0, capped: int = 0) -> dict:

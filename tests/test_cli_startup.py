@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-HEAVY = ("torch", "flwr", "ray", "datasets")
+HEAVY = ("torch", "flwr", "ray", "datasets", "wandb")
 
 # (argv, exit code, what stderr's one line holds; None: no error line)
 CALLS = [
@@ -38,6 +38,9 @@ CALLS = [
     (["partitions", "num-clients=0"], 2, "num-clients=0: must be >= 1"),
     (["bench", "--preset", "nope"], 2, "--preset 'nope': must be one of quick"),
     (["bench", "--strategies", "fedavg,fedcmy"], 2, "did you mean 'fedcmi'?"),
+    # a key after an option is still a key (was: "unrecognized arguments"), and checked like the others
+    (["bench", "--seeds", "2", "lr=0.1", "--strategies", "fedavg", "lr=-1"], 2, "lr=-1.0: must be > 0"),
+    (["simulate", "--preset", "paper", "num-round=5"], 2, "did you mean 'num-server-rounds'?"),
     (["methods", "fedcmy"], 2, "did you mean 'fedcmi'?"),
     (["simulat"], 2, "did you mean 'simulate'?"),
     (["prepare", "crema", "--root", "x"], 2, "did you mean 'crema-d'?"),

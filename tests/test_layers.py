@@ -21,8 +21,9 @@ PACKAGES = ("fedcmi", "server", "clients")
 # Ground up. A module belongs to the floor of the longest name below that is it or a package above it; the
 # root package ``fedcmi`` (its __init__) is ground, its other top-level modules are listed one by one.
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
-    ("ground: errors, arrays, modality kinds, guidance types, metrics columns, devices",
-     ("fedcmi.errors", "fedcmi.npy", "fedcmi.modalities", "fedcmi.dominance", "fedcmi.metrics", "fedcmi.devices")),
+    ("ground: errors, arrays, modality kinds, guidance types, metrics columns, devices, optional packages",
+     ("fedcmi.errors", "fedcmi.npy", "fedcmi.modalities", "fedcmi.dominance", "fedcmi.metrics", "fedcmi.devices",
+      "fedcmi.extras")),
     ("catalogues: plug-ins by name, as data (no torch)",
      ("fedcmi.methods.spec", "fedcmi.methods.registry", "fedcmi.data.sources")),
     ("config", ("fedcmi.config",)),

@@ -48,6 +48,25 @@ def test_class_temperatures_dominant_second_modality_and_absent_class():
     assert np.all((tau > 0) & (tau <= 1))
 
 
+def test_geometric_ratio_mean_is_not_decided_by_one_collapsed_class():
+    """Ratios 1e9 (class 0: P_b collapsed), 0.5, 0.5, 0.5: the arithmetic r̄ (authors' code) is 2.5e8, so audio
+    'dominates' and only class 0 gets tau < 1; the geometric r̄ = (1e9 x 0.125)^(1/4) = 105.7 also says a, and
+    tau_0 = 1 / (1 + 2 ln(1e9 / 105.7)). With ratios 100, 0.1, 0.1, 0.1 the arithmetic mean (25.075) says a,
+    the geometric one (0.1 x 1000^(1/4) = 0.562) says b: three of four classes favour b."""
+    p_a, p_b = np.array([0.9, 0.25, 0.25, 0.25]), np.array([0.9e-9, 0.5, 0.5, 0.5])
+    _, arithmetic = class_temperatures(p_a, p_b, gamma=2.0)
+    assert arithmetic == pytest.approx((1e9 + 1.5) / 4)
+    tau, geometric = class_temperatures(p_a, p_b, gamma=2.0, geometric=True)
+    assert geometric == pytest.approx((1e9 * 0.125) ** 0.25)
+    assert tau[0] == pytest.approx(1 / (1 + 2 * math.log(1e9 / geometric))) and tau[1:] == pytest.approx([1, 1, 1])
+    stats = ClassStats(np.array([1.0, 0.1, 0.1, 0.1]), np.array([0.01, 1.0, 1.0, 1.0]), np.ones(4))
+    assert dominance(stats, 2.0).dominant == "a" and dominance(stats, 2.0).ratio == pytest.approx(25.075)
+    geo = dominance(stats, 2.0, geometric=True)
+    assert geo.dominant == "b" and geo.ratio == pytest.approx(0.1 * 1000 ** 0.25)
+    # b dominates: q_c = 1 / r_c = 0.01, 10, 10, 10 against 1 / r̄ = 1.778; classes 1-3 get tau < 1
+    assert geo.tau[0] == 1.0 and geo.tau[1] == pytest.approx(1 / (1 + 2 * math.log(10 * geo.ratio)))
+
+
 def test_dominance_from_count_weighted_statistics():
     s1 = ClassStats(np.array([9.0, 0.0]), np.array([3.0, 0.0]), np.array([10.0, 0.0]))
     s2 = ClassStats(np.array([15.0, 6.0]), np.array([15.0, 6.0]), np.array([30.0, 10.0]))

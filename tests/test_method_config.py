@@ -30,13 +30,15 @@ WHERE = {"proximal-mu": ("settings", "proximal_mu"), "lambda-self": ("method", "
          "pmr-alpha": ("method", "alpha"), "pmr-momentum": ("method", "momentum"),
          "unimodal-zero-fill": ("method", "unimodal_zero_fill"), "normalize-loss": ("method", "normalize_loss"),
          "dominance-momentum": ("strategy", "dominance_momentum"), "tau-min": ("strategy", "tau_min"),
+         "ratio-mean": ("strategy", "ratio_mean"),
          "logit-adjust": ("skew", "logit_adjust"), "restricted-softmax": ("skew", "restricted_alpha"),
          "ntd-beta": ("skew", "ntd_beta"), "ntd-temperature": ("skew", "ntd_temperature")}
 CANDIDATES = {"proximal-mu": [0.0, 0.37], "lambda-self": [0.0, 1.3], "lambda-cmi": [0.0, 2.5],
               "lambda-cross": [0.0, 2.0], "class-wise-temperature": [False, True], "temperature": [0.7],
               "gamma": [3.5], "dominance": ["global", "local"], "warmup-rounds": [3], "ogm-alpha": [0.3],
               "pmr-alpha": [0.6], "pmr-momentum": [0.45], "unimodal-zero-fill": [0.5], "normalize-loss": [True],
-              "dominance-momentum": [0.8], "tau-min": [0.3], "logit-adjust": [0.0, 1.0], "restricted-softmax": [0.5],
+              "dominance-momentum": [0.8], "tau-min": [0.3], "ratio-mean": ["geometric"], "logit-adjust": [0.0, 1.0],
+              "restricted-softmax": [0.5],
               "ntd-beta": [1.0], "ntd-temperature": [2.0]}
 
 

@@ -191,7 +191,7 @@ def test_liars_impostors_and_a_half_group_scaling_attack_fail_in_a_real_simulati
     refuses the liar and the impostor at discovery (both named in round 1's faults), rejects the three scalers
     every round, and accepts every honest reply."""
     keys = {"num-clients": 8, "clients-per-round": 8, "num-server-rounds": 3, "train-size": 800, "test-size": 200,
-            "local-epochs": 1}
+            "local-epochs": 1, "update-norm-multiple": 10}  # a simulation's default is 0: an attack study sets it
     fed = {c.partition_id: (c.kind, len(c.indices)) for c in federation(effective(keys))}
     holders_a = sorted(p for p, (k, _) in fed.items() if k in ("mm", "a") and p > 1)
     assert fed[1][0] != fed[3][0] and holders_a == [2, 3, 4, 5, 6, 7]  # the roles this test was written for
@@ -213,3 +213,19 @@ def test_liars_impostors_and_a_half_group_scaling_attack_fail_in_a_real_simulati
     assert verdicts == {(rnd, p): "rejected" if p in (2, 5, 7) else "accepted"
                         for rnd in (1, 2, 3) for p in holders_a}
     assert "replies: 9 accepted of 18 (9 rejected" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_the_screen_is_off_in_simulations_and_on_in_deployments_unless_set(tmp_path):
+    """`fedcmi simulate` and `fedcmi bench` resolve update-norm-multiple to 0 (every client is the researcher's
+    code); the ServerApp's RunConfig default stays 10; a value the user sets wins everywhere."""
+    from fedcmi.bench.plan import make_plan
+    from fedcmi.cli import _parser, _resolve
+    from fedcmi.config.run_config import UPDATE_NORM_MULTIPLE
+
+    assert UPDATE_NORM_MULTIPLE == 10 and effective({}).update_norm_multiple == 10
+    assert _resolve(_parser().parse_args(["simulate"])).update_norm_multiple == 0
+    assert _resolve(_parser().parse_args(["simulate", "--preset", "paper"])).update_norm_multiple == 0
+    assert _resolve(_parser().parse_args(["simulate", "update-norm-multiple=7"])).update_norm_multiple == 7
+    for keys, want in (({}, 0), ({"update-norm-multiple": 12}, 12)):
+        plan = make_plan("quick", tmp_path / f"bench-{want}", keys)
+        assert {plan.cell_config(c).update_norm_multiple for c in plan.cells()} == {want}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcmi.config import ConfigError, RunConfig, effective, normalize
+from fedcmi.config.presets import SIMULATION_DEFAULTS
 from fedcmi.errors import did_you_mean
 from fedcmi.methods.registry import METHOD_NAMES
 from fedcmi.runs.files import atomic_write
@@ -226,7 +227,8 @@ def make_plan(preset_name: str, out: Path, base_overrides: dict[str, Any], strat
     mix_values = _unique([Mix.parse(m) for m in (mixes.split(",") if mixes else p["mixes"])])
     missing = _unique(parse_rates(missing_rates, "--missing-rates", 0.5)) if missing_rates else [None]
     noise = _unique(parse_rates(label_noise, "--label-noise", 1.0)) if label_noise else [None]
-    plan = BenchPlan(dict(p["base"]), explicit, names, seed_values, alpha_values, mix_values, out, missing, noise)
+    plan = BenchPlan({**SIMULATION_DEFAULTS, **p["base"]}, explicit, names, seed_values, alpha_values, mix_values,
+                     out, missing, noise)
     for cell in plan.cells():  # every cell's effective config: a user key a method refuses stops here
         plan.cell_config(cell)
     _check_out_dir(plan)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fedcmi.bench.plan import BenchPlan, Cell, alpha_label, cell_complete
-from fedcmi.bench.stats import paired_difference, t_interval, verdict
+from fedcmi.bench.stats import holm, paired_difference, paired_p_value, t_interval, verdict
 from fedcmi.methods.unimodal import display_name
 from fedcmi.metrics import (
     ACC_MM,
@@ -170,7 +170,9 @@ def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], c
              "for, summed over the rounds and seeds, then those that failed, timed out, or were accepted with "
              "their sample weight capped, where there are any (per seed: the "
              "clients_*_total columns of results.csv; which rounds, partitions and reasons: the faults column of "
-             "rounds.csv).", ""]
+             "rounds.csv). `Holm p`: the paired t-test's p-value against fedavg, Holm-adjusted over the table's "
+             "comparisons: with many strategies some 'better' verdicts are expected by chance; below 0.05 one "
+             "holds for the whole table.", "", f"Seeds: {seed_text(sorted({int(r['seed']) for r in finals}))}.", ""]
     note = replies_note(finals, see="the replies column")
     if note:
         lines[4:4] = ["Replies" + note.removeprefix("replies") + ".", ""]
@@ -191,17 +193,30 @@ def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], c
         best = {m: max((st[m].mean for st in stats.values() if st[m].n), default=math.nan) for m in metrics}
         reference = by_strategy.get(BASELINE)
         lines.append("| strategy | n | replies | " + " | ".join(metrics)
-                     + (f" | vs {BASELINE} |" if reference else " |"))
-        lines.append("|---|---|---|" + "---|" * (len(metrics) + bool(reference)))
+                     + (f" | vs {BASELINE} | Holm p |" if reference else " |"))
+        lines.append("|---|---|---|" + "---|" * (len(metrics) + 2 * bool(reference)))
+        adjusted = holm({s: paired_p_value(*({seed: value(r, PAIRED_METRIC) for seed, r in rs.items()}
+                                             for rs in (by_strategy[s], reference)))
+                         for s in by_strategy if s != BASELINE}) if reference else {}
         for s, st in stats.items():
             cells = [("**" + st[m].text() + "**" if st[m].n and math.isclose(st[m].mean, best[m]) else st[m].text())
                      for m in metrics]
             if reference:
                 cells.append(_versus(by_strategy[s], reference, s, lambda r: value(r, PAIRED_METRIC)))
+                p = adjusted.get(s, math.nan)
+                cells.append("–" if math.isnan(p) else f"{p:.3f}")
             lines.append(f"| {s} | {len(by_strategy[s])} | {replies_cell(by_strategy[s].values())} | "
                          + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def seed_text(seeds: Sequence[int]) -> str:
+    """``10-19`` for three or more consecutive seeds, else the list (``0, 2``)."""
+    seeds = list(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
 
 
 def _versus(rows: dict[int, dict[str, Any]], reference: dict[int, dict[str, Any]], strategy: str,

@@ -57,6 +57,39 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], level: flo
     return t_interval((a[s] - b[s] for s in seeds), level)
 
 
+def paired_p_value(a: Mapping[int, float], b: Mapping[int, float]) -> float:
+    """Two-sided p-value of the paired t-test of a - b over the seeds both have (NaN with fewer than 2, or when
+    every difference is the same)."""
+    seeds = sorted(set(a) & set(b))
+    diffs = np.asarray([a[s] - b[s] for s in seeds], dtype=np.float64)
+    diffs = diffs[~np.isnan(diffs)]
+    if len(diffs) < 2 or np.ptp(diffs) == 0:
+        return math.nan
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values of a family of comparisons (NaN ones stay NaN and do not count):
+    sorted ascending, the i-th (0-based) of m is multiplied by m - i, then made monotone and capped at 1. A
+    comparison is significant at 5 % over the whole family when its adjusted value is below 0.05."""
+    known = sorted((p, k) for k, p in p_values.items() if not math.isnan(p))
+    m = len(known)
+    out = {k: math.nan for k in p_values}
+    running = 0.0
+    for i, (p, k) in enumerate(known):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+def rules_out(diff: Interval) -> str:
+    """What a paired interval allows, in words: the difference lies between its ends (so it rules out a loss
+    larger than -low and a gain larger than high)."""
+    if diff.n < 2 or math.isnan(diff.half_width):
+        return "nothing (fewer than 2 seeds)"
+    return f"between {diff.low:+.3f} and {diff.high:+.3f}"
+
+
 def verdict(diff: Interval) -> str:
     """``better`` / ``worse`` when the interval of the difference excludes 0, else ``tie``; ``n/a (1 seed)``
     when there is no interval (fewer than 2 common seeds): one seed says nothing either way."""

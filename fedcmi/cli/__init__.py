@@ -25,7 +25,7 @@ from fedcmi.cli.bench import add_bench_parser, cmd_bench
 from fedcmi.cli.features import add_features_parser, cmd_features
 from fedcmi.cli.prepare import add_prepare_parser, cmd_prepare
 from fedcmi.config import META_KEYS, ConfigError, RunConfig, config_keys, defaults, effective, parse_overrides, resolve
-from fedcmi.config.presets import PRESETS, preset_values
+from fedcmi.config.presets import PRESETS, SIMULATION_DEFAULTS, preset_values
 from fedcmi.errors import UserError, did_you_mean
 from fedcmi.runs.layout import CONFIG_FILE, METRICS_JSON, STATUS_FILE
 
@@ -85,6 +85,10 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
         parsed, extras = self.parse_known_args(args, namespace)
+        if isinstance(getattr(parsed, "overrides", None), list):  # key=value after an option: still a key
+            keys = [e for e in extras if "=" in e and not e.startswith("-")]
+            parsed.overrides += keys
+            extras = [e for e in extras if e not in keys]
         if extras:  # argparse reports them from the top parser; the help to read is the command's
             command = getattr(parsed, "command", None)
             self.error(f"unrecognized arguments: {' '.join(extras)}", f"{self.prog} {command}" if command else None)
@@ -154,7 +158,8 @@ def _resolve(args: argparse.Namespace) -> RunConfig:
     overrides: dict[str, Any] = parse_overrides(args.overrides)
     if getattr(args, "out", None):
         overrides["out-dir"] = args.out
-    cfg = resolve(args.config, overrides, preset=preset_values(getattr(args, "preset", None)))
+    cfg = resolve(args.config, overrides,
+                  preset={**SIMULATION_DEFAULTS, **preset_values(getattr(args, "preset", None))})
     if args.command == "simulate":
         cfg.check_run()
     if cfg.out_dir:
@@ -316,6 +321,8 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
         print_closing_lines(run_dir.rows)
         files = sorted(p.name for p in run_dir.path.iterdir() if p.is_file() and not p.name.startswith("."))
         print(f"results written to {run_dir.path}: " + ", ".join(files), flush=True)
+        if hint := _wandb_hint(cfg, run_dir.path):
+            print(hint, flush=True)
         return 0
 
     from rich.console import Console
@@ -339,7 +346,17 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
     console.print(results_table(run_dir.rows, names))
     print_closing_lines(run_dir.rows, console)
     console.print(f"results written to [bold]{run_dir.path}[/bold]")
+    if hint := _wandb_hint(cfg, run_dir.path):
+        console.print(hint, markup=False, highlight=False)
     return 0
+
+
+def _wandb_hint(cfg: RunConfig, path: Path) -> str | None:
+    if not cfg.wandb:
+        return None
+    from fedcmi.runs.wandb_log import sync_hint
+
+    return sync_hint(path)
 
 
 def _toml(value: Any) -> str:

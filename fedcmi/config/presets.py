@@ -15,6 +15,12 @@ from typing import Any
 
 from fedcmi.errors import ConfigError, did_you_mean
 
+# Under every preset of `fedcmi simulate` and `fedcmi bench` (never of a ServerApp run by `flwr run` or a
+# SuperLink). In a simulation every client runs the researcher's own code on one machine: nobody can send a
+# hostile update, so the update screen could only drop honest ones, and measured over honest bench runs at
+# alpha 0.1 it does (docs/robustness.md). Deployments keep RunConfig's default; attack studies set it.
+SIMULATION_DEFAULTS: dict[str, Any] = {"update-norm-multiple": 0.0}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "num-clients": 10, "clients-per-round": 2, "num-server-rounds": 40, "local-epochs": 10,

@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from fedcmi.errors import ConfigError, did_you_mean
+from fedcmi.extras import require_wandb
 
 # Sections group the keys in docs and decide what travels to clients: server-only sections never do.
 SECTIONS = ("data", "federation", "training", "method", "model", "runtime", "server", "reliability", "output")
@@ -61,6 +62,10 @@ UPPER: dict[str, float] = {
     "round_timeout": 7 * 86_400.0, "lr": 1e3, "client_num_cpus": 4096.0, "client_num_gpus": 64.0,
 }
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _wandb_project_ok(v: str) -> bool:
+    return 0 < len(v) <= 128 and not any(c in v for c in "/\\#?%:")
 
 
 def _run_name_ok(v: str) -> bool:
@@ -182,6 +187,10 @@ class RunConfig:
                                      "must be in [0, 1)")
     tau_min: float = _opt(0.0, "method", "fedcmi: lower bound of the class-wise temperatures; 0 = none", _unit,
                           "must be in [0, 1]")
+    ratio_mean: str = _opt("arithmetic", "method", "fedcmi: how the per-class ratios P_a(c)/P_b(c) are averaged into "
+                           "r̄, which decides the dominant modality and tau_c: arithmetic (the authors' code) or "
+                           "geometric (mean of the log ratios: one class whose probability collapsed cannot decide)",
+                           lambda v: v in ("arithmetic", "geometric"), "must be arithmetic or geometric")
     # label-skew remedies, combinable with every method (fedcmi.methods.remedies)
     logit_adjust: float = _opt(0.0, "method", "every method: CE(z + tau log pi_local, y) with this tau (FedLC / "
                                "logit adjustment); 0 = off", _at_least(0), "must be >= 0")
@@ -271,6 +280,11 @@ class RunConfig:
     tensorboard: bool = _opt(True, "output", "write every round's accuracies, mean losses, reply counts and "
                              "dominance ratio, and the configuration, as TensorBoard event files in "
                              "<run>/tensorboard/ (`tensorboard --logdir runs/`)")
+    wandb: bool = _opt(False, "output", "also log the numbers TensorBoard gets, and the configuration, to a Weights & "
+                       "Biases run in <run>/wandb/: offline (no account, no network) unless WANDB_MODE is set; "
+                       "upload later with `wandb sync`. Needs `pip install wandb`")
+    wandb_project: str = _opt("fedcmi", "output", "the W&B project of a wandb=true run", _wandb_project_ok,
+                              "must be 1-128 characters, none of / \\ # ? % :")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -315,6 +329,8 @@ class RunConfig:
         if self.min_replies > self.clients_per_round:
             raise ConfigError(
                 f"min-replies={self.min_replies}: must be <= clients-per-round ({self.clients_per_round})")
+        if self.wandb:
+            require_wandb()  # finds the package without importing it
         return self
 
     # --- views ------------------------------------------------------------------------------------

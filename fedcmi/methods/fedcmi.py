@@ -38,7 +38,8 @@ class Distiller:
         if not method.class_wise_temperature:
             tau = np.full(num_classes, method.temperature)
         elif self.local:  # the authors' rule: the client's own statistics with the received weights
-            tau, _ = class_temperatures(*class_statistics(model, data, num_classes).means(), method.gamma)
+            tau, _ = class_temperatures(*class_statistics(model, data, num_classes).means(), method.gamma,
+                                        geometric=method.ratio_mean == "geometric")
         else:  # the server's, decided with the dominant modality (``start`` builds no distiller before that)
             tau = guidance.tau if guidance.tau is not None else np.ones(num_classes)
         self.tau = torch.as_tensor(tau, dtype=torch.float32, device=device)
@@ -64,11 +65,12 @@ class FedCMI(LocalMethod):
 
     def __init__(self, *, lambda_self: float, lambda_cmi: float, lambda_cross: float, class_wise_temperature: bool,
                  temperature: float, gamma: float, dominance: str, single_projector: bool = False,
-                 unimodal_zero_fill: float = 0.0, normalize_loss: bool = False) -> None:
+                 unimodal_zero_fill: float = 0.0, normalize_loss: bool = False, ratio_mean: str = "arithmetic") -> None:
         self.lambda_self, self.lambda_cmi, self.lambda_cross = lambda_self, lambda_cmi, lambda_cross
         self.class_wise_temperature, self.temperature, self.gamma = class_wise_temperature, temperature, gamma
         self.dominance, self.single_projector = dominance, single_projector
         self.unimodal_zero_fill, self.normalize_loss = unimodal_zero_fill, normalize_loss
+        self.ratio_mean = ratio_mean
         self.distiller: Distiller | None = None
 
     @classmethod
@@ -76,7 +78,8 @@ class FedCMI(LocalMethod):
         return cls(lambda_self=cfg.lambda_self, lambda_cmi=cfg.lambda_cmi, lambda_cross=cfg.lambda_cross,
                    class_wise_temperature=cfg.class_wise_temperature, temperature=cfg.temperature,
                    gamma=cfg.gamma, dominance=cfg.dominance, single_projector=single_projector,
-                   unimodal_zero_fill=cfg.unimodal_zero_fill, normalize_loss=cfg.normalize_loss)
+                   unimodal_zero_fill=cfg.unimodal_zero_fill, normalize_loss=cfg.normalize_loss,
+                   ratio_mean=cfg.ratio_mean)
 
     def start(self, model: nn.Module, data: ClientData, guidance: Guidance, num_classes: int) -> None:
         """Distil this round when the warm-up is over and, with ``dominance=global``, the server has decided the

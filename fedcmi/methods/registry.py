@@ -21,7 +21,7 @@ EVERY_METHOD_KEYS = (*REMEDY_KEYS, *CCVR_KEYS)
 CROSS_ENTROPY = "fedcmi.methods.fedavg:build"  # fedavg.py: FedAvg's cross-entropy
 FEDCMI_USES = ("proximal-mu", "lambda-self", "lambda-cmi", "class-wise-temperature", "temperature", "gamma",
                "dominance", "warmup-rounds", "lambda-cross", "unimodal-zero-fill", "normalize-loss",
-               "dominance-momentum", "tau-min")
+               "dominance-momentum", "tau-min", "ratio-mean")
 
 
 def _fedcmi(name: str, summary: str, defaults: dict | None = None, defining: dict | None = None,
@@ -47,7 +47,8 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
             "proximal term, server-side dominance"),
     # fedcmi-plus (ours): FedCMI whose multimodal clients also train the fusion head on the unimodal (self,
     # infiltration) pairs, so the head accepts infiltration features in the missing slot
-    MethodSpec("fedcmi-plus", "FedCMI + multimodal clients also train the fusion head on the unimodal (self, "
+    MethodSpec("fedcmi-plus", "fedcmi's own variant, not the paper's: FedCMI + multimodal clients also train the "
+               "fusion head on the unimodal (self, "
                "infiltration) pairs, so infiltration features are accepted in the missing slot (lambda-cross)",
                "fedcmi.methods.fedcmi:build", model="fedcmi", uses=FEDCMI_USES,
                defining={"lambda-cross": POSITIVE}, infiltration_path=True),

@@ -20,6 +20,8 @@ CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_STATE = "state.json"  # in CHECKPOINT_DIR: round, strategy state, hashes
 CHECKPOINT_MODEL = MODEL_FILE  # in CHECKPOINT_DIR: the global model of that round
 TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"  # what wandb.init(dir=<run>) creates (wandb=true)
+WANDB_STATE = "wandb-run.json"  # {"id": the W&B run id, "round": the last round logged}
 
 RUNNING, COMPLETE, INTERRUPTED, FAILED = "running", "complete", "interrupted", "failed"
 STATUSES = (RUNNING, COMPLETE, INTERRUPTED, FAILED)

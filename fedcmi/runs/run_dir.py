@@ -1,4 +1,4 @@
-"""The run directory: resolved config, per-round metrics (CSV + JSON, TensorBoard), final model, accuracy plot.
+"""The run directory: resolved config, per-round metrics (CSV + JSON, TensorBoard, W&B), final model, accuracy plot.
 
 Every file is written atomically (temporary file + rename) after each round, so an interrupted run keeps
 every finished round.
@@ -28,6 +28,7 @@ from fedcmi.errors import ConfigError
 from fedcmi.metrics import ROUND, accuracy_columns, column_labels
 from fedcmi.runs.files import atomic_write, csv_text, save_tensors
 from fedcmi.runs.layout import (
+    COMPLETE,
     CONFIG_FILE,
     MARKER,
     METRICS_CSV,
@@ -45,10 +46,12 @@ if TYPE_CHECKING:  # torch and safetensors load when a checkpoint is read or a m
 
     from fedcmi.runs.checkpoint import Checkpoint
     from fedcmi.runs.tensorboard import TensorBoardLog
+    from fedcmi.runs.wandb_log import WandbLog
 
 # keys that may differ between a checkpoint and its resume (more rounds; the folder's own path)
 # keys that never change a result: a resume may change them, and checkpoints from before a key existed still match
-RESUMABLE_KEYS = ("num-server-rounds", "out-dir", "pipelined-eval", "discovery-timeout", "tensorboard")
+RESUMABLE_KEYS = ("num-server-rounds", "out-dir", "pipelined-eval", "discovery-timeout", "tensorboard",
+                  "wandb", "wandb-project")
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
@@ -192,12 +195,14 @@ class RunDirectory:
         self.rows: list[dict[str, Any]] = []
         self.replies: list[dict[str, Any]] = []
         self.tensorboard: TensorBoardLog | None = None
+        self.wandb: WandbLog | None = None
+        self.status = RUNNING
         if resume_after is not None:
             check_metrics(self.path, resume_after)
         self.write_config(cfg)  # on a resume too: an extended run records its new num-server-rounds
         self.finish(RUNNING, rounds=resume_after)  # None: no round recorded yet; add_round updates it
         if resume_after is None:
-            self._open_tensorboard()
+            self._open_trackers()
             return
         rows = json.loads((self.path / METRICS_JSON).read_text(encoding="utf-8"))
         for row in rows:
@@ -210,9 +215,10 @@ class RunDirectory:
         if replies.is_file():
             with replies.open(newline="", encoding="utf-8") as f:
                 self.add_replies([r for r in csv.DictReader(f) if int(r["round"]) <= resume_after])
-        self._open_tensorboard()  # after the rewrite above: the kept rows are not logged again
+        self._open_trackers()  # after the rewrite above: the kept rows are not logged again
 
-    def _open_tensorboard(self) -> None:
+    def _open_trackers(self) -> None:
+        """TensorBoard and W&B, each when its key is on; ``self.rows``: the rows a resume keeps."""
         if self.cfg.tensorboard:
             from fedcmi.runs.tensorboard import TensorBoardLog
 
@@ -220,13 +226,21 @@ class RunDirectory:
             self.tensorboard = TensorBoardLog.open(self.path, {**self.cfg.to_dict(),
                                                                modalities: list(self.modality_names)},
                                                    self.modality_names, self.rows)
+        if self.cfg.wandb:
+            from fedcmi.runs.wandb_log import WandbLog
+
+            self.wandb = WandbLog.open(self.path, self.config_dict(self.cfg), self.modality_names,
+                                       self.cfg.wandb_project, self.rows)
+
+    def config_dict(self, cfg: RunConfig) -> dict[str, Any]:
+        """What config.json holds: the effective configuration, the modality names, the unused method keys."""
+        modalities, unused = META_KEYS
+        return {**cfg.to_dict(), modalities: list(self.modality_names), unused: unused_keys(cfg)}
 
     def write_config(self, cfg: RunConfig) -> None:
         """config.json: the effective configuration (exactly the values that ran), the data set's modality
         names and the method keys the chosen strategy does not read."""
-        modalities, unused = META_KEYS
-        atomic_write(self.path / CONFIG_FILE, json.dumps(
-            {**cfg.to_dict(), modalities: list(self.modality_names), unused: unused_keys(cfg)}, indent=2) + "\n")
+        atomic_write(self.path / CONFIG_FILE, json.dumps(self.config_dict(cfg), indent=2) + "\n")
 
     def add_round(self, row: Mapping[str, Any]) -> None:
         """Record a round: metrics.json and metrics.csv rewritten with it, then status.json says it is the last
@@ -237,6 +251,8 @@ class RunDirectory:
         atomic_write(self.path / METRICS_CSV, self._csv())
         if self.tensorboard is not None:
             self.tensorboard.add_round(row)
+        if self.wandb is not None:
+            self.wandb.add_round(row)
         self.finish(RUNNING, rounds=int(row[ROUND]))
 
     def add_replies(self, rows: list[Mapping[str, Any]]) -> None:
@@ -302,13 +318,18 @@ class RunDirectory:
         return path
 
     def finish(self, status: str, **extra: Any) -> None:
+        self.status = status
         atomic_write(self.path / STATUS_FILE, json.dumps({"status": status, **extra}, indent=2) + "\n")
 
     def release(self) -> None:
-        """Close the TensorBoard log and give up the folder's lock (a process that exits releases it anyway)."""
+        """Close the TensorBoard and W&B logs (W&B's run marked failed unless the run completed) and give up the
+        folder's lock (a process that exits releases it anyway)."""
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
+        if self.wandb is not None:
+            self.wandb.close(exit_code=0 if self.status == COMPLETE else 1)
+            self.wandb = None
         if self.lock >= 0:
             os.close(self.lock)
             self.lock = -1
