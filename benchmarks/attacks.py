@@ -133,11 +133,13 @@ def roles(seed: int) -> dict[str, Any]:
 
 def final(path: Path) -> dict:
     """What a run directory says: status (and error), rows, and the columns the tables use."""
+    from fedcmi.runs.layout import METRICS_JSON, STATUS_FILE
+
     status, error = "?", ""
-    if (path / "status.json").is_file():
-        st = json.loads((path / "status.json").read_text())
+    if (path / STATUS_FILE).is_file():
+        st = json.loads((path / STATUS_FILE).read_text())
         status, error = st["status"], st.get("error", "")
-    rows = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else []
+    rows = json.loads((path / METRICS_JSON).read_text()) if (path / METRICS_JSON).is_file() else []
     trained: dict[int, int] | None = None  # partition -> rounds it was sent a TRAIN message (from the mod's trace)
     if (path / "attack-trace.txt").is_file():
         trained = {}

@@ -18,7 +18,7 @@ import torch
 
 from fedcmi.config import effective
 from fedcmi.data.base import ClientData
-from fedcmi.federated.dominance import Guidance
+from fedcmi.dominance import Guidance
 from fedcmi.methods.base import TrainSettings, local_update
 from fedcmi.methods.registry import method_spec
 from fedcmi.models import build_model

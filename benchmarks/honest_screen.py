@@ -22,6 +22,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from fedcmi.runs.layout import CONFIG_FILE, REPLIES_FILE
+
 GROUPS = ("a", "b", "shared")
 
 
@@ -83,7 +85,7 @@ def replay_old(rows: list[dict]) -> list[float]:
 
 
 def setting_of(run: Path) -> str:
-    cfg = json.loads((run / "config.json").read_text())
+    cfg = json.loads((run / CONFIG_FILE).read_text())
     alpha = "iid" if cfg.get("partitioner") == "iid" else f"{cfg['dirichlet-alpha']:g}"
     return f"{cfg['strategy']} alpha={alpha} mix={cfg['multimodal-ratio']:g}:{cfg['unimodal-split']:g}"
 
@@ -103,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--multiple", type=float, default=10.0, help="the bound, for the over-bound count")
     parser.add_argument("--by", choices=("setting", "strategy", "all"), default="setting")
     args = parser.parse_args(argv)
-    files = sorted({p for f in args.folders for p in ([f] if f.name == "replies.csv" else f.rglob("replies.csv"))})
+    files = sorted({p for f in args.folders for p in ([f] if f.name == REPLIES_FILE else f.rglob(REPLIES_FILE))})
     if not files:
-        parser.error("no replies.csv under the given folders")
+        parser.error(f"no {REPLIES_FILE} under the given folders")
     table: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for path in files:
         with path.open(newline="") as f:

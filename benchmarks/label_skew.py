@@ -17,6 +17,7 @@ import numpy as np
 
 from fedcmi.bench.report import seed_text
 from fedcmi.bench.stats import holm, paired_difference, paired_p_value, rules_out, t_interval, verdict
+from fedcmi.runs.layout import COMPLETE, METRICS_JSON, run_status
 
 LAST = 5
 
@@ -28,10 +29,9 @@ def scores(bench: Path, strategy: str, metric: str, setting: str = "") -> dict[i
     for cell in sorted((bench / "cells").glob(f"{strategy}__*")):
         if setting not in cell.name:
             continue
-        status = cell / "status.json"
-        if not status.is_file() or json.loads(status.read_text())["status"] != "complete":
+        if run_status(cell) != COMPLETE:
             continue
-        rows = json.loads((cell / "metrics.json").read_text())
+        rows = json.loads((cell / METRICS_JSON).read_text())
         seed = int(cell.name.rsplit("seed-", 1)[1])
         if seed in out:
             raise SystemExit(f"{bench}: {strategy} has several settings for seed {seed}; pick one with --setting")

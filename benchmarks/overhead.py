@@ -5,15 +5,16 @@
     round); steady state = mean wall time of rounds 2..N (each round's ``wall_s``: sampling, messages,
     client training in the Ray actors, screening, aggregation, central evaluation, results and checkpoint
     files).
-(b) the same work in a plain sequential PyTorch loop, no Flower, no Ray, no files: the same sampled
-    partitions (the strategy's seeded ``random.Random(seed).sample`` over sorted partition ids), the same
-    per-client data and model, the same client step (``fedcmi.federated.client_step``, which the ClientApp
-    calls), then the same server work: the run's aggregation rule, the dominance guidance, central evaluation.
+(b) the same server and client code in one process, without Flower's runtime (no SuperLink, no Ray, no
+    message queue): ``server.app.run_server`` drives the rounds on an in-process grid that hands each message
+    to the ClientApp (``clients.app.app``) of its node, one after another. Sampling, screening, aggregation,
+    guidance (momentum, tau_min), CCVR and central evaluation are the code that runs in (a), not a copy;
+    evaluation is sequential, and the results files are written to a temporary directory as in (a).
 
-Both (a) and (b) include aggregation and central evaluation; (b)'s training-only part is printed too.
-``overhead_ratio`` = steady-state s/round of (a) / s/round of (b). (b) trains with ``--plain-threads`` torch
-threads (default: all CPUs, what a plain loop on this machine would use); (a) runs ``client-num-cpus``
-threads per actor and as many actors in parallel as fit.
+Both (a) and (b) include aggregation and central evaluation; (b)'s messages + client training part is printed
+too. ``overhead_ratio`` = steady-state s/round of (a) / s/round of (b). (b) trains with ``--plain-threads`` torch
+threads (its ``client-num-cpus``; default: all CPUs, what a plain loop on this machine would use); (a) runs
+``client-num-cpus`` threads per actor and as many actors in parallel as fit.
 
     python benchmarks/overhead.py                      # make run's setting (40 rounds)
     python benchmarks/overhead.py client-num-cpus=2    # one actor, sequential, like (b)
@@ -36,7 +37,6 @@ T0 = time.monotonic()  # before the heavy imports: start-up counts them
 
 import argparse  # noqa: E402
 import os  # noqa: E402
-import random  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -49,20 +49,9 @@ from typing import Any  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from procmem import GIB, PeakMemory  # noqa: E402
 
 from fedcmi.config import RunConfig, parse_overrides, resolve  # noqa: E402
-from fedcmi.data import load_data  # noqa: E402
-from fedcmi.data.partition import client_data, federation  # noqa: E402
-from fedcmi.federated.aggregation import ClientUpdate, aggregate, rule  # noqa: E402
-from fedcmi.federated.client_step import client_step  # noqa: E402
-from fedcmi.federated.dominance import ClassStats, Guidance, dominance  # noqa: E402
-from fedcmi.federated.evaluation import evaluate  # noqa: E402
-from fedcmi.methods.registry import method_spec  # noqa: E402
-from fedcmi.models import ModelSpec, group_of, model_for  # noqa: E402
-from fedcmi.runtime.devices import device_of  # noqa: E402
 
 # --- (a) the Flower simulation, with per-round timers on the server's steps ----------------------------
 
@@ -77,6 +66,7 @@ class StepTimers:
     def __init__(self) -> None:
         self.seconds: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
         self.round = 0
+        self.wrapped: list[tuple[Any, str, Any]] = []  # (owner, name, original): what restore() puts back
         self._local = threading.local()  # the pipelined evaluation thread has its own stack
 
     @property
@@ -104,10 +94,23 @@ class StepTimers:
                 if timers.stack:
                     timers.seconds[timers.stack[-1]][timers.round] -= took
 
+        self.wrapped.append((owner, name, original))
         setattr(owner, name, timed)
+
+    def restore(self) -> None:
+        """Put the original steps back (a test that ran the benchmark leaves the server as it found it)."""
+        for owner, name, original in reversed(self.wrapped):
+            setattr(owner, name, original)
+        self.wrapped.clear()
 
 
 _TIMERS: list[StepTimers] = []
+
+
+def uninstrument() -> None:
+    """Undo :func:`instrument`."""
+    while _TIMERS:
+        _TIMERS.pop().restore()
 
 
 def instrument() -> StepTimers:
@@ -117,16 +120,15 @@ def instrument() -> StepTimers:
         return _TIMERS[0]
     import server.app
     from fedcmi.runs.run_dir import RunDirectory
-    from fedcmi.runtime.flower_dispatch import install
+    from fedcmi.runtime.interrupt import StoppableGrid
     from server.strategy import FedCMIStrategy
-
-    install()  # what run_app does; before wrapping, so the grid class it installs is the one timed
-    from flwr.superlink.grid import InMemoryGrid
 
     timers = StepTimers()
     timers.wrap(FedCMIStrategy, "configure_train", "sample+configure", sets_round=True)
     timers.wrap(FedCMIStrategy, "discover", "discovery")
-    timers.wrap(InMemoryGrid, "send_and_receive", "messages+client training")
+    # run_server wraps whatever grid it gets in a StoppableGrid (push + poll, or the grid's own call): the one
+    # grid class every message goes through, in (a) and (b)
+    timers.wrap(StoppableGrid, "send_and_receive", "messages+client training")
     timers.wrap(FedCMIStrategy, "aggregate_train", "screen+aggregate")
     timers.wrap(server.app, "evaluate", "central evaluation")
     timers.wrap(RunDirectory, "add_round", "results files")
@@ -135,10 +137,15 @@ def instrument() -> StepTimers:
     return timers
 
 
-def run_flower(cfg: RunConfig, t0: float = T0) -> dict[str, Any]:
-    """One simulation of ``cfg``; start-up counts from ``t0`` (default: this script's start, imports included)."""
+def simulate_flower(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None]) -> None:
+    """(a)'s engine: Flower's simulation (Ray actors, the in-memory SuperLink), as ``fedcmi simulate`` runs it."""
     from fedcmi.runtime.simulation import simulate
 
+    simulate(cfg, reporter)
+
+
+def run_flower(cfg: RunConfig, t0: float = T0) -> dict[str, Any]:
+    """One simulation of ``cfg``; start-up counts from ``t0`` (default: this script's start, imports included)."""
     timers = instrument()
     rows: list[dict[str, Any]] = []
     ends: dict[int, float] = {}
@@ -147,61 +154,61 @@ def run_flower(cfg: RunConfig, t0: float = T0) -> dict[str, Any]:
         ends[row["round"]] = time.monotonic()
         rows.append(row)
 
-    simulate(cfg, reporter)
+    simulate_flower(cfg, reporter)
     steady = [r["wall_s"] for r in rows if r["round"] >= 2]
     return {"rows": rows, "startup": ends[1] - t0, "round0": ends[0] - t0, "round1": rows[1]["wall_s"],
             "steady": steady, "timers": timers, "seconds": {k: dict(v) for k, v in timers.seconds.items()}}
 
 
-# --- (b) the same work in a plain loop ------------------------------------------------------------------
+# --- (b) the same server and client code in one process ------------------------------------------------
+
+FIRST_NODE = 100  # node ids of the in-process grid: partition i is node FIRST_NODE + i
+
+
+class InProcessGrid:
+    """A Flower ``Grid`` without Flower's runtime: each message goes to its node's ClientApp, in this process,
+    one after another; the node config is the simulation engine's (``partition-id``, ``num-partitions``)."""
+
+    def __init__(self, client_app: Any, num_nodes: int) -> None:
+        self.client_app, self.num_nodes = client_app, num_nodes
+
+    def get_node_ids(self) -> list[int]:
+        return [FIRST_NODE + i for i in range(self.num_nodes)]
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
+        from flwr.app import Context, RecordDict
+
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            context = Context(run_id=1, node_id=node, state=RecordDict(), run_config={},
+                              node_config={"partition-id": node - FIRST_NODE, "num-partitions": self.num_nodes})
+            replies.append(self.client_app(msg, context))
+        return replies
+
+
+def run_in_process(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None]) -> None:
+    """``server.app.run_server`` of ``cfg`` on an :class:`InProcessGrid` of ``clients.app.app``."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from clients.app import app as client_app
+    from server.app import run_server
+
+    # Flower sets these ids inside a running app; a Message built outside one needs them
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    run_server(InProcessGrid(client_app, cfg.num_clients), cfg, reporter)
 
 
 def run_plain(cfg: RunConfig, threads: int) -> dict[str, Any]:
-    """Rounds 1..N of ``cfg`` without Flower: returns per-round seconds (total, training) and accuracies."""
-    data = load_data(cfg)
-    specs = federation(cfg)
-    p = method_spec(cfg.strategy)
-    spec = ModelSpec.of(data)
-    torch.manual_seed(cfg.seed)  # the server model's initial weights, as server.app.run_server builds them
-    server_model = model_for(cfg, spec, p.decomposed)
-    client_model = model_for(cfg, spec, p.decomposed)
-    device = device_of(cfg.device)  # as the clients choose theirs; the server evaluates on the CPU, as server.app does
-    client_model.to(device)
-    current = {k: v.detach().clone().numpy() for k, v in server_model.state_dict().items()}
-    xa, xb, y = (torch.from_numpy(t) for t in data.arrays("test"))
-    eligible = sorted(s.partition_id for s in specs if p.held(s.kind))
-    k = min(cfg.clients_per_round, len(eligible))
-    rng = random.Random(cfg.seed)
-    guidance = None
-    total, train, accs = [], [], []
-    server_threads = torch.get_num_threads()
-    for server_round in range(1, cfg.num_server_rounds + 1):
-        start = time.perf_counter()
-        torch.set_num_threads(threads)
-        updates, all_stats = [], []
-        for pid in sorted(rng.sample(eligible, k)):
-            client = specs[pid]
-            state = {n: torch.from_numpy(np.array(v)) for n, v in current.items()}
-            sent = Guidance(infiltrate=server_round > cfg.warmup_rounds,
-                            dominant=guidance.dominant if guidance else None,
-                            tau=np.asarray(guidance.tau, dtype=np.float64) if guidance else None)
-            result = client_step(client_model, state, sent, client_data(data, client), cfg,
-                                 num_classes=data.num_classes, server_round=server_round, partition_id=pid)
-            all_stats.append(result.stats)
-            trained = {n: v.clone().numpy() for n, v in result.arrays.items()}
-            updates.append(ClientUpdate(trained, float(result.num_examples), p.held(client.kind)))
-        train.append(time.perf_counter() - start)
-        torch.set_num_threads(server_threads)
-        current, _ = aggregate(current, updates, group_of, rule(cfg.aggregation))
-        stats = sum(all_stats, ClassStats.zeros(data.num_classes))
-        if stats.counts.sum() > 0:
-            guidance = dominance(stats, cfg.gamma) or guidance
-        server_model.load_state_dict({n: torch.from_numpy(np.array(v)) for n, v in current.items()})
-        res = evaluate(server_model, xa, xb, y, data.num_classes, data.modalities, cfg.eval_batch_size,
-                       use_modalities=p.modalities, infiltration_path=p.infiltration_path)
-        total.append(time.perf_counter() - start)
-        accs.append(res["acc_mm"])
-    return {"total": total, "train": train, "acc_mm": accs}
+    """Rounds of ``cfg`` in one process (sequential evaluation, ``threads`` torch threads): per-round seconds
+    (total; messages + client training) and accuracies of rounds 1..N."""
+    timers = instrument()
+    rows: list[dict[str, Any]] = []
+    run_in_process(cfg.replace(pipelined_eval=False, client_num_cpus=threads), rows.append)
+    trained = dict(timers.seconds["messages+client training"])
+    rounds = rows[1:]
+    return {"total": [r["wall_s"] for r in rounds], "train": [trained.get(r["round"], 0.0) for r in rounds],
+            "acc_mm": [r["acc_mm"] for r in rounds]}
 
 
 # --- report ---------------------------------------------------------------------------------------------
@@ -218,7 +225,7 @@ def report(cfg: RunConfig, a: dict[str, Any], b: dict[str, Any], mem_a: PeakMemo
     b_train = mean(b["train"][1:])
     load = os.getloadavg()
     say(f"config: {cfg.num_clients} clients, {n} per round, {cfg.num_server_rounds} rounds, {cfg.local_epochs} "
-        f"local epochs, strategy {cfg.strategy}, client-num-cpus {cfg.client_num_cpus}; plain loop: "
+        f"local epochs, strategy {cfg.strategy}, client-num-cpus {cfg.client_num_cpus}; in-process: "
         f"{threads} torch thread(s); {os.cpu_count()} CPUs, load average now {load[0]:.2f} {load[1]:.2f}")
     say(f"(a) flower: start-up {a['startup']:.1f} s to the end of round 1 (round 0 = initial evaluation done at "
         f"{a['round0']:.1f} s; round 1 took {a['round1']:.1f} s, discovery query included)")
@@ -232,8 +239,9 @@ def report(cfg: RunConfig, a: dict[str, Any], b: dict[str, Any], mem_a: PeakMemo
     accounted = sum(float(p.rsplit(" ", 1)[1]) for p in parts)
     say(f"(a) steady round, s: {', '.join(parts)}, other {a_round - accounted:.3f}")
     say(f"(a) discovery query (round 1, once per run): {sum(steps['discovery'].values()):.2f} s")
-    say(f"(b) plain loop: {b_round:.3f} s/round (training {b_train:.3f}, aggregation + guidance + evaluation "
-        f"{b_round - b_train:.3f}; rounds 2..{cfg.num_server_rounds}), {n / b_round:.1f} client updates/s; "
+    say(f"(b) in-process: {b_round:.3f} s/round (messages + client training {b_train:.3f}, sampling + "
+        f"screening + aggregation + guidance + evaluation + files {b_round - b_train:.3f}; rounds "
+        f"2..{cfg.num_server_rounds}), {n / b_round:.1f} client updates/s; "
         f"{mem_b.line()}")
     diff = max(abs(x - y["acc_mm"]) for x, y in zip(b["acc_mm"], a["rows"][1:], strict=True))
     say(f"same work check: final acc_mm (a) {a['rows'][-1]['acc_mm']:.4f}, (b) {b['acc_mm'][-1]:.4f}; largest "
@@ -266,9 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compare-eval", dest="compare_eval", action="store_false",
                         help="skip the second simulation with pipelined-eval flipped")
     parser.add_argument("--no-plain", dest="plain", action="store_false",
-                        help="skip (b), the plain loop: only the Flower figures")
+                        help="skip (b), the in-process run: only the Flower figures")
     parser.add_argument("--plain-threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads of the plain loop's client training (default: all CPUs)")
+                        help="torch threads of (b), the in-process run (default: all CPUs)")
     parser.add_argument("--baseline", action="append", default=[], metavar="key=value",
                         help="a key of the sequential run only (e.g. an older default); repeatable")
     args = parser.parse_args(argv)
@@ -291,10 +299,11 @@ def main(argv: list[str] | None = None) -> int:
             mem_o = PeakMemory().start()
             o = run_flower(other, time.monotonic())
             mem_o.stop()
+        if args.plain:
+            mem_b = PeakMemory().start()
+            b = run_plain(cfg.replace(out_dir=str(Path(tmp) / "in-process")), args.plain_threads)
+            mem_b.stop()
     if args.plain:
-        mem_b = PeakMemory().start()
-        b = run_plain(cfg, args.plain_threads)
-        mem_b.stop()
         print(f"peak memory in GiB: (a) {mem_a.peak_rss / GIB:.2f} RSS, (b) {mem_b.peak_rss / GIB:.2f} RSS")
         report(cfg, a, b, mem_a, mem_b, args.plain_threads)
     else:

@@ -15,7 +15,7 @@ GIB = 1024 ** 3
 
 
 def _children() -> dict[int, list[int]]:
-    from fedcmi.runtime.loopback import process_children
+    from fedcmi.runtime.processes import process_children
 
     return process_children()
 

@@ -17,10 +17,10 @@ from clients.node_data import node_data
 from fedcmi import protocol
 from fedcmi.config import RunConfig, from_mapping, normalize
 from fedcmi.config.run_config import FIELDS
+from fedcmi.devices import device_of
 from fedcmi.federated.client_step import client_step
 from fedcmi.methods.registry import method_spec
-from fedcmi.models import ModelSpec, model_for
-from fedcmi.runtime.devices import device_of
+from fedcmi.models import ModelSpec, model_for, model_key
 
 app = ClientApp()
 
@@ -38,8 +38,7 @@ def cached_model(cfg: RunConfig, spec: ModelSpec) -> torch.nn.Module:
     """The run's model for these shapes on this client's device, built once per process."""
     decomposed = method_spec(cfg.strategy).decomposed
     device = device_of(cfg.device)
-    key = (cfg.encoder, cfg.feature_dim, cfg.projector, cfg.fusion, cfg.text_encoder, cfg.encoder_weights,
-           cfg.sgmft_tokens, cfg.sgmft_heads, cfg.sgmft_layers, decomposed, spec, str(device))
+    key = (*model_key(cfg, spec, decomposed), str(device))
     if key not in _MODELS:
         _MODELS[key] = model_for(cfg, spec, decomposed).to(device)
     return _MODELS[key]

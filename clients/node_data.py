@@ -32,8 +32,8 @@ from fedcmi.data.features import check_encoder
 from fedcmi.data.partition import ClientSpec, client_data, federation
 from fedcmi.data.prepared import load_prepared
 from fedcmi.data.registry import load_data
-from fedcmi.models.modalities import kind_of as kind_of_codes
-from fedcmi.models.modalities import modalities_of
+from fedcmi.modalities import MODALITIES, modalities_of
+from fedcmi.modalities import kind_of as kind_of_codes
 
 HINT = ('start the SuperNode with --node-config "partition-id=<i> num-partitions=<n>" or '
         '--node-config "partition-id=<i> data-dir=\'/path\' modalities=\'<m1>,<m2>\'"')
@@ -82,10 +82,10 @@ def kind_of(held: str, names: list[str], where: str) -> str:
     """``"audio,visual"`` -> ``"mm"``; a name or code of one modality -> ``"a"`` or ``"b"``."""
     codes = set()
     for item in (s.strip() for s in str(held).split(",")):
-        if item in ("a", "b"):
+        if item in MODALITIES:
             codes.add(item)
         elif item in names:
-            codes.add("ab"[names.index(item)])
+            codes.add(MODALITIES[names.index(item)])
         else:
             raise NodeConfigError(f"node config modalities={held!r}: {item!r} is not one of {names} "
                                   f"(the modalities of {where})")

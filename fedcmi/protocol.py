@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedcmi.dominance import ClassStats, Guidance
 from fedcmi.federated.calibration import FeatureStats
-from fedcmi.federated.dominance import ClassStats, Guidance
 from fedcmi.federated.screening import MAX_LOSS, MAX_NUM_EXAMPLES
+from fedcmi.modalities import KINDS
 from fedcmi.models.build import ModelSpec
-from fedcmi.models.modalities import KINDS
 from fedcmi.npy import record_arrays, record_state_dict
 
 # record names

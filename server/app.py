@@ -9,6 +9,7 @@ resumes from a checkpoint at the right round number, and skips rounds with too f
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -34,13 +35,15 @@ from fedcmi.federated.client_step import round_seed
 from fedcmi.federated.evaluation import evaluate
 from fedcmi.federated.membership import Known, Membership, load_registry
 from fedcmi.methods.registry import method_spec
+from fedcmi.metrics import round_line, round_row
 from fedcmi.models import ModelSpec, model_for
 from fedcmi.npy import record_state_dict
 from fedcmi.runs.checkpoint import save_checkpoint
-from fedcmi.runs.metrics import round_line, round_row
+from fedcmi.runs.layout import COMPLETE, CONFIG_FILE, FAILED, INTERRUPTED, has_checkpoint, run_status
 from fedcmi.runs.run_dir import RunDirectory, config_hash, default_run_dir, resumable
 from fedcmi.runtime.interrupt import STOP, Interrupted, StoppableGrid
 from server.pipeline import Recorder, RoundSnapshot
+from server.report import RoundReport
 from server.strategy import FedCMIStrategy
 
 logger = logging.getLogger("fedcmi")
@@ -89,14 +92,7 @@ def build_strategy(cfg: RunConfig, model_spec: ModelSpec, membership: Membership
                           update_norm_multiple=cfg.update_norm_multiple,
                           use_modalities=method_spec(cfg.strategy).modalities, rule=rule(cfg.aggregation),
                           dominance_momentum=cfg.dominance_momentum, tau_min=cfg.tau_min,
-                          ratio_mean=cfg.ratio_mean,
-                          discovery_timeout=discovery_timeout(cfg))
-
-
-def discovery_timeout(cfg: RunConfig) -> float:
-    """Seconds the first discovery may take: discovery-timeout, or round-timeout when that is 0 (a loaded
-    machine starts actors slowly; a fixed 120 s failed whole bench cells there)."""
-    return cfg.discovery_timeout or cfg.round_timeout
+                          ratio_mean=cfg.ratio_mean, discovery_timeout=cfg.discovery_seconds)
 
 
 def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds: range, timeout: float,
@@ -118,7 +114,8 @@ def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds
             arrays = new_arrays
         on_round_end(server_round, arrays)
         if skips >= max_consecutive_skips:
-            faults = strategy.round_log.get(server_round, {}).get("faults") or ["no reply"]
+            report = strategy.reports.get(server_round)
+            faults = (report.faults if report else []) or ["no reply"]
             raise RunAborted(f"{skips} rounds in a row without min-replies good replies (round {server_round}: "
                              f"{faults[0]})")
     return arrays
@@ -159,7 +156,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         now = time.monotonic()
         wall, clock["t"] = now - clock["t"], now
         return RoundSnapshot(server_round, arrays, dict(strategy.train_metrics.get(server_round, {})),
-                             strategy.guidance, dict(strategy.round_log.get(server_round, {})),
+                             strategy.guidance, copy.copy(strategy.reports.get(server_round, RoundReport())),
                              strategy.feature_stats, strategy.state(), wall)
 
     def record(snap: RoundSnapshot) -> None:
@@ -173,13 +170,13 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         wall = snap.wall_s if cfg.pipelined_eval else time.monotonic() - clock["t"] + snap.wall_s
         row = round_row(snap.server_round, res, {k: v for k, v in snap.train_metrics.items() if k.startswith("loss")},
                         _modality_name(data.modalities, guidance.dominant if guidance else None),
-                        guidance.ratio if guidance else math.nan, snap.round_log, wall,
+                        guidance.ratio if guidance else math.nan, snap.report.columns(), wall,
                         guidance.tau if guidance else None)
         if not cfg.pipelined_eval:
             clock["t"] = time.monotonic()
             STOP.check()  # from here the row and its checkpoint are written together
         run_dir.add_round(row)
-        run_dir.add_replies(snap.round_log.get("screen", []))
+        run_dir.add_replies(snap.report.screened)
         log_round(row, cfg.num_server_rounds, data.modalities)
         if reporter is not None:
             reporter(row)
@@ -214,18 +211,18 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     except Interrupted as exc:
         recorder.close()
         done = len(run_dir.rows) - 1
-        run_dir.finish("interrupted", rounds=done if done >= 0 else None, signal=exc.name)
+        run_dir.finish(INTERRUPTED, rounds=done if done >= 0 else None, signal=exc.name)
         run_dir.release()
         flwr_log(INFO, "interrupted (%s) after round %s of %s; continue with: fedcmi simulate --resume %s",
                  exc.name, done, cfg.num_server_rounds, out)
         raise
     except BaseException as exc:
         recorder.close()
-        run_dir.finish("failed", error=f"{type(exc).__name__}: {exc}", rounds=len(run_dir.rows) - 1)
+        run_dir.finish(FAILED, error=f"{type(exc).__name__}: {exc}", rounds=len(run_dir.rows) - 1)
         run_dir.release()
         raise
     recorder.close()
-    run_dir.finish("complete", rounds=cfg.num_server_rounds)
+    run_dir.finish(COMPLETE, rounds=cfg.num_server_rounds)
     run_dir.release()
     return run_dir
 
@@ -328,7 +325,7 @@ def submitted_config(run_config: dict[str, Any]) -> tuple[RunConfig, bool]:
     # A deployed run resumes when its run-name names an unfinished run of the same configuration (run_server
     # checks the checkpoint's config hash and content and refuses anything else), or a run the operator opened.
     resume = False
-    if cfg.run_name and (out / "checkpoint" / "state.json").is_file():
+    if cfg.run_name and has_checkpoint(out):
         resume = _continues(out, cfg, cfg.run_name in extendable)
     return cfg.replace(out_dir=str(out)), resume
 
@@ -336,12 +333,10 @@ def submitted_config(run_config: dict[str, Any]) -> tuple[RunConfig, bool]:
 def _continues(out: Path, cfg: RunConfig, extendable: bool) -> bool:
     """Whether a submission of an existing run's name continues it; refuses another num-server-rounds (an
     extension of a complete run, or a change of an unfinished one) unless the operator opened the run."""
-    from fedcmi.runs.run_dir import run_status
-
     done, started = _rounds_done(out), _rounds_started(out)
     how = (f"only the operator can let it have another (list it in {EXTEND_KEY} of ${SERVER_CONFIG_ENV} on the "
            "server)")
-    if run_status(out) == "complete":
+    if run_status(out) == COMPLETE:
         if cfg.num_server_rounds <= done:
             return False  # the same or fewer rounds: a new run under a taken name, refused by the run directory
         if not extendable:
@@ -364,7 +359,7 @@ def _rounds_started(out: Path) -> int:
     """num-server-rounds of the run in ``out`` (its config.json)."""
     import json
 
-    file = out / "config.json"
+    file = out / CONFIG_FILE
     try:
         rounds = json.loads(file.read_text(encoding="utf-8"))["num-server-rounds"]
     except (OSError, ValueError, TypeError, KeyError) as exc:

@@ -18,7 +18,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedcmi.bench.plan import BenchPlan, Cell
-from fedcmi.runs.checkpoint import CHECKPOINT_DIR
+from fedcmi.runs.layout import has_checkpoint
 from fedcmi.runtime.interrupt import STOP, Interrupted
 from server.app import run_server
 
@@ -31,7 +31,7 @@ def run_cell(grid: Grid, plan: BenchPlan, cell: Cell, on_cell: Callable[[Cell, s
     request raises :class:`Interrupted` (before the cell starts, or from within it)."""
     STOP.check()
     path = plan.cell_dir(cell)
-    resume = (path / CHECKPOINT_DIR / "state.json").is_file()
+    resume = has_checkpoint(path)
     if path.exists() and not resume:
         shutil.rmtree(path)  # a cell that never finished a round: start it again
     if on_cell:

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord
 
+from server.report import RoundReport
+
 logger = logging.getLogger("fedcmi")
 
 
@@ -31,7 +33,7 @@ class RoundSnapshot:
     arrays: ArrayRecord
     train_metrics: dict[str, Any]
     guidance: Any  # the strategy's Dominance (or None): what this round's statistics say
-    round_log: dict[str, Any]
+    report: RoundReport  # a copy: what the strategy reported for the round
     feature_stats: Any  # CCVR moments (or None)
     strategy_state: dict[str, Any]
     wall_s: float

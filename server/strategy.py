@@ -9,7 +9,7 @@ does not. Each round:
 2. ``aggregate_train`` screens every reply, combines each modality's group over the clients that hold it
    and the fusion head over all with the run's aggregation rule (``fedcmi.federated.aggregation``), and
    turns the clients' class statistics into the next dominant modality and
-   temperatures (``fedcmi.federated.dominance``).
+   temperatures (``fedcmi.dominance``).
 
 Every record key comes from ``fedcmi.protocol``.
 
@@ -36,16 +36,19 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedcmi import protocol
+from fedcmi.config import RunConfig
+from fedcmi.dominance import ClassStats, Dominance, Guidance, dominance
 from fedcmi.federated.aggregation import ClientUpdate, Rule, aggregate
 from fedcmi.federated.aggregation.mean import weighted_mean
 from fedcmi.federated.calibration import FeatureStats
-from fedcmi.federated.dominance import ClassStats, Dominance, Guidance, dominance
 from fedcmi.federated.membership import Member, Membership, capped_weights
 from fedcmi.federated.screening import UpdateScreen, check_arrays, check_class_stats, group_norms, local_steps
+from fedcmi.metrics import FAULTS
+from fedcmi.modalities import MODALITIES, SHARED, modalities_of
+from fedcmi.modalities import group_of as default_group_of
 from fedcmi.models.build import ModelSpec
-from fedcmi.models.modalities import group_of as default_group_of
-from fedcmi.models.modalities import modalities_of
 from fedcmi.npy import record_arrays
+from server.report import RoundReport
 
 _logger = logging.getLogger("fedcmi.server")
 
@@ -95,6 +98,10 @@ class Accepted:
 FIRST_INFORMATIVE_ROUND = 2
 
 
+# The constructor's defaults are the run configuration's (RunConfig is their one source)
+_DEFAULT = RunConfig()
+
+
 class FedCMIStrategy(Strategy):
     """Per-modality FedAvg with server-side dominant-modality guidance.
 
@@ -107,21 +114,21 @@ class FedCMIStrategy(Strategy):
     run_config : Mapping[str, Any]
         The clients' part of the run configuration, sent to every client so all sides train with the same
         settings.
-    gamma : float (default: 2.0)
+    gamma : float (default: gamma's, 2.0)
         Strength of the class-wise temperatures (FedCMI authors' code).
-    warmup_rounds : int (default: 1)
+    warmup_rounds : int (default: warmup-rounds', 1)
         Rounds without infiltration at the start.
-    seed : int (default: 0)
+    seed : int (default: seed's, 0)
         Seed of client sampling.
     group_of : Callable[[str], str]
         Maps an array key to ``"a"``, ``"b"`` or ``"shared"``.
-    discovery_timeout : float (default: 120.0)
+    discovery_timeout : float (default: ``RunConfig.discovery_seconds``, round-timeout's 600 s)
         Seconds to wait for enough nodes to connect and describe themselves.
-    min_replies : int (default: 1)
+    min_replies : int (default: min-replies', 1)
         Good replies needed to aggregate; with fewer the round is skipped and the global model kept.
-    max_update_norm : float (default: 0.0)
+    max_update_norm : float (default: max-update-norm's, 0.0)
         Reject an update whose L2 distance to the global model exceeds this (0 = no bound).
-    update_norm_multiple : float (default: 0.0)
+    update_norm_multiple : float (default: update-norm-multiple's, 10.0)
         Reject an update whose L2 distance to the global model in one parameter group (a modality's
         encoder, the shared head), per local step, exceeds this multiple of the group's reference
         (``fedcmi.federated.screening.UpdateScreen``; 0 = no bound).
@@ -132,21 +139,24 @@ class FedCMIStrategy(Strategy):
         Modalities the strategy trains; unimodal baselines sample only clients holding theirs.
     rule : Rule (default: the sample-weighted mean)
         The aggregation rule applied per modality group (``fedcmi.federated.aggregation``).
-    dominance_momentum : float (default: 0.0)
+    dominance_momentum : float (default: dominance-momentum's, 0.0)
         Moving average of the class statistics across rounds (0 = this round's only), so one round's
         participants under label skew cannot flip the dominant modality on their own.
-    tau_min : float (default: 0.0)
+    tau_min : float (default: tau-min's, 0.0)
         Lower bound of the class-wise temperatures (0 = none).
-    ratio_mean : str (default: "arithmetic")
+    ratio_mean : str (default: ratio-mean's, "arithmetic")
         How the per-class ratios are averaged into r̄: ``arithmetic`` (the authors' code) or ``geometric``.
     """
 
     def __init__(self, *, clients_per_round: int, model_spec: ModelSpec, run_config: Mapping[str, Any],
-                 gamma: float = 2.0, warmup_rounds: int = 1, seed: int = 0,
-                 group_of: Callable[[str], str] = default_group_of, discovery_timeout: float = 120.0,
-                 min_replies: int = 1, max_update_norm: float = 0.0, update_norm_multiple: float = 0.0,
-                 use_modalities: tuple[str, ...] = ("a", "b"), rule: Rule = weighted_mean,
-                 dominance_momentum: float = 0.0, tau_min: float = 0.0, ratio_mean: str = "arithmetic",
+                 gamma: float = _DEFAULT.gamma, warmup_rounds: int = _DEFAULT.warmup_rounds,
+                 seed: int = _DEFAULT.seed, group_of: Callable[[str], str] = default_group_of,
+                 discovery_timeout: float = _DEFAULT.discovery_seconds, min_replies: int = _DEFAULT.min_replies,
+                 max_update_norm: float = _DEFAULT.max_update_norm,
+                 update_norm_multiple: float = _DEFAULT.update_norm_multiple,
+                 use_modalities: tuple[str, ...] = MODALITIES, rule: Rule = weighted_mean,
+                 dominance_momentum: float = _DEFAULT.dominance_momentum, tau_min: float = _DEFAULT.tau_min,
+                 ratio_mean: str = _DEFAULT.ratio_mean,
                  membership: Membership | None = None) -> None:
         self.dominance_momentum, self.tau_min, self.ratio_mean = dominance_momentum, tau_min, ratio_mean
         self.smoothed: ClassStats | None = None  # the moving average of the class statistics
@@ -170,7 +180,7 @@ class FedCMIStrategy(Strategy):
         self.rng = random.Random(seed)
         self.current_arrays: ArrayRecord | None = None
         self.guidance: Dominance | None = None  # from the latest statistics; sent next round
-        self.round_log: dict[int, dict[str, Any]] = {}
+        self.reports: dict[int, RoundReport] = {}
         self.feature_stats: FeatureStats | None = None  # CCVR: the latest round's pooled head-input moments
         self.train_metrics: dict[int, MetricRecord] = {}
 
@@ -309,15 +319,9 @@ class FedCMIStrategy(Strategy):
         nodes = self.sample(grid)
         content = protocol.train_content(arrays, {**self.run_config, **dict(config)}, server_round,
                                          self.guidance_for(server_round), self.model_spec)
-        members = {n: self.membership.members[n] for n in nodes}
-        self.round_log[server_round] = {
-            "nodes": nodes,
-            "sampled": [members[n].partition_id for n in nodes],
-            "who": {n: f"partition {members[n].partition_id}" for n in nodes},
-            "dominant": self.guidance.dominant if self.guidance else None,
-            "ratio": self.guidance.ratio if self.guidance else float("nan"),
-        }
-        log(INFO, "configure_train: round %s, partitions %s", server_round, self.round_log[server_round]["sampled"])
+        report = RoundReport(nodes, [self.membership.members[n].partition_id for n in nodes])
+        self.reports[server_round] = report
+        log(INFO, "configure_train: round %s, partitions %s", server_round, report.partitions)
         return [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
 
     def _check(self, msg: Message, current: Mapping[str, np.ndarray]) -> tuple[str | None, Accepted | None]:
@@ -351,15 +355,15 @@ class FedCMIStrategy(Strategy):
         held = self.held(kind)
         # CCVR moments are pooled only from a client holding both modalities, counting no more than it trained on
         fs = reply.features
-        features = fs if fs is not None and set(held) == {"a", "b"} and fs.counts.sum() <= n else None
+        features = fs if fs is not None and set(held) == set(MODALITIES) and fs.counts.sum() <= n else None
         who = f"partition {pid}"
         return None, Accepted(who, pid, kind, ClientUpdate(reply.arrays, n, held), n, reply.stats, reply.losses,
                               features)
 
-    def _who(self, node: int, info: Mapping[str, Any]) -> str:
+    def _who(self, node: int, report: RoundReport) -> str:
         """How faults name a node: its partition when it was sampled or is a member, else its node id."""
         member = self.membership.get(node)
-        return info.get("who", {}).get(node) or (f"partition {member.partition_id}" if member else f"node {node}")
+        return report.sampled_as(node) or (f"partition {member.partition_id}" if member else f"node {node}")
 
     def _cap_claims(self, accepted: list[Accepted]) -> list[Accepted]:
         """Claims mode: every weight at most CLAIM_CAP_MULTIPLE x the round's lower median claim; class statistics
@@ -379,10 +383,10 @@ class FedCMIStrategy(Strategy):
         return out
 
     def _screen(self, server_round: int, accepted: list[Accepted], current: Mapping[str, np.ndarray],
-                faults: list[str], info: dict[str, Any]) -> list[Accepted]:
+                faults: list[str], report: RoundReport) -> list[Accepted]:
         """The relative update bound (``UpdateScreen``): rejected replies go to ``faults``; every judged reply's
-        norms, steps, ratio and verdict go to ``info["screen"]`` (the run directory's replies.csv)."""
-        norms = [group_norms(e.update.arrays, current, self.group_of, (*e.update.modalities, "shared"))
+        norms, steps, ratio and verdict go to ``report.screened`` (the run directory's replies.csv)."""
+        norms = [group_norms(e.update.arrays, current, self.group_of, (*e.update.modalities, SHARED))
                  for e in accepted]
         epochs, batch = self.run_config.get("local-epochs", 1), self.run_config.get("batch-size", 1)
         steps = [local_steps(e.update.num_examples, epochs, batch) for e in accepted]
@@ -391,7 +395,7 @@ class FedCMIStrategy(Strategy):
         for entry, norm, st, v in zip(accepted, norms, steps, verdicts, strict=True):
             rows.append({"round": server_round, "partition": entry.partition_id, "kind": entry.kind,
                          "claimed": entry.claimed, "weight": entry.update.num_examples, "steps": st,
-                         **{f"norm_{g}": norm.get(g, math.nan) for g in ("a", "b", "shared")},
+                         **{f"norm_{g}": norm.get(g, math.nan) for g in (*MODALITIES, SHARED)},
                          "ratio": round(v.ratio, 4), "verdict": "rejected" if v.reason else
                          ("capped" if entry.capped else "accepted")})
             if v.reason:
@@ -399,7 +403,7 @@ class FedCMIStrategy(Strategy):
             else:
                 kept.append((entry, v))
         self.screen.remember([v for _, v in kept])
-        info["screen"] = rows
+        report.screened = rows
         if rows:
             log(INFO, "round %s: largest update ratio %.3g (bound %g)", server_round, max(r["ratio"] for r in rows),
                 self.update_norm_multiple)
@@ -416,7 +420,7 @@ class FedCMIStrategy(Strategy):
             return member is None, member.partition_id if member else 0, m.metadata.src_node_id
 
         replies = sorted(replies, key=order)
-        info = self.round_log.setdefault(server_round, {})
+        report = self.reports.setdefault(server_round, RoundReport())
         current = record_arrays(self.current_arrays) if self.current_arrays else {}
         accepted: list[Accepted] = []
         faults: list[str] = self.discovery_faults
@@ -442,36 +446,37 @@ class FedCMIStrategy(Strategy):
             accepted.append(good)
         accepted = self._cap_claims(accepted)
         capped = sum(e.capped for e in accepted)
-        screened = self._screen(server_round, accepted, current, faults, info)
+        screened = self._screen(server_round, accepted, current, faults, report)
         rejected += len(accepted) - len(screened)
         accepted = screened
-        missing = [n for n in info.get("nodes", []) if n not in answered]
-        faults += [f"{self._who(n, info)}: no reply within round-timeout" for n in missing]
+        missing = [n for n in report.nodes if n not in answered]
+        faults += [f"{self._who(n, report)}: no reply within round-timeout" for n in missing]
         for line in faults:
             log(WARNING, "round %s: %s", server_round, line)
-        info.update({"replies": len(accepted), "failed": failed, "rejected": rejected, "timeout": len(missing),
-                     "capped": capped, "faults": faults, "skipped": len(accepted) < self.min_replies})
+        report.ok, report.failed, report.rejected, report.timeout = len(accepted), failed, rejected, len(missing)
+        report.capped, report.faults, report.skipped = capped, faults, len(accepted) < self.min_replies
         accepted.sort(key=lambda e: e.partition_id)
-        metrics = self._train_metrics([(e.update.num_examples, e.losses) for e in accepted], info)
+        metrics = self._train_metrics(accepted, report)
         self.train_metrics[server_round] = metrics
-        if info["skipped"]:
+        if report.skipped:
             log(WARNING, "round %s skipped: %s good replies, min-replies is %s; the global model is kept",
                 server_round, len(accepted), self.min_replies)
             return None, metrics
         new, _ = aggregate(current, [e.update for e in accepted], self.group_of, self.rule)
         self._update_guidance(server_round, [e.stats for e in accepted if e.stats is not None])
-        self._pool_features(server_round, [(e.who, e.features) for e in accepted])
+        self._pool_features(server_round, accepted)
         return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in new.items()}), metrics
 
-    def _pool_features(self, server_round: int, accepted: list[tuple[str, FeatureStats | None]]) -> None:
+    def _pool_features(self, server_round: int, accepted: list[Accepted]) -> None:
         """CCVR: sum the accepted clients' feature moments; a malformed set is left out (and logged)."""
         pooled = None
-        for who, features in accepted:
+        for entry in accepted:
+            features = entry.features
             if features is None:
                 continue
             reason = features.check(self.num_classes)
             if reason:
-                log(WARNING, "round %s: %s: %s; left out of the calibration", server_round, who, reason)
+                log(WARNING, "round %s: %s: %s; left out of the calibration", server_round, entry.who, reason)
                 continue
             if pooled is not None and pooled.sums.shape != features.sums.shape:
                 continue
@@ -502,21 +507,21 @@ class FedCMIStrategy(Strategy):
             self.guidance = new
 
     @staticmethod
-    def _train_metrics(replies: list[tuple[float, dict[str, float]]], info: Mapping[str, Any]) -> MetricRecord:
-        """Sample-weighted means of the good clients' loss terms, plus reply counts."""
+    def _train_metrics(accepted: list[Accepted], report: RoundReport) -> MetricRecord:
+        """Sample-weighted means of the good clients' loss terms, plus reply counts (named as the metrics columns)."""
         totals: dict[str, float] = {}
         weights: dict[str, float] = {}
         examples = 0.0
-        for n, losses in replies:
+        for entry in accepted:
+            n = entry.update.num_examples
             examples += n
-            for k, v in losses.items():
+            for k, v in entry.losses.items():
                 totals[k] = totals.get(k, 0.0) + n * v
                 weights[k] = weights.get(k, 0.0) + n
         out = MetricRecord({k: totals[k] / weights[k] for k in totals})
-        for key in ("failed", "rejected", "timeout", "capped"):
-            out[f"clients-{key}"] = int(info[key])
-        out["clients-ok"] = len(replies)
-        out["skipped"] = int(info["skipped"])
+        for key, value in report.columns().items():
+            if key != FAULTS:
+                out[key] = int(value)
         out[protocol.NUM_EXAMPLES] = int(examples)
         return out
 

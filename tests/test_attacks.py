@@ -11,7 +11,9 @@ from support.members import admit
 from fedcmi.federated.aggregation import RULES, ClientUpdate, aggregate, rule
 from fedcmi.federated.aggregation.clipped_mean import clipped_mean
 from fedcmi.federated.aggregation.trimmed_mean import trimmed_mean
-from fedcmi.models import ModelSpec, group_of
+from fedcmi.modalities import group_of
+from fedcmi.models import ModelSpec
+from server.report import RoundReport
 from server.strategy import FedCMIStrategy
 
 # six multimodal nodes and one audio-only node, each reported 100 samples at discovery
@@ -60,14 +62,14 @@ def strategy(**kw) -> FedCMIStrategy:
                        run_config={"strategy": "fedcmi", "local-epochs": 2}, **kw)
     admit(s, NODES, SIZE)
     s.current_arrays = ArrayRecord({k: Array(v) for k, v in ZERO.items()})
-    s.round_log[1] = {"nodes": list(NODES)[:6]}
+    s.reports[1] = RoundReport(nodes=list(NODES)[:6])
     return s
 
 
 def run_round(s: FedCMIStrategy, bad: Message, bad_node: int = 35) -> tuple[dict, MetricRecord, list[str]]:
     replies = [reply(30 + i, honest(i)) for i in range(6) if 30 + i != bad_node] + [bad]
     arrays, metrics = s.aggregate_train(1, replies)
-    return {k: v.numpy() for k, v in arrays.items()}, metrics, s.round_log[1]["faults"]
+    return {k: v.numpy() for k, v in arrays.items()}, metrics, s.reports[1].faults
 
 
 def honest_mean(skip: int = 5) -> dict[str, float]:
@@ -76,7 +78,7 @@ def honest_mean(skip: int = 5) -> dict[str, float]:
 
 
 def assert_rejected_alone(out: dict, metrics: MetricRecord, faults: list[str], reason: str) -> None:
-    assert metrics["clients-rejected"] == 1 and metrics["clients-ok"] == 5, faults
+    assert metrics["clients_rejected"] == 1 and metrics["clients_ok"] == 5, faults
     assert any(reason in f and f.startswith("partition 5: rejected") for f in faults), faults
     assert np.allclose(out["enc_a.w"], honest_mean()["enc_a.w"], atol=1e-7)  # exactly the honest mean
     assert all(np.all(np.isfinite(v)) for v in out.values())
@@ -98,7 +100,7 @@ def test_bound_is_per_group_and_honest_spread_passes():
     # honest clients whose steps differ 3x are all accepted
     s = strategy()
     _, metrics = s.aggregate_train(1, [reply(30 + i, honest(i)) for i in range(6)])
-    assert metrics["clients-ok"] == 6 and metrics["clients-rejected"] == 0
+    assert metrics["clients_ok"] == 6 and metrics["clients_rejected"] == 0
 
 
 def test_update_norm_multiple_is_a_config_key_with_its_default_in_pyproject():
@@ -122,7 +124,7 @@ def test_two_clients_with_1e308_samples_do_not_overflow_the_server():
     replies = [reply(30 + i, honest(i)) for i in range(4)] + [reply(34, honest(4), n=1e308),
                                                               reply(35, honest(5), n=1e308)]
     arrays, metrics = s.aggregate_train(1, replies)
-    assert metrics["clients-rejected"] == 2 and metrics["num-examples"] == 400
+    assert metrics["clients_rejected"] == 2 and metrics["num-examples"] == 400
     assert all(np.all(np.isfinite(v.numpy())) for v in arrays.values())
 
 
@@ -132,8 +134,8 @@ def test_forged_class_statistics_are_rejected():
     arrays, metrics = s.aggregate_train(1, [reply(30 + i, honest(i)) for i in range(5)]
                                         + [reply(36, {k: v for k, v in honest(6).items() if group_of(k) != "b"},
                                                  stats=forged)])
-    assert metrics["clients-rejected"] == 1
-    assert any("class-stats from a one-modality node (kind a)" in f for f in s.round_log[1]["faults"])
+    assert metrics["clients_rejected"] == 1
+    assert any("class-stats from a one-modality node (kind a)" in f for f in s.reports[1].faults)
     # counts above what a multimodal node reported (1e15 > 100) are rejected too
     out, metrics, faults = run_round(strategy(), reply(35, honest(5), stats=forged))
     assert_rejected_alone(out, metrics, faults, "class-stats counts: 1e+15 samples, the node reported 100")
@@ -224,7 +226,7 @@ def test_robust_rules_through_the_strategy_resist_a_noisy_client(name):
     s = strategy(rule=rule(name), update_norm_multiple=0.0)  # no norm screening: the rule alone
     noise = {**honest(5), "enc_a.w": np.full(4, 50.0, np.float32)}
     arrays, metrics = s.aggregate_train(1, [reply(30 + i, honest(i)) for i in range(5)] + [reply(35, noise)])
-    assert metrics["clients-ok"] == 6
+    assert metrics["clients_ok"] == 6
     assert abs(float(arrays["enc_a.w"].numpy()[0])) < 0.05  # the mean would be (0.01+0.02+0.03+0.01+0.02+50)/6
 
 

@@ -118,6 +118,7 @@ def test_bench_reports_the_replies_of_finished_cells(tmp_path, capsys):
         (path / "metrics.json").write_text(json.dumps(rows))
         (path / "config.json").write_text(json.dumps({"modalities": ["audio", "visual"]}))
         (path / "status.json").write_text(json.dumps({"status": "complete", "rounds": 2}))
+        (path / "model.safetensors").write_bytes(b"")  # a complete run has its final model
     assert main(args) == 0
     shown = capsys.readouterr().out
     assert ("replies: 1 of 2 cells rejected replies (2 in all); 1 of 2 cells had sample weights capped (1 in all); "

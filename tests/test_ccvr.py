@@ -83,8 +83,8 @@ def test_ccvr_round_trip_through_the_client_step_and_the_strategy(name):
     from fedcmi.config import effective
     from fedcmi.data import load_data
     from fedcmi.data.partition import client_data, federation
+    from fedcmi.dominance import Guidance
     from fedcmi.federated.client_step import client_step
-    from fedcmi.federated.dominance import Guidance
     from fedcmi.methods.registry import method_spec
     from fedcmi.models import ModelSpec, model_for
     from server.app import build_strategy

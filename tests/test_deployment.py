@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fedcmi.runtime.loopback import Loopback, _alive, partition_sizes
+from fedcmi.runtime.loopback import Loopback, partition_sizes
+from fedcmi.runtime.processes import alive
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("ssh-keygen") is None
@@ -44,7 +45,7 @@ def _stop_and_check(dep: Loopback) -> None:
     started = dep.pids()
     dep.stop()
     assert started, "no process was started"
-    assert [p for p in started if _alive(p)] == []
+    assert [p for p in started if alive(p)] == []
 
 
 def test_insecure_deployment_with_warm_workers(tmp_path):

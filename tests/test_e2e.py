@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from fedcmi.runtime.loopback import _alive, free_port, stop_pids
+from fedcmi.runtime.processes import alive, free_port, stop_pids
 
 ROOT = Path(__file__).parents[1]
 FEDCMI = [sys.executable, "-m", "fedcmi.cli"]
@@ -100,7 +100,7 @@ def _flower_processes(flwr_home: Path) -> list[int]:
     for entry in Path("/proc").iterdir():
         try:
             if entry.name.isdigit() and f"FLWR_HOME={flwr_home}".encode() in (entry / "environ").read_bytes().split(
-                    b"\0") and _alive(int(entry.name)):
+                    b"\0") and alive(int(entry.name)):
                 found.append(int(entry.name))
         except OSError:
             pass

@@ -202,8 +202,8 @@ def test_features_and_the_encoder_key_must_agree(env):
 
 @pytest.mark.parametrize("extra", [{}, {"fusion": "sgmft", "sgmft-tokens": 4, "sgmft-heads": 2}])
 def test_every_method_trains_only_the_small_heads_on_features(env, extra):
+    from fedcmi.dominance import Guidance
     from fedcmi.federated.client_step import client_step
-    from fedcmi.federated.dominance import Guidance
     from fedcmi.methods.registry import METHOD_NAMES, method_spec
     from fedcmi.models.build import ModelSpec, model_for
 

@@ -91,7 +91,7 @@ def test_stop_is_raised_even_when_the_last_replies_arrive_with_it():
 class CountingStrategy:
     def __init__(self) -> None:
         self.aggregated: list[int] = []
-        self.round_log: dict = {}
+        self.reports: dict = {}
 
     def configure_train(self, server_round, arrays, config, grid):
         return [server_round]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fedcmi.config import effective
 from fedcmi.data.embedded import synthetic_av
 from fedcmi.data.partition import partition_indices
-from fedcmi.federated.dominance import ClassStats, dominance
+from fedcmi.dominance import ClassStats, dominance
 from fedcmi.methods.fedcmi import FedCMI
 from fedcmi.methods.remedies import LabelSkew
 from fedcmi.methods.remedies.not_true_distillation import not_true_logits, ntd_loss
@@ -61,7 +61,7 @@ def _client(kind="mm", n=24, k=4, seed=0):
 
 
 def test_ntd_term_is_added_to_the_loss_of_any_method():
-    from fedcmi.federated.dominance import Guidance
+    from fedcmi.dominance import Guidance
     from fedcmi.methods.base import TrainSettings, local_update
     from fedcmi.methods.registry import method_spec
 

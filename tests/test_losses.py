@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedcmi.federated.dominance import ClassStats, class_temperatures, dominance
+from fedcmi.dominance import ClassStats, class_temperatures, dominance
 from fedcmi.methods.losses import add_proximal_gradient, infiltration_distillation, proximal_term
 
 

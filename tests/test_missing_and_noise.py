@@ -20,14 +20,14 @@ from fedcmi.config import ConfigError, RunConfig, effective
 from fedcmi.data import load_data
 from fedcmi.data.base import UNLABELED, ClientData
 from fedcmi.data.corruption import corrupt, plan
+from fedcmi.dominance import Guidance
 from fedcmi.federated.calibration import feature_statistics
 from fedcmi.federated.client_step import client_step
-from fedcmi.federated.dominance import Guidance
-from fedcmi.federated.statistics import class_statistics
 from fedcmi.methods.base import TrainSettings, batches, local_update
 from fedcmi.methods.fedavg import CrossEntropy
 from fedcmi.methods.fedcmi import FedCMI
 from fedcmi.methods.registry import METHOD_NAMES, method_spec
+from fedcmi.methods.statistics import class_statistics
 from fedcmi.models import ModelSpec, model_for
 
 ROOT = Path(__file__).parents[1]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedcmi.models import ConcatModel, FedCMIModel, build_model, group_of
+from fedcmi.modalities import group_of
+from fedcmi.models import ConcatModel, FedCMIModel, build_model
 from fedcmi.models.encoders import ResNet18Encoder
 
 SHAPES = ((1, 20, 24), (3, 16, 16))
@@ -134,3 +135,22 @@ def test_evaluation_does_not_depend_on_how_the_test_set_is_batched():
         assert (batched[path] == whole[path]).all(), path
     assert evaluate(m, xa, xb, y, 6, ("x", "y"), batch_size=size) == evaluate(m, xa, xb, y, 6, ("x", "y"),
                                                                               batch_size=n)
+
+
+def test_the_model_keys_are_every_build_argument_and_key_the_client_model_cache():
+    """A model option added to build_model but not to MODEL_KEYS would let a client reuse a stale model."""
+    import inspect
+
+    from fedcmi.config import RunConfig
+    from fedcmi.models import ModelSpec, model_key
+    from fedcmi.models.build import MODEL_KEYS
+
+    built_from_spec = {"shapes", "num_classes", "decomposed"}
+    assert set(inspect.signature(build_model).parameters) - built_from_spec == set(MODEL_KEYS)
+    spec, cfg = ModelSpec(3, (1, 8, 8), (3, 8, 8)), RunConfig()
+    for key in MODEL_KEYS:
+        value = getattr(cfg, key)
+        other = {"encoder": "resnet18", "projector": "mlp", "fusion": "sgmft", "text_encoder": "x",
+                 "encoder_weights": "w"}.get(key, value + 1 if isinstance(value, int) else value)
+        assert model_key(cfg.replace(**{key: other}), spec, True) != model_key(cfg, spec, True), key
+    assert model_key(cfg, spec, True) != model_key(cfg, spec, False)

@@ -13,8 +13,8 @@ import torch
 from fedcmi.bench.report import strategy_colours, summary_markdown
 from fedcmi.cli.display import closing_lines
 from fedcmi.config import RunConfig
+from fedcmi.metrics import reply_totals, round_line
 from fedcmi.runs import files
-from fedcmi.runs.metrics import reply_totals, round_line
 from fedcmi.runs.run_dir import RunDirectory
 
 NAMES = ("audio", "visual")

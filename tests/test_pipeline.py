@@ -23,13 +23,14 @@ from fedcmi.models import ModelSpec
 from fedcmi.runtime.interrupt import Interrupted
 from server.app import build_strategy
 from server.pipeline import Recorder, RoundSnapshot
+from server.report import RoundReport
 from server.strategy import NoClientsError
 
 ROOT = Path(__file__).parents[1]
 
 
 def _snap(r: int) -> RoundSnapshot:
-    return RoundSnapshot(r, ArrayRecord(), {}, None, {}, None, {}, 0.0)
+    return RoundSnapshot(r, ArrayRecord(), {}, None, RoundReport(), None, {}, 0.0)
 
 
 def test_background_records_run_in_order_one_at_a_time_off_the_callers_thread():

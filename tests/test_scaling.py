@@ -17,7 +17,7 @@ import torch
 
 from fedcmi.config import ConfigError, RunConfig, from_mapping
 from fedcmi.data import ClientData
-from fedcmi.runtime.devices import autocast, on_device
+from fedcmi.devices import autocast, on_device
 from fedcmi.runtime.flower_dispatch import _take_undelivered
 from fedcmi.runtime.simulation import check_resources
 

@@ -14,13 +14,13 @@ import torch
 
 from fedcmi.config import effective
 from fedcmi.data.base import ClientData
+from fedcmi.dominance import Guidance
 from fedcmi.federated.aggregation import RULES, ClientUpdate, aggregate, rule
-from fedcmi.federated.dominance import Guidance
 from fedcmi.methods.fedavg import CrossEntropy
 from fedcmi.methods.registry import METHODS, method_spec
 from fedcmi.methods.remedies import LabelSkew
 from fedcmi.methods.remedies.logit_adjustment import TINY_COUNT, adjust, log_label_prior
-from fedcmi.models.modalities import group_of
+from fedcmi.modalities import group_of
 
 
 def logit_adjusted_ce(logits, y, log_prior):

@@ -11,7 +11,9 @@ from support.members import admit
 
 from fedcmi.federated.aggregation import ClientUpdate, aggregate
 from fedcmi.federated.aggregation.mean import weighted_mean
-from fedcmi.models import ModelSpec, group_of
+from fedcmi.modalities import group_of
+from fedcmi.models import ModelSpec
+from server.report import RoundReport
 from server.strategy import FedCMIStrategy, NoClientsError
 
 KINDS = {11: (0, "mm"), 12: (1, "a"), 13: (2, "b"), 14: (3, "a"), 15: (4, "mm")}
@@ -78,7 +80,7 @@ def test_modality_groups_average_over_holders_only_fusion_over_all():
     assert np.allclose(out["fusion.fc.weight"], (1 * 1 + 3 * 5 + 4 * 2) / 8)
     assert out["enc_a.bn.num_batches_tracked"] == round((10 + 60) / 4)  # integer buffer, rounded
     assert out["enc_a.w"].dtype == np.float32 and out["enc_a.w"].shape == (2, 2)
-    assert metrics["clients-ok"] == 3 and metrics["num-examples"] == 8
+    assert metrics["clients_ok"] == 3 and metrics["num-examples"] == 8
     assert metrics["loss"] == pytest.approx((0 * 1 + 1 * 3 + 2 * 4) / 8)
 
 
@@ -131,11 +133,11 @@ def test_sampling_is_seeded_and_discovers_nodes():
 
 def test_round_below_min_replies_is_skipped_and_model_kept():
     s = _strategy(min_replies=2)
-    s.round_log[1] = {"nodes": [11, 12]}
+    s.reports[1] = RoundReport(nodes=[11, 12])
     arrays, metrics = s.aggregate_train(1, [_reply(11, 1, _arrays(1, 1, 1))])
     assert arrays is None  # Flower/our loop keep the previous global model
-    assert metrics["skipped"] == 1 and metrics["clients-ok"] == 1 and metrics["clients-timeout"] == 1
-    assert s.round_log[1]["faults"] == ["partition 1: no reply within round-timeout"]
+    assert metrics["skipped"] == 1 and metrics["clients_ok"] == 1 and metrics["clients_timeout"] == 1
+    assert s.reports[1].faults == ["partition 1: no reply within round-timeout"]
 
 
 def test_discovery_needs_enough_nodes():
@@ -171,17 +173,17 @@ def test_a_node_that_left_is_not_sampled_and_a_rejoined_one_counts_once():
     sampled = [m.metadata.dst_node_id for m in s.configure_train(8, ArrayRecord(), ConfigRecord(), grid)]
     assert 12 not in sampled and 22 not in sampled
     assert sorted(pid for pid, _ in s.nodes.values()) == [0, 2, 3, 4]
-    s.round_log[8]["nodes"] = []
+    s.reports[8].nodes = []
     s.aggregate_train(8, [])
-    faults = s.round_log[8]["faults"]
+    faults = s.reports[8].faults
     assert any(f.startswith("node 22: refused: partition 1 is also claimed") for f in faults), faults
     assert any(f.startswith("node 12: refused: partition 1 is also claimed") for f in faults), faults
     del grid.nodes[12]  # the old id expires on the SuperLink: the dispute is settled
     list(s.configure_train(9, ArrayRecord(), ConfigRecord(), grid))
     assert sorted(pid for pid, _ in s.nodes.values()) == [0, 1, 2, 3, 4] and s.nodes[22] == (1, "a")
-    s.round_log[9] = {"nodes": [22]}
+    s.reports[9] = RoundReport(nodes=[22])
     _, metrics = s.aggregate_train(9, [])
-    assert metrics["clients-timeout"] == 1 and metrics["clients-failed"] == 0
+    assert metrics["clients_timeout"] == 1 and metrics["clients_failed"] == 0
 
 
 def test_faults_are_listed_in_partition_order_whatever_order_the_replies_arrive_in():
@@ -194,7 +196,7 @@ def test_faults_are_listed_in_partition_order_whatever_order_the_replies_arrive_
         good = {11: _arrays(0.1, 0.3, 0.7), 15: _arrays(0.2, 0.6, 0.9)}
         replies = [_reply(n, 3 + n % 4, good[n] if n in good else bad) for n in order]
         arrays, _ = s.aggregate_train(1, replies)
-        results.append((s.round_log[1]["faults"], {k: v.numpy().tobytes() for k, v in arrays.items()}))
+        results.append((s.reports[1].faults, {k: v.numpy().tobytes() for k, v in arrays.items()}))
     faults, _ = results[0]
     assert [f.split(":")[0] for f in faults] == ["partition 1", "partition 3"]
     assert results[0] == results[1]

@@ -9,10 +9,10 @@ import torch
 
 from fedcmi.config import effective
 from fedcmi.data.base import ClientData
-from fedcmi.federated.dominance import Guidance
-from fedcmi.federated.statistics import class_statistics
+from fedcmi.dominance import Guidance
 from fedcmi.methods.base import TrainSettings, local_update, only
 from fedcmi.methods.registry import METHOD_NAMES, method_spec
+from fedcmi.methods.statistics import class_statistics
 from fedcmi.models import build_model
 
 SHAPES = ((1, 20, 24), (3, 16, 16))

@@ -19,6 +19,7 @@ from fedcmi.errors import ConfigError
 from fedcmi.federated.membership import Known, Membership, capped_weights, load_registry, lower_median
 from fedcmi.federated.screening import UpdateScreen, local_steps
 from fedcmi.models import ModelSpec
+from server.report import RoundReport
 from server.strategy import FedCMIStrategy
 
 
@@ -171,12 +172,12 @@ def test_claims_mode_caps_a_liars_weight_in_the_mean():
         assert s.membership.admit(node, node - 10, "mm", n, online=[10, 11, 12, 13]) is None
     s.current_arrays = ArrayRecord({k: Array(np.zeros(d, np.float32)) for k, d in
                                     (("enc_a.w", 2), ("enc_b.w", 2), ("fusion.w", 1))})
-    s.round_log[1] = {"nodes": [10, 11, 12, 13]}
+    s.reports[1] = RoundReport(nodes=[10, 11, 12, 13])
     arrays, metrics = s.aggregate_train(1, [_reply(10, 32, 1), _reply(11, 32, 1), _reply(12, 32, 1),
                                             _reply(13, 2**53, -1)])
     assert np.allclose(arrays["fusion.w"].numpy(), (96 - 128) / 224)
-    assert metrics["clients-capped"] == 1 and metrics["clients-ok"] == 4
-    screen = s.round_log[1]["screen"]
+    assert metrics["clients_capped"] == 1 and metrics["clients_ok"] == 4
+    screen = s.reports[1].screened
     assert [r["verdict"] for r in screen] == ["accepted"] * 3 + ["capped"] and screen[3]["weight"] == 128
 
 

@@ -8,7 +8,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from support.members import admit
 
 from fedcmi.federated.screening import check_arrays, check_class_stats
-from fedcmi.models import ModelSpec, group_of
+from fedcmi.modalities import group_of
+from fedcmi.models import ModelSpec
+from server.report import RoundReport
 from server.strategy import FedCMIStrategy
 
 NODES = {21: (0, "mm"), 22: (1, "mm")}
@@ -75,10 +77,10 @@ def _bad(kind: str) -> Message:
 ])
 def test_each_bad_update_is_rejected_and_left_out(kind, reason):
     s = _strategy()
-    s.round_log[2] = {"nodes": [21, 22]}  # round 2: its class statistics count (round 1's are of the initial model)
-    arrays, metrics = s.aggregate_train(2, [_reply(21, GOOD), _bad(kind)])
-    assert metrics["clients-rejected"] == 1 and metrics["clients-ok"] == 1
-    assert any(reason in line and line.startswith("partition 1: rejected") for line in s.round_log[2]["faults"])
+    s.reports[2] = RoundReport(nodes=[21, 22])  # round 2: its class statistics count (round 1's describe the
+    arrays, metrics = s.aggregate_train(2, [_reply(21, GOOD), _bad(kind)])  # initial model)
+    assert metrics["clients_rejected"] == 1 and metrics["clients_ok"] == 1
+    assert any(reason in line and line.startswith("partition 1: rejected") for line in s.reports[2].faults)
     out = {k: v.numpy() for k, v in arrays.items()}
     for v in out.values():
         assert np.all(np.isfinite(v))
@@ -88,7 +90,7 @@ def test_each_bad_update_is_rejected_and_left_out(kind, reason):
 
 def test_all_updates_bad_skips_round_model_unchanged():
     s = _strategy()
-    s.round_log[1] = {"nodes": [22]}
+    s.reports[1] = RoundReport(nodes=[22])
     arrays, metrics = s.aggregate_train(1, [_bad("nan")])
     assert arrays is None and metrics["skipped"] == 1
 

@@ -24,8 +24,8 @@ import pytest
 
 from fedcmi.config import RunConfig
 from fedcmi.errors import ConfigError
+from fedcmi.metrics import round_row, scalars
 from fedcmi.runs import wandb_log
-from fedcmi.runs.metrics import round_row, scalars
 from fedcmi.runs.run_dir import RunDirectory
 
 ROOT = Path(__file__).parents[1]
@@ -102,7 +102,8 @@ def _row(r: int, shift: float = 0.0) -> dict:
     accs = {"acc_mm": 0.5 + r / 100 + shift, "acc_audio": 0.4, "acc_visual": 0.3 + shift, "acc_audio_zero": 0.35,
             "acc_visual_zero": 0.25, "worst_class_acc": 0.1, "per_class_acc": [0.125, math.nan, 0.875]}
     losses = {"loss": 1.5 - r / 10, "loss-fused": 1.0, "loss-self": 0.25, "loss-cmi": 0.125} if r else {}
-    info = {"replies": 2, "failed": 1, "rejected": 0, "timeout": 0, "capped": 1} if r else {}
+    info = {"clients_ok": 2, "clients_failed": 1, "clients_rejected": 0, "clients_timeout": 0,
+            "clients_capped": 1} if r else {}
     return round_row(r, accs, losses, "audio" if r else "", 1.75 + shift if r else math.nan, info, 3.0 + r,
                      [1.0, 1.5, 2.0] if r else None)
 

@@ -16,10 +16,10 @@ from torch import nn
 from fedcmi.data.base import MultimodalData
 from fedcmi.federated.evaluation import evaluate
 from fedcmi.methods.sgd import SGD
+from fedcmi.metrics import ACC_MM, acc_zero
 from fedcmi.models.concat_model import ConcatModel
 from fedcmi.models.encoders import build_encoder
 from fedcmi.models.init import init_weights
-from fedcmi.runs.metrics import ACC_MM, acc_zero
 
 
 class UnimodalModel(nn.Module):

@@ -20,6 +20,7 @@ from fedcmi.config.presets import SIMULATION_DEFAULTS
 from fedcmi.errors import did_you_mean
 from fedcmi.methods.registry import METHOD_NAMES
 from fedcmi.runs.files import atomic_write
+from fedcmi.runs.layout import COMPLETE, run_status
 
 AXIS_KEYS = ("strategy", "seed", "multimodal-ratio", "unimodal-split", "dirichlet-alpha",
              "run-name", "out-dir")  # set by the grid for every cell; the user sets them with the flags
@@ -264,7 +265,5 @@ def save_plan(plan: BenchPlan, command: str) -> None:
 
 
 def cell_complete(path: Path) -> bool:
-    try:
-        return json.loads((path / "status.json").read_text())["status"] == "complete"
-    except (OSError, ValueError, KeyError):
-        return False
+    """Whether the cell's run finished (its status says so and its final model is there)."""
+    return run_status(path) == COMPLETE

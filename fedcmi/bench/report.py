@@ -14,8 +14,7 @@ import numpy as np
 from fedcmi.bench.plan import BenchPlan, Cell, alpha_label, cell_complete
 from fedcmi.bench.stats import holm, paired_difference, paired_p_value, t_interval, verdict
 from fedcmi.methods.unimodal import display_name
-from fedcmi.runs.files import atomic_write, csv_text
-from fedcmi.runs.metrics import (
+from fedcmi.metrics import (
     ACC_MM,
     CAPPED,
     CLIENT_COUNTS,
@@ -25,6 +24,8 @@ from fedcmi.runs.metrics import (
     accuracy_columns,
     reply_totals,
 )
+from fedcmi.runs.files import atomic_write, csv_text
+from fedcmi.runs.layout import CONFIG_FILE, METRICS_JSON
 
 BASELINE = "fedavg"  # every summary table compares each strategy with it, seed by seed
 PAIRED_METRIC = ACC_MM
@@ -69,8 +70,8 @@ def collect(plan: BenchPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         path = plan.cell_dir(cell)
         if not cell_complete(path):
             continue
-        names = tuple(json.loads((path / "config.json").read_text())["modalities"])  # type: ignore[assignment]
-        rows = json.loads((path / "metrics.json").read_text())
+        names = tuple(json.loads((path / CONFIG_FILE).read_text())["modalities"])  # type: ignore[assignment]
+        rows = json.loads((path / METRICS_JSON).read_text())
         keys = _cell_keys(cell, names)
         for r in rows:
             flat = {k: v for k, v in r.items() if not isinstance(v, list)}
@@ -266,7 +267,7 @@ def plot_reports(out: Path, finals: Sequence[dict[str, Any]], rounds: Sequence[d
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fedcmi.runs.metrics import column_labels
+    from fedcmi.metrics import column_labels
 
     metrics = _metric_names(names)
     labels_of = column_labels(names)

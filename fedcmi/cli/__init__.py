@@ -27,6 +27,7 @@ from fedcmi.cli.prepare import add_prepare_parser, cmd_prepare
 from fedcmi.config import META_KEYS, ConfigError, RunConfig, config_keys, defaults, effective, parse_overrides, resolve
 from fedcmi.config.presets import PRESETS, SIMULATION_DEFAULTS, preset_values
 from fedcmi.errors import UserError, did_you_mean
+from fedcmi.runs.layout import CONFIG_FILE, METRICS_JSON, STATUS_FILE
 
 SIMULATE_HELP = """\
 Simulate a federation on this machine with Flower's simulation engine (Ray).
@@ -129,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
 def _resume_config(args: argparse.Namespace) -> RunConfig:
     """The config of the run to resume: its own config.json, plus at most a new num-server-rounds."""
     run = Path(args.resume)
-    path = run / "config.json"
+    path = run / CONFIG_FILE
     if not run.is_dir():
         raise ConfigError(f"--resume {run}: " + ("not a directory" if run.exists() else "no such directory"))
     if not path.is_file():
@@ -182,10 +183,11 @@ def cmd_partitions(cfg: RunConfig) -> int:
     from fedcmi.data import load_data
     from fedcmi.data.corruption import active, plan
     from fedcmi.data.partition import federation, natural_group_kind
+    from fedcmi.modalities import MM, A, B
 
     data = load_data(cfg)
     _, _, y = data.arrays("train")
-    names = {"mm": "+".join(data.modalities), "a": data.modalities[0], "b": data.modalities[1]}
+    names = {MM: "+".join(data.modalities), A: data.modalities[0], B: data.modalities[1]}
     specs = federation(cfg)
     natural = cfg.partitioner == "natural"
     kind = natural_group_kind(cfg.dataset) if natural else None
@@ -241,7 +243,7 @@ def cmd_simulate(cfg: RunConfig, verbose: bool, resume: bool = False, client_app
 
 def saved_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     """The rows in the run directory's metrics.json ([] when there is none or it cannot be read)."""
-    path = Path(cfg.out_dir or "") / "metrics.json"
+    path = Path(cfg.out_dir or "") / METRICS_JSON
     if not cfg.out_dir or not path.is_file():
         return []
     with contextlib.suppress(ValueError, OSError):
@@ -264,7 +266,7 @@ def print_closing_lines(rows: list[dict[str, Any]], console: Any = None) -> None
 
 def interrupted_line(exc: Any, cfg: RunConfig) -> str:
     """The one line an interrupted run ends with: the signal, the last complete round, how to continue."""
-    status_path = Path(cfg.out_dir or "") / "status.json"
+    status_path = Path(cfg.out_dir or "") / STATUS_FILE
     done = None
     if cfg.out_dir and status_path.is_file():
         with contextlib.suppress(ValueError, OSError):
@@ -282,22 +284,23 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
 
     from fedcmi.data import load_data
     from fedcmi.data.partition import federation
-    from fedcmi.runs.metrics import round_line
+    from fedcmi.devices import check_device
+    from fedcmi.metrics import ACC_MM, ROUND, acc_alone, round_line
     from fedcmi.runs.run_dir import default_run_dir
-    from fedcmi.runtime.devices import check_device
 
     check_device(cfg.device)
     federation(cfg)  # an infeasible partition (alpha too small for min-partition-size) stops here, not in Ray
     done = 0
     if resume:
-        from fedcmi.runs.run_dir import resumable, run_status
+        from fedcmi.runs.layout import COMPLETE, run_status
+        from fedcmi.runs.run_dir import resumable
 
         done = resumable(Path(cfg.out_dir), cfg).round  # checkpoint, config hash, metrics: before anything starts
         if done >= cfg.num_server_rounds:
-            if run_status(Path(cfg.out_dir)) == "complete":
+            if run_status(Path(cfg.out_dir)) == COMPLETE:
                 print(f"fedcmi: nothing to resume: {cfg.out_dir} has finished all {cfg.num_server_rounds} rounds")
                 return 0
-            from server.app import run_server  # killed after its last checkpoint: write what is missing
+            from fedcmi.runtime.apps import run_server  # killed after its last checkpoint: write what is missing
 
             print_closing_lines(run_server(None, cfg, resume=True).rows)  # no round left to train: no Ray
             print(f"fedcmi: {cfg.out_dir}: all {done} rounds were done; wrote the final model, plot and status")
@@ -335,9 +338,9 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
                                  completed=done if resume else 0)
 
         def report(row: dict[str, Any]) -> None:
-            desc = (f"mm {row['acc_mm']:.3f}  {names[0]} {row[f'acc_{names[0]}']:.3f}  "
-                    f"{names[1]} {row[f'acc_{names[1]}']:.3f}")
-            progress.update(task, completed=row["round"], description=desc)
+            desc = (f"mm {row[ACC_MM]:.3f}  {names[0]} {row[acc_alone(names[0])]:.3f}  "
+                    f"{names[1]} {row[acc_alone(names[1])]:.3f}")
+            progress.update(task, completed=row[ROUND], description=desc)
 
         run_dir = simulate(cfg, report, verbose=verbose, resume=resume, client_app=client_app)
     console.print(results_table(run_dir.rows, names))

@@ -99,8 +99,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     from fedcmi.bench.report import replies_note, write_reports
     from fedcmi.data.partition import federation
-    from fedcmi.runs.metrics import round_line
-    from server.bench_app import make_bench_app
+    from fedcmi.metrics import ACC_MM, ROUND, modality_names, round_line
+    from fedcmi.runtime.apps import make_bench_app
 
     for cell in plan.cells():  # every partition of the grid, before Ray starts (cached: cheap)
         federation(plan.cell_config(cell))
@@ -134,7 +134,7 @@ def _bench(args: argparse.Namespace) -> int:
                     print(f"cell {done['n']}/{len(cells)} {cell.id}: {state}", flush=True)
 
         def on_round_line(cell: Any, row: dict[str, Any]) -> None:
-            line = round_line(row, plan.base.num_server_rounds, _modality_names(row))
+            line = round_line(row, plan.base.num_server_rounds, modality_names(row))
             with lock:
                 print(f"  {cell.id} {line}" if jobs > 1 else f"  {line}", flush=True)
 
@@ -154,7 +154,7 @@ def _bench(args: argparse.Namespace) -> int:
                     progress.advance(task)
 
             def on_round(cell: Any, row: dict[str, Any]) -> None:
-                progress.update(task, description=f"{cell.id}  round {row['round']}  mm {row['acc_mm']:.3f}")
+                progress.update(task, description=f"{cell.id}  round {row[ROUND]}  mm {row[ACC_MM]:.3f}")
 
             run_app(make_bench_app(plan, todo, outcome, on_cell, on_round, interrupted, jobs), plan.base,
                     args.verbose)
@@ -191,8 +191,3 @@ def _console(tty: bool) -> Any:
 
     return console()
 
-
-def _modality_names(row: dict[str, Any]) -> tuple[str, str]:
-    """The two modality names of a metrics row (its ``acc_<name>`` columns)."""
-    names = [k[4:] for k in row if k.startswith("acc_") and k != "acc_mm" and not k.endswith("_zero")]
-    return names[0], names[1]

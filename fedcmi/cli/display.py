@@ -20,10 +20,12 @@ def console() -> Console:
 
 def results_table(rows: Sequence[dict[str, Any]], names: tuple[str, str]) -> Table:
     """Per round: multimodal, each modality alone (infiltration path and zero-filled), worst class."""
+    from fedcmi.metrics import DOMINANT, ROUND, WALL_S, accuracy_columns
+
     a, b = names
-    cols = [("round", "round"), ("acc_mm", "mm"), (f"acc_{a}", a), (f"acc_{b}", b),
-            (f"acc_{a}_zero", f"{a}/0"), (f"acc_{b}_zero", f"{b}/0"),
-            ("worst_class_acc", "worst"), ("dominant", "dominant"), ("wall_s", "s")]
+    titles = ["mm", a, b, f"{a}/0", f"{b}/0", "worst"]  # of accuracy_columns, in its order
+    cols = [(ROUND, "round"), *zip(accuracy_columns(names), titles, strict=True), (DOMINANT, "dominant"),
+            (WALL_S, "s")]
     table = Table(title="test accuracy per round", caption=(
         f"mm: both modalities; {a}, {b}: one modality alone through its infiltration path; "
         "/0: alone with the other slot zeroed; worst: worst class (mm); s: wall seconds of the round"))
@@ -33,7 +35,7 @@ def results_table(rows: Sequence[dict[str, Any]], names: tuple[str, str]) -> Tab
         cells = []
         for key, _ in cols:
             v = r.get(key, "")
-            cells.append(f"{v:.3f}" if isinstance(v, float) and key != "wall_s" else
+            cells.append(f"{v:.3f}" if isinstance(v, float) and key != WALL_S else
                          (f"{v:.1f}" if isinstance(v, float) else str(v)))
         table.add_row(*cells)
     return table
@@ -48,7 +50,7 @@ def _faults_of(row: dict[str, Any]) -> list[str]:
     holds "; " stays whole (entries start with the partition or node they are about)."""
     import re
 
-    from fedcmi.runs.metrics import FAULTS
+    from fedcmi.metrics import FAULTS
 
     text = str(row.get(FAULTS) or "").strip()
     return [f for f in re.split(r"; (?=(?:partition -?\d+|node \d+): )", text) if f] if text else []
@@ -59,7 +61,7 @@ def closing_lines(rows: Sequence[dict[str, Any]], shown: int = SHOWN_FAULTS) -> 
     to ``shown`` lines naming the round, partition and reason of each failed, rejected, timed-out or capped
     reply, and how many more there are. A run with nothing to report gets its one short line; a run
     with no trained round gets none."""
-    from fedcmi.runs.metrics import CAPPED, CLIENT_COUNTS, ROUND, SKIPPED, reply_totals
+    from fedcmi.metrics import CAPPED, CLIENT_COUNTS, ROUND, SKIPPED, reply_totals
 
     trained = [r for r in rows if int(r.get(ROUND) or 0) >= 1]
     if not trained:

@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from fedcmi.errors import ConfigError, did_you_mean
+from fedcmi.extras import require_wandb
 
 # Sections group the keys in docs and decide what travels to clients: server-only sections never do.
 SECTIONS = ("data", "federation", "training", "method", "model", "runtime", "server", "reliability", "output")
@@ -330,9 +331,7 @@ class RunConfig:
             raise ConfigError(
                 f"min-replies={self.min_replies}: must be <= clients-per-round ({self.clients_per_round})")
         if self.wandb:
-            from fedcmi.runs.wandb_log import require  # finds the package without importing it
-
-            require()
+            require_wandb()  # finds the package without importing it
         return self
 
     # --- views ------------------------------------------------------------------------------------
@@ -348,6 +347,12 @@ class RunConfig:
     @property
     def name(self) -> str:
         return self.run_name or f"{self.dataset}-{self.strategy}"
+
+    @property
+    def discovery_seconds(self) -> float:
+        """Seconds the first discovery may take: discovery-timeout, or round-timeout when that is 0 (actors
+        start slowly on a loaded machine, as slowly as a round may take)."""
+        return self.discovery_timeout or self.round_timeout
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)

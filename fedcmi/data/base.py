@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from fedcmi.modalities import MM, MODALITIES, A, B
+
 if TYPE_CHECKING:  # a client actor that never reads the Arrow tables never imports `datasets` (~0.2 GiB)
     from datasets import Dataset
 
@@ -34,7 +36,7 @@ class MultimodalData:
         """(x_a, x_b, y) of a split as numpy arrays, converted once and cached."""
         if split not in self._cache:
             ds = (self.train if split == "train" else self.test).with_format("numpy")[:]
-            self._cache[split] = (ds["a"].astype(np.float32), ds["b"].astype(np.float32),
+            self._cache[split] = (ds[A].astype(np.float32), ds[B].astype(np.float32),
                                   ds["label"].astype(np.int64))
         return self._cache[split]
 
@@ -65,19 +67,19 @@ class ClientData:
     def __post_init__(self) -> None:
         if self.a is None and self.b is None:
             raise ValueError("a client must hold at least one modality")
-        for x, mask, m in ((self.a, self.has_a, "a"), (self.b, self.has_b, "b")):
+        for x, mask, m in ((self.a, self.has_a, A), (self.b, self.has_b, B)):
             if mask is not None and (x is None or mask.dtype != torch.bool or mask.shape != (len(self.y),)):
                 raise ValueError(f"has_{m} must be a boolean mask over the samples of a held modality")
         if self.has_a is not None or self.has_b is not None:
-            if not bool((self.present("a") | self.present("b")).all()):
+            if not bool((self.present(A) | self.present(B)).all()):
                 raise ValueError("every sample must hold at least one modality")
 
     @property
     def kind(self) -> str:
-        """``"mm"``, ``"a"`` or ``"b"``."""
+        """``"mm"``, ``"a"`` or ``"b"`` (``fedcmi.modalities.KINDS``)."""
         if self.a is not None and self.b is not None:
-            return "mm"
-        return "a" if self.a is not None else "b"
+            return MM
+        return A if self.a is not None else B
 
     @property
     def partial(self) -> bool:
@@ -86,7 +88,7 @@ class ClientData:
 
     def present(self, m: str) -> torch.Tensor:
         """Boolean mask of the samples holding modality ``m`` (all False when the client does not hold it)."""
-        x, mask = (self.a, self.has_a) if m == "a" else (self.b, self.has_b)
+        x, mask = (self.a, self.has_a) if m == A else (self.b, self.has_b)
         if x is None:
             return torch.zeros(len(self.y), dtype=torch.bool, device=self.y.device)
         return mask if mask is not None else torch.ones(len(self.y), dtype=torch.bool, device=self.y.device)
@@ -107,19 +109,19 @@ class ClientData:
         """The samples holding both modalities (itself when none lacks one), without masks."""
         if not self.partial:
             return self
-        both = self.present("a") & self.present("b")
-        return ClientData(self.a[both], self.b[both], self.y[both]) if self.kind == "mm" else self.subset(both)
+        both = self.present(A) & self.present(B)
+        return ClientData(self.a[both], self.b[both], self.y[both]) if self.kind == MM else self.subset(both)
 
     def holding(self, modalities: tuple[str, ...]) -> ClientData:
         """Only ``modalities`` (unimodal baselines see one) and only the samples holding at least one of them."""
-        if set(modalities) == {"a", "b"}:
+        if set(modalities) == set(MODALITIES):
             return self
         (m,) = modalities  # one modality
         x = getattr(self, m)
         if x is None or not self.partial:
-            return ClientData(x if m == "a" else None, x if m == "b" else None, self.y)
+            return ClientData(x if m == A else None, x if m == B else None, self.y)
         keep = self.present(m)  # the samples holding it; every one of them does
-        return ClientData(x[keep] if m == "a" else None, x[keep] if m == "b" else None, self.y[keep])
+        return ClientData(x[keep] if m == A else None, x[keep] if m == B else None, self.y[keep])
 
     def __len__(self) -> int:
         return len(self.y)

@@ -25,6 +25,7 @@ import torch
 
 from fedcmi.config import RunConfig
 from fedcmi.data.base import UNLABELED, ClientData
+from fedcmi.modalities import MM
 
 _MODALITY_STREAM, _LABEL_STREAM, _NOISE_STREAM = 0x6D6F64, 0x6C6162, 0x6E6F69  # independent seeded streams
 
@@ -57,7 +58,7 @@ def plan(n: int, kind: str, cfg: RunConfig, partition_id: int) -> Corruption:
     """The samples each corruption hits for a client of ``kind`` with ``n`` training samples."""
     none = np.zeros(0, dtype=np.int64)
     missing_a = missing_b = unlabeled = noisy = none
-    if kind == "mm" and (cfg.missing_a_rate > 0 or cfg.missing_b_rate > 0):
+    if kind == MM and (cfg.missing_a_rate > 0 or cfg.missing_b_rate > 0):
         order = _rng(cfg, partition_id, _MODALITY_STREAM).permutation(n)
         n_a = min(round(cfg.missing_a_rate * n), n)
         n_b = min(round(cfg.missing_b_rate * n), n - n_a)

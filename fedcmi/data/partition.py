@@ -24,6 +24,7 @@ from fedcmi import npy
 from fedcmi.config import ConfigError, RunConfig
 from fedcmi.data.base import ClientData, MultimodalData
 from fedcmi.data.registry import load_data
+from fedcmi.modalities import MM, A, B, modalities_of
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class ClientSpec:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return ("a", "b") if self.kind == "mm" else (self.kind,)
+        return modalities_of(self.kind)
 
 
 def assign_modalities(num_clients: int, multimodal_ratio: float, unimodal_split: float, seed: int) -> list[str]:
@@ -49,7 +50,7 @@ def assign_modalities(num_clients: int, multimodal_ratio: float, unimodal_split:
     n_mm = int(multimodal_ratio * num_clients + 1e-9)
     rest = num_clients - n_mm
     n_a = int(unimodal_split * rest + 1e-9)
-    kinds = ["mm"] * n_mm + ["a"] * n_a + ["b"] * (rest - n_a)
+    kinds = [MM] * n_mm + [A] * n_a + [B] * (rest - n_a)
     order = np.random.default_rng(seed + 7_919).permutation(num_clients)
     out = [""] * num_clients
     for slot, client in enumerate(order):
@@ -214,6 +215,6 @@ def client_data(data: MultimodalData, spec: ClientSpec) -> ClientData:
     """The tensors of one client. A unimodal client never receives the other modality's tensors."""
     xa, xb, y = data.arrays("train")
     idx = spec.indices
-    a = torch.from_numpy(xa[idx]) if "a" in spec.modalities else None
-    b = torch.from_numpy(xb[idx]) if "b" in spec.modalities else None
+    a = torch.from_numpy(xa[idx]) if A in spec.modalities else None
+    b = torch.from_numpy(xb[idx]) if B in spec.modalities else None
     return ClientData(a, b, torch.from_numpy(y[idx]))

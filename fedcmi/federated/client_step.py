@@ -15,14 +15,14 @@ from torch import nn
 
 from fedcmi.config import RunConfig
 from fedcmi.data.base import ClientData
+from fedcmi.devices import autocast, device_of, on_device
+from fedcmi.dominance import ClassStats, Guidance
 from fedcmi.federated.calibration import FeatureStats, feature_statistics
-from fedcmi.federated.dominance import ClassStats, Guidance
-from fedcmi.federated.statistics import class_statistics
 from fedcmi.methods.base import TrainSettings, local_update, only
 from fedcmi.methods.registry import method_spec
 from fedcmi.methods.remedies import LabelSkew
-from fedcmi.models.modalities import group_of, trained_groups
-from fedcmi.runtime.devices import autocast, device_of, on_device
+from fedcmi.methods.statistics import class_statistics
+from fedcmi.modalities import MM, group_of, trained_groups
 
 
 @dataclass
@@ -46,7 +46,7 @@ def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: G
                 cfg: RunConfig, *, num_classes: int, server_round: int, partition_id: int) -> ClientResult:
     """Load ``state``, measure the class statistics, train with the run's method, return the update.
 
-    ``model`` must already be on the client's device (``fedcmi.runtime.devices.device_of(cfg.device)``).
+    ``model`` must already be on the client's device (``fedcmi.devices.device_of(cfg.device)``).
     """
     spec = method_spec(cfg.strategy)
     device = device_of(cfg.device)
@@ -56,7 +56,7 @@ def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: G
     with autocast(cfg.bf16, device):
         stats = class_statistics(model, local, num_classes)  # with the received global weights
         features = (feature_statistics(model, local, num_classes)
-                    if cfg.ccvr_steps > 0 and local.kind == "mm" and len(local) else None)
+                    if cfg.ccvr_steps > 0 and local.kind == MM and len(local) else None)
         torch.manual_seed(seed)
         result = local_update(model, only(local, spec.modalities), spec.build(cfg), guidance,
                               TrainSettings.of(cfg, spec), num_classes=num_classes,

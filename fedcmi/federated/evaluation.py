@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedcmi.runs.metrics import ACC_MM, PER_CLASS, WORST_CLASS, acc_alone, acc_zero
+from fedcmi.metrics import ACC_MM, PER_CLASS, WORST_CLASS, acc_alone, acc_zero
 
 
 @torch.no_grad()

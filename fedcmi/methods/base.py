@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from fedcmi.data.base import ClientData
-from fedcmi.federated.dominance import Guidance
+from fedcmi.dominance import Guidance
 from fedcmi.methods.losses import add_proximal_gradient
 from fedcmi.methods.remedies import LabelSkew
 from fedcmi.methods.sgd import SGD
-from fedcmi.models.modalities import group_of, modalities_of
+from fedcmi.modalities import MODALITIES, A, B, group_of, modalities_of
 
 if TYPE_CHECKING:
     from fedcmi.config import RunConfig
@@ -102,12 +102,12 @@ def batches(data: ClientData, batch_size: int,
     n = len(data)
     order = torch.randperm(n, generator=generator).to(data.y.device)
     if not data.partial:
-        held = tuple(m for m in ("a", "b") if getattr(data, m) is not None)
+        held = tuple(m for m in MODALITIES if getattr(data, m) is not None)
         for start in range(0, n, batch_size):
             yield order[start:start + batch_size], held
         return
-    has_a, has_b = data.present("a")[order], data.present("b")[order]
-    parts = ((has_a & has_b, ("a", "b")), (has_a & ~has_b, ("a",)), (~has_a & has_b, ("b",)))
+    has_a, has_b = data.present(A)[order], data.present(B)[order]
+    parts = ((has_a & has_b, (A, B)), (has_a & ~has_b, (A,)), (~has_a & has_b, (B,)))
     chunks = []
     for mask, held in parts:
         rows = order[mask]
@@ -141,8 +141,8 @@ def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidan
         for idx, held in batches(data, settings.batch_size, generator):
             if len(idx) < 2:  # BatchNorm needs two samples; a lone leftover is dropped
                 continue
-            xa = data.a[idx] if "a" in held else None
-            xb = data.b[idx] if "b" in held else None
+            xa = data.a[idx] if A in held else None
+            xb = data.b[idx] if B in held else None
             terms = method.batch_loss(model, xa, xb, data.y[idx])
             if method.skew.ntd_beta > 0:
                 terms.update(method.skew.extra_terms(model, xa, xb, data.y[idx]))

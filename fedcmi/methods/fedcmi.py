@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from fedcmi.data.base import ClientData
-from fedcmi.federated.dominance import Guidance, class_temperatures
-from fedcmi.federated.statistics import class_statistics
+from fedcmi.dominance import Guidance, class_temperatures
 from fedcmi.methods.base import LocalMethod
 from fedcmi.methods.losses import infiltration_distillation, true_class_probability
+from fedcmi.methods.statistics import class_statistics
+from fedcmi.modalities import MM
 
 
 class Distiller:
@@ -85,7 +86,7 @@ class FedCMI(LocalMethod):
         dominant modality (it has not before it has statistics of a trained model: no infiltration then, rather
         than a silent switch to the per-batch rule)."""
         decided = self.dominance == "local" or guidance.dominant is not None
-        if data.kind == "mm" and self.lambda_cmi > 0 and guidance.infiltrate and decided:
+        if data.kind == MM and self.lambda_cmi > 0 and guidance.infiltrate and decided:
             self.distiller = Distiller(model, data, self, guidance, num_classes)
 
     def batch_loss(self, model: nn.Module, xa: torch.Tensor | None, xb: torch.Tensor | None,

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedcmi.data.base import ClientData
-from fedcmi.federated.dominance import Guidance
+from fedcmi.dominance import Guidance
 from fedcmi.methods.fedavg import CrossEntropy
 from fedcmi.methods.losses import true_class_probability
+from fedcmi.modalities import MM
 
 
 @torch.no_grad()
@@ -81,7 +82,7 @@ class PMR(CrossEntropy):
         self.protos: Prototypes | None = None
 
     def start(self, model: nn.Module, data: ClientData, guidance: Guidance, num_classes: int) -> None:
-        if data.kind == "mm":
+        if data.kind == MM:
             self.protos = Prototypes(num_classes, self.momentum)
 
     def before_epoch(self, model: nn.Module, data: ClientData) -> None:

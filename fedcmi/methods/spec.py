@@ -65,6 +65,6 @@ class MethodSpec:
 
     def held(self, kind: str) -> tuple[str, ...]:
         """The modalities a client of this kind trains under this method."""
-        from fedcmi.models.modalities import modalities_of
+        from fedcmi.modalities import modalities_of
 
         return tuple(m for m in modalities_of(kind) if m in self.modalities)

@@ -68,10 +68,16 @@ def _assemble(encs: list[nn.Module | None], num_classes: int, feature_dim: int, 
     return ConcatModel(enc_a, enc_b, num_classes, build_fusion(fusion, enc_a.out_dim, num_classes, **sgmft))
 
 
+# The run-config keys (attribute names) that define a model: every ``build_model`` argument but the shapes, the
+# classes and ``decomposed``. ``model_for`` builds from exactly these, and a client's model cache is keyed by
+# them (``model_key``), so a key added here can never leave a client training a stale model.
+MODEL_KEYS = ("encoder", "feature_dim", "projector", "fusion", "text_encoder", "encoder_weights", "sgmft_tokens",
+              "sgmft_heads", "sgmft_layers")
+
+
 def model_options(cfg: RunConfig) -> dict[str, Any]:
-    """The ``build_model`` keywords a run config sets (fusion, text encoder, pretrained weights, SG-MFT)."""
-    return {"fusion": cfg.fusion, "text_encoder": cfg.text_encoder, "encoder_weights": cfg.encoder_weights,
-            "sgmft_tokens": cfg.sgmft_tokens, "sgmft_heads": cfg.sgmft_heads, "sgmft_layers": cfg.sgmft_layers}
+    """The ``build_model`` arguments a run config sets (:data:`MODEL_KEYS`)."""
+    return {k: getattr(cfg, k) for k in MODEL_KEYS}
 
 
 @dataclass(frozen=True)
@@ -94,5 +100,10 @@ class ModelSpec:
 
 def model_for(cfg: RunConfig, spec: ModelSpec, decomposed: bool) -> nn.Module:
     """The one place a run's model is built (server, clients, benchmarks)."""
-    return build_model(cfg.encoder, (spec.shape_a, spec.shape_b), spec.num_classes, cfg.feature_dim,
-                       decomposed, cfg.projector, **model_options(cfg))
+    return build_model(shapes=(spec.shape_a, spec.shape_b), num_classes=spec.num_classes, decomposed=decomposed,
+                       **model_options(cfg))
+
+
+def model_key(cfg: RunConfig, spec: ModelSpec, decomposed: bool) -> tuple[Any, ...]:
+    """What tells two models built by :func:`model_for` apart: equal keys, the same architecture."""
+    return (*model_options(cfg).values(), decomposed, spec)

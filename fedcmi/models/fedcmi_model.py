@@ -3,7 +3,7 @@
 Per modality: an encoder, a self projector and an infiltration projector, and one classifier shared by
 both projectors; a fusion head over two slots. Slot ``a`` then slot ``b``: a client holding only ``a`` fills
 slot ``b`` with ``a``'s infiltration output (which learns to imitate ``b``), and vice versa. Parameter names
-carry their modality group (``fedcmi.models.modalities.group_of``).
+carry their modality group (``fedcmi.modalities.group_of``).
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from safetensors.torch import load_file
 
 from fedcmi.errors import ConfigError
 from fedcmi.runs.files import atomic_write, save_tensors
+from fedcmi.runs.layout import CHECKPOINT_DIR, CHECKPOINT_MODEL, CHECKPOINT_STATE
 
-CHECKPOINT_DIR = "checkpoint"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -42,8 +42,8 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
     strategy: dict[str, Any]
     config_hash: str
-    state_path: Path = Path(CHECKPOINT_DIR) / "state.json"
-    model_path: Path = Path(CHECKPOINT_DIR) / "model.safetensors"
+    state_path: Path = Path(CHECKPOINT_DIR) / CHECKPOINT_STATE
+    model_path: Path = Path(CHECKPOINT_DIR) / CHECKPOINT_MODEL
 
 
 def _sha256(path: Path) -> str:
@@ -60,7 +60,7 @@ def save_checkpoint(run_dir: str | Path, server_round: int, tensors: dict[str, t
     model_path = save_tensors(folder / f"model-{server_round}.safetensors", tensors)
     state = {"round": server_round, "model": model_path.name, "sha256": _sha256(model_path),
              "strategy": strategy_state, "config": config_hash}
-    atomic_write(folder / "state.json", json.dumps(state) + "\n")
+    atomic_write(folder / CHECKPOINT_STATE, json.dumps(state) + "\n")
     for old in folder.glob("model-*.safetensors"):
         if old != model_path:
             old.unlink(missing_ok=True)
@@ -68,9 +68,9 @@ def save_checkpoint(run_dir: str | Path, server_round: int, tensors: dict[str, t
 
 def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     folder = Path(run_dir) / CHECKPOINT_DIR
-    state_path = folder / "state.json"
+    state_path = folder / CHECKPOINT_STATE
     if not state_path.is_file():
-        raise CheckpointError(f"{run_dir}: no checkpoint ({CHECKPOINT_DIR}/state.json); the run never finished "
+        raise CheckpointError(f"{run_dir}: no checkpoint ({CHECKPOINT_DIR}/{CHECKPOINT_STATE}); the run never finished "
                               "a round, or the folder is not a fedcmi run directory")
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))

@@ -25,8 +25,21 @@ from typing import TYPE_CHECKING, Any
 
 from fedcmi.config import META_KEYS, RunConfig, unused_keys
 from fedcmi.errors import ConfigError
+from fedcmi.metrics import ROUND, accuracy_columns, column_labels
 from fedcmi.runs.files import atomic_write, csv_text, save_tensors
-from fedcmi.runs.metrics import ROUND, accuracy_columns, column_labels
+from fedcmi.runs.layout import (
+    COMPLETE,
+    CONFIG_FILE,
+    MARKER,
+    METRICS_CSV,
+    METRICS_JSON,
+    MODEL_FILE,
+    PLOT_FILE,
+    REPLIES_FILE,
+    RUNNING,
+    STATUS_FILE,
+    has_checkpoint,
+)
 
 if TYPE_CHECKING:  # torch and safetensors load when a checkpoint is read or a model saved, not to name a folder
     import torch
@@ -35,9 +48,6 @@ if TYPE_CHECKING:  # torch and safetensors load when a checkpoint is read or a m
     from fedcmi.runs.tensorboard import TensorBoardLog
     from fedcmi.runs.wandb_log import WandbLog
 
-MODEL_FILE = "model.safetensors"
-REPLIES_FILE = "replies.csv"  # one row per screened reply: its norms, local steps, weight, ratio and verdict
-MARKER = ".fedcmi-run"
 # keys that may differ between a checkpoint and its resume (more rounds; the folder's own path)
 # keys that never change a result: a resume may change them, and checkpoints from before a key existed still match
 RESUMABLE_KEYS = ("num-server-rounds", "out-dir", "pipelined-eval", "discovery-timeout", "tensorboard",
@@ -66,7 +76,7 @@ def same_config(path: Path, cfg: RunConfig, digest: str | None) -> bool:
     if digest == config_hash(cfg):
         return True
     try:
-        old = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        old = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if not isinstance(old, dict):
@@ -80,8 +90,7 @@ def same_config(path: Path, cfg: RunConfig, digest: str | None) -> bool:
 
 def is_run_dir(path: Path) -> bool:
     """A folder fedcmi created (older runs, from before the marker, by their config.json and checkpoint)."""
-    return (path / MARKER).is_file() or ((path / "config.json").is_file()
-                                         and (path / "checkpoint" / "state.json").is_file())
+    return (path / MARKER).is_file() or ((path / CONFIG_FILE).is_file() and has_checkpoint(path))
 
 
 def claim(path: Path, resume: bool) -> int:
@@ -153,18 +162,9 @@ def expected_model(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], int]:
     return model.state_dict(), data.num_classes
 
 
-def run_status(path: Path) -> str | None:
-    """``status`` of ``status.json`` with the final model present, or None."""
-    try:
-        status = json.loads((path / "status.json").read_text(encoding="utf-8"))["status"]
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-    return status if (path / MODEL_FILE).is_file() or status != "complete" else None
-
-
 def check_metrics(path: Path, rounds: int) -> None:
     """``metrics.json`` of a run to resume holds rounds 0..``rounds`` (checked before anything starts)."""
-    file = path / "metrics.json"
+    file = path / METRICS_JSON
     try:
         rows = json.loads(file.read_text(encoding="utf-8"))
         present = [int(r[ROUND]) for r in rows]
@@ -196,20 +196,20 @@ class RunDirectory:
         self.replies: list[dict[str, Any]] = []
         self.tensorboard: TensorBoardLog | None = None
         self.wandb: WandbLog | None = None
-        self.status = "running"
+        self.status = RUNNING
         if resume_after is not None:
             check_metrics(self.path, resume_after)
         self.write_config(cfg)  # on a resume too: an extended run records its new num-server-rounds
-        self.finish("running", rounds=resume_after)  # None: no round recorded yet; add_round updates it
+        self.finish(RUNNING, rounds=resume_after)  # None: no round recorded yet; add_round updates it
         if resume_after is None:
             self._open_trackers()
             return
-        rows = json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
+        rows = json.loads((self.path / METRICS_JSON).read_text(encoding="utf-8"))
         for row in rows:
             if row[ROUND] <= resume_after:
                 self.rows.append({k: (math.nan if v is None and k == "ratio" else v) for k, v in row.items()})
         if [r[ROUND] for r in self.rows] != list(range(resume_after + 1)):
-            raise ValueError(f"{self.path / 'metrics.json'}: rounds 0..{resume_after} are not all present")
+            raise ValueError(f"{self.path / METRICS_JSON}: rounds 0..{resume_after} are not all present")
         self.add_round(self.rows.pop())  # rewrite both files without rows past the checkpoint
         replies = self.path / REPLIES_FILE
         if replies.is_file():
@@ -240,20 +240,20 @@ class RunDirectory:
     def write_config(self, cfg: RunConfig) -> None:
         """config.json: the effective configuration (exactly the values that ran), the data set's modality
         names and the method keys the chosen strategy does not read."""
-        atomic_write(self.path / "config.json", json.dumps(self.config_dict(cfg), indent=2) + "\n")
+        atomic_write(self.path / CONFIG_FILE, json.dumps(self.config_dict(cfg), indent=2) + "\n")
 
     def add_round(self, row: Mapping[str, Any]) -> None:
         """Record a round: metrics.json and metrics.csv rewritten with it, then status.json says it is the last
         recorded round (``running``, until the run ends and :meth:`finish` writes how it ended)."""
         self.rows.append(dict(row))
-        atomic_write(self.path / "metrics.json", json.dumps(
+        atomic_write(self.path / METRICS_JSON, json.dumps(
             [{k: _json_safe(v) for k, v in r.items()} for r in self.rows], indent=1) + "\n")
-        atomic_write(self.path / "metrics.csv", self._csv())
+        atomic_write(self.path / METRICS_CSV, self._csv())
         if self.tensorboard is not None:
             self.tensorboard.add_round(row)
         if self.wandb is not None:
             self.wandb.add_round(row)
-        self.finish("running", rounds=int(row[ROUND]))
+        self.finish(RUNNING, rounds=int(row[ROUND]))
 
     def add_replies(self, rows: list[Mapping[str, Any]]) -> None:
         """Append a round's screened replies to replies.csv (rewritten whole, atomically)."""
@@ -311,7 +311,7 @@ class RunDirectory:
         left.set_ylabel("test accuracy")
         fig.suptitle(f"{self.cfg.dataset} / {self.cfg.strategy} ({a} + {b})", fontsize=11)
         fig.tight_layout()
-        path = self.path / "accuracy.png"
+        path = self.path / PLOT_FILE
         buf = io.BytesIO()
         fig.savefig(buf, dpi=100)
         atomic_write(path, buf.getvalue())
@@ -319,7 +319,7 @@ class RunDirectory:
 
     def finish(self, status: str, **extra: Any) -> None:
         self.status = status
-        atomic_write(self.path / "status.json", json.dumps({"status": status, **extra}, indent=2) + "\n")
+        atomic_write(self.path / STATUS_FILE, json.dumps({"status": status, **extra}, indent=2) + "\n")
 
     def release(self) -> None:
         """Close the TensorBoard and W&B logs (W&B's run marked failed unless the run completed) and give up the
@@ -328,7 +328,7 @@ class RunDirectory:
             self.tensorboard.close()
             self.tensorboard = None
         if self.wandb is not None:
-            self.wandb.close(exit_code=0 if self.status == "complete" else 1)
+            self.wandb.close(exit_code=0 if self.status == COMPLETE else 1)
             self.wandb = None
         if self.lock >= 0:
             os.close(self.lock)

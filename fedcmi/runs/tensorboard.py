@@ -3,7 +3,7 @@
 Written on the server, next to ``metrics.json``, from the same rows (:meth:`RunDirectory.add_round
 <fedcmi.runs.run_dir.RunDirectory.add_round>`), with :class:`torch.utils.tensorboard.SummaryWriter` (needs the
 ``tensorboard`` package, a dependency of fedcmi). Per round (the step): every accuracy column, the mean loss
-terms, the reply counts, the dominance ratio and the round's wall time (:func:`fedcmi.runs.metrics.scalars`);
+terms, the reply counts, the dominance ratio and the round's wall time (:func:`fedcmi.metrics.scalars`);
 once, the configuration as text. Flushed after every round, so a stopped run keeps what it recorded.
 
 A resumed run does not repeat steps: when the folder already holds event files, the new file starts with
@@ -20,11 +20,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedcmi.runs.metrics import ROUND, scalars
+from fedcmi.metrics import ROUND, scalars
+from fedcmi.runs.layout import TENSORBOARD_DIR
 
 logger = logging.getLogger("fedcmi")
 
-FOLDER = "tensorboard"
+FOLDER = TENSORBOARD_DIR
 CONFIG_TAG = "config"
 _EVENT_FILES = "events.out.tfevents.*"
 

@@ -1,6 +1,6 @@
 """Weights & Biases logging of a run (``wandb = true``; off by default): ``<run>/wandb/``.
 
-The same numbers TensorBoard gets (:func:`fedcmi.runs.metrics.scalars`, one W&B step per round) and the
+The same numbers TensorBoard gets (:func:`fedcmi.metrics.scalars`, one W&B step per round) and the
 configuration (``config.json``'s content), written on the server by :meth:`RunDirectory.add_round
 <fedcmi.runs.run_dir.RunDirectory.add_round>`. The W&B run lives in the run directory (``dir=`` it, named
 after it) and is **offline** unless ``WANDB_MODE`` is set: it needs no account and no network, and
@@ -19,7 +19,6 @@ that id and disjoint steps; ``wandb sync`` of them all uploads them into one run
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -27,29 +26,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedcmi.errors import ConfigError
+from fedcmi.metrics import ROUND, scalars
 from fedcmi.runs.files import atomic_write
-from fedcmi.runs.metrics import ROUND, scalars
+from fedcmi.runs.layout import WANDB_DIR, WANDB_STATE
 
 logger = logging.getLogger("fedcmi")
 
-FOLDER = "wandb"  # what wandb.init(dir=<run>) creates
-STATE_FILE = "wandb-run.json"  # {"id": the W&B run id, "round": the last round logged}
-INSTALL_HINT = "pip install wandb (or pip install 'fedcmi[wandb]'), or set wandb=false"
-
-
-def installed() -> bool:
-    """Whether ``import wandb`` can succeed, found without importing it (that takes seconds)."""
-    try:
-        return importlib.util.find_spec("wandb") is not None
-    except (ImportError, ValueError):  # a broken or blocked entry in sys.modules
-        return False
-
-
-def require() -> None:
-    """The one-line config error of ``wandb=true`` without the package, raised before a run starts."""
-    if not installed():
-        raise ConfigError(f"wandb=true: the wandb package is not installed; {INSTALL_HINT}")
+FOLDER = WANDB_DIR
+STATE_FILE = WANDB_STATE
 
 
 def sync_hint(run_path: Path) -> str | None:

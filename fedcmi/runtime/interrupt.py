@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fedcmi.runtime.loopback import _alive
+from fedcmi.runtime.processes import alive
 
 logger = logging.getLogger("fedcmi")
 
@@ -216,7 +216,7 @@ class ProcessToken:
                 env = (entry / "environ").read_bytes()
             except OSError:  # gone, or not ours to read
                 continue
-            if needle in env.split(b"\0") and _alive(int(entry.name)):
+            if needle in env.split(b"\0") and alive(int(entry.name)):
                 found.append(int(entry.name))
         return found
 
@@ -226,10 +226,10 @@ class ProcessToken:
         for pid in pids:
             _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
             time.sleep(0.05)
         for pid in pids:
-            if _alive(pid):
+            if alive(pid):
                 _signal(pid, signal.SIGKILL)
         return pids
 

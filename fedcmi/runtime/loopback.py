@@ -21,13 +21,16 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fedcmi.runs.layout import COMPLETE, run_status
+from fedcmi.runtime.apps import CLIENT_WORKER
+from fedcmi.runtime.processes import alive, descendants, free_port, stop_pids
 
 logger = logging.getLogger("fedcmi.loopback")
 
@@ -37,65 +40,6 @@ FEDERATION = "fedcmi-loopback"
 ISOLATIONS = ("warm", "subprocess", "process")
 # How often a SuperExec asks for new tasks (Flower's default is 1 s; each round waits for it twice).
 POLL_INTERVAL_S = "0.2"
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1 (bind to port 0 and let the kernel choose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def process_children() -> dict[int, list[int]]:
-    """Parent pid -> child pids of every live process (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (from /proc), children first found first."""
-    children = process_children()
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def stop_pids(pids: list[int], grace_s: float = 10.0) -> None:
-    """SIGTERM each PID, wait up to ``grace_s``, SIGKILL whatever is left. Only these PIDs are touched."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace_s
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in pids:
-        if _alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @dataclass
@@ -251,7 +195,7 @@ class Loopback:
         if executor and self.isolation != "subprocess":  # the SuperNode spawns nothing: run its executor next to it
             self._wait_for_port(port, name)
             executor = ([self._tool("flower-superexec")] if self.isolation == "process"
-                        else [sys.executable, "-m", "clients.worker"])
+                        else [sys.executable, "-m", CLIENT_WORKER])
             self._spawn(f"{name}-{self.isolation}", [*executor, "--insecure", "--runtime-api-address",
                                                      f"127.0.0.1:{port}"], name)
         return proc
@@ -299,7 +243,7 @@ class Loopback:
         """Live PIDs of the started processes and their children."""
         out = []
         for proc in self.procs.values():
-            out += [p for p in [proc.pid, *descendants(proc.pid)] if _alive(p)]
+            out += [p for p in [proc.pid, *descendants(proc.pid)] if alive(p)]
         return out
 
 
@@ -355,12 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     proc, wall = demo(args.work, args.out, tls=args.tls, isolation=args.isolation, rounds=args.rounds,
                       num_nodes=args.nodes)
-    status_file = args.out / "status.json"
-    status = json.loads(status_file.read_text())["status"] if status_file.exists() else "missing"
+    status = run_status(args.out) or "missing"
     print(proc.stdout[-3000:])
     print(f"deploy-demo: {args.rounds} rounds, {args.nodes} SuperNodes, tls={args.tls}, isolation={args.isolation}: "
           f"run {status} in {wall:.1f} s; results in {args.out}")
-    return 0 if status == "complete" else 1
+    return 0 if status == COMPLETE else 1
 
 
 if __name__ == "__main__":

@@ -105,7 +105,9 @@ def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: 
     install()
 
     if client_app is None:
-        from clients.app import app as client_app
+        from fedcmi.runtime.apps import client_app as fedcmi_client_app
+
+        client_app = fedcmi_client_app()
 
     flwr_logger = logging.getLogger("flwr")
     filters: list[logging.Filter] = [_DropDeprecation()] + ([] if verbose else [_DropClientTracebacks()])
@@ -337,7 +339,9 @@ def warm_actor() -> None:
         warnings.simplefilter("ignore")
         if ray.get_runtime_context().was_current_actor_reconstructed:
             return
-    importlib.import_module("clients.app")
+    from fedcmi.runtime.apps import client_app
+
+    client_app()  # imports the ClientApp's module
 
 
 def _free_workers_on_stop(tracked: _Backends) -> None:
@@ -372,7 +376,7 @@ def _free_workers_on_stop(tracked: _Backends) -> None:
 def simulate(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None] | None = None,
              verbose: bool = False, resume: bool = False, client_app: Any = None) -> RunDirectory:
     """Run (or with ``resume``, continue) ``cfg`` on Flower's simulation engine; returns the run directory."""
-    from server.app import make_server_app
+    from fedcmi.runtime.apps import make_server_app
 
     outcome: dict[str, Any] = {}
     run_app(make_server_app(cfg, reporter, outcome, resume), cfg, verbose, client_app)

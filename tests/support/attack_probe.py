@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedcmi.config import effective
     from fedcmi.config.parse import parse_overrides
     from fedcmi.data import load_data
-    from fedcmi.federated.dominance import Guidance
+    from fedcmi.dominance import Guidance
     from fedcmi.methods.registry import method_spec
     from fedcmi.models import ModelSpec, model_for
     from fedcmi.npy import record_arrays

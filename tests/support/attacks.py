@@ -22,7 +22,7 @@ never a colon; one attack per partition). Kinds:
   (as many whole multiples of its real counts as fit in 2**53), so the forgery carries the lie's weight;
 * ``scale=F``: no lie; the update of every floating array multiplied by ``F`` (``F`` < 0 pushes the model back);
 * ``scale-group=G,F``: only the update of parameter group ``G`` (``a``, ``b`` or ``shared``, as
-  ``fedcmi.models.modalities.group_of`` names them) multiplied by ``F``; the other groups honest;
+  ``fedcmi.modalities.group_of`` names them) multiplied by ``F``; the other groups honest;
 * ``plus=C``: ``C`` added to every floating array of the update (to every element);
 * ``steal=P``: an impostor. At discovery it claims partition ``P`` (another node's) with its own kind and real
   sample count; its training replies then claim ``P`` too (metrics and info), consistently, as a real
@@ -48,7 +48,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 
 from fedcmi import protocol
-from fedcmi.models.modalities import group_of
+from fedcmi.modalities import group_of
 from fedcmi.npy import record_arrays
 
 LIE = 2**53  # the sample count a size liar claims: the largest the server accepts (fedcmi.federated.screening)

@@ -1,13 +1,19 @@
-"""Where a client trains: device choice, bfloat16 autocast and pinned copies (CUDA only)."""
+"""Where a client trains: device choice, bfloat16 autocast and pinned copies (CUDA only).
+
+On the ground floor: the clients, the server's evaluation and the CLI's resource checks all choose devices here.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 
-from fedcmi.data.base import ClientData
 from fedcmi.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedcmi.data.base import ClientData
 
 
 def device_of(device: str) -> torch.device:

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from fedcmi.data.base import ClientData
-from fedcmi.federated.dominance import ClassStats
+from fedcmi.dominance import ClassStats
 from fedcmi.methods.losses import true_class_probability
+from fedcmi.modalities import MM
 
 
 def self_logits(model: nn.Module, x: torch.Tensor, m: str) -> torch.Tensor:
@@ -27,7 +28,7 @@ def class_statistics(model: nn.Module, data: ClientData, num_classes: int, batch
     """
     stats = ClassStats.zeros(num_classes)
     data = data.labeled().complete()
-    if data.kind != "mm" or len(data) == 0:
+    if data.kind != MM or len(data) == 0:
         return stats
     was_training = model.training
     model.eval()

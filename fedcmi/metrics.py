@@ -15,20 +15,33 @@ ROUND = "round"
 ACC_MM, WORST_CLASS, PER_CLASS = "acc_mm", "worst_class_acc", "per_class_acc"
 DOMINANT, RATIO, FAULTS, WALL_S, SKIPPED = "dominant", "ratio", "faults", "wall_s", "skipped"
 TAU = "tau"  # the class-wise temperatures tau_c decided with DOMINANT and RATIO (one per class; empty before)
-CLIENT_COUNTS = ("clients_ok", "clients_failed", "clients_rejected", "clients_timeout")
+# Replies per round: accepted, failed on the client, rejected by the server's checks, not back in time. The
+# strategy's round report and its train metrics use these names too.
+CLIENTS_OK, CLIENTS_FAILED, CLIENTS_REJECTED, CLIENTS_TIMEOUT = (
+    "clients_ok", "clients_failed", "clients_rejected", "clients_timeout")
+CLIENT_COUNTS = (CLIENTS_OK, CLIENTS_FAILED, CLIENTS_REJECTED, CLIENTS_TIMEOUT)
 # Accepted replies whose sample weight the server capped (claims mode: a size claim above what the round
 # allows); counted among clients_ok, shown beside the counts above.
 CAPPED = "clients_capped"
 
 
+_ACC, _ZERO = "acc_", "_zero"
+
+
 def acc_alone(name: str) -> str:
     """Modality ``name`` alone through its infiltration path (zero-filled for models without one)."""
-    return f"acc_{name}"
+    return f"{_ACC}{name}"
 
 
 def acc_zero(name: str) -> str:
     """Modality ``name`` alone with the other slot zeroed."""
-    return f"acc_{name}_zero"
+    return f"{_ACC}{name}{_ZERO}"
+
+
+def modality_names(row: Mapping[str, Any]) -> tuple[str, str]:
+    """The two modality names a row's accuracy columns carry (what :func:`accuracy_columns` was given)."""
+    names = [k.removeprefix(_ACC) for k in row if k.startswith(_ACC) and k != ACC_MM and not k.endswith(_ZERO)]
+    return names[0], names[1]
 
 
 def accuracy_columns(names: tuple[str, str]) -> list[str]:
@@ -55,10 +68,8 @@ def round_row(server_round: int, accuracies: Mapping[str, Any], losses: Mapping[
         **{k.replace("-", "_"): float(v) for k, v in losses.items()},
         DOMINANT: dominant, RATIO: ratio if ratio is not None else math.nan,
         TAU: [] if tau is None else [float(t) for t in tau],
-        "clients_ok": int(round_info.get("replies", 0)), "clients_failed": int(round_info.get("failed", 0)),
-        "clients_rejected": int(round_info.get("rejected", 0)), "clients_timeout": int(round_info.get("timeout", 0)),
-        CAPPED: int(round_info.get("capped", 0)),
-        SKIPPED: int(round_info.get("skipped", False)), FAULTS: "; ".join(round_info.get("faults", [])),
+        **{k: int(round_info.get(k, 0)) for k in (*CLIENT_COUNTS, CAPPED)},
+        SKIPPED: int(round_info.get(SKIPPED, False)), FAULTS: "; ".join(round_info.get(FAULTS, [])),
         WALL_S: round(wall_s, 3)}
 
 
@@ -87,7 +98,7 @@ def round_line(row: Mapping[str, Any], total: int, names: tuple[str, str]) -> st
         return f"{head}  {accs}  (initial model)"
     asked = sum(int(row.get(k, 0)) for k in CLIENT_COUNTS)
     bad = [f"{row[k]} {k.split('_')[1]}" for k in CLIENT_COUNTS[1:] if row.get(k)]
-    replies = f"replies {row.get('clients_ok', 0)}/{asked}" + (f" ({', '.join(bad)})" if bad else "")
+    replies = f"replies {row.get(CLIENTS_OK, 0)}/{asked}" + (f" ({', '.join(bad)})" if bad else "")
     tail = "  skipped: global model kept" if row.get(SKIPPED) else ""
     return f"{head}  {accs}  {replies}  {row[WALL_S]:.1f} s{tail}"
 

@@ -7,9 +7,11 @@ Parameter names carry their modality in the first component (``enc_a``, ``self_b
 
 from __future__ import annotations
 
-MODALITIES = ("a", "b")
-KINDS = ("mm", "a", "b")  # both modalities, or only one
-KIND_MODALITIES: dict[str, tuple[str, ...]] = {"mm": ("a", "b"), "a": ("a",), "b": ("b",)}
+A, B = "a", "b"  # the two modality slots: a client's tensors, a data set's columns, a parameter's suffix
+MM = "mm"  # the kind of a client that holds both; one that holds one has that slot's name as its kind
+MODALITIES = (A, B)
+KINDS = (MM, A, B)
+KIND_MODALITIES: dict[str, tuple[str, ...]] = {MM: (A, B), A: (A,), B: (B,)}
 SHARED = "shared"
 
 
@@ -21,8 +23,8 @@ def modalities_of(kind: str) -> tuple[str, ...]:
 def kind_of(modalities: set[str] | tuple[str, ...]) -> str:
     """The kind of a client holding these modality codes."""
     held = set(modalities)
-    if held == {"a", "b"}:
-        return "mm"
+    if held == set(MODALITIES):
+        return MM
     if len(held) == 1 and held <= set(MODALITIES):
         return next(iter(held))
     raise ValueError(f"a client holds one or both of {MODALITIES}, not {sorted(held)}")
