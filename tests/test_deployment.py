@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from fedcmi.runtime.loopback import Loopback, _alive, partition_sizes
+from fedcmi.runtime.loopback import FEDERATION, Loopback, _alive, partition_sizes
+
+HOSTILE_APP = Path(__file__).parent / "hostile_app"
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("ssh-keygen") is None
@@ -99,3 +103,62 @@ def test_tls_deployment_with_node_authentication(tmp_path):
         assert "https" in dep.log_of("superlink").lower() or "ssl" in dep.log_of("superlink").lower()
     finally:
         _stop_and_check(dep)
+
+
+def _others_can_run_python() -> bool:
+    """Whether another user can start this interpreter: every directory above it is searchable by others (on
+    machines where Python lives under a 0700 /root, e.g. pyenv's, no other user can run the ServerApp)."""
+    real = Path(sys.executable).resolve()
+    return all(os.stat(d).st_mode & 0o001 for d in real.parents)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not _others_can_run_python(),
+                    reason="runs the ServerApp as another user: needs root and an interpreter others can run")
+@pytest.mark.parametrize("serverapp", ["subprocess", "process"])
+def test_submitted_serverapp_reaches_superlink_keys_only_without_isolation(tmp_path, serverapp):
+    """A hostile app submitted with ``flwr run`` probes for the SuperLink's keys and writes outside the runs
+    directory. Flower's default (the ServerApp a child of the SuperLink): it reads the TLS key. The documented
+    deployment (``--isolation process``, the ServerApp's SuperExec as another user with its own directory):
+    the key, the SuperExec secret copy of the SuperLink and the SuperLink's environment are out of reach, and
+    it writes into the runs directory only (of the paths tried; /tmp stays writable without a container)."""
+    isolated = serverapp == "process"
+    # The ServerApp user must reach its own directory: not under pytest's tmp_path (0700, root's).
+    home = Path(tempfile.mkdtemp(prefix="fedcmi-serverapp-"))
+    home.chmod(0o755)
+    runs = home / "runs"
+    runs.mkdir()
+    dep = Loopback(tmp_path / "work", tls=True, auth=True, runs_dir=runs, serverapp=serverapp,
+                   serverapp_user="nobody" if isolated else None, serverapp_dir=home / "superexec")
+    try:
+        dep.make_certs(1)
+        dep.start_superlink()
+        key, secret = dep.certs / "server.key", dep.certs / "superexec.secret"
+        outside = [home / "outside.txt", dep.work / "superlink" / "outside.txt", tmp_path / "outside.txt"]
+        inside = runs / "inside.txt"
+        config = (f'read-paths="{key},{secret}" '
+                  f'write-paths="{",".join(str(p) for p in [*outside, inside])}"')
+        proc = dep.flwr("run", str(HOSTILE_APP), FEDERATION, "--stream", "--run-config", config)
+        stream = proc.stdout + proc.stderr
+        assert (runs / "probe.json").exists(), stream[-3000:] + dep.log_of("serverapp-superexec")[-3000:]
+        report = json.loads((runs / "probe.json").read_text())
+        found = report["superlink"]["paths"]
+        assert str(key) in found, report  # the key's path is on the SuperLink's command line either way
+        assert report["write"][str(inside)] == "written"
+        if not isolated:  # issue 25, item 1: what Flower's default lets a submission do
+            assert report["read"][str(key)].startswith("read"), report
+            assert all(report["write"][str(p)] == "written" for p in outside), report
+            return
+        assert report["uid"] != 0
+        assert "FEDCMI_SERVER_CONFIG" not in dep.env("superlink") and "--ssl-keyfile" not in \
+            " ".join(dep.procs["serverapp-superexec"].args)
+        for path in (str(key), str(secret)):
+            assert report["read"][path].startswith("PermissionError"), report
+        assert all(v.startswith("PermissionError") for v in found.values()), report
+        assert all(v.startswith("PermissionError") for v in report["superlink"]["environ"].values()), report
+        assert not [v for v in report["env"].values() if v.startswith(str(dep.certs))], report  # no key path in its env
+        for path in outside:
+            assert report["write"][str(path)].startswith("PermissionError"), report
+            assert not path.exists()
+    finally:
+        _stop_and_check(dep)
+        shutil.rmtree(home, ignore_errors=True)
