@@ -305,10 +305,11 @@ class Loopback:
         return registry
 
     def start_supernode(self, name: str, node_config: str, key: Path | None = None,
-                        executor: bool = True) -> subprocess.Popen:
+                        executor: bool = True, rejoin: bool = False) -> subprocess.Popen:
         """A SuperNode with its node config; ``key`` is its private key when authentication is on.
 
-        ``executor=False`` starts no worker/SuperExec next to it (a node expected to be refused).
+        ``executor=False`` starts no worker/SuperExec next to it (a node expected to be refused). ``rejoin``: under
+        ``python -m fedcmi.runtime.rejoin``, which retries while the SuperLink still holds the key's old session.
         """
         port = free_port()
         cmd = [self._tool("flower-supernode"), "--superlink", f"127.0.0.1:{self.superlink_port}",
@@ -317,6 +318,8 @@ class Loopback:
         cmd += ["--root-certificates", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
         if key is not None:
             cmd += ["--auth-supernode-private-key", str(key)]
+        if rejoin:
+            cmd = [sys.executable, "-m", "fedcmi.runtime.rejoin", "--every", "2", "--", *cmd]
         proc = self._spawn(name, cmd, name)
         if executor and self.isolation != "subprocess":  # the SuperNode spawns nothing: run its executor next to it
             self._wait_for_port(port, name)
@@ -364,6 +367,16 @@ class Loopback:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+
+    def kill9(self, *names: str) -> None:
+        """``kill -9`` these processes and their children, as a crash would (no deactivation is sent)."""
+        for name in names:
+            for pid in [self.procs[name].pid, *descendants(self.procs[name].pid)]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.procs[name].wait(timeout=10)
 
     def pids(self) -> list[int]:
         """Live PIDs of the started processes and their children."""
