@@ -192,7 +192,7 @@ def test_a_supernode_killed_and_restarted_rejoins_and_short_rounds_say_so(tmp_pa
             dep.start_supernode(f"supernode-{i}", f"partition-id={i} num-partitions={NODES}", dep.key(i), rejoin=True)
         dep.wait_ready()
         config = {**TINY, "num-server-rounds": 6, "clients-per-round": NODES, "run-name": out.name}
-        runner = threading.Thread(target=lambda: result.update(proc=dep.run(config, timeout_s=1500)))
+        runner = threading.Thread(target=lambda: result.update(proc=dep.run(config, timeout_s=1500)), daemon=True)
         runner.start()
         deadline = time.monotonic() + 900
         while len(_rows(out)) < 2 and runner.is_alive() and time.monotonic() < deadline:
@@ -208,7 +208,8 @@ def test_a_supernode_killed_and_restarted_rejoins_and_short_rounds_say_so(tmp_pa
         rejoined_s = time.monotonic() - killed
         assert dep.log_of("superlink").count(activated) == 2, dep.log_of("supernode-1-again")[-3000:]
         assert rejoined_s <= 60 + 8 + 5, rejoined_s  # expiry bound + the restart delay + retry/poll slack
-        assert "could not be activated" in dep.log_of("supernode-1-again")  # refused first: the old session
+        assert "Failed to activate SuperNode" in dep.log_of("supernode-1-again")  # refused first: the old session
+        assert f"SuperNode with node ID {ids[1]} could not be activated" in dep.log_of("superlink")
         runner.join(timeout=1500)
         proc = result["proc"]
         stream = proc.stdout + proc.stderr

@@ -25,13 +25,13 @@ def _fake(tmp_path: Path, refusals: int, message: str) -> tuple[list[str], Path]
 
 
 def test_refused_while_still_online_is_retried_until_it_joins(tmp_path, capsys):
-    cmd, count = _fake(tmp_path, 2, f"SuperNode with node ID 7 {STILL_ONLINE}.")
+    cmd, count = _fake(tmp_path, 2, f"[code: 2004] {STILL_ONLINE}.")
     assert supervise(cmd, within_s=10, every_s=0.05) == 0
     assert count.read_text() == "3" and "joined" in capsys.readouterr().out
 
 
-def test_other_refusals_are_final(tmp_path):
-    cmd, count = _fake(tmp_path, 5, "No SuperNode found with the given public key.")  # an unregistered key
+def test_other_failures_are_final(tmp_path):
+    cmd, count = _fake(tmp_path, 5, "Connection refused")  # exit code 305 for another reason
     assert supervise(cmd, within_s=10, every_s=0.05) == REFUSED_EXIT
     assert count.read_text() == "1"
 

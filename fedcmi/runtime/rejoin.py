@@ -4,8 +4,10 @@ Why: Flower 1.42's SuperLink keeps a node ONLINE until ``2 x 30 s`` (heartbeat p
 neither configurable from the SuperNode) after its last heartbeat. A SuperNode killed with ``kill -9`` sends
 no deactivation, so the same key restarted within that window is refused (``SuperNode with node ID ... could
 not be activated``, exit code 305) and ``flower-supernode`` does not retry it. This wrapper runs the command,
-passes its output through, and on exactly that refusal starts it again every ``--every`` seconds until
-``--within`` seconds have passed. Any other exit (an unregistered key, a bad flag, a clean stop) is final.
+passes its output through, and on that refusal starts it again every ``--every`` seconds until ``--within``
+seconds have passed. The node sees only ``[code: 2004] Failed to activate SuperNode``, the same answer as for
+an unregistered key (the reason stays in the SuperLink's log), so an unregistered key is also retried until
+``--within`` and then fails with the same exit code. Any other exit (a bad flag, a clean stop) is final.
 
     python -m fedcmi.runtime.rejoin [--within 120] [--every 5] -- flower-supernode ARGS...
 
@@ -26,7 +28,9 @@ from collections.abc import Callable, Sequence
 logger = logging.getLogger("fedcmi.rejoin")
 
 REFUSED_EXIT = 305 % 256  # Flower's exit code 305 (SUPERNODE_CONNECTION_ERROR) as the OS reports it: 49
-STILL_ONLINE = "could not be activated"  # the SuperLink's refusal while the old session has not expired
+# What the node is told while its old session has not expired (and for an unregistered key: the SuperLink logs
+# "SuperNode with node ID ... could not be activated" or "No SuperNode found with the given public key").
+STILL_ONLINE = "Failed to activate SuperNode"
 HEARTBEAT_WINDOW_S = 60.0  # flwr 1.42: HEARTBEAT_PATIENCE (2) x HEARTBEAT_DEFAULT_INTERVAL (30 s)
 
 
@@ -44,7 +48,7 @@ def run_once(cmd: Sequence[str], on_start: Callable[[subprocess.Popen], None]) -
 
 
 def supervise(cmd: Sequence[str], within_s: float = 2 * HEARTBEAT_WINDOW_S, every_s: float = 5.0) -> int:
-    """Run ``cmd``; while it is refused because its old session is still online, wait and run it again."""
+    """Run ``cmd``; while its activation is refused (its old session still online), wait and run it again."""
     current: list[subprocess.Popen] = []
     stopping: list[int] = []
 
