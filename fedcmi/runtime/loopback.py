@@ -395,9 +395,11 @@ def partition_sizes(run_config: dict[str, object]) -> list[int]:
 
 
 def demo(work: Path, out: Path, *, tls: bool, isolation: str, rounds: int = 2, num_nodes: int = 3,
-         extra: dict[str, object] | None = None) -> tuple[subprocess.CompletedProcess, float]:
+         extra: dict[str, object] | None = None, serverapp: str = "process",
+         serverapp_user: str | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """Start a loopback federation, run ``rounds`` rounds of fedcmi, stop everything; (flwr run, wall s)."""
-    dep = Loopback(work, tls=tls, auth=tls, isolation=isolation, runs_dir=out.parent)
+    dep = Loopback(work, tls=tls, auth=tls, isolation=isolation, runs_dir=out.parent, serverapp=serverapp,
+                   serverapp_user=serverapp_user)
     try:
         if tls:
             dep.make_certs(num_nodes)
@@ -429,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
                                      description="fedcmi on a loopback Flower deployment (SuperLink + SuperNodes)")
     parser.add_argument("--tls", action="store_true", help="HTTPS + SuperNode authentication")
     parser.add_argument("--isolation", choices=ISOLATIONS, default="warm")
+    parser.add_argument("--serverapp", choices=SERVERAPP_ISOLATIONS, default="process",
+                        help="process (default): the ServerApp runs under its own SuperExec, not the SuperLink's")
+    parser.add_argument("--serverapp-user", default=None,
+                        help="run that SuperExec as this user (launcher started as root; docs/deployment.md)")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/deploy-demo/work"))
@@ -437,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or Path("runs/deploy-demo") / time.strftime("%Y%m%d-%H%M%S")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     proc, wall = demo(args.work, args.out, tls=args.tls, isolation=args.isolation, rounds=args.rounds,
-                      num_nodes=args.nodes)
+                      num_nodes=args.nodes, serverapp=args.serverapp, serverapp_user=args.serverapp_user)
     status_file = args.out / "status.json"
     status = json.loads(status_file.read_text())["status"] if status_file.exists() else "missing"
     print(proc.stdout[-3000:])

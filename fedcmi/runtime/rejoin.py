@@ -3,7 +3,7 @@
 Why: Flower 1.42's SuperLink keeps a node ONLINE until ``2 x 30 s`` (heartbeat patience x heartbeat interval,
 neither configurable from the SuperNode) after its last heartbeat. A SuperNode killed with ``kill -9`` sends
 no deactivation, so the same key restarted within that window is refused (``SuperNode with node ID ... could
-not be activated``, exit code 305) and ``flower-supernode`` does not retry it. This wrapper runs the command,
+not be activated``; Flower's exit code 305, process exit status 1) and ``flower-supernode`` does not retry it. This wrapper runs the command,
 passes its output through, and on that refusal starts it again every ``--every`` seconds until ``--within``
 seconds have passed. The node sees only ``[code: 2004] Failed to activate SuperNode``, the same answer as for
 an unregistered key (the reason stays in the SuperLink's log), so an unregistered key is also retried until
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 logger = logging.getLogger("fedcmi.rejoin")
 
-REFUSED_EXIT = 305 % 256  # Flower's exit code 305 (SUPERNODE_CONNECTION_ERROR) as the OS reports it: 49
+REFUSED_EXIT = 1  # what the OS sees: Flower prints "Exit Code: 305" but exits with 1 on any error
 # What the node is told while its old session has not expired (and for an unregistered key: the SuperLink logs
 # "SuperNode with node ID ... could not be activated" or "No SuperNode found with the given public key").
 STILL_ONLINE = "Failed to activate SuperNode"
