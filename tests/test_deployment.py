@@ -207,7 +207,9 @@ def test_a_supernode_killed_and_restarted_rejoins_and_short_rounds_say_so(tmp_pa
             time.sleep(1)
         rejoined_s = time.monotonic() - killed
         assert dep.log_of("superlink").count(activated) == 2, dep.log_of("supernode-1-again")[-3000:]
-        assert rejoined_s <= 60 + 8 + 5, rejoined_s  # expiry bound + the restart delay + retry/poll slack
+        # The old session expires at most 60 s after the kill; then one retry interval (2 s) and one SuperNode
+        # start-up (5-7 s per try measured under load 10 on 2 cores; 20 s allowed).
+        assert rejoined_s <= 60 + 2 + 20, rejoined_s
         assert "Failed to activate SuperNode" in dep.log_of("supernode-1-again")  # refused first: the old session
         assert f"SuperNode with node ID {ids[1]} could not be activated" in dep.log_of("superlink")
         runner.join(timeout=1500)
