@@ -2,17 +2,19 @@
 
 Why: Flower 1.42's SuperLink keeps a node ONLINE until ``2 x 30 s`` (heartbeat patience x heartbeat interval,
 neither configurable from the SuperNode) after its last heartbeat. A SuperNode killed with ``kill -9`` sends
-no deactivation, so the same key restarted within that window is refused (``SuperNode with node ID ... could
-not be activated``; Flower's exit code 305, process exit status 1) and ``flower-supernode`` does not retry it. This wrapper runs the command,
-passes its output through, and on that refusal starts it again every ``--every`` seconds until ``--within``
-seconds have passed. The node sees only ``[code: 2004] Failed to activate SuperNode``, the same answer as for
-an unregistered key (the reason stays in the SuperLink's log), so an unregistered key is also retried until
-``--within`` and then fails with the same exit code. Any other exit (a bad flag, a clean stop) is final.
+no deactivation, so the same key restarted within that window is refused (the SuperLink logs ``SuperNode with
+node ID ... could not be activated``; Flower's exit code 305, process exit status 1), and ``flower-supernode``
+does not retry it. This wrapper runs the command, passes its output through, and on that refusal starts it
+again every ``--every`` seconds until ``--within`` seconds have passed. The node sees only ``[code: 2004]
+Failed to activate SuperNode``, the same answer as for an unregistered key (the reason stays in the
+SuperLink's log), so an unregistered key is also retried until ``--within`` and then fails with the same exit
+status. Any other exit (a bad flag, a clean stop) is final.
 
     python -m fedcmi.runtime.rejoin [--within 120] [--every 5] -- flower-supernode ARGS...
 
-A SuperNode killed at time 0 and restarted at once is back at most ``60 s + --every`` later (measured in
-docs/deployment.md). SIGTERM and SIGINT are passed to the SuperNode; the wrapper exits with its exit code.
+A SuperNode killed at time 0 and restarted at once is back at most ``60 s + --every`` plus one start-up later
+(measured in docs/deployment.md). SIGTERM and SIGINT are passed to the SuperNode; the wrapper exits with its
+exit status.
 """
 
 from __future__ import annotations
