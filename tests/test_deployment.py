@@ -225,3 +225,20 @@ def test_a_supernode_killed_and_restarted_rejoins_and_short_rounds_say_so(tmp_pa
               + " | ".join(f"{r['round']}: ok {r['clients_ok']} {r['faults']}" for r in rows[1:]))
     finally:
         _stop_and_check(dep)
+
+
+def test_an_executor_without_the_superexec_secret_is_refused(tmp_path):
+    """With --isolation process the SuperLink hands ServerApp tasks only to an executor holding the SuperExec
+    secret: one without it (anyone who reaches the port) gets 401 and stops; the real one keeps running."""
+    dep = Loopback(tmp_path / "work", tls=True, auth=True, runs_dir=tmp_path / "runs", serverapp="process")
+    try:
+        dep.make_certs(1)
+        dep.start_superlink()
+        dep._spawn("rogue", [dep._tool("flower-superexec"), "--runtime-api-address",
+                             f"127.0.0.1:{dep.superlink_port}", "--root-certificates", str(dep.certs / "ca.crt")],
+                   "rogue")
+        assert dep.wait_exit("rogue", timeout_s=300) is not None, dep.log_of("rogue")[-2000:]
+        assert "SuperExec authentication failed" in dep.log_of("superlink"), dep.log_of("superlink")[-2000:]
+        assert dep.procs["serverapp-superexec"].poll() is None, dep.log_of("serverapp-superexec")[-2000:]
+    finally:
+        _stop_and_check(dep)
