@@ -2,8 +2,10 @@
 
 Insecure and with TLS + SuperNode authentication, both with the long-lived ClientApp worker (the
 documented default; Flower's one-process-per-message SuperExec is measured in docs/deployment.md, not tested here:
-it takes 1-2 minutes a run on two shared cores). Every process is stopped by PID in a
-``finally``; the tests then check that none of them, nor their children, is still alive.
+it takes 1-2 minutes a run on two shared cores). Then docs/deployment.md's trust model and restarts: a hostile
+submitted app against Flower's default and against the ServerApp's own executor run as another user, an
+executor without the SuperExec secret, and a SuperNode killed with kill -9 and restarted. Every process is
+stopped by PID in a ``finally``; the tests then check that none of them, nor their children, is still alive.
 """
 
 from __future__ import annotations
@@ -114,9 +116,12 @@ def _others_can_run_python() -> bool:
     return all(os.stat(d).st_mode & 0o001 for d in real.parents)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not _others_can_run_python(),
-                    reason="runs the ServerApp as another user: needs root and an interpreter others can run")
-@pytest.mark.parametrize("serverapp", ["subprocess", "process"])
+AS_ANOTHER_USER = pytest.mark.skipif(
+    os.geteuid() != 0 or not _others_can_run_python(),
+    reason="runs the ServerApp as another user: needs root and an interpreter others can run")
+
+
+@pytest.mark.parametrize("serverapp", ["subprocess", pytest.param("process", marks=AS_ANOTHER_USER)])
 def test_submitted_serverapp_reaches_superlink_keys_only_without_isolation(tmp_path, serverapp):
     """A hostile app submitted with ``flwr run`` probes for the SuperLink's keys and writes outside the runs
     directory. Flower's default (the ServerApp a child of the SuperLink): it reads the TLS key. The documented
