@@ -9,10 +9,13 @@
 #                                 and any EXTRA_SAN (DNS names or IP addresses of the SuperLink machine)
 #   supernode-<i> supernode-<i>.pub   one OpenSSH ECDSA P-384 key pair per SuperNode (i = 0..N-1);
 #                                 register each .pub with `flwr supernode register`
+#   superexec.secret              the shared secret between the SuperLink and the SuperExec that starts the
+#                                 ServerApps (`--superexec-auth-secret-file`): without it, anyone who reaches
+#                                 the SuperLink's port could take a run's ServerApp task and play the server
 # Existing files are kept, so re-running never invalidates keys that are already registered.
 #
-# Modes: private keys (ca.key, server.key, supernode-<i>) 0600, certificates and .pub files 0644, a new
-# OUT_DIR 0700; all owned by the user running this. Containers need nothing more: docker-compose.yml mounts
+# Modes: private keys (ca.key, server.key, supernode-<i>, superexec.secret) 0600, certificates and .pub
+# files 0644, a new OUT_DIR 0700; all owned by the user running this. Containers need nothing more: docker-compose.yml mounts
 # each container's own files read-only and the image's entrypoint copies them to its unprivileged user.
 set -euo pipefail
 umask 077
@@ -46,7 +49,10 @@ for ((i = 0; i < nodes; i++)); do
     ssh-keygen -q -t ecdsa -b 384 -N "" -C "fedcmi-supernode-$i" -f "supernode-$i"
   fi
 done
-chmod 0600 ca.key server.key
+if [[ ! -f superexec.secret ]]; then
+  openssl rand -hex 32 | tr -d '\n' > superexec.secret
+fi
+chmod 0600 ca.key server.key superexec.secret
 chmod 0644 ca.crt server.pem
 for ((i = 0; i < nodes; i++)); do
   chmod 0600 "supernode-$i"

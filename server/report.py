@@ -30,6 +30,7 @@ class RoundReport:
     timeout: int = 0
     capped: int = 0
     skipped: bool = False
+    shortfall: str | None = None  # why fewer nodes were sampled than clients-per-round (the first fault), if so
     faults: list[str] = field(default_factory=list)
     screened: list[dict[str, Any]] = field(default_factory=list)
 

@@ -176,6 +176,8 @@ class FedCMIStrategy(Strategy):
         self.membership = membership if membership is not None else Membership("claims")
         self.refusals: dict[int, str] = {}  # node id -> why discovery refused it (logged when it changes)
         self.discovery_faults: list[str] = []  # refusals since the last round was recorded
+        self.offline: dict[int, int] = {}  # partition id -> node id of members that left and have not rejoined
+        self.shortfall: str | None = None  # why the latest sample is smaller than clients-per-round, if it is
         self.use_modalities = use_modalities
         self.rng = random.Random(seed)
         self.current_arrays: ArrayRecord | None = None
@@ -295,16 +297,30 @@ class FedCMIStrategy(Strategy):
             for node, member in self.membership.leave_offline(online):
                 log(WARNING, "partition %s (node %s) has left; not sampled until it rejoins", member.partition_id,
                     node)
+                self.offline[member.partition_id] = node
             for node in [n for n in self.refusals if n not in online]:
                 del self.refusals[node]
             if online - set(self.membership.members):
                 self.discover(grid, wait=False)
         by_partition = {m.partition_id: n for n, m in self.membership.members.items() if self.held(m.kind)}
+        for pid in {m.partition_id for m in self.membership.members.values()}:
+            self.offline.pop(pid, None)  # rejoined
         k = min(self.clients_per_round, len(by_partition))
         if k == 0:
             raise NoClientsError(f"no client holds the modalities {self.use_modalities} this strategy trains")
+        self.shortfall = self._shortfall(k, len(by_partition))
         chosen = self.rng.sample(sorted(by_partition), k)
         return [by_partition[p] for p in sorted(chosen)]
+
+    def _shortfall(self, k: int, eligible: int) -> str | None:
+        """A round that samples fewer clients than requested says so in its row (the ``faults`` column), with
+        why: members offline (a SuperNode that died and has not rejoined yet) or too few eligible nodes."""
+        if k >= self.clients_per_round:
+            return None
+        why = [f"{len(self.offline)} node(s) offline (partition {', '.join(map(str, sorted(self.offline)))})"] \
+            if self.offline else []
+        why.append(f"{eligible} admitted node(s) hold {'/'.join(self.use_modalities)}")
+        return f"sampled {k} of clients-per-round={self.clients_per_round}: {'; '.join(why)}"
 
     # --- training -----------------------------------------------------------------------------
     def guidance_for(self, server_round: int) -> Guidance:
@@ -319,7 +335,7 @@ class FedCMIStrategy(Strategy):
         nodes = self.sample(grid)
         content = protocol.train_content(arrays, {**self.run_config, **dict(config)}, server_round,
                                          self.guidance_for(server_round), self.model_spec)
-        report = RoundReport(nodes, [self.membership.members[n].partition_id for n in nodes])
+        report = RoundReport(nodes, [self.membership.members[n].partition_id for n in nodes], shortfall=self.shortfall)
         self.reports[server_round] = report
         log(INFO, "configure_train: round %s, partitions %s", server_round, report.partitions)
         return [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
@@ -423,7 +439,8 @@ class FedCMIStrategy(Strategy):
         report = self.reports.setdefault(server_round, RoundReport())
         current = record_arrays(self.current_arrays) if self.current_arrays else {}
         accepted: list[Accepted] = []
-        faults: list[str] = self.discovery_faults
+        faults: list[str] = [report.shortfall] if report.shortfall else []
+        faults += self.discovery_faults
         self.discovery_faults = []
         failed = rejected = 0
         answered = set()

@@ -97,7 +97,7 @@ def _health_code(service: dict) -> str:
     return test[3]
 
 
-def test_one_superlink_on_port_8000_with_tls_auth_and_a_results_volume(compose):
+def test_one_superlink_on_port_8000_with_tls_auth_and_no_serverapp(compose):
     links = [s for s in compose["services"].values() if _cmd(s)[0] == "flower-superlink"]
     assert len(links) == 1
     link = links[0]
@@ -108,9 +108,34 @@ def test_one_superlink_on_port_8000_with_tls_auth_and_a_results_volume(compose):
     assert "--insecure" not in cmd
     assert not any(re.search(r"909[123]", str(x)) for x in [*cmd, *link["ports"]])  # legacy gRPC ports
     volumes = [m for m in _mounts(link) if m["type"] == "volume"]
-    assert {m["target"] for m in volumes} == {"/app/runs", "/app/state"}
+    assert {m["target"] for m in volumes} == {"/app/state"}  # no results volume: the ServerApp runs elsewhere
     assert _flag(cmd, "--database").startswith("/app/state/")
     assert {m["source"] for m in volumes} <= set(compose["volumes"])
+    assert _flag(cmd, "--isolation") == "process"  # it starts no ServerApp itself
+    assert _flag(cmd, "--superexec-auth-secret-file") == f"{CERTS}/superexec.secret"
+    assert "FEDCMI_RUNS_DIR" not in link["environment"]
+
+
+def test_submitted_serverapps_run_in_their_own_container_without_the_superlinks_keys(compose):
+    """Issue 25, item 1: whoever submits a run runs its ServerApp; it runs in `serverapp`, which holds ca.crt and
+    the SuperExec secret only, writes only to the results volume (read-only root, tmpfs scratch), reaches only
+    the SuperLink (an internal network of the two) and keeps no capability after the entrypoint."""
+    services = compose["services"]
+    [(name, app)] = [(n, s) for n, s in services.items() if _cmd(s)[0] == "flower-superexec"]
+    cmd, link = _cmd(app), _cmd(services["superlink"])
+    assert _flag(cmd, "--runtime-api-address") == "superlink:8000"
+    assert _flag(cmd, "--root-certificates") == f"{CERTS}/ca.crt" and "--insecure" not in cmd
+    assert _flag(cmd, "--superexec-auth-secret-file") == _flag(link, "--superexec-auth-secret-file")
+    assert set(_key_mounts(app)) == {"ca.crt", "superexec.secret"}
+    assert [(m["source"], m["target"]) for m in _mounts(app) if m["type"] == "volume"] == [
+        ("fedcmi-results", "/app/runs")]
+    assert app["environment"]["FEDCMI_RUNS_DIR"] == "/app/runs"
+    assert app["read_only"] is True and "/app/certs" in app["tmpfs"]  # the entrypoint's copies: tmpfs
+    assert app["cap_drop"] == ["ALL"] and "no-new-privileges" in app["security_opt"]
+    assert set(app["cap_add"]) <= {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"}
+    assert list(_networks(app)) == ["server"] and compose["networks"]["server"]["internal"] is True
+    assert sorted(n for n, s in services.items() if "server" in _networks(s)) == sorted([name, "superlink"])
+    assert "ports" not in app
 
 
 def test_at_least_three_supernodes_mixing_multimodal_and_unimodal(compose):
@@ -178,6 +203,8 @@ def test_each_container_mounts_only_the_key_files_it_uses(compose):
             assert private == {name}, name  # a SuperNode gets its own key and no other node's
         elif name == "superlink":
             assert private == {"server.key"}
+        elif _cmd(service)[0] == "flower-superexec":
+            assert set(keys) == {"ca.crt", "superexec.secret"}, name  # the ServerApps' container: no TLS key
         else:
             assert not keys, name  # the workers need none
 
@@ -240,7 +267,8 @@ def test_makefile_torch_index_knob():
 
 def test_cert_script_modes_and_every_mounted_file(compose, certs):
     assert stat.S_IMODE(certs.stat().st_mode) == 0o700
-    private = ["ca.key", "server.key", *(f"supernode-{i}" for i in range(len(_supernodes(compose))))]
+    private = ["ca.key", "server.key", "superexec.secret",
+               *(f"supernode-{i}" for i in range(len(_supernodes(compose))))]
     public = ["ca.crt", "server.pem", *(f"supernode-{i}.pub" for i in range(len(_supernodes(compose))))]
     for name in private:
         assert stat.S_IMODE((certs / name).stat().st_mode) == 0o600, name

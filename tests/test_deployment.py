@@ -2,22 +2,30 @@
 
 Insecure and with TLS + SuperNode authentication, both with the long-lived ClientApp worker (the
 documented default; Flower's one-process-per-message SuperExec is measured in docs/deployment.md, not tested here:
-it takes 1-2 minutes a run on two shared cores). Every process is stopped by PID in a
-``finally``; the tests then check that none of them, nor their children, is still alive.
+it takes 1-2 minutes a run on two shared cores). Then docs/deployment.md's trust model and restarts: a hostile
+submitted app against Flower's default and against the ServerApp's own executor run as another user, an
+executor without the SuperExec secret, and a SuperNode killed with kill -9 and restarted. Every process is
+stopped by PID in a ``finally``; the tests then check that none of them, nor their children, is still alive.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from fedcmi.runtime.loopback import Loopback, partition_sizes
+from fedcmi.runtime.loopback import FEDERATION, Loopback, partition_sizes
 from fedcmi.runtime.processes import alive
+
+HOSTILE_APP = Path(__file__).parent / "hostile_app"
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("ssh-keygen") is None
@@ -98,5 +106,145 @@ def test_tls_deployment_with_node_authentication(tmp_path):
             replies = list(csv.DictReader(fh))
         assert {(int(r["partition"]), float(r["weight"])) for r in replies} <= {(i, sizes[i]) for i in range(NODES)}
         assert "https" in dep.log_of("superlink").lower() or "ssl" in dep.log_of("superlink").lower()
+    finally:
+        _stop_and_check(dep)
+
+
+def _others_can_run_python() -> bool:
+    """Whether another user can start this interpreter: every directory above it is searchable by others (on
+    machines where Python lives under a 0700 /root, e.g. pyenv's, no other user can run the ServerApp)."""
+    real = Path(sys.executable).resolve()
+    return all(os.stat(d).st_mode & 0o001 for d in real.parents)
+
+
+AS_ANOTHER_USER = pytest.mark.skipif(
+    os.geteuid() != 0 or not _others_can_run_python(),
+    reason="runs the ServerApp as another user: needs root and an interpreter others can run")
+
+
+@pytest.mark.parametrize("serverapp", ["subprocess", pytest.param("process", marks=AS_ANOTHER_USER)])
+def test_submitted_serverapp_reaches_superlink_keys_only_without_isolation(tmp_path, serverapp):
+    """A hostile app submitted with ``flwr run`` probes for the SuperLink's keys and writes outside the runs
+    directory. Flower's default (the ServerApp a child of the SuperLink): it reads the TLS key. The documented
+    deployment (``--isolation process``, the ServerApp's SuperExec as another user with its own directory):
+    the key, the SuperExec secret copy of the SuperLink and the SuperLink's environment are out of reach, and
+    it writes into the runs directory only (of the paths tried; /tmp stays writable without a container)."""
+    isolated = serverapp == "process"
+    # The ServerApp user must reach its own directory: not under pytest's tmp_path (0700, root's).
+    home = Path(tempfile.mkdtemp(prefix="fedcmi-serverapp-"))
+    home.chmod(0o755)
+    runs = home / "runs"
+    runs.mkdir()
+    dep = Loopback(tmp_path / "work", tls=True, auth=True, runs_dir=runs, serverapp=serverapp,
+                   serverapp_user="nobody" if isolated else None, serverapp_dir=home / "superexec")
+    try:
+        dep.make_certs(1)
+        dep.start_superlink()
+        key, secret = dep.certs / "server.key", dep.certs / "superexec.secret"
+        outside = [home / "outside.txt", dep.work / "superlink" / "outside.txt", tmp_path / "outside.txt"]
+        inside = runs / "inside.txt"
+        config = (f'read-paths="{key},{secret}" '
+                  f'write-paths="{",".join(str(p) for p in [*outside, inside])}"')
+        proc = dep.flwr("run", str(HOSTILE_APP), FEDERATION, "--stream", "--run-config", config)
+        stream = proc.stdout + proc.stderr
+        assert (runs / "probe.json").exists(), stream[-3000:] + dep.log_of("serverapp-superexec")[-3000:]
+        report = json.loads((runs / "probe.json").read_text())
+        found = report["superlink"]["paths"]
+        assert str(key) in found, report  # the key's path is on the SuperLink's command line either way
+        assert report["write"][str(inside)] == "written"
+        if not isolated:  # issue 25, item 1: what Flower's default lets a submission do
+            assert report["read"][str(key)].startswith("read"), report
+            assert all(report["write"][str(p)] == "written" for p in outside), report
+            return
+        assert report["uid"] != 0
+        assert "FEDCMI_SERVER_CONFIG" not in dep.env("superlink") and "--ssl-keyfile" not in \
+            " ".join(dep.procs["serverapp-superexec"].args)
+        for path in (str(key), str(secret)):
+            assert report["read"][path].startswith("PermissionError"), report
+        assert all(v.startswith("PermissionError") for v in found.values()), report
+        assert all(v.startswith("PermissionError") for v in report["superlink"]["environ"].values()), report
+        assert not [v for v in report["env"].values() if v.startswith(str(dep.certs))], report  # no key path in its env
+        for path in outside:
+            assert report["write"][str(path)].startswith("PermissionError"), report
+            assert not path.exists()
+    finally:
+        _stop_and_check(dep)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    if not (out / "metrics.csv").exists():
+        return []
+    with open(out / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_a_supernode_killed_and_restarted_rejoins_and_short_rounds_say_so(tmp_path):
+    """Issue 25, item 3: SuperNode 1 (and its worker) killed with kill -9 after round 1, restarted 8 s later with
+    the same key under fedcmi.runtime.rejoin. The SuperLink refuses it until the old session expires (at most
+    60 s after its last heartbeat); the wrapper retries and it trains again in later rounds. Every round with
+    fewer good replies than clients-per-round names why in its faults column."""
+    dep = Loopback(tmp_path / "work", tls=True, auth=True, isolation="warm", runs_dir=tmp_path)
+    out = tmp_path / "run"
+    result: dict[str, object] = {}
+    try:
+        dep.make_certs(NODES)
+        dep.server_config = dep.work / "server.toml"
+        dep.server_config.write_text("round-timeout = 30\n")
+        dep.start_superlink()
+        ids = []
+        for i in range(NODES):
+            ids.append(dep.register(i))
+            dep.start_supernode(f"supernode-{i}", f"partition-id={i} num-partitions={NODES}", dep.key(i), rejoin=True)
+        dep.wait_ready()
+        config = {**TINY, "num-server-rounds": 6, "clients-per-round": NODES, "run-name": out.name}
+        runner = threading.Thread(target=lambda: result.update(proc=dep.run(config, timeout_s=1500)), daemon=True)
+        runner.start()
+        deadline = time.monotonic() + 900
+        while len(_rows(out)) < 2 and runner.isalive() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(_rows(out)) >= 2, dep.log_of("superlink")[-2000:]
+        dep.kill9("supernode-1", "supernode-1-warm")
+        killed = time.monotonic()
+        time.sleep(8)
+        dep.start_supernode("supernode-1-again", f"partition-id=1 num-partitions={NODES}", dep.key(1), rejoin=True)
+        activated = f"Activated node_id={ids[1]}"
+        while dep.log_of("superlink").count(activated) < 2 and time.monotonic() - killed < 180:
+            time.sleep(1)
+        rejoined_s = time.monotonic() - killed
+        assert dep.log_of("superlink").count(activated) == 2, dep.log_of("supernode-1-again")[-3000:]
+        # The old session expires at most 60 s after the kill; then one retry interval (2 s) and one SuperNode
+        # start-up (5-7 s per try measured under load 10 on 2 cores; 20 s allowed).
+        assert rejoined_s <= 60 + 2 + 20, rejoined_s
+        assert "Failed to activate SuperNode" in dep.log_of("supernode-1-again")  # refused first: the old session
+        assert f"SuperNode with node ID {ids[1]} could not be activated" in dep.log_of("superlink")
+        runner.join(timeout=1500)
+        proc = result["proc"]
+        stream = proc.stdout + proc.stderr
+        rows = _rows(out)
+        status = json.loads((out / "status.json").read_text())["status"]
+        assert status == "complete" and len(rows) == 7, stream[-3000:]
+        short = [r for r in rows[1:] if int(r["clients_ok"]) < NODES]
+        assert short and all(r["faults"] for r in short), short  # fewer replies than requested: marked
+        assert int(rows[-1]["clients_ok"]) == NODES, rows[-1]  # the restarted node trains again
+        print(f"rejoined {rejoined_s:.1f} s after kill -9; rows: "
+              + " | ".join(f"{r['round']}: ok {r['clients_ok']} {r['faults']}" for r in rows[1:]))
+    finally:
+        _stop_and_check(dep)
+
+
+def test_an_executor_without_the_superexec_secret_is_refused(tmp_path):
+    """With --isolation process the SuperLink hands ServerApp tasks only to an executor holding the SuperExec
+    secret: one without it (anyone who reaches the port) gets 401 and stops; the real one keeps running."""
+    dep = Loopback(tmp_path / "work", tls=True, auth=True, runs_dir=tmp_path / "runs", serverapp="process")
+    try:
+        dep.make_certs(1)
+        dep.start_superlink()
+        dep._spawn("rogue", [dep._tool("flower-superexec"), "--runtime-api-address",
+                             f"127.0.0.1:{dep.superlink_port}", "--root-certificates", str(dep.certs / "ca.crt")],
+                   "rogue")
+        assert dep.wait_exit("rogue", timeout_s=300) is not None, dep.log_of("rogue")[-2000:]
+        assert "SuperExec authentication failed" in dep.log_of("superlink"), dep.log_of("superlink")[-2000:]
+        assert dep.procs["serverapp-superexec"].poll() is None, dep.log_of("serverapp-superexec")[-2000:]
     finally:
         _stop_and_check(dep)

@@ -200,3 +200,23 @@ def test_faults_are_listed_in_partition_order_whatever_order_the_replies_arrive_
     faults, _ = results[0]
     assert [f.split(":")[0] for f in faults] == ["partition 1", "partition 3"]
     assert results[0] == results[1]
+
+
+def test_a_round_sampling_fewer_than_clients_per_round_says_so_in_its_faults():
+    """A SuperNode that died leaves the round short of clients-per-round; the row says so,
+    naming the partition that is offline, until the node rejoins."""
+    nodes = {11: (0, "mm"), 12: (1, "a"), 13: (2, "b")}
+    s = FedCMIStrategy(clients_per_round=3, model_spec=ModelSpec(2, (1,), (1,)), run_config={}, seed=1)
+    grid = FakeGrid(dict(nodes))
+    s.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+    s.aggregate_train(1, [])
+    assert not any(f.startswith("sampled") for f in s.reports[1].faults)
+    gone = grid.nodes.pop(12)
+    assert len(s.configure_train(2, ArrayRecord(), ConfigRecord(), grid)) == 2
+    s.aggregate_train(2, [])
+    assert s.reports[2].faults[0] == ("sampled 2 of clients-per-round=3: 1 node(s) offline (partition 1); "
+                                           "2 admitted node(s) hold a/b")
+    grid.nodes[22] = gone  # restarted under a new node id (same key: the same id; either way it is admitted)
+    assert len(s.configure_train(3, ArrayRecord(), ConfigRecord(), grid)) == 3
+    s.aggregate_train(3, [])
+    assert not any(f.startswith("sampled") for f in s.reports[3].faults) and s.offline == {}

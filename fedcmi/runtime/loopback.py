@@ -20,7 +20,10 @@ import argparse
 import json
 import logging
 import os
+import pwd
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CERT_SCRIPT = ROOT / "deploy" / "make-certs.sh"
 FEDERATION = "fedcmi-loopback"
 ISOLATIONS = ("warm", "subprocess", "process")
+SERVERAPP_ISOLATIONS = ("subprocess", "process")
+SECRET = "superexec.secret"  # the SuperLink <-> ServerApp SuperExec shared secret (deploy/make-certs.sh)
 # How often a SuperExec asks for new tasks (Flower's default is 1 s; each round waits for it twice).
 POLL_INTERVAL_S = "0.2"
 
@@ -60,6 +65,16 @@ class Loopback:
         ``subprocess``: each SuperNode spawns its own ``flower-superexec``, which starts one ClientApp
         process per message (Flower's default). ``process``: ``--isolation process`` with a
         ``flower-superexec`` started here next to each SuperNode (still one process per message).
+    serverapp : str
+        Where the submitted ServerApp runs. ``subprocess``: a child of the SuperLink (Flower's default),
+        with the SuperLink's user, working directory and environment. ``process``: the SuperLink runs with
+        ``--isolation process`` and a ``flower-superexec`` started here, with only ``ca.crt`` and the
+        SuperExec secret, its own working directory ``serverapp_dir``, an environment that names no key
+        file, and the run directories; the SuperLink's environment has no ``FEDCMI_*`` setting.
+    serverapp_user : str | None
+        With ``serverapp="process"`` and when started as root: run that SuperExec (and so every ServerApp)
+        as this user (``setpriv``), which cannot read the SuperLink's 0600 key files. ``serverapp_dir`` and
+        the runs directory are given to it; nothing else is.
     """
 
     work: Path
@@ -71,34 +86,50 @@ class Loopback:
     superlink_port: int = 0
     runs_dir: Path | None = None  # the ServerApp's run directories (FEDCMI_RUNS_DIR); default work/runs
     server_config: Path | None = None  # the server's own keys (FEDCMI_SERVER_CONFIG), e.g. the node registry
+    serverapp: str = "subprocess"
+    serverapp_user: str | None = None
+    serverapp_dir: Path | None = None  # the ServerApp SuperExec's cwd and FLWR_HOME; default work/serverapp
 
     def __post_init__(self) -> None:
         if self.auth and not self.tls:
             raise ValueError("SuperNode authentication needs TLS (Flower refuses it over an insecure link)")
         if self.isolation not in ISOLATIONS:
             raise ValueError(f"isolation={self.isolation!r}: must be one of {', '.join(ISOLATIONS)}")
+        if self.serverapp not in SERVERAPP_ISOLATIONS:
+            raise ValueError(f"serverapp={self.serverapp!r}: must be one of {', '.join(SERVERAPP_ISOLATIONS)}")
+        if self.serverapp_user and (self.serverapp != "process" or os.geteuid() != 0):
+            raise ValueError("serverapp_user needs serverapp='process' and a launcher running as root")
         self.work = Path(self.work).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
         self.runs_dir = Path(self.runs_dir or self.work / "runs").resolve()
+        self.serverapp_dir = Path(self.serverapp_dir or self.work / "serverapp").resolve()
         self.certs = self.work / "certs"
 
     # --- environment ----------------------------------------------------------------------------
-    def env(self, home: str) -> dict[str, str]:
-        """Offline and quiet: no telemetry, no update check, no runtime ``uv sync`` of the app's deps."""
-        return {**os.environ, "FLWR_HOME": str(self.work / home), "FLWR_TELEMETRY_ENABLED": "0",
+    def env(self, home: str | Path, server: bool = False) -> dict[str, str]:
+        """Offline and quiet: no telemetry, no update check, no runtime ``uv sync`` of the app's deps.
+
+        ``server``: the process that runs ServerApps, which alone gets the server's settings."""
+        base = {k: v for k, v in os.environ.items() if k not in ("FEDCMI_RUNS_DIR", "FEDCMI_SERVER_CONFIG")}
+        settings = {"FEDCMI_RUNS_DIR": str(self.runs_dir),
+                    **({"FEDCMI_SERVER_CONFIG": str(self.server_config)} if self.server_config else {})}
+        return {**base, "FLWR_HOME": str(self.work / home), "FLWR_TELEMETRY_ENABLED": "0",
                 "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                 "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": POLL_INTERVAL_S, "HF_DATASETS_OFFLINE": "1",
-                "FEDCMI_RUNS_DIR": str(self.runs_dir),
-                **({"FEDCMI_SERVER_CONFIG": str(self.server_config)} if self.server_config else {}),
+                **(settings if server else {}),
                 "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def _tool(self, name: str) -> str:
         return str(self.bin_dir / name)
 
-    def _spawn(self, name: str, cmd: list[str], home: str) -> subprocess.Popen:
-        (self.work / home).mkdir(parents=True, exist_ok=True)
+    def _spawn(self, name: str, cmd: list[str], home: str | Path, server: bool = False) -> subprocess.Popen:
+        cwd = self.work / home  # an absolute ``home`` stays as it is
+        cwd.mkdir(parents=True, exist_ok=True)
+        env = self.env(home, server)
+        if server and self.serverapp == "process":
+            env["HOME"] = str(cwd)
         log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - closed when the process is stopped
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(home), cwd=self.work / home)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         log.close()
         self.procs[name] = proc
         logger.info("started %s (pid %s): %s", name, proc.pid, " ".join(cmd))
@@ -119,7 +150,8 @@ class Loopback:
 
     # --- processes --------------------------------------------------------------------------------
     def start_superlink(self) -> None:
-        """The SuperLink: one port for all its APIs; its own SuperExec runs the ServerApp of each run."""
+        """The SuperLink: one port for all its APIs. The ServerApp of each run is started by its own SuperExec
+        (``serverapp="subprocess"``) or by the one :meth:`start_serverapp_executor` starts (``"process"``)."""
         self.superlink_port = free_port()
         cmd = [self._tool("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.superlink_port),
                "--disable-runtime-dependency-installation"]
@@ -130,9 +162,48 @@ class Loopback:
             cmd += ["--insecure"]
         if self.auth:
             cmd += ["--enable-supernode-auth"]
-        self._spawn("superlink", cmd, "superlink")
+        if self.serverapp == "process":
+            cmd += ["--isolation", "process", "--superexec-auth-secret-file", str(self._secret())]
+        self._spawn("superlink", cmd, "superlink", server=self.serverapp == "subprocess")
         self._write_connection()
         self._wait_for_port(self.superlink_port, "superlink")
+        if self.serverapp == "process":
+            self.start_serverapp_executor()
+
+    def _secret(self) -> Path:
+        """The SuperExec secret: ``deploy/make-certs.sh`` writes it with the certificates; made here otherwise."""
+        secret = self.certs / SECRET
+        if not secret.exists():
+            self.certs.mkdir(mode=0o700, parents=True, exist_ok=True)
+            secret.write_text(os.urandom(32).hex())
+            secret.chmod(0o600)
+        return secret
+
+    def start_serverapp_executor(self) -> subprocess.Popen:
+        """The SuperExec that runs every ServerApp, away from the SuperLink (``--isolation process``).
+
+        It gets what a ServerApp container gets: ``ca.crt`` (to check the SuperLink's certificate) and a copy of
+        the SuperExec secret in its own directory, the run directories, the server's settings. With
+        ``serverapp_user`` it runs as that user, which owns ``serverapp_dir`` and the runs directory only."""
+        home = self.serverapp_dir
+        home.mkdir(parents=True, exist_ok=True)
+        secret = home / SECRET
+        shutil.copyfile(self._secret(), secret)
+        secret.chmod(0o400)
+        cmd = [self._tool("flower-superexec"), "--runtime-api-address", f"127.0.0.1:{self.superlink_port}",
+               "--superexec-auth-secret-file", str(secret)]
+        if self.tls:
+            shutil.copyfile(self.certs / "ca.crt", home / "ca.crt")
+            cmd += ["--root-certificates", str(home / "ca.crt")]
+        else:
+            cmd += ["--insecure"]
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        if self.serverapp_user:
+            pw = pwd.getpwnam(self.serverapp_user)
+            for path in (home, self.runs_dir, *home.iterdir()):
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+            cmd = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", "--", *cmd]
+        return self._spawn("serverapp-superexec", cmd, home, server=True)
 
     def _write_connection(self) -> None:
         """``$FLWR_HOME/config.toml`` of the CLI: where ``flwr run . fedcmi-loopback`` connects."""
@@ -179,10 +250,11 @@ class Loopback:
         return registry
 
     def start_supernode(self, name: str, node_config: str, key: Path | None = None,
-                        executor: bool = True) -> subprocess.Popen:
+                        executor: bool = True, rejoin: bool = False) -> subprocess.Popen:
         """A SuperNode with its node config; ``key`` is its private key when authentication is on.
 
-        ``executor=False`` starts no worker/SuperExec next to it (a node expected to be refused).
+        ``executor=False`` starts no worker/SuperExec next to it (a node expected to be refused). ``rejoin``: under
+        ``python -m fedcmi.runtime.rejoin``, which retries while the SuperLink still holds the key's old session.
         """
         port = free_port()
         cmd = [self._tool("flower-supernode"), "--superlink", f"127.0.0.1:{self.superlink_port}",
@@ -191,6 +263,8 @@ class Loopback:
         cmd += ["--root-certificates", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
         if key is not None:
             cmd += ["--auth-supernode-private-key", str(key)]
+        if rejoin:
+            cmd = [sys.executable, "-m", "fedcmi.runtime.rejoin", "--every", "2", "--", *cmd]
         proc = self._spawn(name, cmd, name)
         if executor and self.isolation != "subprocess":  # the SuperNode spawns nothing: run its executor next to it
             self._wait_for_port(port, name)
@@ -239,6 +313,16 @@ class Loopback:
             except subprocess.TimeoutExpired:
                 pass
 
+    def kill9(self, *names: str) -> None:
+        """``kill -9`` these processes and their children, as a crash would (no deactivation is sent)."""
+        for name in names:
+            for pid in [self.procs[name].pid, *descendants(self.procs[name].pid)]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.procs[name].wait(timeout=10)
+
     def pids(self) -> list[int]:
         """Live PIDs of the started processes and their children."""
         out = []
@@ -256,9 +340,11 @@ def partition_sizes(run_config: dict[str, object]) -> list[int]:
 
 
 def demo(work: Path, out: Path, *, tls: bool, isolation: str, rounds: int = 2, num_nodes: int = 3,
-         extra: dict[str, object] | None = None) -> tuple[subprocess.CompletedProcess, float]:
+         extra: dict[str, object] | None = None, serverapp: str = "process",
+         serverapp_user: str | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """Start a loopback federation, run ``rounds`` rounds of fedcmi, stop everything; (flwr run, wall s)."""
-    dep = Loopback(work, tls=tls, auth=tls, isolation=isolation, runs_dir=out.parent)
+    dep = Loopback(work, tls=tls, auth=tls, isolation=isolation, runs_dir=out.parent, serverapp=serverapp,
+                   serverapp_user=serverapp_user)
     try:
         if tls:
             dep.make_certs(num_nodes)
@@ -290,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
                                      description="fedcmi on a loopback Flower deployment (SuperLink + SuperNodes)")
     parser.add_argument("--tls", action="store_true", help="HTTPS + SuperNode authentication")
     parser.add_argument("--isolation", choices=ISOLATIONS, default="warm")
+    parser.add_argument("--serverapp", choices=SERVERAPP_ISOLATIONS, default="process",
+                        help="process (default): the ServerApp runs under its own SuperExec, not the SuperLink's")
+    parser.add_argument("--serverapp-user", default=None,
+                        help="run that SuperExec as this user (launcher started as root; docs/deployment.md)")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/deploy-demo/work"))
@@ -298,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or Path("runs/deploy-demo") / time.strftime("%Y%m%d-%H%M%S")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     proc, wall = demo(args.work, args.out, tls=args.tls, isolation=args.isolation, rounds=args.rounds,
-                      num_nodes=args.nodes)
+                      num_nodes=args.nodes, serverapp=args.serverapp, serverapp_user=args.serverapp_user)
     status = run_status(args.out) or "missing"
     print(proc.stdout[-3000:])
     print(f"deploy-demo: {args.rounds} rounds, {args.nodes} SuperNodes, tls={args.tls}, isolation={args.isolation}: "

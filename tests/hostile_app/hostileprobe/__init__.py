@@ -1,0 +1,1 @@
+"""A hostile ServerApp: what can a submitted app reach on the machine that runs it?"""
