@@ -13,6 +13,7 @@ import copy
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from fedcmi.npy import record_state_dict
 from fedcmi.runs.checkpoint import save_checkpoint
 from fedcmi.runs.layout import COMPLETE, CONFIG_FILE, FAILED, INTERRUPTED, has_checkpoint, run_status
 from fedcmi.runs.run_dir import RunDirectory, config_hash, default_run_dir, resumable
-from fedcmi.runtime.interrupt import STOP, Interrupted, StoppableGrid
+from fedcmi.runtime.interrupt import STOP, Interrupted, StoppableGrid, at_hard_exit
 from server.pipeline import Recorder, RoundSnapshot
 from server.report import RoundReport
 from server.strategy import FedCMIStrategy
@@ -191,6 +192,11 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         STOP.check()
         recorder.submit(snapshot(server_round, arrays))
 
+    def hard_exit(signum: int) -> None:
+        """A second Ctrl-C leaves at once: the folder still says where it stopped."""
+        done = len(run_dir.rows) - 1
+        run_dir.finish(INTERRUPTED, rounds=done if done >= 0 else None, signal=signal.Signals(signum).name)
+
     try:
         if checkpoint is None:
             arrays = ArrayRecord(model.state_dict())
@@ -201,8 +207,9 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
             strategy.load_state(checkpoint.strategy)
             first = checkpoint.round + 1
             logger.info("resuming %s after round %s", out, checkpoint.round)
-        arrays = run_rounds(strategy, grid, arrays, range(first, cfg.num_server_rounds + 1), cfg.round_timeout,
-                            cfg.max_consecutive_skips, end_of_round)
+        with at_hard_exit(hard_exit):
+            arrays = run_rounds(strategy, grid, arrays, range(first, cfg.num_server_rounds + 1), cfg.round_timeout,
+                                cfg.max_consecutive_skips, end_of_round)
         recorder.drain()
         STOP.check()
         model.load_state_dict(record_state_dict(arrays))

@@ -206,3 +206,39 @@ def test_ctrl_c_stops_a_bench_and_keeps_finished_cells(tmp_path):
         assert status["status"] == "interrupted" or name.startswith("fedavg"), statuses
         if status["status"] == "interrupted":  # its last complete round is the one its checkpoint holds
             assert status["rounds"] == _round_done(out / "cells" / name) >= 0, status
+
+
+def test_a_second_ctrl_c_leaves_at_once_and_no_cell_says_running(tmp_path):
+    """The first Ctrl-C asks to stop; a second one right after exits at once (130), and every cell that was
+    training says `interrupted` with its last recorded round, never `running`."""
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "fedcmi.cli", "bench", "--strategies", "fedavg,fedcmi", "--alphas", "1",
+           "--mixes", "0.5:0.5", "--seeds", "1", "--jobs", "2", "--out", str(out), *ARGS]
+    marker = uuid.uuid4().hex
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=_env(marker))
+    try:
+        deadline = time.monotonic() + 400
+        while not any(_round_done(c) >= 1 for c in (out / "cells").glob("*fedcmi*")):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        time.sleep(1.0)
+        assert _marked(marker) == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in _marked(marker):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    # the hard exit: no orderly closing line (the first stop had not finished when the second signal came)
+    assert stderr.strip().splitlines()[-1].startswith("fedcmi: stopped at once (second SIGINT)"), stderr[-2000:]
+    statuses = {c.name: json.loads((c / "status.json").read_text()) for c in (out / "cells").iterdir()}
+    assert statuses and all(s["status"] in ("complete", "interrupted") for s in statuses.values()), statuses
+    for name, status in statuses.items():
+        if status["status"] == "interrupted":
+            assert status["rounds"] == len(json.loads((out / "cells" / name / "metrics.json").read_text())) - 1

@@ -76,12 +76,34 @@ STOP = StopFlag()
 
 
 _installed = threading.local()
+# Called with the signal number when a second signal ends the process at once (run directories mark themselves
+# interrupted: without this, every bench cell still training would say "running" forever).
+_HARD_EXIT_HOOKS: list[Any] = []
+
+
+@contextlib.contextmanager
+def at_hard_exit(hook: Any) -> Iterator[None]:
+    """For the duration, ``hook(signum)`` runs (errors ignored) before a second signal exits the process."""
+    _HARD_EXIT_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            _HARD_EXIT_HOOKS.remove(hook)
 
 
 def _handler(signum: int, frame: Any) -> None:
-    if STOP.is_set():  # the user asked twice: kill what the run started and leave now
+    if STOP.is_set():  # the user asked twice: record where each run stopped, kill what they started, leave now
+        for hook in list(_HARD_EXIT_HOOKS):
+            try:
+                hook(signum)
+            except Exception:  # noqa: BLE001 - leaving is what was asked; a hook must not stop it
+                pass
         for token in list(LIVE_TOKENS):
             token.kill_all(grace_s=0.0)
+        name = signal.Signals(signum).name
+        os.write(2, f"fedcmi: stopped at once (second {name}); each run says where it stopped in its "
+                    "status.json and continues with --resume\n".encode())
         os._exit(128 + signum)
     logger.info("%s received: stopping the run", signal.Signals(signum).name)
     STOP.request(signum)
