@@ -49,6 +49,10 @@ def test_summary_table_from_rows():
     assert lines["fedavg"].endswith("| (reference) | – |")
     assert lines["unimodal-audio"].endswith("| +0.000 ± 1.271 (tie) | 1.000 |")
     assert "Seeds: 0, 1." in md
+    assert "own variant" not in md  # no fedcmi-plus here
+    plus = summary_markdown([{**r, "strategy": "fedcmi-plus"} for r in rows if r["strategy"] == "fedcmi"] + rows,
+                            ("audio", "visual"), "x")
+    assert "`fedcmi-plus`: fedcmi's own variant, not a published method" in plus
 
 
 def test_summary_paired_column_names_a_clear_win():

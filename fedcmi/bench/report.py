@@ -13,6 +13,7 @@ import numpy as np
 
 from fedcmi.bench.plan import BenchPlan, Cell, alpha_label, cell_complete
 from fedcmi.bench.stats import holm, paired_difference, paired_p_value, t_interval, verdict
+from fedcmi.methods.registry import METHODS
 from fedcmi.methods.unimodal import display_name
 from fedcmi.metrics import (
     ACC_MM,
@@ -173,6 +174,10 @@ def summary_markdown(finals: Sequence[dict[str, Any]], names: tuple[str, str], c
              "rounds.csv). `Holm p`: the paired t-test's p-value against fedavg, Holm-adjusted over the table's "
              "comparisons: with many strategies some 'better' verdicts are expected by chance; below 0.05 one "
              "holds for the whole table.", "", f"Seeds: {seed_text(sorted({int(r['seed']) for r in finals}))}.", ""]
+    ours = sorted({r["strategy"] for r in finals if _is_ours(str(r["strategy"]), names)})
+    if ours:
+        lines += [", ".join(f"`{s}`" for s in ours) + ": fedcmi's own variant, not a published method "
+                  "(docs/method.md).", ""]
     note = replies_note(finals, see="the replies column")
     if note:
         lines[4:4] = ["Replies" + note.removeprefix("replies") + ".", ""]
@@ -232,6 +237,11 @@ def _versus(rows: dict[int, dict[str, Any]], reference: dict[int, dict[str, Any]
     if diff.n < 2:  # no interval: the difference, and that it decides nothing
         return f"{diff.mean:+.3f}, {verdict(diff)}"
     return f"{diff.mean:+.3f} ± {diff.half_width:.3f} ({verdict(diff)})"
+
+
+def _is_ours(strategy: str, names: tuple[str, str]) -> bool:
+    spec = METHODS.get(_method_of(strategy, names))
+    return bool(spec and spec.ours)
 
 
 def _method_of(strategy: str, names: tuple[str, str]) -> str:

@@ -51,7 +51,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
                "fusion head on the unimodal (self, "
                "infiltration) pairs, so infiltration features are accepted in the missing slot (lambda-cross)",
                "fedcmi.methods.fedcmi:build", model="fedcmi", uses=FEDCMI_USES,
-               defining={"lambda-cross": POSITIVE}, infiltration_path=True),
+               defining={"lambda-cross": POSITIVE}, infiltration_path=True, ours=True),
     _fedcmi("fedcmi-noinf", "ablation: no infiltration distillation", {"lambda-cmi": 0.0},
             {"lambda-cmi": equals(0.0)}),
     _fedcmi("fedcmi-single", "ablation: single projector (distil into the weak self projector; unimodal clients "

@@ -41,7 +41,7 @@ class MethodSpec:
     or ``"concat"``. ``modalities``: what it trains and is evaluated on (unimodal baselines: one). ``uses``: the
     method keys it reads; ``defaults``: its values for keys the user did not set; ``defining``: keys whose
     value makes it this method (a contradicting user value is refused). ``infiltration_path``: evaluate a
-    modality alone through its infiltration projector (else zero-filled).
+    modality alone through its infiltration projector (else zero-filled). ``ours``: fedcmi's own variant.
     """
 
     name: str
@@ -53,6 +53,7 @@ class MethodSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     defining: Mapping[str, Constraint] = field(default_factory=dict)
     infiltration_path: bool = False
+    ours: bool = False  # fedcmi's own variant, not a published method: labelled wherever results are shown
 
     def build(self, cfg: RunConfig) -> LocalMethod:
         """A fresh ``LocalMethod`` for one client round (imports the method's module the first time)."""
