@@ -21,7 +21,7 @@ from torch import nn
 from fedcmi.data.base import ClientData
 from fedcmi.methods.sgd import SGD
 
-KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr")  # read by the server for every method
+KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr", "ccvr-moments")  # read by the server for every method
 
 
 @dataclass(frozen=True)
