@@ -294,3 +294,56 @@ def test_client_moments_round_trip_and_only_multimodal_nodes_measure_them():
         back = protocol.read_moments_reply(protocol.moments_reply(features, client.partition_id), spec.num_classes)
         assert back.partition_id == client.partition_id and np.array_equal(back.features.outer, features.outer)
     assert "mm" in kinds and len(kinds) > 1
+
+
+@pytest.mark.slow
+def test_fresh_and_received_runs_through_flower(tmp_path):
+    """Two small simulations, the same but for ccvr-moments: both complete with the same training (loss
+    columns), the fresh one sends EVALUATE messages after every round to the multimodal nodes only, its rows
+    and saved model are calibrated differently, and a node failing its moments request is a fault, not a crash."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from fedcmi.config import effective
+    from fedcmi.config.parse import parse_overrides
+    from fedcmi.data.partition import federation
+
+    root = Path(__file__).parents[1]
+    keys = ["num-clients=4", "clients-per-round=2", "num-server-rounds=3", "train-size=600", "test-size=200",
+            "local-epochs=1", "ccvr-steps=5"]
+    cfg = effective(parse_overrides(keys))
+    multimodal = sorted(c.partition_id for c in federation(cfg) if c.kind == "mm")
+    assert 0 < len(multimodal) < cfg.num_clients
+    failing = multimodal[-1]
+    rows, traces = {}, {}
+    for mode in ("fresh", "received"):
+        out, trace = tmp_path / mode, tmp_path / f"{mode}.trace"
+        cmd = [sys.executable, str(root / "tests" / "support" / "faulty_run.py"), "--faults", f"moments:{failing}@2",
+               "--trace", str(trace), "simulate", "--out", str(out), *keys, f"ccvr-moments={mode}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600,
+                              env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((out / "status.json").read_text())["status"] == "complete"
+        rows[mode] = json.loads((out / "metrics.json").read_text())
+        traces[mode] = trace.read_text().split("\n") if trace.exists() else []
+        saved, checkpoint = load_file(str(out / "model.safetensors")), load_file(str(out / "checkpoint" /
+                                                                                     "model-3.safetensors"))
+        fusion = [k for k in saved if k.startswith("fusion.") and saved[k].is_floating_point()]
+        assert any(not saved[k].equal(checkpoint[k]) for k in fusion)  # the saved head is the calibrated one
+        assert all(saved[k].equal(checkpoint[k]) for k in saved if not k.startswith("fusion."))
+    asked = sorted(line for line in traces["fresh"] if line)
+    assert asked == sorted(f"evaluate round {r} partition {p}" for r in (1, 2, 3) for p in multimodal)
+    assert traces["received"] == []  # received: no evaluate phase at all
+    fresh, received = rows["fresh"], rows["received"]
+    assert f"partition {failing}: ccvr moments failed: RuntimeError: injected fault" in fresh[2]["faults"]
+    assert all(r["clients_failed"] == 0 and r["clients_ok"] == 2 for r in fresh[1:])  # training untouched
+    for a, b in zip(fresh, received, strict=True):
+        assert {k: v for k, v in a.items() if k.startswith("loss")} == \
+               {k: v for k, v in b.items() if k.startswith("loss")}
+    assert fresh[0]["acc_mm"] == received[0]["acc_mm"]  # round 0: the initial model, uncalibrated in both
+    assert any(f[k] != r[k] for f, r in zip(fresh[1:], received[1:], strict=True) for k in f if k.startswith("acc"))

@@ -5,8 +5,8 @@ e.g. ``raise:1,hang:2@3,nan:0``. Kinds that act before training: ``raise`` (the 
 (it sleeps ``hang_seconds``), ``exit`` (its process dies). Kinds that corrupt the reply: ``nan``, ``inf``,
 ``shape``, ``dtype``, ``missing`` (a parameter group left out), ``stats`` (class statistics out of range),
 ``norm`` (a huge update); ``moments`` makes the ClientApp raise on an EVALUATE (CCVR moments) request. With
-``trace_file`` every EVALUATE message's round and partition is appended there. The reliability tests use it to show a run survives each fault; nothing of it
-ships in the product.
+``trace_file`` every EVALUATE message's round and partition is appended there. The reliability tests use it
+to show a run survives each fault; nothing of it ships in the product.
 """
 
 from __future__ import annotations
