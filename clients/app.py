@@ -18,7 +18,7 @@ from fedcmi import protocol
 from fedcmi.config import RunConfig, from_mapping, normalize
 from fedcmi.config.run_config import FIELDS
 from fedcmi.devices import device_of
-from fedcmi.federated.client_step import client_step
+from fedcmi.federated.client_step import client_moments, client_step
 from fedcmi.methods.registry import method_spec
 from fedcmi.models import ModelSpec, model_for, model_key
 
@@ -66,3 +66,16 @@ def train(msg: Message, context: Context) -> Message:
     content = protocol.reply_content(result.arrays, result.num_examples, result.losses, result.stats,
                                      node.partition_id, node.kind, result.features)
     return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def moments(msg: Message, context: Context) -> Message:
+    """CCVR (ccvr-moments=fresh): the moments of the fusion head's inputs under the weights the server just
+    aggregated, on this node's data; the server pools them to calibrate the head it evaluates and saves."""
+    task = protocol.read_train(msg.content)
+    cfg = run_config_of(msg, context)
+    torch.set_num_threads(max(1, int(cfg.client_num_cpus)))
+    node = node_data(context.node_config, cfg)
+    features = client_moments(cached_model(cfg, task.model_spec), task.state, node.client_data(cfg), cfg,
+                              num_classes=task.model_spec.num_classes)
+    return Message(protocol.moments_reply(features, node.partition_id), reply_to=msg)

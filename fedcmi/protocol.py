@@ -9,6 +9,9 @@ Messages:
 * TRAIN: ``arrays`` (global weights) + ``config`` (run config, round, infiltration switch, dominant modality,
   class temperatures, the model's classes and input shapes) -> ``arrays`` (trained groups), ``metrics``
   (sample count, partition id, loss terms), ``class-stats`` (per-class sums), ``info`` (kind, partition id).
+* EVALUATE (CCVR fresh moments, multimodal nodes only, after each aggregation): the same ``arrays`` + ``config``
+  as TRAIN, with the new global weights -> ``feature-stats`` (per-class moments of the fusion head's inputs)
+  and ``metrics`` (the samples they cover, partition id).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ SUMS, OUTER = "sums", "outer"
 MAX_FEATURE_DIM = 4096  # the widest fusion-head input a CCVR reply may describe (2 x 2048)
 LOSS_PREFIX = "loss"  # metrics whose name starts with it are loss terms, averaged over clients
 REPLY_RECORDS = (ARRAYS, METRICS, CLASS_STATS, INFO, FEATURE_STATS)
+MOMENTS_RECORDS = (FEATURE_STATS, METRICS)  # what a reply to an EVALUATE (CCVR moments) request may hold
 NPY_HEADER_SLACK = 4096  # bytes of an .npy header beyond the array's own data
 
 
@@ -67,6 +71,15 @@ class TrainInstruction:
     guidance: Guidance
     model_spec: ModelSpec
     state: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MomentsReply:
+    """A node's fresh CCVR moments, read and checked for shape, finiteness and integer counts."""
+
+    partition_id: int
+    num_examples: float
+    features: FeatureStats
 
 
 @dataclass
@@ -151,9 +164,7 @@ def reply_content(arrays: Mapping[str, torch.Tensor], num_examples: int, losses:
     content = RecordDict({ARRAYS: ArrayRecord(dict(arrays)), METRICS: metrics, CLASS_STATS: class_stats,
                           INFO: ConfigRecord({KIND: kind, PARTITION_ID: partition_id})})
     if features is not None:
-        content[FEATURE_STATS] = ArrayRecord({COUNTS: Array(features.counts.astype(np.float64)),
-                                              SUMS: Array(features.sums.astype(np.float64)),
-                                              OUTER: Array(features.outer.astype(np.float64))})
+        content[FEATURE_STATS] = features_record(features)
     return content
 
 
@@ -201,14 +212,7 @@ def read_reply(content: RecordDict, expected: Mapping[str, tuple[tuple[int, ...]
                 raise ReplyError(f"unexpected {CLASS_STATS} array {k!r}")
             _check_declared(arr, f"{CLASS_STATS} {k}", (num_classes,), "float64")
     if num_classes is not None and FEATURE_STATS in content.array_records:
-        fs = content[FEATURE_STATS]
-        if set(fs.keys()) != {COUNTS, SUMS, OUTER}:
-            raise ReplyError(f"{FEATURE_STATS}: expected the arrays {COUNTS}, {SUMS}, {OUTER}")
-        dim = tuple(fs[SUMS].shape)[-1] if len(fs[SUMS].shape) == 2 else -1
-        if not 0 < dim <= MAX_FEATURE_DIM:
-            raise ReplyError(f"{FEATURE_STATS} {SUMS}: shape {tuple(fs[SUMS].shape)}, expected ({num_classes}, D)")
-        for k, shape in ((COUNTS, (num_classes,)), (SUMS, (num_classes, dim)), (OUTER, (num_classes, dim, dim))):
-            _check_declared(fs[k], f"{FEATURE_STATS} {k}", shape, "float64")
+        _check_feature_record(content[FEATURE_STATS], num_classes)
     try:
         arrays = record_arrays(content[ARRAYS])
     except Exception as exc:  # noqa: BLE001 - a malformed array is a rejected reply, not a crash
@@ -234,6 +238,63 @@ def read_features(content: RecordDict) -> FeatureStats | None:
         return FeatureStats(*(got[k].astype(np.float64) for k in (COUNTS, SUMS, OUTER)))
     except Exception as exc:  # noqa: BLE001 - a malformed record rejects the reply
         raise ReplyError(f"malformed {FEATURE_STATS} ({type(exc).__name__}: {exc})") from None
+
+
+def _check_feature_record(fs: ArrayRecord, num_classes: int) -> None:
+    """The declared shapes and byte lengths of a ``feature-stats`` record, before it is deserialised."""
+    if set(fs.keys()) != {COUNTS, SUMS, OUTER}:
+        raise ReplyError(f"{FEATURE_STATS}: expected the arrays {COUNTS}, {SUMS}, {OUTER}")
+    dim = tuple(fs[SUMS].shape)[-1] if len(fs[SUMS].shape) == 2 else -1
+    if not 0 < dim <= MAX_FEATURE_DIM:
+        raise ReplyError(f"{FEATURE_STATS} {SUMS}: shape {tuple(fs[SUMS].shape)}, expected ({num_classes}, D)")
+    for k, shape in ((COUNTS, (num_classes,)), (SUMS, (num_classes, dim)), (OUTER, (num_classes, dim, dim))):
+        _check_declared(fs[k], f"{FEATURE_STATS} {k}", shape, "float64")
+
+
+# --- CCVR fresh moments (EVALUATE) ---------------------------------------------------------------------------
+def moments_request(arrays: ArrayRecord, run_config: Mapping[str, Any], server_round: int,
+                    model_spec: ModelSpec) -> RecordDict:
+    """A TRAIN message's content without guidance: a node needs the weights, the run config (to load its data
+    and build the model) and the model's shapes; ``read_train`` reads it."""
+    return train_content(arrays, run_config, server_round, Guidance(), model_spec)
+
+
+def features_record(features: FeatureStats) -> ArrayRecord:
+    return ArrayRecord({COUNTS: Array(features.counts.astype(np.float64)),
+                        SUMS: Array(features.sums.astype(np.float64)),
+                        OUTER: Array(features.outer.astype(np.float64))})
+
+
+def moments_reply(features: FeatureStats, partition_id: int) -> RecordDict:
+    metrics = MetricRecord({NUM_EXAMPLES: int(features.counts.sum()), PARTITION_ID: partition_id})
+    return RecordDict({FEATURE_STATS: features_record(features), METRICS: metrics})
+
+
+def read_moments_reply(content: RecordDict, num_classes: int) -> MomentsReply:
+    """A reply to a moments request, every field untrusted; raises :class:`ReplyError` naming the bad one.
+
+    Beyond the shapes: finite values, non-negative integer counts, and a sample count that equals the counts'
+    sum (the caller bounds it by what the membership vouches for)."""
+    extra = sorted(set(content.keys()) - set(MOMENTS_RECORDS))
+    if extra:
+        raise ReplyError(f"unexpected record {extra[0]!r}")
+    if FEATURE_STATS not in content.array_records or METRICS not in content.metric_records:
+        raise ReplyError(f"reply lacks its {FEATURE_STATS!r} or {METRICS!r} record")
+    metrics = content[METRICS]
+    n = metrics.get(NUM_EXAMPLES)
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not 0 <= float(n) <= MAX_NUM_EXAMPLES:
+        raise ReplyError(f"{NUM_EXAMPLES} {n!r} must be a number in [0, 2**53]")
+    pid = _int(metrics.get(PARTITION_ID, -1), PARTITION_ID) if PARTITION_ID in metrics else -1
+    _check_feature_record(content[FEATURE_STATS], num_classes)
+    features = read_features(content)
+    if features is None:  # not reached: the record was checked above; for the type checker
+        raise ReplyError(f"reply lacks its {FEATURE_STATS!r} record")
+    reason = features.check(num_classes)
+    if reason:
+        raise ReplyError(reason)
+    if features.counts.sum() != float(n):
+        raise ReplyError(f"{FEATURE_STATS} counts sum to {features.counts.sum():g}, {NUM_EXAMPLES} says {n:g}")
+    return MomentsReply(pid, float(n), features)
 
 
 def _check_declared(arr: Array, key: str, shape: tuple[int, ...], dtype: str) -> None:

@@ -100,8 +100,11 @@ def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds
                max_consecutive_skips: int, on_round_end: Callable[[int, ArrayRecord], None]) -> ArrayRecord:
     """Train the given rounds; ``on_round_end`` evaluates and checkpoints after each (skipped ones too).
 
+    Each round runs in Flower's order (``Strategy.start``): train, aggregate, then the evaluate phase with the
+    new weights (CCVR's fresh moments), and only then the round's record.
     A stop request (``fedcmi.runtime.interrupt.STOP``) raises :class:`Interrupted` before a round's replies
-    are aggregated: a round is aggregated and recorded whole or not at all."""
+    are aggregated or while its evaluate phase waits: a round is aggregated and recorded whole or not at all
+    (resuming repeats it from the previous checkpoint)."""
     skips = 0
     for server_round in rounds:
         STOP.check()
@@ -113,6 +116,7 @@ def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds
         skips = skips + 1 if new_arrays is None else 0
         if new_arrays is not None:
             arrays = new_arrays
+        evaluate_phase(strategy, grid, server_round, arrays, timeout)
         on_round_end(server_round, arrays)
         if skips >= max_consecutive_skips:
             report = strategy.reports.get(server_round)
@@ -120,6 +124,17 @@ def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds
             raise RunAborted(f"{skips} rounds in a row without min-replies good replies (round {server_round}: "
                              f"{faults[0]})")
     return arrays
+
+
+def evaluate_phase(strategy: FedCMIStrategy, grid: Grid, server_round: int, arrays: ArrayRecord,
+                   timeout: float) -> None:
+    """Flower's evaluate phase with the round's new weights: with ``ccvr-moments=fresh`` it gathers the
+    multimodal nodes' CCVR moments (``FedCMIStrategy.configure_evaluate``); otherwise it sends nothing."""
+    messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+    if not messages:
+        return
+    replies = grid.send_and_receive(messages, timeout=timeout)
+    strategy.aggregate_evaluate(server_round, replies)
 
 
 def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, resume: bool = False) -> RunDirectory:

@@ -13,7 +13,10 @@ does not. Each round:
 
 Every record key comes from ``fedcmi.protocol``.
 
-Evaluation is central (``server/app.py`` after every round); no client-side evaluation round is sent.
+Evaluation is central (``server/app.py`` after every round). The evaluate phase carries no accuracy: with CCVR on
+and ``ccvr-moments=fresh``, ``configure_evaluate`` sends the just-aggregated weights to every admitted multimodal
+node and ``aggregate_evaluate`` pools the head-input moments they measure with them, so the round's row is
+evaluated with a head calibrated for the model it evaluates (CCVR off: no message at all).
 ``server/app.run_rounds`` drives these steps instead of ``Strategy.start`` so it can checkpoint, resume at
 the right round number and skip rounds.
 """
@@ -25,6 +28,7 @@ import math
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from logging import INFO, WARNING
@@ -184,6 +188,7 @@ class FedCMIStrategy(Strategy):
         self.guidance: Dominance | None = None  # from the latest statistics; sent next round
         self.reports: dict[int, RoundReport] = {}
         self.feature_stats: FeatureStats | None = None  # CCVR: the latest round's pooled head-input moments
+        self.moments_asked: dict[int, list[int]] = {}  # round -> nodes asked for fresh CCVR moments
         self.train_metrics: dict[int, MetricRecord] = {}
 
     # --- bookkeeping ------------------------------------------------------------------------------
@@ -481,7 +486,8 @@ class FedCMIStrategy(Strategy):
             return None, metrics
         new, _ = aggregate(current, [e.update for e in accepted], self.group_of, self.rule)
         self._update_guidance(server_round, [e.stats for e in accepted if e.stats is not None])
-        self._pool_features(server_round, accepted)
+        if not self.fresh_moments:
+            self._pool_features(server_round, accepted)
         return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in new.items()}), metrics
 
     def _pool_features(self, server_round: int, accepted: list[Accepted]) -> None:
@@ -542,10 +548,109 @@ class FedCMIStrategy(Strategy):
         out[protocol.NUM_EXAMPLES] = int(examples)
         return out
 
-    # --- evaluation is central ------------------------------------------------------------------
+    # --- evaluation is central; the evaluate phase gathers CCVR's fresh moments --------------------------
+    @property
+    def fresh_moments(self) -> bool:
+        """CCVR on with ``ccvr-moments=fresh``: the evaluate phase asks multimodal nodes for moments."""
+        steps = self.run_config.get("ccvr-steps", 0)
+        return isinstance(steps, int) and steps > 0 and self.run_config.get("ccvr-moments", "fresh") == "fresh"
+
+    def moment_nodes(self) -> list[int]:
+        """Every admitted node holding both modalities the strategy trains, in partition order: the pool covers
+        every multimodal client, not only this round's sample."""
+        both = [(m.partition_id, n) for n, m in self.membership.members.items()
+                if set(self.held(m.kind)) == set(MODALITIES)]
+        return [n for _, n in sorted(both)]
+
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return []
+        """With fresh CCVR moments: one EVALUATE message per multimodal node with ``arrays``, the weights this
+        round's aggregation produced; otherwise none."""
+        if not self.fresh_moments:
+            return []
+        nodes = self.moment_nodes()
+        self.moments_asked[server_round] = nodes
+        content = protocol.moments_request(arrays, {**self.run_config, **dict(config)}, server_round,
+                                           self.model_spec)
+        log(INFO, "configure_evaluate: round %s, CCVR moments from %s multimodal node(s)", server_round, len(nodes))
+        return [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return None
+        """Pool the fresh moments into ``feature_stats`` (None when none is usable: the round is evaluated
+        uncalibrated); a failed, malformed or missing reply is left out and named in the round's faults."""
+        asked = self.moments_asked.pop(server_round, None)
+        if asked is None:
+            return None
+        faults: list[str] = []
+        good: list[tuple[str, FeatureStats]] = []
+        answered: set[int] = set()
+        for msg in sorted(replies, key=lambda m: self._partition_of(m.metadata.src_node_id)):
+            node = msg.metadata.src_node_id
+            if node in answered:
+                continue  # one reply per node and round
+            answered.add(node)
+            who = self._name(node)
+            reason, features = self._check_moments(msg, set(asked))
+            if reason:
+                faults.append(f"{who}: ccvr moments {reason}")
+            elif features is not None:
+                good.append((who, features))
+        faults += [f"{self._name(n)}: ccvr moments: no reply within round-timeout" for n in asked if n not in answered]
+        pooled, used = self._pool_moments(good, faults)
+        report = self.reports.setdefault(server_round, RoundReport())
+        report.faults = [*report.faults, *faults]
+        for line in faults:
+            log(WARNING, "round %s: %s", server_round, line)
+        self.feature_stats = pooled
+        examples = int(pooled.counts.sum()) if pooled is not None else 0
+        log(INFO, "round %s: CCVR moments of %s of %s multimodal node(s), %s samples", server_round, used,
+            len(asked), examples)
+        return MetricRecord({"ccvr-nodes": used, protocol.NUM_EXAMPLES: examples})
+
+    def _partition_of(self, node: int) -> tuple[bool, int, int]:
+        """Sort key: members in partition order, unknown nodes last by node id (deterministic sums and faults)."""
+        member = self.membership.get(node)
+        return member is None, member.partition_id if member else 0, node
+
+    def _name(self, node: int) -> str:
+        member = self.membership.get(node)
+        return f"partition {member.partition_id}" if member else f"node {node}"
+
+    def _check_moments(self, msg: Message, asked: set[int]) -> tuple[str | None, FeatureStats | None]:
+        """(reason, None) for an unusable moments reply, (None, moments) for a good one. Every field is untrusted:
+        the moments may count at most the samples the membership vouches for the node."""
+        node = msg.metadata.src_node_id
+        if node not in asked:
+            return "rejected: not asked for moments this round", None
+        if msg.has_error():
+            return f"failed: {short_reason(msg.error.reason)}", None
+        member = self.membership.get(node)
+        if member is None:
+            return "rejected: reply from a node that is not an admitted member", None
+        try:
+            reply = protocol.read_moments_reply(msg.content, self.num_classes)
+        except protocol.ReplyError as exc:
+            return f"rejected: {exc}", None
+        if reply.partition_id not in (-1, member.partition_id):
+            return f"rejected: claims partition {reply.partition_id}, node holds {member.partition_id}", None
+        if reply.num_examples > member.size:
+            return f"rejected: {reply.num_examples:g} samples exceed the {member.size} vouched for", None
+        return None, reply.features
+
+    @staticmethod
+    def _pool_moments(good: list[tuple[str, FeatureStats]], faults: list[str]) -> tuple[FeatureStats | None, int]:
+        """Sum the moments of the width most replies share (one node cannot veto the others by sending another);
+        the rest go to ``faults``. Returns the pool (None if empty) and how many replies it holds."""
+        if not good:
+            return None, 0
+        dims = Counter(f.sums.shape[1] for _, f in good)
+        dim = max(dims, key=lambda d: (dims[d], -[f.sums.shape[1] for _, f in good].index(d)))
+        pooled: FeatureStats | None = None
+        used = 0
+        for who, features in good:
+            if features.sums.shape[1] != dim:
+                faults.append(f"{who}: ccvr moments rejected: width {features.sums.shape[1]}, the others' {dim}")
+                continue
+            pooled = features if pooled is None else pooled + features
+            used += 1
+        return pooled, used

@@ -100,6 +100,9 @@ class CountingStrategy:
         self.aggregated.append(server_round)
         return ArrayRecord(), None
 
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return []  # CCVR off: no evaluate phase
+
 
 def test_a_stop_during_a_round_aggregates_and_records_nothing_of_it():
     strategy, recorded = CountingStrategy(), []

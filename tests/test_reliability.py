@@ -98,8 +98,12 @@ def _kill_marked(marker: str) -> None:
             pass
 
 
-def test_sigkill_after_round_2_then_resume_matches_uninterrupted_run(tmp_path):
-    args = ["num-clients=4", "clients-per-round=2", "num-server-rounds=4"]
+@pytest.mark.parametrize("extra", [[], ["ccvr-steps=5"], ["ccvr-steps=5", "ccvr-moments=received"]],
+                         ids=["plain", "ccvr-fresh", "ccvr-received"])
+def test_sigkill_after_round_2_then_resume_matches_uninterrupted_run(tmp_path, extra):
+    """With CCVR's fresh moments too: they are gathered anew after every round, so nothing of them is in the
+    checkpoint and the resumed rows and model still equal the uninterrupted run's."""
+    args = ["num-clients=4", "clients-per-round=2", "num-server-rounds=4", *extra]
     whole = tmp_path / "whole"
     assert _run(whole, *args).returncode == 0
 

@@ -204,6 +204,11 @@ class RunConfig:
                            _at_least(0), "must be >= 0")
     ccvr_samples: int = _opt(64, "method", "ccvr: virtual features drawn per class", _at_least(1), "must be >= 1")
     ccvr_lr: float = _opt(0.01, "method", "ccvr: learning rate of the head calibration", _positive, "must be > 0")
+    ccvr_moments: str = _opt("fresh", "method", "ccvr: which feature moments calibrate the head: fresh (after each "
+                             "aggregation the server asks every multimodal node for them under the new global "
+                             "weights) or received (those the last round's sampled clients measured with the "
+                             "weights they received, one aggregation old)", lambda v: v in ("fresh", "received"),
+                             "must be fresh or received")
     # --- model ---------------------------------------------------------------------------------------------
     encoder: str = _opt("cnn", "model", "encoder architecture: cnn, resnet18, or features (train on the token "
                         "embeddings of `fedcmi features`: data-root is the features directory)",

@@ -1,16 +1,24 @@
 """CCVR (Luo et al., NeurIPS 2021): calibrate the fusion head on the server from class-conditional feature
 statistics, because under label skew the head takes on the class prior of the last round's participants.
 
-Multimodal clients report, for the fusion head's inputs (the two slot vectors, concatenated) computed with the
-received global weights, per class: the count, the sum and the sum of outer products. The server pools them
-into a mean and covariance per class, draws virtual features from those Gaussians and trains a copy of the
-fusion head on them. Only these moments leave a client, never a sample; they do reveal the client's class
-counts and the first two moments of its features per class.
+Multimodal clients report, for the fusion head's inputs (the two slot vectors, concatenated), per class: the
+count, the sum and the sum of outer products. The server pools them into a mean and covariance per class,
+draws virtual features from those Gaussians and trains a copy of the fusion head on them. Only these moments
+leave a client, never a sample; they do reveal the client's class counts and the first two moments of its
+features per class.
+
+Which moments (``ccvr-moments``): ``fresh`` (default) has every admitted multimodal node measure them with the
+weights the server just aggregated (Flower's evaluate phase, after each round), so the head is calibrated on
+the features of the model it is put on, from every multimodal client. ``received`` pools what the round's
+sampled clients measured with the weights they received, one aggregation old: the features drift between
+rounds (FedCMI's most), and a handful of clients under label skew covers few classes.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +29,7 @@ from torch import nn
 from fedcmi.data.base import ClientData
 from fedcmi.methods.sgd import SGD
 
-KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr")  # read by the server for every method
+KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr", "ccvr-moments")  # read by the server for every method
 
 
 @dataclass(frozen=True)
@@ -80,9 +88,29 @@ def feature_statistics(model: nn.Module, data: ClientData, num_classes: int, bat
     return stats if stats is not None else FeatureStats.zeros(num_classes, 0)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch ops on one intra-op thread, then the caller's count back: a matmul's rounding depends on how many
+    threads split it (1 and 2 threads differ by ~1e-8 here), and the head must not depend on which thread
+    calibrates it (the row's recorder thread, or the server thread saving the model of a resumed run)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def calibrated(model: nn.Module, stats: FeatureStats, *, samples: int, steps: int, lr: float,
                seed: int) -> nn.Module:
-    """A copy of ``model`` whose fusion head is trained on virtual features drawn from ``stats``."""
+    """A copy of ``model`` whose fusion head is trained on virtual features drawn from ``stats`` (on one torch
+    thread, so the same inputs give the same head wherever it runs)."""
+    with one_thread():
+        return _calibrated(model, stats, samples=samples, steps=steps, lr=lr, seed=seed)
+
+
+def _calibrated(model: nn.Module, stats: FeatureStats, *, samples: int, steps: int, lr: float,
+                seed: int) -> nn.Module:
     present, means, cov = stats.moments()
     out = copy.deepcopy(model)
     if len(present) == 0 or steps == 0:

@@ -33,7 +33,7 @@ class ClientResult:
     num_examples: int
     stats: ClassStats
     losses: dict[str, float] = field(default_factory=dict)
-    features: FeatureStats | None = None  # CCVR moments (multimodal clients, ccvr-steps > 0)
+    features: FeatureStats | None = None  # CCVR moments (multimodal clients, ccvr-steps > 0, ccvr-moments=received)
 
 
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -56,7 +56,8 @@ def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: G
     with autocast(cfg.bf16, device):
         stats = class_statistics(model, local, num_classes)  # with the received global weights
         features = (feature_statistics(model, local, num_classes)
-                    if cfg.ccvr_steps > 0 and local.kind == MM and len(local) else None)
+                    if cfg.ccvr_steps > 0 and cfg.ccvr_moments == "received" and local.kind == MM and len(local)
+                    else None)
         torch.manual_seed(seed)
         result = local_update(model, only(local, spec.modalities), spec.build(cfg), guidance,
                               TrainSettings.of(cfg, spec), num_classes=num_classes,
@@ -64,3 +65,21 @@ def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: G
     held = trained_groups(data.kind, spec.modalities)
     arrays = {k: v.detach().cpu() for k, v in model.state_dict().items() if group_of(k) in held}
     return ClientResult(arrays, result.num_examples, stats, result.losses, features)
+
+
+def client_moments(model: nn.Module, state: Mapping[str, torch.Tensor], data: ClientData, cfg: RunConfig, *,
+                   num_classes: int) -> FeatureStats:
+    """CCVR's fresh moments: the head-input moments of this node's data under ``state`` (the global weights
+    just aggregated), so the server calibrates the head of the model it evaluates, not of the one before.
+
+    Only a multimodal node has both slots to measure; any other raises (the server asks only those)."""
+    if data.kind != MM:
+        raise ValueError(f"CCVR moments need a multimodal node; this one holds {data.kind!r}")
+    device = device_of(cfg.device)
+    local = on_device(data, device)
+    model.load_state_dict(state)
+    with autocast(cfg.bf16, device):
+        features = feature_statistics(model, local, num_classes)
+    if features.counts.sum() == 0:
+        raise ValueError("no labeled sample of this node holds both modalities: no CCVR moments to send")
+    return features

@@ -15,7 +15,7 @@ from fedcmi.methods.spec import POSITIVE, MethodSpec, equals
 # Label-skew remedies every method reads (fedcmi.methods.remedies implements them).
 REMEDY_KEYS = ("logit-adjust", "restricted-softmax", "ntd-beta", "ntd-temperature")
 # CCVR, read by the server for every method. fedcmi.federated.calibration.KEYS is the same tuple (tests check).
-CCVR_KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr")
+CCVR_KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr", "ccvr-moments")
 EVERY_METHOD_KEYS = (*REMEDY_KEYS, *CCVR_KEYS)
 
 CROSS_ENTROPY = "fedcmi.methods.fedavg:build"  # fedavg.py: FedAvg's cross-entropy

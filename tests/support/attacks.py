@@ -266,4 +266,5 @@ def attacked_client_app(spec_file: str, multiple: float, trace_file: str | None 
     app = ClientApp(mods=[attack_mod(spec_file, multiple, trace_file)])
     app.query()(product.describe)
     app.train()(product.train)
+    app.evaluate()(product.moments)
     return app

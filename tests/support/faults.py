@@ -4,8 +4,9 @@ Syntax: comma-separated ``kind:partition`` or ``kind:partition@round`` (every ro
 e.g. ``raise:1,hang:2@3,nan:0``. Kinds that act before training: ``raise`` (the ClientApp raises), ``hang``
 (it sleeps ``hang_seconds``), ``exit`` (its process dies). Kinds that corrupt the reply: ``nan``, ``inf``,
 ``shape``, ``dtype``, ``missing`` (a parameter group left out), ``stats`` (class statistics out of range),
-``norm`` (a huge update). The reliability tests use it to show a run survives each fault; nothing of it
-ships in the product.
+``norm`` (a huge update); ``moments`` makes the ClientApp raise on an EVALUATE (CCVR moments) request. With
+``trace_file`` every EVALUATE message's round and partition is appended there. The reliability tests use it
+to show a run survives each fault; nothing of it ships in the product.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from fedcmi import protocol
 from fedcmi.npy import record_arrays
 
 BEFORE_TRAINING = ("raise", "hang", "exit")
+MOMENTS = "moments"  # the ClientApp raises on an EVALUATE (CCVR moments) message
 CORRUPTIONS = ("nan", "inf", "shape", "dtype", "missing", "stats", "norm")
-KINDS = BEFORE_TRAINING + CORRUPTIONS
+KINDS = (*BEFORE_TRAINING, *CORRUPTIONS, MOMENTS)
 
 logger = logging.getLogger("fedcmi.tests.faults")
 
@@ -83,11 +85,14 @@ def corrupt(content, kinds: set[str]) -> None:  # noqa: ANN001 - a Flower Record
             protocol.COUNTS: Array(np.maximum(counts, 1.0) * -1.0)})
 
 
-def fault_mod(spec: str, hang_seconds: float = 10.0) -> Callable[[Message, Context, Callable], Message]:
-    """A Flower mod injecting the faults of ``spec`` into TRAIN messages."""
+def fault_mod(spec: str, hang_seconds: float = 10.0,
+              trace_file: str | None = None) -> Callable[[Message, Context, Callable], Message]:
+    """A Flower mod injecting the faults of ``spec`` into TRAIN (and ``moments`` into EVALUATE) messages."""
     faults = parse_faults(spec)
 
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        if msg.metadata.message_type == MessageType.EVALUATE:
+            return _moments(msg, context, call_next, faults, trace_file)
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         pid = int(context.node_config["partition-id"])
@@ -107,13 +112,26 @@ def fault_mod(spec: str, hang_seconds: float = 10.0) -> Callable[[Message, Conte
     return mod
 
 
-def faulty_client_app(spec: str, hang_seconds: float = 10.0) -> ClientApp:
+def _moments(msg: Message, context: Context, call_next: Callable[[Message, Context], Message], faults: list[Fault],
+             trace_file: str | None) -> Message:
+    pid = int(context.node_config["partition-id"])
+    server_round = protocol.server_round_of(msg.content)
+    if trace_file:
+        with open(trace_file, "a") as f:  # one short write per line (O_APPEND): lines do not interleave
+            f.write(f"evaluate round {server_round} partition {pid}\n")
+    if MOMENTS in faults_for(faults, pid, server_round):
+        raise RuntimeError("injected fault: moments request failed")
+    return call_next(msg, context)
+
+
+def faulty_client_app(spec: str, hang_seconds: float = 10.0, trace_file: str | None = None) -> ClientApp:
     """fedcmi's ClientApp handlers behind the fault mod."""
     import clients.app as product
 
-    app = ClientApp(mods=[fault_mod(spec, hang_seconds)])
+    app = ClientApp(mods=[fault_mod(spec, hang_seconds, trace_file)])
     app.query()(product.describe)
     app.train()(product.train)
+    app.evaluate()(product.moments)
     return app
 
 

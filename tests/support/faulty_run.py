@@ -22,10 +22,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--faults", required=True)
     parser.add_argument("--hang-seconds", type=float, default=10.0)
+    parser.add_argument("--trace", default=None, help="append every EVALUATE message's round and partition here")
     parser.add_argument("--restart-delay", type=float, default=0.0, help="seconds a restarted actor takes to start")
     args, rest = parser.parse_known_args()
     if args.restart_delay:
         import fedcmi.runtime.simulation as simulation
 
         simulation.warm_actor = faults.slow_restart(args.restart_delay, simulation.warm_actor)
-    sys.exit(main(rest, client_app=faults.faulty_client_app(args.faults, args.hang_seconds)))
+    sys.exit(main(rest, client_app=faults.faulty_client_app(args.faults, args.hang_seconds, args.trace)))
