@@ -162,7 +162,7 @@ def test_submitted_serverapp_reaches_superlink_keys_only_without_isolation(tmp_p
         for path in (str(key), str(secret)):
             assert report["read"][path].startswith("PermissionError"), report
         # Only this test's SuperLink: another deployment on the same machine (a demo, a parallel suite) is not ours.
-        ours = {p: v for p, v in found.items() if p.startswith(str(dep.certs))}
+        ours = {p: v for p, v in found.items() if p.startswith(str(dep.work))}
         assert ours and all(v.startswith("PermissionError") for v in ours.values()), report
         assert all(v.startswith("PermissionError") for v in report["superlink"]["environ"].values()), report
         assert not [v for v in report["env"].values() if v.startswith(str(dep.certs))], report  # no key path in its env
