@@ -352,3 +352,47 @@ def test_two_round_natural_simulation_through_flower(prepared, tmp_path):
     assert json.loads((out / "status.json").read_text())["status"] == "complete"
     saved = json.loads((out / "config.json").read_text())
     assert saved["partitioner"] == "natural" and saved["dataset"] == "fsdd"
+
+
+def test_frozen_encoders_turn_fsdd_into_features_that_keep_the_speakers_and_train(prepared, tmp_path):
+    """Issue 23, item 4: `fedcmi features` on a prepared FSDD directory (the spectrogram and the 8x8 digit through
+    a local torchvision file). The audio keeps one token per output time step of the CNN, the image is one token;
+    the speaker column and so the natural federation are those of the prepared directory, and FedCMI trains
+    only the small heads on them."""
+    import torch
+    from torchvision.models import mobilenet_v2
+
+    from fedcmi.data.features.extract import extract_features
+    from fedcmi.dominance import Guidance
+    from fedcmi.federated.client_step import client_step
+    from fedcmi.methods.registry import method_spec
+    from fedcmi.models.build import ModelSpec, model_for
+    from tests.test_features import calibrated
+
+    torch.manual_seed(0)
+    weights = tmp_path / "mobilenet_v2.pth"
+    torch.save(calibrated(mobilenet_v2(width_mult=0.25)).state_dict(), weights)
+    feat = extract_features(prepared, image=str(weights), audio=str(weights), batch_size=8,
+                            out=tmp_path / "feat").path
+    data = load_prepared(feat)
+    raw = load_prepared(prepared)
+    # 101 spectrogram frames through five stride-2 stages: ceil(101 / 32) = 4 time steps; 8x8 pools to one token
+    assert np.asarray(data.train[0]["a"]).shape == (4, 1280) and np.asarray(data.train[0]["b"]).shape == (1, 1280)
+    assert list(data.train["speaker"]) == list(raw.train["speaker"]) and data.num_classes == 10
+    specs = {kind: build_federation(load_data(_natural("fsdd", root, 3, encoder=encoder)),
+                                    _natural("fsdd", root, 3, encoder=encoder))
+             for kind, root, encoder in (("raw", prepared, "cnn"), ("feat", feat, "features"))}
+    assert [s.group for s in specs["feat"]] == list(FSDD_SPEAKERS)
+    assert all(np.array_equal(a.indices, b.indices) for a, b in zip(specs["raw"], specs["feat"], strict=True))
+
+    cfg = _natural("fsdd", feat, 3, encoder="features", strategy="fedcmi", multimodal_ratio=1.0, batch_size=4,
+                   feature_dim=16)
+    loaded = load_data(cfg)
+    model = model_for(cfg, ModelSpec.of(loaded), method_spec("fedcmi").decomposed)
+    assert sum(p.numel() for p in model.enc_a.parameters()) == 1280 * 16 + 16  # the projection only
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    guidance = Guidance(infiltrate=True, dominant="b", tau=np.ones(10))
+    result = client_step(model, state, guidance, client_data(loaded, specs["feat"][0]), cfg, num_classes=10,
+                         server_round=3, partition_id=0)
+    assert all(np.isfinite(v) for v in result.losses.values()), result.losses
+    assert any(not torch.equal(v, state[k]) for k, v in result.arrays.items() if v.is_floating_point())
