@@ -370,14 +370,22 @@ def test_frozen_encoders_turn_fsdd_into_features_that_keep_the_speakers_and_trai
     from tests.test_features import calibrated
 
     torch.manual_seed(0)
-    weights = tmp_path / "mobilenet_v2.pth"
-    torch.save(calibrated(mobilenet_v2(width_mult=0.25)).state_dict(), weights)
-    feat = extract_features(prepared, image=str(weights), audio=str(weights), batch_size=8,
-                            out=tmp_path / "feat").path
+    cnns = {m: calibrated(mobilenet_v2(width_mult=0.25), seed=i) for i, m in enumerate(("audio", "image"))}
+    for m, cnn in cnns.items():
+        torch.save(cnn.state_dict(), tmp_path / f"{m}.pth")
+    with pytest.raises(ConfigError, match=r"fsdd: column 'image' \(image\) needs --image-encoder"):
+        extract_features(prepared, audio=str(tmp_path / "audio.pth"), out=tmp_path / "no-image")
+    feat = extract_features(prepared, image=str(tmp_path / "image.pth"), audio=str(tmp_path / "audio.pth"),
+                            batch_size=8, out=tmp_path / "feat").path
     data = load_prepared(feat)
     raw = load_prepared(prepared)
     # 101 spectrogram frames through five stride-2 stages: ceil(101 / 32) = 4 time steps; 8x8 pools to one token
     assert np.asarray(data.train[0]["a"]).shape == (4, 1280) and np.asarray(data.train[0]["b"]).shape == (1, 1280)
+    # the digit went through the image encoder, its gray channel repeated to three
+    digit = torch.as_tensor(np.asarray(raw.train[0]["b"], dtype=np.float32))[None].expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        by_hand = cnns["image"].features(digit).mean(dim=(2, 3))
+    np.testing.assert_allclose(np.asarray(data.train[0]["b"]), by_hand.numpy(), rtol=1e-4, atol=1e-5)
     assert list(data.train["speaker"]) == list(raw.train["speaker"]) and data.num_classes == 10
     specs = {kind: build_federation(load_data(_natural("fsdd", root, 3, encoder=encoder)),
                                     _natural("fsdd", root, 3, encoder=encoder))

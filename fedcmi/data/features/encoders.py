@@ -4,7 +4,7 @@ Each maps a batch of one prepared column to token embeddings ``B x T x D``, keep
 has, so a fusion head can attend over it:
 
 * frames (``B x 3 x F x H x W``) -> a torchvision image CNN per frame, global-average pooled: ``F`` tokens;
-* an image (``B x 3 x H x W``) -> the same CNN: one token;
+* an image (``B x 3 x H x W``, or ``B x 1 x H x W`` gray) -> the same CNN: one token;
 * a spectrogram (``B x 1 x freq x time``, z-scored by ``prepare``) -> a torchvision CNN over it (the channel
   repeated to the three the CNN was trained on), averaged over frequency: one token per output time step;
 * token ids (``B x L``) -> a BERT-family ``transformers`` model's last hidden states: ``L`` tokens, padding
@@ -127,8 +127,8 @@ def load_cnn(path: str | Path, flag: str) -> tuple[str, nn.Module]:
 
 def _frames_tokens(trunk: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     def encode(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:  # one image: one token
-            return trunk(x).mean(dim=(2, 3))[:, None]
+        if x.dim() == 4:  # one image: one token (a gray one repeated to the three channels the CNN knows)
+            return trunk(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x).mean(dim=(2, 3))[:, None]
         b, c, f, h, w = x.shape
         maps = trunk(x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w))
         return maps.mean(dim=(2, 3)).view(b, f, -1)

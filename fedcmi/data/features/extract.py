@@ -50,14 +50,15 @@ class ExtractOutcome:
     seconds: float = 0.0
 
 
-def column_kind(shape: tuple[int, ...]) -> str:
-    """What a prepared column holds, from its per-sample shape."""
+def column_kind(shape: tuple[int, ...], modality: str = "audio") -> str:
+    """What a prepared column holds, from its per-sample shape and its modality's name: a one-channel
+    ``1 x H x W`` is a spectrogram for audio and a gray image otherwise (FSDD's handwritten digit)."""
     if len(shape) == 1:
         return "text"
     if len(shape) == 4:
         return "frames"
     if len(shape) == 3:
-        return "spectrogram" if shape[0] == 1 else "image"
+        return "spectrogram" if shape[0] == 1 and modality == "audio" else "image"
     raise ConfigError(f"a prepared column of shape {shape} is none of token ids, spectrogram, image or frames")
 
 
@@ -179,8 +180,9 @@ def _extract(prepared: str | Path, out: str | Path | None, image: str | None, au
     first = next(iter(splits.values()))
     shapes_in = {c: tuple(np.asarray(first.with_format("numpy")[0][c]).shape) for c in ("a", "b")}
     specs = {"text": text, "frames": image, "image": image, "spectrogram": audio}
-    encs = {c: _encoder_for(column_kind(s), specs[column_kind(s)], dev, src.manifest,
-                            src.modalities["ab".index(c)]) for c, s in shapes_in.items()}
+    kinds = {c: column_kind(s, src.modalities["ab".index(c)]) for c, s in shapes_in.items()}
+    encs = {c: _encoder_for(kinds[c], specs[kinds[c]], dev, src.manifest, src.modalities["ab".index(c)])
+            for c in shapes_in}
     settings = {"source": src.manifest.get("settings", {}), "source_rows": {s: len(d) for s, d in splits.items()},
                 **{c: e.describe() for c, e in encs.items()}}
     target.mkdir(parents=True, exist_ok=True)
@@ -221,7 +223,7 @@ def _extract(prepared: str | Path, out: str | Path | None, image: str | None, au
     rows = _finalize(target, shard_dirs)
     manifest = {**{k: v for k, v in src.manifest.items() if k != "settings"}, "rows": rows,
                 FEATURES: {"settings": settings, "shapes": shapes, "prepared": str(src.path),
-                           "kinds": {c: column_kind(s) for c, s in shapes_in.items()}}}
+                           "kinds": kinds}}
     tmp = target / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     tmp.replace(target / MANIFEST)  # last: its presence marks the directory as finished
