@@ -120,3 +120,34 @@ def test_calibrations_are_bound_when_asked_for():
     bound = side.calibration()
     side.take_moments(2, [], [])
     assert ccvr.feature_stats is None and side.calibration() is None and bound is not None
+
+
+class HalfStep(ServerStep):
+    """A toy method's server half: halves every update it is given (what a one-file method would hold)."""
+
+    name = "half"
+
+    def after_aggregation(self, server_round, current, new, updated, replies):
+        return {k: (current[k] + new[k]) / 2 if k in updated else new[k] for k in new}
+
+
+def build_server(cfg, num_classes):
+    return HalfStep()
+
+
+def test_a_method_with_a_server_step_is_its_file_and_its_registry_line(monkeypatch):
+    """The spec's ``server`` names the builders; the strategy needs no change to run the step."""
+    import fedcmi.methods.registry as registry
+    from fedcmi.methods.spec import DOMINANCE_GUIDANCE
+
+    spec = METHODS["fedavg"]
+    toy = type(spec)("toy", "toy", spec.builder, uses=spec.uses, defaults=dict(spec.defaults),
+                     server=(DOMINANCE_GUIDANCE, f"{__name__}:build_server"))
+    monkeypatch.setitem(registry.METHODS, "toy", toy)
+    monkeypatch.setattr(registry, "METHOD_NAMES", (*registry.METHOD_NAMES, "toy"))
+    side = server_side(effective({"strategy": "toy"}), 2)
+    assert [s.name for s in side.steps] == ["dominance", "half"]
+    current = {"w": np.array([0.0, 4.0]), "v": np.array([1.0])}
+    new = side.after_aggregation(2, current, {"w": np.array([2.0, 8.0]), "v": np.array([1.0])}, frozenset({"w"}),
+                                 [])
+    assert list(new["w"]) == [1.0, 6.0] and list(new["v"]) == [1.0]
