@@ -8,8 +8,9 @@
 (b) the same server and client code in one process, without Flower's runtime (no SuperLink, no Ray, no
     message queue): ``server.app.run_server`` drives the rounds on an in-process grid that hands each message
     to the ClientApp (``clients.app.app``) of its node, one after another. Sampling, screening, aggregation,
-    guidance (momentum, tau_min), CCVR and central evaluation are the code that runs in (a), not a copy;
-    evaluation is sequential, and the results files are written to a temporary directory as in (a).
+    the run's server side (``fedcmi.methods.server_step.ServerSide``: guidance with momentum and tau_min, CCVR,
+    a server optimiser) and central evaluation are the code that runs in (a), not a copy; evaluation is
+    sequential, and the results files are written to a temporary directory as in (a).
 
 Both (a) and (b) include aggregation and central evaluation; (b)'s messages + client training part is printed
 too. ``overhead_ratio`` = steady-state s/round of (a) / s/round of (b). (b) trains with ``--plain-threads`` torch

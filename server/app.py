@@ -31,11 +31,11 @@ from fedcmi.config.run_config import FIELDS, section_of
 from fedcmi.data import load_data
 from fedcmi.data.partition import federation
 from fedcmi.federated.aggregation import rule
-from fedcmi.federated.calibration import calibrated
-from fedcmi.federated.client_step import round_seed
 from fedcmi.federated.evaluation import evaluate
 from fedcmi.federated.membership import Known, Membership, load_registry
+from fedcmi.federated.server_side import server_side
 from fedcmi.methods.registry import method_spec
+from fedcmi.methods.server_step import Calibrate
 from fedcmi.metrics import round_line, round_row
 from fedcmi.models import ModelSpec, model_for
 from fedcmi.npy import record_state_dict
@@ -88,12 +88,11 @@ def membership_for(cfg: RunConfig) -> Membership:
 def build_strategy(cfg: RunConfig, model_spec: ModelSpec, membership: Membership | None = None) -> FedCMIStrategy:
     """The run's strategy; ``membership`` None = claims mode (tests; ``run_server`` passes ``membership_for``)."""
     return FedCMIStrategy(membership=membership, clients_per_round=cfg.clients_per_round, model_spec=model_spec,
-                          run_config=cfg.client_dict(), gamma=cfg.gamma, warmup_rounds=cfg.warmup_rounds,
+                          run_config=cfg.client_dict(), server=server_side(cfg, model_spec.num_classes),
                           seed=cfg.seed, min_replies=cfg.min_replies, max_update_norm=cfg.max_update_norm,
                           update_norm_multiple=cfg.update_norm_multiple,
                           use_modalities=method_spec(cfg.strategy).modalities, rule=rule(cfg.aggregation),
-                          dominance_momentum=cfg.dominance_momentum, tau_min=cfg.tau_min,
-                          ratio_mean=cfg.ratio_mean, discovery_timeout=cfg.discovery_seconds)
+                          discovery_timeout=cfg.discovery_seconds)
 
 
 def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds: range, timeout: float,
@@ -160,12 +159,10 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     xa, xb, y = (torch.from_numpy(t) for t in data.arrays("test"))
     clock = {"t": time.monotonic()}
 
-    def served(server_round: int, feature_stats: Any) -> torch.nn.Module:
-        """The model as evaluated and saved: with ccvr-steps, its fusion head calibrated on the server (CCVR)."""
-        if cfg.ccvr_steps == 0 or feature_stats is None:
-            return model
-        return calibrated(model, feature_stats, samples=cfg.ccvr_samples, steps=cfg.ccvr_steps,
-                          lr=cfg.ccvr_lr, seed=round_seed(cfg.seed, server_round, -1))
+    def served(server_round: int, calibrate: Calibrate | None) -> torch.nn.Module:
+        """The model as evaluated and saved: calibrated by the server side when it has a calibration (CCVR's
+        fusion head, with ccvr-steps)."""
+        return model if calibrate is None else calibrate(model, server_round)
 
     def snapshot(server_round: int, arrays: ArrayRecord) -> RoundSnapshot:
         """The round as it ended: what its record reads, before the next round changes the strategy."""
@@ -173,13 +170,13 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         wall, clock["t"] = now - clock["t"], now
         return RoundSnapshot(server_round, arrays, dict(strategy.train_metrics.get(server_round, {})),
                              strategy.guidance, copy.copy(strategy.reports.get(server_round, RoundReport())),
-                             strategy.feature_stats, strategy.state(), wall)
+                             strategy.server.calibration(), strategy.state(), wall)
 
     def record(snap: RoundSnapshot) -> None:
         """Evaluate centrally, write the metrics row, then the checkpoint that names it."""
         state = record_state_dict(snap.arrays)  # read once: load_state_dict copies it, the checkpoint saves it
         model.load_state_dict(state)
-        res = evaluate(served(snap.server_round, snap.feature_stats), xa, xb, y, data.num_classes, data.modalities,
+        res = evaluate(served(snap.server_round, snap.calibrate), xa, xb, y, data.num_classes, data.modalities,
                        cfg.eval_batch_size, use_modalities=method.modalities,
                        infiltration_path=method.infiltration_path)
         guidance = snap.guidance  # what this round's statistics say (sent with the next round)
@@ -228,7 +225,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         recorder.drain()
         STOP.check()
         model.load_state_dict(record_state_dict(arrays))
-        run_dir.save_model(served(cfg.num_server_rounds, strategy.feature_stats).state_dict())
+        run_dir.save_model(served(cfg.num_server_rounds, strategy.server.calibration()).state_dict())
         run_dir.plot()
     except Interrupted as exc:
         recorder.close()
@@ -281,7 +278,8 @@ SERVER_CONFIG_ENV = "FEDCMI_SERVER_CONFIG"
 SERVER_PATH_KEYS = ("data-root", "text-encoder", "encoder-weights", "out-dir", "ray-address", "node-registry")
 SUBMITTABLE = tuple(k for k in FIELDS if section_of(k) in ("data", "federation", "training", "method", "model")
                     and k not in SERVER_PATH_KEYS) + (
-    "device", "bf16", "num-server-rounds", "clients-per-round", "aggregation", "eval-batch-size", "run-name",
+    "device", "bf16", "num-server-rounds", "clients-per-round", "aggregation", "server-opt", "server-lr",
+    "server-beta1", "server-beta2", "server-tau", "eval-batch-size", "run-name",
     "tensorboard")
 
 # What a submitted run may ask the server to pay for: upper bounds of its size keys (docs/deployment.md). The

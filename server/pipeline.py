@@ -34,7 +34,7 @@ class RoundSnapshot:
     train_metrics: dict[str, Any]
     guidance: Any  # the strategy's Dominance (or None): what this round's statistics say
     report: RoundReport  # a copy: what the strategy reported for the round
-    feature_stats: Any  # CCVR moments (or None)
+    calibrate: Any  # the server side's calibration of the evaluated model, bound to the round's state (or None)
     strategy_state: dict[str, Any]
     wall_s: float
 

@@ -1,22 +1,25 @@
-"""FedCMIStrategy: per-modality aggregation and server-side dominance on Flower's Message API.
+"""FedCMIStrategy: per-modality aggregation on Flower's Message API, with the method's server steps.
 
-One strategy serves every local method (``fedcmi.methods``): the local objective differs, the server path
-does not. Each round:
+One strategy serves every local method (``fedcmi.methods``): discovery, membership, sampling, reply
+acceptance, screening and aggregation are the same for all; what a method (or a server option) does on the
+server is its :class:`~fedcmi.methods.server_step.ServerSide` (``fedcmi.federated.server_side`` builds it),
+which this strategy only calls. Each round:
 
 1. ``configure_train`` samples clients (seeded, by partition id, so runs are reproducible) and sends the
-   global arrays plus a ConfigRecord with the run config, whether infiltration is on, the dominant modality
-   and the class-wise temperatures.
+   global arrays plus a ConfigRecord with the run config and the server side's guidance (FedCMI's:
+   infiltration on/off, the dominant modality and the class-wise temperatures).
 2. ``aggregate_train`` screens every reply, combines each modality's group over the clients that hold it
-   and the fusion head over all with the run's aggregation rule (``fedcmi.federated.aggregation``), and
-   turns the clients' class statistics into the next dominant modality and
-   temperatures (``fedcmi.dominance``).
+   and the fusion head over all with the run's aggregation rule (``fedcmi.federated.aggregation``), then
+   hands the aggregate and the accepted replies to the server side (FedCMI's dominance from the class
+   statistics, CCVR's received moments, an adaptive server optimiser).
 
 Every record key comes from ``fedcmi.protocol``.
 
 Evaluation is central (``server/app.py`` after every round). The evaluate phase carries no accuracy: with CCVR on
 and ``ccvr-moments=fresh``, ``configure_evaluate`` sends the just-aggregated weights to every admitted multimodal
-node and ``aggregate_evaluate`` pools the head-input moments they measure with them, so the round's row is
-evaluated with a head calibrated for the model it evaluates (CCVR off: no message at all).
+node and ``aggregate_evaluate`` checks the head-input moments they measure with them and hands the good ones to the
+server side (CCVR pools them), so the round's row is evaluated with a head calibrated for the model it
+evaluates (CCVR off: no message at all).
 ``server/app.run_rounds`` drives these steps instead of ``Strategy.start`` so it can checkpoint, resume at
 the right round number and skip rounds.
 """
@@ -28,7 +31,6 @@ import math
 import random
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from logging import INFO, WARNING
@@ -41,12 +43,14 @@ from flwr.serverapp.strategy import Strategy
 
 from fedcmi import protocol
 from fedcmi.config import RunConfig
-from fedcmi.dominance import ClassStats, Dominance, Guidance, dominance
+from fedcmi.dominance import ClassStats, Dominance, Guidance
 from fedcmi.federated.aggregation import ClientUpdate, Rule, aggregate
 from fedcmi.federated.aggregation.mean import weighted_mean
 from fedcmi.federated.calibration import FeatureStats
 from fedcmi.federated.membership import Member, Membership, capped_weights
 from fedcmi.federated.screening import UpdateScreen, check_arrays, check_class_stats, group_norms, local_steps
+from fedcmi.federated.server_side import server_side
+from fedcmi.methods.server_step import ServerSide
 from fedcmi.metrics import FAULTS
 from fedcmi.modalities import MODALITIES, SHARED, modalities_of
 from fedcmi.modalities import group_of as default_group_of
@@ -98,16 +102,12 @@ class Accepted:
     capped: bool = False
 
 
-# Class statistics are measured with the received model; those of round 1 describe the untrained initial model.
-FIRST_INFORMATIVE_ROUND = 2
-
-
 # The constructor's defaults are the run configuration's (RunConfig is their one source)
 _DEFAULT = RunConfig()
 
 
 class FedCMIStrategy(Strategy):
-    """Per-modality FedAvg with server-side dominant-modality guidance.
+    """Per-modality FedAvg; the method's server side decides the guidance and post-processes the aggregate.
 
     Parameters
     ----------
@@ -118,10 +118,9 @@ class FedCMIStrategy(Strategy):
     run_config : Mapping[str, Any]
         The clients' part of the run configuration, sent to every client so all sides train with the same
         settings.
-    gamma : float (default: gamma's, 2.0)
-        Strength of the class-wise temperatures (FedCMI authors' code).
-    warmup_rounds : int (default: warmup-rounds', 1)
-        Rounds without infiltration at the start.
+    server : ServerSide | None
+        The method's server steps (guidance, after aggregation, state, calibration);
+        ``None``: those of the default run configuration (FedCMI's dominance guidance).
     seed : int (default: seed's, 0)
         Seed of client sampling.
     group_of : Callable[[str], str]
@@ -143,34 +142,22 @@ class FedCMIStrategy(Strategy):
         Modalities the strategy trains; unimodal baselines sample only clients holding theirs.
     rule : Rule (default: the sample-weighted mean)
         The aggregation rule applied per modality group (``fedcmi.federated.aggregation``).
-    dominance_momentum : float (default: dominance-momentum's, 0.0)
-        Moving average of the class statistics across rounds (0 = this round's only), so one round's
-        participants under label skew cannot flip the dominant modality on their own.
-    tau_min : float (default: tau-min's, 0.0)
-        Lower bound of the class-wise temperatures (0 = none).
-    ratio_mean : str (default: ratio-mean's, "arithmetic")
-        How the per-class ratios are averaged into r̄: ``arithmetic`` (the authors' code) or ``geometric``.
     """
 
     def __init__(self, *, clients_per_round: int, model_spec: ModelSpec, run_config: Mapping[str, Any],
-                 gamma: float = _DEFAULT.gamma, warmup_rounds: int = _DEFAULT.warmup_rounds,
-                 seed: int = _DEFAULT.seed, group_of: Callable[[str], str] = default_group_of,
+                 server: ServerSide | None = None, seed: int = _DEFAULT.seed,
+                 group_of: Callable[[str], str] = default_group_of,
                  discovery_timeout: float = _DEFAULT.discovery_seconds, min_replies: int = _DEFAULT.min_replies,
                  max_update_norm: float = _DEFAULT.max_update_norm,
                  update_norm_multiple: float = _DEFAULT.update_norm_multiple,
                  use_modalities: tuple[str, ...] = MODALITIES, rule: Rule = weighted_mean,
-                 dominance_momentum: float = _DEFAULT.dominance_momentum, tau_min: float = _DEFAULT.tau_min,
-                 ratio_mean: str = _DEFAULT.ratio_mean,
                  membership: Membership | None = None) -> None:
-        self.dominance_momentum, self.tau_min, self.ratio_mean = dominance_momentum, tau_min, ratio_mean
-        self.smoothed: ClassStats | None = None  # the moving average of the class statistics
+        self.server = server if server is not None else server_side(_DEFAULT, model_spec.num_classes)
         self.clients_per_round = clients_per_round
         self.model_spec = model_spec
         self.num_classes = model_spec.num_classes
         self.rule = rule
         self.run_config = dict(run_config)
-        self.gamma = gamma
-        self.warmup_rounds = warmup_rounds
         self.group_of = group_of
         self.discovery_timeout = discovery_timeout
         self.min_replies = min_replies
@@ -185,45 +172,37 @@ class FedCMIStrategy(Strategy):
         self.use_modalities = use_modalities
         self.rng = random.Random(seed)
         self.current_arrays: ArrayRecord | None = None
-        self.guidance: Dominance | None = None  # from the latest statistics; sent next round
         self.reports: dict[int, RoundReport] = {}
-        self.feature_stats: FeatureStats | None = None  # CCVR: the latest round's pooled head-input moments
         self.moments_asked: dict[int, list[int]] = {}  # round -> nodes asked for fresh CCVR moments
         self.train_metrics: dict[int, MetricRecord] = {}
 
     # --- bookkeeping ------------------------------------------------------------------------------
     def summary(self) -> None:
-        log(INFO, "\t├──> FedCMIStrategy: %s clients per round, warm-up %s round(s), gamma %s",
-            self.clients_per_round, self.warmup_rounds, self.gamma)
+        log(INFO, "\t├──> FedCMIStrategy: %s clients per round, server steps: %s", self.clients_per_round,
+            ", ".join(s.name for s in self.server.steps) or "none")
         log(INFO, "\t└──> method: %s, aggregation: %s", self.run_config.get("strategy"),
             getattr(self.rule, "__name__", self.rule))
 
+    @property
+    def guidance(self) -> Dominance | None:
+        """The dominance the latest statistics decided (sent next round; the round's row reports it)."""
+        return self.server.reported()
+
     def state(self) -> dict[str, Any]:
-        """What a checkpoint must hold to continue exactly: the sampling RNG and the current guidance."""
+        """What a checkpoint must hold to continue exactly: the sampling RNG, the screen's history, the first
+        claims, and the server side's state (its one serialiser)."""
         version, internal, gauss = self.rng.getstate()
-        guidance = None
-        if self.guidance is not None:
-            guidance = {"dominant": self.guidance.dominant, "ratio": self.guidance.ratio,
-                        "tau": [float(t) for t in self.guidance.tau]}
-        state: dict[str, Any] = {"rng": [version, list(internal), gauss], "guidance": guidance,
-                                 "screen": self.screen.state(),
-                                 "claims": {str(p): n for p, n in sorted(self.membership.first_claims.items())}}
-        if self.smoothed is not None:
-            state["smoothed"] = {k: [float(v) for v in getattr(self.smoothed, k)]
-                                 for k in ("sum_pa", "sum_pb", "counts")}
-        return state
+        return {"rng": [version, list(internal), gauss], "screen": self.screen.state(),
+                "claims": {str(p): n for p, n in sorted(self.membership.first_claims.items())},
+                **self.server.state()}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state``; the server side checks its part first (its one validator)."""
+        self.server.load_state(state, self.num_classes)
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
-        g = state.get("guidance")
-        self.guidance = None if g is None else Dominance(g["dominant"], float(g["ratio"]),
-                                                         np.asarray(g["tau"], dtype=np.float64))
         self.screen.load_state(state.get("screen", {}))
         self.membership.first_claims = {int(p): int(n) for p, n in state.get("claims", {}).items()}
-        sm = state.get("smoothed")
-        self.smoothed = None if sm is None else ClassStats(*(np.asarray(sm[k], dtype=np.float64)
-                                                              for k in ("sum_pa", "sum_pb", "counts")))
 
     def discover(self, grid: Grid, wait: bool = True) -> None:
         """Ask every connected node not yet admitted for its partition id, modality kind and sample count (a QUERY
@@ -329,10 +308,9 @@ class FedCMIStrategy(Strategy):
 
     # --- training -----------------------------------------------------------------------------
     def guidance_for(self, server_round: int) -> Guidance:
-        """Infiltration on after the warm-up; the latest dominant modality and temperatures, if any."""
-        g = self.guidance
-        return Guidance(infiltrate=server_round > self.warmup_rounds, dominant=g.dominant if g else None,
-                        tau=g.tau if g else None)
+        """What the server side sends with this round's weights (FedCMI's: infiltration after the warm-up, the
+        latest dominant modality and temperatures)."""
+        return self.server.guidance(server_round)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -484,50 +462,9 @@ class FedCMIStrategy(Strategy):
             log(WARNING, "round %s skipped: %s good replies, min-replies is %s; the global model is kept",
                 server_round, len(accepted), self.min_replies)
             return None, metrics
-        new, _ = aggregate(current, [e.update for e in accepted], self.group_of, self.rule)
-        self._update_guidance(server_round, [e.stats for e in accepted if e.stats is not None])
-        if not self.fresh_moments:
-            self._pool_features(server_round, accepted)
+        new, contributors = aggregate(current, [e.update for e in accepted], self.group_of, self.rule)
+        new = self.server.after_aggregation(server_round, current, new, frozenset(contributors), accepted)
         return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in new.items()}), metrics
-
-    def _pool_features(self, server_round: int, accepted: list[Accepted]) -> None:
-        """CCVR: sum the accepted clients' feature moments; a malformed set is left out (and logged)."""
-        pooled = None
-        for entry in accepted:
-            features = entry.features
-            if features is None:
-                continue
-            reason = features.check(self.num_classes)
-            if reason:
-                log(WARNING, "round %s: %s: %s; left out of the calibration", server_round, entry.who, reason)
-                continue
-            if pooled is not None and pooled.sums.shape != features.sums.shape:
-                continue
-            pooled = features if pooled is None else pooled + features
-        if pooled is not None:
-            self.feature_stats = pooled
-
-    def _update_guidance(self, server_round: int, all_stats: list[ClassStats]) -> None:
-        """The next round's dominant modality and tau_c from the accepted class statistics (smoothed with
-        ``dominance-momentum``). Clients measure them with the model they received, so round 1's describe the
-        untrained initial model (ratios near 1, a coin flip of a dominant modality): they are not used."""
-        if server_round < FIRST_INFORMATIVE_ROUND:
-            return
-        stats = sum(all_stats, ClassStats.zeros(self.num_classes))
-        if stats.counts.sum() <= 0:
-            return
-        if self.dominance_momentum > 0:
-            m = self.dominance_momentum
-            prev = self.smoothed
-            self.smoothed = stats if prev is None else ClassStats(
-                m * prev.sum_pa + (1 - m) * stats.sum_pa, m * prev.sum_pb + (1 - m) * stats.sum_pb,
-                m * prev.counts + (1 - m) * stats.counts)
-            stats = self.smoothed
-        new = dominance(stats, self.gamma, geometric=self.ratio_mean == "geometric")
-        if new is not None:
-            if self.tau_min > 0:
-                new = Dominance(new.dominant, new.ratio, np.maximum(new.tau, self.tau_min))
-            self.guidance = new
 
     @staticmethod
     def _train_metrics(accepted: list[Accepted], report: RoundReport) -> MetricRecord:
@@ -551,9 +488,8 @@ class FedCMIStrategy(Strategy):
     # --- evaluation is central; the evaluate phase gathers CCVR's fresh moments --------------------------
     @property
     def fresh_moments(self) -> bool:
-        """CCVR on with ``ccvr-moments=fresh``: the evaluate phase asks multimodal nodes for moments."""
-        steps = self.run_config.get("ccvr-steps", 0)
-        return isinstance(steps, int) and steps > 0 and self.run_config.get("ccvr-moments", "fresh") == "fresh"
+        """Whether the evaluate phase asks multimodal nodes for moments (CCVR with ``ccvr-moments=fresh``)."""
+        return self.server.asks_moments()
 
     def moment_nodes(self) -> list[int]:
         """Every admitted node holding both modalities the strategy trains, in partition order: the pool covers
@@ -576,8 +512,9 @@ class FedCMIStrategy(Strategy):
         return [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Pool the fresh moments into ``feature_stats`` (None when none is usable: the round is evaluated
-        uncalibrated); a failed, malformed or missing reply is left out and named in the round's faults."""
+        """Check the fresh moments and hand the good ones to the server side (CCVR pools them; none usable: the
+        round is evaluated uncalibrated); a failed, malformed or missing reply is left out and named in the
+        round's faults."""
         asked = self.moments_asked.pop(server_round, None)
         if asked is None:
             return None
@@ -596,13 +533,11 @@ class FedCMIStrategy(Strategy):
             elif features is not None:
                 good.append((who, features))
         faults += [f"{self._name(n)}: ccvr moments: no reply within round-timeout" for n in asked if n not in answered]
-        pooled, used = self._pool_moments(good, faults)
+        used, examples = self.server.take_moments(server_round, good, faults)
         report = self.reports.setdefault(server_round, RoundReport())
         report.faults = [*report.faults, *faults]
         for line in faults:
             log(WARNING, "round %s: %s", server_round, line)
-        self.feature_stats = pooled
-        examples = int(pooled.counts.sum()) if pooled is not None else 0
         log(INFO, "round %s: CCVR moments of %s of %s multimodal node(s), %s samples", server_round, used,
             len(asked), examples)
         return MetricRecord({"ccvr-nodes": used, protocol.NUM_EXAMPLES: examples})
@@ -636,21 +571,3 @@ class FedCMIStrategy(Strategy):
         if reply.num_examples > member.size:
             return f"rejected: {reply.num_examples:g} samples exceed the {member.size} vouched for", None
         return None, reply.features
-
-    @staticmethod
-    def _pool_moments(good: list[tuple[str, FeatureStats]], faults: list[str]) -> tuple[FeatureStats | None, int]:
-        """Sum the moments of the width most replies share (one node cannot veto the others by sending another);
-        the rest go to ``faults``. Returns the pool (None if empty) and how many replies it holds."""
-        if not good:
-            return None, 0
-        dims = Counter(f.sums.shape[1] for _, f in good)
-        dim = max(dims, key=lambda d: (dims[d], -[f.sums.shape[1] for _, f in good].index(d)))
-        pooled: FeatureStats | None = None
-        used = 0
-        for who, features in good:
-            if features.sums.shape[1] != dim:
-                faults.append(f"{who}: ccvr moments rejected: width {features.sums.shape[1]}, the others' {dim}")
-                continue
-            pooled = features if pooled is None else pooled + features
-            used += 1
-        return pooled, used

@@ -11,8 +11,11 @@ import pytest
 import torch
 from support.members import admit
 
+from fedcmi.config import effective
 from fedcmi.data.base import ClientData
 from fedcmi.federated.calibration import FeatureStats, calibrated, feature_statistics
+from fedcmi.federated.ccvr import CCVR
+from fedcmi.federated.server_side import server_side
 
 
 class Slots(torch.nn.Module):
@@ -111,7 +114,8 @@ def test_ccvr_round_trip_through_the_client_step_and_the_strategy(name):
                                          client.partition_id, client.kind, res.features)
         replies.append(Message(content, reply_to=request))
     strategy.aggregate_train(1, replies)
-    assert strategy.feature_stats is not None and strategy.feature_stats.counts.sum() == 400
+    pooled = strategy.server.find(CCVR).feature_stats
+    assert pooled is not None and pooled.counts.sum() == 400
 
 
 # --- ccvr-moments=fresh: the evaluate phase gathers the moments of the new global weights -----------------
@@ -153,8 +157,9 @@ def _fresh_strategy(**run_config):
     from fedcmi.models import ModelSpec
     from server.strategy import FedCMIStrategy
 
-    s = FedCMIStrategy(clients_per_round=2, model_spec=ModelSpec(3, (1,), (1,)),
-                       run_config={"strategy": "fedavg", "ccvr-steps": 5, **run_config})
+    cfg = effective({"strategy": "fedavg", "ccvr-steps": 5, **run_config})
+    s = FedCMIStrategy(clients_per_round=2, model_spec=ModelSpec(3, (1,), (1,)), run_config=cfg.client_dict(),
+                       server=server_side(cfg, 3))
     admit(s, FRESH_NODES, size=100)
     return s
 
@@ -185,7 +190,7 @@ def test_fresh_moments_are_asked_of_every_multimodal_member_and_pooled_as_their_
     assert all(np.array_equal(m.content[protocol.ARRAYS]["fusion.fc.weight"].numpy(), np.full(3, 7.0))
                for m in messages)
     metrics = s.aggregate_evaluate(3, grid.send_and_receive(messages))
-    pooled = s.feature_stats
+    pooled = s.server.find(CCVR).feature_stats
     want = good[11] + good[13]
     assert np.array_equal(pooled.counts, want.counts) and np.array_equal(pooled.sums, want.sums)
     assert np.array_equal(pooled.outer, want.outer)
@@ -204,7 +209,8 @@ def test_fresh_moments_failures_and_silence_are_faults_and_no_usable_reply_means
     from fedcmi import protocol
 
     s = _fresh_strategy()
-    s.feature_stats = _moments(9)  # an older pool must not calibrate this round
+    ccvr = s.server.find(CCVR)
+    ccvr.feature_stats = _moments(9)  # an older pool must not calibrate this round
     grid = MomentsGrid({11: RuntimeError("injected"), 13: None, 15: None, 16: None,
                         17: protocol.moments_reply(_moments(1, dim=6), 6)})
     grid.answers.update({15: protocol.moments_reply(_moments(2), 4), 16: protocol.moments_reply(_moments(3), 5)})
@@ -214,10 +220,10 @@ def test_fresh_moments_failures_and_silence_are_faults_and_no_usable_reply_means
     assert "partition 0: ccvr moments failed: RuntimeError: injected" in faults
     assert "partition 2: ccvr moments: no reply within round-timeout" in faults
     assert "partition 6: ccvr moments rejected: width 6, the others' 4" in faults  # the majority's width wins
-    assert np.array_equal(s.feature_stats.counts, (_moments(2) + _moments(3)).counts)
+    assert np.array_equal(ccvr.feature_stats.counts, (_moments(2) + _moments(3)).counts)
     grid.answers.update({15: None, 16: None, 17: None})
     s.aggregate_evaluate(2, grid.send_and_receive(s.configure_evaluate(2, ArrayRecord(), ConfigRecord(), grid)))
-    assert s.feature_stats is None and len(s.reports[2].faults) == 5
+    assert ccvr.feature_stats is None and len(s.reports[2].faults) == 5
 
 
 @pytest.mark.parametrize("run_config", [{"ccvr-steps": 0}, {"ccvr-moments": "received"}])

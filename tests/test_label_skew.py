@@ -102,13 +102,16 @@ def test_fedcmi_zero_fill_and_normalised_loss_by_hand():
 
 
 def test_smoothed_dominance_and_clipped_tau_by_hand():
+    from fedcmi.methods.guidance import DominanceGuidance
+
     cfg = effective({"dominance-momentum": 0.5, "tau-min": 0.9}).check_run()
     s = build_strategy(cfg, ModelSpec(2, (1,), (1,)))
+    step = s.server.find(DominanceGuidance)
     first = ClassStats(np.array([8.0, 1.0]), np.array([2.0, 1.0]), np.array([10.0, 10.0]))  # a dominates
     second = ClassStats(np.array([1.0, 1.0]), np.array([9.0, 9.0]), np.array([10.0, 10.0]))  # b, one round
-    s._update_guidance(2, [first])
+    step.update(2, [first])
     assert s.guidance.dominant == "a"
-    s._update_guidance(3, [second])
+    step.update(3, [second])
     ema = ClassStats(0.5 * first.sum_pa + 0.5 * second.sum_pa, 0.5 * first.sum_pb + 0.5 * second.sum_pb,
                      0.5 * first.counts + 0.5 * second.counts)
     want = dominance(ema, cfg.gamma)
@@ -118,7 +121,7 @@ def test_smoothed_dominance_and_clipped_tau_by_hand():
     assert unsmoothed.dominant == "b"  # without the moving average one round would flip it
     restored = build_strategy(cfg, ModelSpec(2, (1,), (1,)))
     restored.load_state(s.state())
-    assert np.array_equal(restored.smoothed.sum_pa, s.smoothed.sum_pa)
+    assert np.array_equal(restored.server.find(DominanceGuidance).smoothed.sum_pa, step.smoothed.sum_pa)
 
 
 def test_self_balancing_partition_shrinks_the_largest_clients():

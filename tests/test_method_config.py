@@ -56,7 +56,9 @@ def _trained_value(cfg, key: str):
     if where == "settings":
         return getattr(TrainSettings.of(cfg, spec), attr)
     if where == "strategy":
-        return getattr(build_strategy(cfg, ModelSpec(2, (1,), (1,))), attr)
+        from fedcmi.methods.guidance import DominanceGuidance
+
+        return getattr(build_strategy(cfg, ModelSpec(2, (1,), (1,))).server.find(DominanceGuidance), attr)
     if where == "skew":
         return getattr(LabelSkew.from_config(cfg), attr)
     return getattr(spec.build(cfg), attr)

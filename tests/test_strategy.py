@@ -11,6 +11,8 @@ from support.members import admit
 
 from fedcmi.federated.aggregation import ClientUpdate, aggregate
 from fedcmi.federated.aggregation.mean import weighted_mean
+from fedcmi.methods.guidance import DominanceGuidance
+from fedcmi.methods.server_step import ServerSide
 from fedcmi.modalities import group_of
 from fedcmi.models import ModelSpec
 from server.report import RoundReport
@@ -95,7 +97,7 @@ def test_group_nobody_trained_stays_unchanged():
 
 def test_guidance_from_statistics_is_sent_next_round():
     """Round 1's statistics (measured on the untrained initial model) are not used; round 2's decide round 3."""
-    s = _strategy(gamma=2.0, warmup_rounds=1)
+    s = _strategy(server=ServerSide([DominanceGuidance(2, gamma=2.0, warmup_rounds=1)]))
     grid = FakeGrid()
     first = list(s.configure_train(1, s.current_arrays, ConfigRecord({"lr": 0.1}), grid))
     cfg1 = first[0].content["config"]

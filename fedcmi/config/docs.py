@@ -22,6 +22,22 @@ SECTION_TITLES = {
     "reliability": "Reliability", "output": "Output",
 }
 
+# Prose after a section's table: what a group of keys does together
+SECTION_NOTES = {
+    "server": """\
+`server-opt` (adam, yogi, adagrad: FedAdam, FedYogi, FedAdagrad of Reddi et al., "Adaptive Federated
+Optimization", ICLR 2021) treats the aggregate as a pseudo-gradient, per parameter, after the modality-aware
+aggregation: `delta = aggregated - current`, `m = server-beta1 m + (1 - server-beta1) delta`, `v` by the rule
+(adam `server-beta2 v + (1 - server-beta2) delta^2`, yogi `v - (1 - server-beta2) delta^2 sign(v - delta^2)`,
+adagrad `v + delta^2`), `x = current + server-lr m / (sqrt(v) + server-tau)`; no bias correction (the paper's
+Algorithm 2; Flower's FedAdam adds one, its FedAdagrad has `server-beta1=0`). A parameter no client updated
+in a round (a modality group no sampled client holds) keeps its value and its moments; integer buffers take
+the aggregate. The moments are in the checkpoint, so `--resume` continues exactly. `server-opt=none` (the
+default) gives the aggregate unchanged; with it a `server-lr`, `server-beta1`, `server-beta2` or `server-tau`
+other than its default is refused (it would do nothing).
+""",
+}
+
 INTRO = """\
 # Configuration
 
@@ -76,6 +92,8 @@ def configuration_markdown() -> str:
             lines.append(f"| `{key}` | {_cell(_default(values[key]))} | {_cell(_rule(meta)) or '–'} | "
                          f"{_cell(meta['doc'])} |")
         lines.append("")
+        if section in SECTION_NOTES:
+            lines += [SECTION_NOTES[section]]
     lines += ["## Presets (`--preset NAME`)", "",
               "A preset sets keys below the method's defaults, `--config` and `key=value`.", "",
               "| preset | keys |", "|---|---|"]

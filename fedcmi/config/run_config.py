@@ -45,6 +45,9 @@ def _method_names() -> tuple[str, ...]:
 # The aggregation rules' names, without importing them (their code imports torch):
 # fedcmi.federated.aggregation.RULE_NAMES is the same tuple (tests/test_cli_startup.py checks).
 AGGREGATION_NAMES = ("mean", "median", "trimmed-mean", "clipped-mean")
+# The adaptive server optimisers' names: fedcmi.federated.server_opt.RULES plus "none" (tests/test_server_opt.py)
+SERVER_OPT_NAMES = ("none", "adam", "yogi", "adagrad")
+SERVER_OPT_KEYS = ("server-lr", "server-beta1", "server-beta2", "server-tau")
 
 
 UPDATE_NORM_MULTIPLE = 10.0
@@ -59,7 +62,8 @@ UPPER: dict[str, float] = {
     "local_epochs": 10_000,
     "batch_size": 2**20, "eval_batch_size": 2**20, "feature_dim": 16_384, "sgmft_tokens": 1024, "sgmft_heads": 256,
     "sgmft_layers": 64, "warmup_rounds": 100_000, "min_replies": 100_000, "max_consecutive_skips": 100_000,
-    "round_timeout": 7 * 86_400.0, "lr": 1e3, "client_num_cpus": 4096.0, "client_num_gpus": 64.0,
+    "round_timeout": 7 * 86_400.0, "lr": 1e3, "server_lr": 1e3, "server_tau": 1e3, "client_num_cpus": 4096.0,
+    "client_num_gpus": 64.0,
 }
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -240,6 +244,17 @@ class RunConfig:
                             "trimmed-mean (beta 0.2), clipped-mean (updates clipped to the median norm)",
                             lambda v: v in AGGREGATION_NAMES, f"must be one of {', '.join(AGGREGATION_NAMES)}",
                             lambda: AGGREGATION_NAMES)
+    server_opt: str = _opt("none", "server", "adaptive server optimiser on the aggregated weights, per parameter "
+                           "(Reddi et al. 2021): none (the aggregate is the new model), adam (FedAdam), yogi "
+                           "(FedYogi), adagrad (FedAdagrad)", lambda v: v in SERVER_OPT_NAMES,
+                           f"must be one of {', '.join(SERVER_OPT_NAMES)}", lambda: SERVER_OPT_NAMES)
+    server_lr: float = _opt(0.01, "server", "server-opt: server learning rate eta", _positive, "must be > 0")
+    server_beta1: float = _opt(0.9, "server", "server-opt: first-moment decay beta1 (0 = no momentum, as Flower's "
+                               "FedAdagrad)", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
+    server_beta2: float = _opt(0.99, "server", "server-opt adam, yogi: second-moment decay beta2",
+                               lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
+    server_tau: float = _opt(0.001, "server", "server-opt: adaptivity tau, added to sqrt(v)", _positive,
+                             "must be > 0")
     # 256 (the authors' test batch): on CPU a 512 batch's activations spill out of cache, 1.2-1.4x slower for
     # the default model in most processes, with the same predictions (docs/scaling.md, benchmarks/eval_batch.py)
     eval_batch_size: int = _opt(256, "server", "server evaluation batch size", _at_least(1), "must be >= 1")
@@ -335,6 +350,11 @@ class RunConfig:
         if self.min_replies > self.clients_per_round:
             raise ConfigError(
                 f"min-replies={self.min_replies}: must be <= clients-per-round ({self.clients_per_round})")
+        if self.server_opt == "none":
+            changed = [k for k in SERVER_OPT_KEYS if getattr(self, k.replace("-", "_")) != FIELDS[k].default]
+            if changed:
+                raise ConfigError(f"{changed[0]}={getattr(self, changed[0].replace('-', '_'))}: only read with "
+                                  "server-opt=adam, yogi or adagrad (server-opt=none)")
         if self.wandb:
             require_wandb()  # finds the package without importing it
         return self

@@ -15,6 +15,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fedcmi.config import RunConfig
     from fedcmi.methods.base import LocalMethod
+    from fedcmi.methods.server_step import ServerStep
+
+# The server step every method has today: the dominance of the modalities, from the clients' class statistics
+# (FedCMI's guidance; every run's metrics row reports it)
+DOMINANCE_GUIDANCE = "fedcmi.methods.guidance:build"
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class MethodSpec:
     method keys it reads; ``defaults``: its values for keys the user did not set; ``defining``: keys whose
     value makes it this method (a contradicting user value is refused). ``infiltration_path``: evaluate a
     modality alone through its infiltration projector (else zero-filled). ``ours``: fedcmi's own variant.
+    ``server``: ``"module:function"`` builders ``(RunConfig, num_classes) -> ServerStep | None`` of the method's
+    server half (``fedcmi.methods.server_step``), imported when the server first builds them.
     """
 
     name: str
@@ -54,11 +61,22 @@ class MethodSpec:
     defining: Mapping[str, Constraint] = field(default_factory=dict)
     infiltration_path: bool = False
     ours: bool = False  # fedcmi's own variant, not a published method: labelled wherever results are shown
+    server: tuple[str, ...] = (DOMINANCE_GUIDANCE,)
 
     def build(self, cfg: RunConfig) -> LocalMethod:
         """A fresh ``LocalMethod`` for one client round (imports the method's module the first time)."""
         module, _, function = self.builder.partition(":")
         return getattr(importlib.import_module(module), function)(cfg)
+
+    def server_steps(self, cfg: RunConfig, num_classes: int) -> list[ServerStep]:
+        """The method's server steps for this run (imports their modules the first time)."""
+        steps = []
+        for builder in self.server:
+            module, _, function = builder.partition(":")
+            step = getattr(importlib.import_module(module), function)(cfg, num_classes)
+            if step is not None:
+                steps.append(step)
+        return steps
 
     @property
     def decomposed(self) -> bool:

@@ -4,22 +4,22 @@ Nothing is unpickled on load: tensors come from safetensors, state from JSON, an
 is recorded in the state so a torn or swapped file is detected instead of silently resumed. The state must
 name the configuration it was trained with (its hash). A checksum only says the files are the ones the state
 names, so the content is checked too, field by field, before anything starts: :func:`load_checkpoint` checks
-what a checkpoint holds on its own (round, RNG, guidance, smoothed statistics, screen, claims) and
-:func:`check_content` what the run's model and classes say (tensor names, shapes, dtypes, finite values;
-one temperature per class).
+what a checkpoint holds on its own (round, RNG, screen, claims) and :func:`check_content` what the run's
+model, classes and server side say (tensor names, shapes, dtypes, finite values; the server steps' state
+through the run's :class:`~fedcmi.methods.server_step.ServerSide`, its one validator: FedCMI's guidance and
+smoothed statistics, a server optimiser's moments).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -28,6 +28,9 @@ from safetensors.torch import load_file
 from fedcmi.errors import ConfigError
 from fedcmi.runs.files import atomic_write, save_tensors
 from fedcmi.runs.layout import CHECKPOINT_DIR, CHECKPOINT_MODEL, CHECKPOINT_STATE
+
+if TYPE_CHECKING:
+    from fedcmi.methods.server_step import ServerSide
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -100,11 +103,12 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     return Checkpoint(server_round, tensors, strategy_state, config, state_path, model_path)
 
 
-def check_content(checkpoint: Checkpoint, expected: Mapping[str, torch.Tensor], num_classes: int) -> None:
+def check_content(checkpoint: Checkpoint, expected: Mapping[str, torch.Tensor], num_classes: int,
+                  server: ServerSide) -> None:
     """Refuse (one line) a checkpoint whose content does not fit the run that would resume it: the model's
     tensors must be exactly ``expected``'s names, shapes and dtypes (the model the run's config builds) with
-    finite values, the guidance one finite positive temperature per class, the smoothed class statistics
-    ``num_classes`` long. Called before anything starts (no Ray, no round)."""
+    finite values, and the server steps' state must pass the run's ``server`` validator (e.g. one finite
+    positive temperature per class). Called before anything starts (no Ray, no round)."""
     model, tensors = checkpoint.model_path, checkpoint.tensors
     missing = sorted(set(expected) - set(tensors))
     if missing:
@@ -123,49 +127,15 @@ def check_content(checkpoint: Checkpoint, expected: Mapping[str, torch.Tensor], 
         if got.is_floating_point() and not bool(torch.isfinite(got).all()):
             raise CheckpointError(f"{model}: {name}: holds NaN or Inf; a checkpoint with non-finite weights is "
                                   "not resumed")
-    reason = _class_problem(checkpoint.strategy, num_classes)
+    shapes = {k: tuple(v.shape) for k, v in expected.items()}
+    reason = server.check_state(checkpoint.strategy, num_classes, shapes)
     if reason:
-        raise CheckpointError(f"{checkpoint.state_path}: strategy state does not fit the run's {num_classes} "
-                              f"classes ({reason})")
-
-
-def _class_problem(state: Mapping[str, Any], num_classes: int) -> str | None:
-    g = state.get("guidance")
-    if isinstance(g, dict) and len(g["tau"]) != num_classes:
-        return f"guidance tau has {len(g['tau'])} temperatures"
-    sm = state.get("smoothed")
-    if isinstance(sm, dict):
-        for k in SMOOTHED:
-            if len(sm[k]) != num_classes:
-                return f"smoothed {k} has {len(sm[k])} values"
-    return None
-
-
-SMOOTHED = ("sum_pa", "sum_pb", "counts")
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _smoothed_problem(sm: Any) -> str | None:
-    """Why the moving average of the class statistics (``dominance-momentum``) is malformed, or None."""
-    if not isinstance(sm, dict) or set(sm) != set(SMOOTHED):
-        return f"smoothed: not a mapping of {', '.join(SMOOTHED)}"
-    lists = [sm[k] for k in SMOOTHED]
-    if not all(isinstance(v, list) and v and all(_number(x) and x >= 0 for x in v) for v in lists):
-        return "smoothed: not lists of finite non-negative numbers"
-    if len({len(v) for v in lists}) != 1:
-        return "smoothed: lists of different lengths"
-    sum_pa, sum_pb, counts = lists
-    slack = 1e-6
-    if any(p > c * (1 + slack) + slack for ps in (sum_pa, sum_pb) for p, c in zip(ps, counts, strict=True)):
-        return "smoothed: a probability sum exceeds its class count"
-    return None
+        raise CheckpointError(f"{checkpoint.state_path}: strategy state {reason}")
 
 
 def _strategy_state_problem(state: dict[str, Any]) -> str | None:
-    """Why the strategy state (sampling RNG, guidance) cannot be loaded, or None."""
+    """Why the strategy's own state (sampling RNG, screen, claims) cannot be loaded, or None; the server
+    steps' part is checked by the run's server side (:func:`check_content`)."""
     rng = state.get("rng")
     if not isinstance(rng, (list, tuple)) or len(rng) != 3 or not isinstance(rng[1], (list, tuple)):
         return "rng missing or malformed"
@@ -183,18 +153,4 @@ def _strategy_state_problem(state: dict[str, Any]) -> str | None:
     if not isinstance(claims, dict) or not all(str(k).isdigit() and isinstance(v, int) and not isinstance(v, bool)
                                                and v >= 1 for k, v in claims.items()):
         return "claims: not a mapping of partition ids to sample counts"
-    if state.get("smoothed") is not None:
-        reason = _smoothed_problem(state["smoothed"])
-        if reason:
-            return reason
-    g = state.get("guidance", "missing")
-    if g is None:
-        return None
-    if not isinstance(g, dict) or g.get("dominant") not in ("a", "b"):
-        return "guidance missing or malformed"
-    ratio, tau = g.get("ratio"), g.get("tau")
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
-        return "guidance ratio is not a number"
-    if not isinstance(tau, list) or not tau or not all(_number(t) and t > 0 for t in tau):
-        return "guidance tau is not a list of finite positive temperatures"
     return None

@@ -138,7 +138,9 @@ def resumable(path: Path, cfg: RunConfig, expected: Mapping[str, torch.Tensor] |
                               "with (edited after the run started?); refusing to resume a different run")
     if expected is None or num_classes is None:
         expected, num_classes = expected_model(cfg)
-    check_content(checkpoint, expected, num_classes)
+    from fedcmi.federated.server_side import server_side
+
+    check_content(checkpoint, expected, num_classes, server_side(cfg, num_classes))
     if checkpoint.round > cfg.num_server_rounds:
         raise CheckpointError(f"{path}: the checkpoint is at round {checkpoint.round}, beyond num-server-rounds="
                               f"{cfg.num_server_rounds}")
