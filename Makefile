@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: run test lint bench-imbalance clean deploy-demo
+.PHONY: run test test-fast lint bench-imbalance clean deploy-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ run: $(STAMP)  ## the default FedCMI simulation on the embedded synthetic-av dat
 
 test: $(STAMP)  ## the whole test suite
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)  ## the suite without the end-to-end runs marked slow (Flower simulations, deployments)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fedcmi clients server tests benchmarks
