@@ -2,14 +2,33 @@
 
 The strategy fills a :class:`RoundReport` per round; the ServerApp writes it into the metrics row (its reply
 counts are the metrics columns, ``fedcmi.metrics``) and replies.csv, and stops a run on its faults.
+:func:`short_reason` turns an error reply into the one line a fault carries.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from fedcmi.metrics import CAPPED, CLIENTS_FAILED, CLIENTS_OK, CLIENTS_REJECTED, CLIENTS_TIMEOUT, FAULTS, SKIPPED
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.+)$")
+_RAY_ERR = re.compile(r"ray\.exceptions\.(\w+)'>:<'(.*)", re.S)
+
+
+def short_reason(text: str | None) -> str:
+    """One line from an error reply: the innermost ``SomeError: message``, not Ray's whole traceback."""
+    text = _ANSI.sub("", text or "")
+    for line in text.splitlines():
+        m = _EXC_LINE.match(line.strip())
+        if m and not m.group(1).endswith("ClientAppException"):
+            return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"[:200]
+    m = _RAY_ERR.search(text)
+    if m:
+        return f"{m.group(1)}: {m.group(2).split('. ')[0].strip()}"[:200]
+    return next((line.strip() for line in text.splitlines() if line.strip()), "unknown error")[:200]
 
 
 @dataclass

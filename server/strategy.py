@@ -3,7 +3,11 @@
 One strategy serves every local method (``fedcmi.methods``): discovery, membership, sampling, reply
 acceptance, screening and aggregation are the same for all; what a method (or a server option) does on the
 server is its :class:`~fedcmi.methods.server_step.ServerSide` (``fedcmi.federated.server_side`` builds it),
-which this strategy only calls. Each round:
+which this strategy only calls. The strategy orchestrates; each job has its own module:
+``server/membership.py`` (``Roster``: discovery, refusals, members that left, the seeded sample and its
+shortfall), ``server/acceptance.py`` (``Acceptance``: one reply into an ``Accepted`` record or a named
+``Rejection``, claim capping, the update screen, the CCVR moments check) and ``server/report.py`` (the round's
+``RoundReport``, ``short_reason``). Each round:
 
 1. ``configure_train`` samples clients (seeded, by partition id, so runs are reproducible) and sends the
    global arrays plus a ConfigRecord with the run config and the server side's guidance (FedCMI's:
@@ -27,12 +31,8 @@ the right round number and skip rounds.
 from __future__ import annotations
 
 import logging
-import math
 import random
-import re
-import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
 from logging import INFO, WARNING
 from typing import Any
 
@@ -43,63 +43,30 @@ from flwr.serverapp.strategy import Strategy
 
 from fedcmi import protocol
 from fedcmi.config import RunConfig
-from fedcmi.dominance import ClassStats, Dominance, Guidance
-from fedcmi.federated.aggregation import ClientUpdate, Rule, aggregate
+from fedcmi.dominance import Dominance, Guidance
+from fedcmi.federated.aggregation import Rule, aggregate
 from fedcmi.federated.aggregation.mean import weighted_mean
 from fedcmi.federated.calibration import FeatureStats
-from fedcmi.federated.membership import Member, Membership, capped_weights
-from fedcmi.federated.screening import UpdateScreen, check_arrays, check_class_stats, group_norms, local_steps
+from fedcmi.federated.membership import Member, Membership
+from fedcmi.federated.screening import UpdateScreen
 from fedcmi.federated.server_side import server_side
 from fedcmi.methods.server_step import ServerSide
 from fedcmi.metrics import FAULTS
-from fedcmi.modalities import MODALITIES, SHARED, modalities_of
+from fedcmi.modalities import MODALITIES
 from fedcmi.modalities import group_of as default_group_of
 from fedcmi.models.build import ModelSpec
 from fedcmi.npy import record_arrays
-from server.report import RoundReport
+from server.acceptance import Acceptance, Accepted, Rejection
+from server.membership import NoClientsError, Roster
+from server.report import RoundReport, short_reason
+
+__all__ = ["Accepted", "FedCMIStrategy", "NoClientsError", "Rejection", "short_reason"]
 
 _logger = logging.getLogger("fedcmi.server")
 
 
 def log(level: int, msg: str, *args: Any) -> None:
     _logger.log(level, msg, *args)
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.+)$")
-_RAY_ERR = re.compile(r"ray\.exceptions\.(\w+)'>:<'(.*)", re.S)
-
-
-def short_reason(text: str | None) -> str:
-    """One line from an error reply: the innermost ``SomeError: message``, not Ray's whole traceback."""
-    text = _ANSI.sub("", text or "")
-    for line in text.splitlines():
-        m = _EXC_LINE.match(line.strip())
-        if m and not m.group(1).endswith("ClientAppException"):
-            return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"[:200]
-    m = _RAY_ERR.search(text)
-    if m:
-        return f"{m.group(1)}: {m.group(2).split('. ')[0].strip()}"[:200]
-    return next((line.strip() for line in text.splitlines() if line.strip()), "unknown error")[:200]
-
-
-class NoClientsError(RuntimeError):
-    """Raised when a round gets no usable reply at all: continuing would only repeat the failure."""
-
-
-@dataclass
-class Accepted:
-    """A reply that passed the checks: whose it is, what it sent, and the weight the server gives it."""
-
-    who: str
-    partition_id: int
-    kind: str
-    update: ClientUpdate  # num_examples is the weight the server vouches for
-    claimed: float  # the sample count the reply claimed
-    stats: ClassStats | None
-    losses: dict[str, float]
-    features: FeatureStats | None
-    capped: bool = False
 
 
 # The constructor's defaults are the run configuration's (RunConfig is their one source)
@@ -153,24 +120,22 @@ class FedCMIStrategy(Strategy):
                  use_modalities: tuple[str, ...] = MODALITIES, rule: Rule = weighted_mean,
                  membership: Membership | None = None) -> None:
         self.server = server if server is not None else server_side(_DEFAULT, model_spec.num_classes)
-        self.clients_per_round = clients_per_round
         self.model_spec = model_spec
         self.num_classes = model_spec.num_classes
         self.rule = rule
         self.run_config = dict(run_config)
         self.group_of = group_of
-        self.discovery_timeout = discovery_timeout
         self.min_replies = min_replies
         self.max_update_norm = max_update_norm
         self.update_norm_multiple = update_norm_multiple
         self.screen = UpdateScreen(update_norm_multiple)
-        self.membership = membership if membership is not None else Membership("claims")
-        self.refusals: dict[int, str] = {}  # node id -> why discovery refused it (logged when it changes)
-        self.discovery_faults: list[str] = []  # refusals since the last round was recorded
-        self.offline: dict[int, int] = {}  # partition id -> node id of members that left and have not rejoined
-        self.shortfall: str | None = None  # why the latest sample is smaller than clients-per-round, if it is
-        self.use_modalities = use_modalities
         self.rng = random.Random(seed)
+        self.roster = Roster(membership if membership is not None else Membership("claims"),
+                             clients_per_round=clients_per_round, use_modalities=use_modalities,
+                             discovery_timeout=discovery_timeout, run_config=self.run_config, rng=self.rng)
+        self.acceptance = Acceptance(self.roster.membership, num_classes=self.num_classes, held=self.roster.held,
+                                     group_of=group_of, max_update_norm=max_update_norm, screen=self.screen,
+                                     run_config=self.run_config)
         self.current_arrays: ArrayRecord | None = None
         self.reports: dict[int, RoundReport] = {}
         self.moments_asked: dict[int, list[int]] = {}  # round -> nodes asked for fresh CCVR moments
@@ -204,107 +169,55 @@ class FedCMIStrategy(Strategy):
         self.screen.load_state(state.get("screen", {}))
         self.membership.first_claims = {int(p): int(n) for p, n in state.get("claims", {}).items()}
 
-    def discover(self, grid: Grid, wait: bool = True) -> None:
-        """Ask every connected node not yet admitted for its partition id, modality kind and sample count (a QUERY
-        message) and admit it through the membership rule. With ``wait`` (the first discovery), wait for
-        clients-per-round nodes; fail when none is admitted, or when fewer connected than needed."""
-        deadline = time.monotonic() + self.discovery_timeout
-        while True:
-            node_ids = sorted(grid.get_node_ids())
-            if not wait or len(node_ids) >= self.clients_per_round or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        unknown = [n for n in node_ids if n not in self.membership]
-        if not unknown:
-            return
-        msgs = [Message(protocol.query_content(self.run_config), dst_node_id=n, message_type=MessageType.QUERY)
-                for n in unknown]
-        online = set(node_ids)
-        for reply in grid.send_and_receive(msgs, timeout=self.discovery_timeout):
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                self._refuse(node, f"could not describe itself: {short_reason(reply.error.reason)}")
-                continue
-            try:
-                info = protocol.read_info(reply.content)
-            except protocol.ReplyError as exc:
-                self._refuse(node, f"described itself badly: {exc}")
-                continue
-            previous = self.membership.holder(info.partition_id)
-            reason = self.membership.admit(node, info.partition_id, info.kind, info.num_examples, online)
-            if reason:
-                self._refuse(node, reason)
-                if previous is not None and previous not in self.membership:
-                    self._refuse(previous, f"partition {info.partition_id} is also claimed by online node {node}: "
-                                           "neither is sampled")
-                continue
-            self.refusals.pop(node, None)
-            if previous is not None and previous != node:
-                log(WARNING, "partition %s rejoined as node %s (node %s is offline)", info.partition_id, node,
-                    previous)
-        admitted = len(self.membership)
-        if wait and (admitted == 0 or len(node_ids) < self.clients_per_round):
-            refused = f"; refused: {'; '.join(f'node {n}: {r}' for n, r in sorted(self.refusals.items()))}" \
-                if self.refusals else ""
-            raise NoClientsError(f"only {admitted} node(s) admitted of {len(node_ids)} connected, "
-                                 f"{self.clients_per_round} are needed per round (clients-per-round){refused}")
-        if wait and admitted < self.clients_per_round:
-            log(WARNING, "only %s node(s) admitted, %s requested per round: rounds sample fewer", admitted,
-                self.clients_per_round)
+    # --- membership: the roster (server/membership.py) ---------------------------------------------------
+    @property
+    def membership(self) -> Membership:
+        """Who may join and the sample counts the server vouches for (``fedcmi.federated.membership``)."""
+        return self.roster.membership
 
-    def _refuse(self, node: int, reason: str) -> None:
-        """A node discovery did not admit: logged (once per reason) and listed in the next round's faults."""
-        if self.refusals.get(node) != reason:
-            log(WARNING, "node %s refused: %s", node, reason)
-            self.discovery_faults.append(f"node {node}: refused: {reason}")
-        self.refusals[node] = reason
+    @property
+    def clients_per_round(self) -> int:
+        return self.roster.clients_per_round
+
+    @property
+    def use_modalities(self) -> tuple[str, ...]:
+        return self.roster.use_modalities
+
+    @property
+    def discovery_timeout(self) -> float:
+        return self.roster.discovery_timeout
+
+    @property
+    def refusals(self) -> dict[int, str]:
+        """Node id -> why discovery refused it."""
+        return self.roster.refusals
+
+    @property
+    def offline(self) -> dict[int, int]:
+        """Partition id -> node id of members that left and have not rejoined."""
+        return self.roster.offline
+
+    @property
+    def shortfall(self) -> str | None:
+        """Why the latest sample is smaller than clients-per-round, if it is."""
+        return self.roster.shortfall
+
+    @property
+    def nodes(self) -> dict[int, Member]:
+        """Admitted node id -> its member record (partition id, kind, vouched size)."""
+        return self.roster.nodes
 
     def held(self, kind: str) -> tuple[str, ...]:
         """The modalities a client of this kind trains under this strategy."""
-        return tuple(m for m in modalities_of(kind) if m in self.use_modalities)
+        return self.roster.held(kind)
 
-    @property
-    def nodes(self) -> dict[int, tuple[int, str]]:
-        """Admitted node id -> (partition id, kind)."""
-        return {n: (m.partition_id, m.kind) for n, m in self.membership.members.items()}
+    def discover(self, grid: Grid, wait: bool = True) -> None:
+        """Ask connected nodes not yet admitted to describe themselves and admit them (``Roster.discover``)."""
+        self.roster.discover(grid, wait)
 
     def sample(self, grid: Grid) -> list[int]:
-        """Node ids of this round's clients: a seeded sample of partition ids, mapped to their nodes.
-
-        Only nodes the SuperLink lists as online are sampled: a node that left is forgotten (not sampled,
-        not counted) and asked again when it comes back, under the same or a new node id.
-        """
-        if len(self.membership) < self.clients_per_round and not self.refusals:
-            self.discover(grid)
-        else:
-            online = set(grid.get_node_ids())
-            for node, member in self.membership.leave_offline(online):
-                log(WARNING, "partition %s (node %s) has left; not sampled until it rejoins", member.partition_id,
-                    node)
-                self.offline[member.partition_id] = node
-            for node in [n for n in self.refusals if n not in online]:
-                del self.refusals[node]
-            if online - set(self.membership.members):
-                self.discover(grid, wait=False)
-        by_partition = {m.partition_id: n for n, m in self.membership.members.items() if self.held(m.kind)}
-        for pid in {m.partition_id for m in self.membership.members.values()}:
-            self.offline.pop(pid, None)  # rejoined
-        k = min(self.clients_per_round, len(by_partition))
-        if k == 0:
-            raise NoClientsError(f"no client holds the modalities {self.use_modalities} this strategy trains")
-        self.shortfall = self._shortfall(k, len(by_partition))
-        chosen = self.rng.sample(sorted(by_partition), k)
-        return [by_partition[p] for p in sorted(chosen)]
-
-    def _shortfall(self, k: int, eligible: int) -> str | None:
-        """A round that samples fewer clients than requested says so in its row (the ``faults`` column), with
-        why: members offline (a SuperNode that died and has not rejoined yet) or too few eligible nodes."""
-        if k >= self.clients_per_round:
-            return None
-        why = [f"{len(self.offline)} node(s) offline (partition {', '.join(map(str, sorted(self.offline)))})"] \
-            if self.offline else []
-        why.append(f"{eligible} admitted node(s) hold {'/'.join(self.use_modalities)}")
-        return f"sampled {k} of clients-per-round={self.clients_per_round}: {'; '.join(why)}"
+        """Node ids of this round's clients: a seeded sample of online partitions (``Roster.sample``)."""
+        return self.roster.sample(grid)
 
     # --- training -----------------------------------------------------------------------------
     def guidance_for(self, server_round: int) -> Guidance:
@@ -314,6 +227,7 @@ class FedCMIStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        """Sample this round's clients and send each the global arrays, the run config and the guidance."""
         self.current_arrays = arrays
         nodes = self.sample(grid)
         content = protocol.train_content(arrays, {**self.run_config, **dict(config)}, server_round,
@@ -323,139 +237,54 @@ class FedCMIStrategy(Strategy):
         log(INFO, "configure_train: round %s, partitions %s", server_round, report.partitions)
         return [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
 
-    def _check(self, msg: Message, current: Mapping[str, np.ndarray]) -> tuple[str | None, Accepted | None]:
-        """(reason, None) for a bad reply, (None, Accepted) for a good one. Every field is untrusted: the weight is
-        at most the sample count the membership vouches for."""
-        expected = {k: (tuple(v.shape), str(v.dtype)) for k, v in current.items()}
-        try:
-            reply = protocol.read_reply(msg.content, expected, self.num_classes)
-        except protocol.ReplyError as exc:
-            return str(exc), None
-        member: Member | None = self.membership.get(msg.metadata.src_node_id)
-        if member is None:
-            return "reply from a node that is not an admitted member", None
-        pid, kind = member.partition_id, member.kind
-        if reply.partition_id not in (-1, pid):
-            return f"claims partition {reply.partition_id}, node holds partition {pid}", None
-        if reply.num_examples > member.size:
-            return f"num-examples {reply.num_examples:g} exceeds the {member.size} samples vouched for", None
-        n = reply.num_examples
-        epochs = self.run_config.get("local-epochs")
-        max_batches = float(epochs) * n if isinstance(epochs, int) and epochs > 0 else None
-        reason = check_arrays(reply.arrays, current, self.held(kind), self.group_of, self.max_update_norm,
-                              max_batches)
-        if reason:
-            return reason, None
-        if reply.stats is not None:
-            st = reply.stats
-            reason = check_class_stats(st.sum_pa, st.sum_pb, st.counts, self.num_classes, max_count=n, kind=kind)
-            if reason:
-                return reason, None
-        held = self.held(kind)
-        # CCVR moments are pooled only from a client holding both modalities, counting no more than it trained on
-        fs = reply.features
-        features = fs if fs is not None and set(held) == set(MODALITIES) and fs.counts.sum() <= n else None
-        who = f"partition {pid}"
-        return None, Accepted(who, pid, kind, ClientUpdate(reply.arrays, n, held), n, reply.stats, reply.losses,
-                              features)
-
-    def _who(self, node: int, report: RoundReport) -> str:
-        """How faults name a node: its partition when it was sampled or is a member, else its node id."""
-        member = self.membership.get(node)
-        return report.sampled_as(node) or (f"partition {member.partition_id}" if member else f"node {node}")
-
-    def _cap_claims(self, accepted: list[Accepted]) -> list[Accepted]:
-        """Claims mode: every weight at most CLAIM_CAP_MULTIPLE x the round's lower median claim; class statistics
-        and CCVR moments scaled (or dropped) with it."""
-        if self.membership.mode != "claims":
-            return accepted
-        out = []
-        for entry, w in zip(accepted, capped_weights([e.update.num_examples for e in accepted]), strict=True):
-            n = entry.update.num_examples
-            if w < n:
-                f = w / n
-                stats = entry.stats and ClassStats(entry.stats.sum_pa * f, entry.stats.sum_pb * f,
-                                                   entry.stats.counts * f)
-                entry = replace(entry, update=replace(entry.update, num_examples=w), stats=stats, features=None,
-                                capped=True)
-            out.append(entry)
-        return out
-
-    def _screen(self, server_round: int, accepted: list[Accepted], current: Mapping[str, np.ndarray],
-                faults: list[str], report: RoundReport) -> list[Accepted]:
-        """The relative update bound (``UpdateScreen``): rejected replies go to ``faults``; every judged reply's
-        norms, steps, ratio and verdict go to ``report.screened`` (the run directory's replies.csv)."""
-        norms = [group_norms(e.update.arrays, current, self.group_of, (*e.update.modalities, SHARED))
-                 for e in accepted]
-        epochs, batch = self.run_config.get("local-epochs", 1), self.run_config.get("batch-size", 1)
-        steps = [local_steps(e.update.num_examples, epochs, batch) for e in accepted]
-        verdicts = self.screen.judge(norms, steps)
-        kept, rows = [], []
-        for entry, norm, st, v in zip(accepted, norms, steps, verdicts, strict=True):
-            rows.append({"round": server_round, "partition": entry.partition_id, "kind": entry.kind,
-                         "claimed": entry.claimed, "weight": entry.update.num_examples, "steps": st,
-                         **{f"norm_{g}": norm.get(g, math.nan) for g in (*MODALITIES, SHARED)},
-                         "ratio": round(v.ratio, 4), "verdict": "rejected" if v.reason else
-                         ("capped" if entry.capped else "accepted")})
-            if v.reason:
-                faults.append(f"{entry.who}: rejected: {v.reason}")
-            else:
-                kept.append((entry, v))
-        self.screen.remember([v for _, v in kept])
-        report.screened = rows
-        if rows:
-            log(INFO, "round %s: largest update ratio %.3g (bound %g)", server_round, max(r["ratio"] for r in rows),
-                self.update_norm_multiple)
-        return [e for e, _ in kept]
-
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Check every reply, weigh it by what the server vouches for, screen the updates, then average the good
-        ones per modality; too few good ones skip the round."""
-        # Replies arrive in any order; take them in partition order (unknown nodes last, by node id) so the
-        # faults listed and the floating-point sums are the same in every run.
-        def order(m: Message) -> tuple[bool, int, int]:
-            member = self.membership.get(m.metadata.src_node_id)
-            return member is None, member.partition_id if member else 0, m.metadata.src_node_id
-
-        replies = sorted(replies, key=order)
-        report = self.reports.setdefault(server_round, RoundReport())
-        current = record_arrays(self.current_arrays) if self.current_arrays else {}
-        accepted: list[Accepted] = []
+    def accept_replies(self, server_round: int, replies: Iterable[Message], current: Mapping[str, np.ndarray],
+                       report: RoundReport) -> list[Accepted]:
+        """Check every reply (``server/acceptance.py``), cap claims, screen the updates; fill ``report`` (counts,
+        faults, skipped) and return the accepted replies in partition order."""
         faults: list[str] = [report.shortfall] if report.shortfall else []
-        faults += self.discovery_faults
-        self.discovery_faults = []
+        faults += self.roster.take_discovery_faults()
+        accepted: list[Accepted] = []
         failed = rejected = 0
         answered = set()
-        for msg in replies:
+        # Replies arrive in any order; take them in partition order (unknown nodes last, by node id) so the
+        # faults listed and the floating-point sums are the same in every run.
+        for msg in sorted(replies, key=lambda m: self.roster.order(m.metadata.src_node_id)):
             node = msg.metadata.src_node_id
             if node in answered:
                 continue  # one reply per node and round
             answered.add(node)
-            member = self.membership.get(node)
-            who = f"partition {member.partition_id}" if member else f"node {node}"
+            who = self.roster.name(node)
             if msg.has_error():
                 failed += 1
                 faults.append(f"{who}: failed: {short_reason(msg.error.reason)}")
                 continue
-            reason, good = self._check(msg, current)
-            if reason:
+            verdict = self.acceptance.check(msg, current)
+            if isinstance(verdict, Rejection):
                 rejected += 1
-                faults.append(f"{who}: rejected: {reason}")
+                faults.append(f"{who}: rejected: {verdict.reason}")
                 continue
-            accepted.append(good)
-        accepted = self._cap_claims(accepted)
+            accepted.append(verdict)
+        accepted = self.acceptance.cap_claims(accepted)
         capped = sum(e.capped for e in accepted)
-        screened = self._screen(server_round, accepted, current, faults, report)
+        screened = self.acceptance.screen_updates(server_round, accepted, current, faults, report)
         rejected += len(accepted) - len(screened)
         accepted = screened
         missing = [n for n in report.nodes if n not in answered]
-        faults += [f"{self._who(n, report)}: no reply within round-timeout" for n in missing]
+        faults += [f"{report.sampled_as(n) or self.roster.name(n)}: no reply within round-timeout" for n in missing]
         for line in faults:
             log(WARNING, "round %s: %s", server_round, line)
         report.ok, report.failed, report.rejected, report.timeout = len(accepted), failed, rejected, len(missing)
         report.capped, report.faults, report.skipped = capped, faults, len(accepted) < self.min_replies
         accepted.sort(key=lambda e: e.partition_id)
+        return accepted
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check every reply, weigh it by what the server vouches for, screen the updates, then average the good
+        ones per modality and hand the result to the server side; too few good ones skip the round."""
+        report = self.reports.setdefault(server_round, RoundReport())
+        current = record_arrays(self.current_arrays) if self.current_arrays else {}
+        accepted = self.accept_replies(server_round, replies, current, report)
         metrics = self._train_metrics(accepted, report)
         self.train_metrics[server_round] = metrics
         if report.skipped:
@@ -494,9 +323,7 @@ class FedCMIStrategy(Strategy):
     def moment_nodes(self) -> list[int]:
         """Every admitted node holding both modalities the strategy trains, in partition order: the pool covers
         every multimodal client, not only this round's sample."""
-        both = [(m.partition_id, n) for n, m in self.membership.members.items()
-                if set(self.held(m.kind)) == set(MODALITIES)]
-        return [n for _, n in sorted(both)]
+        return self.roster.multimodal_nodes()
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -521,18 +348,19 @@ class FedCMIStrategy(Strategy):
         faults: list[str] = []
         good: list[tuple[str, FeatureStats]] = []
         answered: set[int] = set()
-        for msg in sorted(replies, key=lambda m: self._partition_of(m.metadata.src_node_id)):
+        for msg in sorted(replies, key=lambda m: self.roster.order(m.metadata.src_node_id)):
             node = msg.metadata.src_node_id
             if node in answered:
                 continue  # one reply per node and round
             answered.add(node)
-            who = self._name(node)
-            reason, features = self._check_moments(msg, set(asked))
-            if reason:
-                faults.append(f"{who}: ccvr moments {reason}")
-            elif features is not None:
-                good.append((who, features))
-        faults += [f"{self._name(n)}: ccvr moments: no reply within round-timeout" for n in asked if n not in answered]
+            who = self.roster.name(node)
+            moments = self.acceptance.check_moments(msg, set(asked))
+            if isinstance(moments, Rejection):
+                faults.append(f"{who}: ccvr moments {moments.reason}")
+            elif moments is not None:
+                good.append((who, moments))
+        faults += [f"{self.roster.name(n)}: ccvr moments: no reply within round-timeout"
+                   for n in asked if n not in answered]
         used, examples = self.server.take_moments(server_round, good, faults)
         report = self.reports.setdefault(server_round, RoundReport())
         report.faults = [*report.faults, *faults]
@@ -541,33 +369,3 @@ class FedCMIStrategy(Strategy):
         log(INFO, "round %s: CCVR moments of %s of %s multimodal node(s), %s samples", server_round, used,
             len(asked), examples)
         return MetricRecord({"ccvr-nodes": used, protocol.NUM_EXAMPLES: examples})
-
-    def _partition_of(self, node: int) -> tuple[bool, int, int]:
-        """Sort key: members in partition order, unknown nodes last by node id (deterministic sums and faults)."""
-        member = self.membership.get(node)
-        return member is None, member.partition_id if member else 0, node
-
-    def _name(self, node: int) -> str:
-        member = self.membership.get(node)
-        return f"partition {member.partition_id}" if member else f"node {node}"
-
-    def _check_moments(self, msg: Message, asked: set[int]) -> tuple[str | None, FeatureStats | None]:
-        """(reason, None) for an unusable moments reply, (None, moments) for a good one. Every field is untrusted:
-        the moments may count at most the samples the membership vouches for the node."""
-        node = msg.metadata.src_node_id
-        if node not in asked:
-            return "rejected: not asked for moments this round", None
-        if msg.has_error():
-            return f"failed: {short_reason(msg.error.reason)}", None
-        member = self.membership.get(node)
-        if member is None:
-            return "rejected: reply from a node that is not an admitted member", None
-        try:
-            reply = protocol.read_moments_reply(msg.content, self.num_classes)
-        except protocol.ReplyError as exc:
-            return f"rejected: {exc}", None
-        if reply.partition_id not in (-1, member.partition_id):
-            return f"rejected: claims partition {reply.partition_id}, node holds {member.partition_id}", None
-        if reply.num_examples > member.size:
-            return f"rejected: {reply.num_examples:g} samples exceed the {member.size} vouched for", None
-        return None, reply.features

@@ -94,7 +94,7 @@ def test_nodes_train_on_their_own_prepared_data_and_the_server_holds_only_the_te
         arrays, metrics = strategy.aggregate_train(rnd, grid.send_and_receive(
             list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))))
         assert arrays is not None and metrics["clients_ok"] == 4 and metrics["clients_failed"] == 0, rnd
-    assert {pid: kind for pid, kind in strategy.nodes.values()} == {0: "mm", 1: "a", 2: "b", 3: "mm"}
+    assert {m.partition_id: m.kind for m in strategy.nodes.values()} == {0: "mm", 1: "a", 2: "b", 3: "mm"}
     last = accuracy(arrays)
     assert last > first + 0.2 and last > 0.5, (first, last)
 

@@ -128,7 +128,7 @@ def test_sampling_is_seeded_and_discovers_nodes():
         rounds = [sorted(m.metadata.dst_node_id for m in s.configure_train(r, ArrayRecord(), ConfigRecord(), grid))
                   for r in (1, 2, 3)]
         assert all(len(set(r)) == 2 for r in rounds)
-        assert s.nodes == KINDS  # learned through QUERY messages
+        assert {n: (m.partition_id, m.kind) for n, m in s.nodes.items()} == KINDS  # learned through QUERY
         picks.append(rounds)
     assert picks[0] == picks[1]
 
@@ -174,7 +174,7 @@ def test_a_node_that_left_is_not_sampled_and_a_rejoined_one_counts_once():
     grid.nodes[12] = gone  # ...and the old id briefly shows up again too: two online claimants of partition 1
     sampled = [m.metadata.dst_node_id for m in s.configure_train(8, ArrayRecord(), ConfigRecord(), grid)]
     assert 12 not in sampled and 22 not in sampled
-    assert sorted(pid for pid, _ in s.nodes.values()) == [0, 2, 3, 4]
+    assert sorted(m.partition_id for m in s.nodes.values()) == [0, 2, 3, 4]
     s.reports[8].nodes = []
     s.aggregate_train(8, [])
     faults = s.reports[8].faults
@@ -182,7 +182,8 @@ def test_a_node_that_left_is_not_sampled_and_a_rejoined_one_counts_once():
     assert any(f.startswith("node 12: refused: partition 1 is also claimed") for f in faults), faults
     del grid.nodes[12]  # the old id expires on the SuperLink: the dispute is settled
     list(s.configure_train(9, ArrayRecord(), ConfigRecord(), grid))
-    assert sorted(pid for pid, _ in s.nodes.values()) == [0, 1, 2, 3, 4] and s.nodes[22] == (1, "a")
+    assert sorted(m.partition_id for m in s.nodes.values()) == [0, 1, 2, 3, 4]
+    assert (s.nodes[22].partition_id, s.nodes[22].kind) == (1, "a")
     s.reports[9] = RoundReport(nodes=[22])
     _, metrics = s.aggregate_train(9, [])
     assert metrics["clients_timeout"] == 1 and metrics["clients_failed"] == 0

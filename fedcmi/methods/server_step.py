@@ -28,7 +28,7 @@ Calibrate = Callable[[Any, int], Any]
 
 
 class Reply(Protocol):
-    """What a step may read of one accepted reply (``server.strategy.Accepted``), in partition order."""
+    """What a step may read of one accepted reply (``server.acceptance.Accepted``), in partition order."""
 
     who: str
     partition_id: int
