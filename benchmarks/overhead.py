@@ -122,11 +122,12 @@ def instrument() -> StepTimers:
     import server.app
     from fedcmi.runs.run_dir import RunDirectory
     from fedcmi.runtime.interrupt import StoppableGrid
+    from server.membership import Roster
     from server.strategy import FedCMIStrategy
 
     timers = StepTimers()
     timers.wrap(FedCMIStrategy, "configure_train", "sample+configure", sets_round=True)
-    timers.wrap(FedCMIStrategy, "discover", "discovery")
+    timers.wrap(Roster, "discover", "discovery")  # the strategy's sampling calls its roster's discovery
     # run_server wraps whatever grid it gets in a StoppableGrid (push + poll, or the grid's own call): the one
     # grid class every message goes through, in (a) and (b)
     timers.wrap(StoppableGrid, "send_and_receive", "messages+client training")

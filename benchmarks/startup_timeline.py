@@ -41,7 +41,7 @@ mark("imported flwr.simulation")
 import server.app as server_app  # noqa: E402
 from fedcmi.config import parse_overrides, resolve  # noqa: E402
 from fedcmi.runtime import simulation  # noqa: E402
-from server.strategy import FedCMIStrategy  # noqa: E402
+from server.membership import Roster  # noqa: E402
 
 mark("imported server.app")
 ACTOR_LOG = tempfile.mktemp(prefix="fedcmi-actors-")
@@ -112,7 +112,7 @@ def main() -> None:
     cfg = cfg.replace(out_dir=tempfile.mkdtemp(prefix="fedcmi-startup-") + "/run")
     simulation.warm_actor = timed_warm_actor
     timed(simulation, "_start_ray", "ray.init")
-    timed(FedCMIStrategy, "discover", "discovery query")
+    timed(Roster, "discover", "discovery query")  # the strategy's sampling calls its roster's discovery
     timed(server_app, "evaluate", "central evaluation")
     cpu: dict[str, float] = {}
 
