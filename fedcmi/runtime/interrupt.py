@@ -99,8 +99,7 @@ def _handler(signum: int, frame: Any) -> None:
                 hook(signum)
             except Exception:  # noqa: BLE001 - leaving is what was asked; a hook must not stop it
                 pass
-        for token in list(LIVE_TOKENS):
-            token.kill_all(grace_s=0.0)
+        _kill_until_none_left(list(LIVE_TOKENS))
         name = signal.Signals(signum).name
         os.write(2, f"fedcmi: stopped at once (second {name}); each run says where it stopped in its "
                     "status.json and continues with --resume\n".encode())
@@ -254,6 +253,17 @@ class ProcessToken:
             if alive(pid):
                 _signal(pid, signal.SIGKILL)
         return pids
+
+
+def _kill_until_none_left(tokens: list[ProcessToken], within_s: float = 2.0) -> None:
+    """SIGKILL every process of ``tokens``, again and again: one that Ray spawns while the first snapshot is
+    killed (a worker the raylet was starting) would otherwise outlive the run. Gives up after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while True:
+        pids = [p for token in tokens for p in token.kill_all(grace_s=0.0)]
+        if not pids or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def _signal(pid: int, sig: int) -> None:
