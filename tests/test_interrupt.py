@@ -39,6 +39,17 @@ def _none_left(marker: str, backstop_s: float = 30.0) -> bool:
     return True
 
 
+def _described(pids: list[int]) -> list[str]:
+    """Each pid with its command line, so a leftover names itself in the failure."""
+    out = []
+    for pid in pids:
+        try:
+            out.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes().replace(bytes(1), b' ').decode()[:200]}")
+        except OSError:
+            out.append(f"{pid}: gone")
+    return out
+
+
 def _marked(marker: str) -> list[int]:
     """Live processes (not zombies) that carry this test's marker in their environment."""
     found = []
@@ -83,7 +94,7 @@ def _interrupt(cmd: list[str], sig: int, *, after_round: int | None = None, afte
         sent = time.monotonic()
         stdout, stderr = proc.communicate(timeout=120)
         took = time.monotonic() - sent
-        assert _none_left(marker), f"processes of the run are left: {_marked(marker)}"
+        assert _none_left(marker), f"processes of the run are left: {_described(_marked(marker))}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -200,7 +211,7 @@ def test_ctrl_c_stops_a_bench_and_keeps_finished_cells(tmp_path):
         sent = time.monotonic()
         _, stderr = proc.communicate(timeout=120)
         took = time.monotonic() - sent
-        assert _none_left(marker), f"processes of the run are left: {_marked(marker)}"
+        assert _none_left(marker), f"processes of the run are left: {_described(_marked(marker))}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -236,7 +247,7 @@ def test_a_second_ctrl_c_leaves_at_once_and_no_cell_says_running(tmp_path):
         time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
-        assert _none_left(marker), f"processes of the run are left: {_marked(marker)}"
+        assert _none_left(marker), f"processes of the run are left: {_described(_marked(marker))}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
