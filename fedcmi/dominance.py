@@ -7,6 +7,7 @@ counts; the server adds them up and calls :func:`dominance`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,11 +37,13 @@ class ClassStats:
 
 @dataclass(frozen=True)
 class Guidance:
-    """What the server sends besides the weights: infiltration on/off, dominant modality, tau_c."""
+    """What the server sends besides the weights: infiltration on/off, dominant modality, tau_c, and with
+    ``scaffold`` on the server's control variate c (parameter name -> array; a name absent is zero)."""
 
     infiltrate: bool = False
     dominant: str | None = None
     tau: np.ndarray | None = None
+    control: Mapping[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)

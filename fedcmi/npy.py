@@ -10,10 +10,12 @@ lock costs little: parsing a model's headers takes well under a millisecond.
 
 from __future__ import annotations
 
+import base64
+import io
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,3 +48,23 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file, read now (an open NpzFile would parse each header when indexed)."""
     with NPY_LOCK, np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
+
+
+def to_b64(a: np.ndarray) -> str:
+    """An array as base64 of its float64 ``.npy`` bytes: exact, and JSON (a checkpoint's state file)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a, dtype=np.float64), allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def from_b64(text: Any) -> np.ndarray | None:
+    """The array :func:`to_b64` wrote, or None if ``text`` is not one (float64, no objects)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        raw = base64.b64decode(text, validate=True)
+        with NPY_LOCK:
+            a = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    return a if a.dtype == np.float64 else None

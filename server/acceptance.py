@@ -4,7 +4,8 @@ Every field of a reply is untrusted. The checks themselves live in the core (``f
 every field, ``fedcmi.federated.screening`` bounds the arrays and class statistics, the membership vouches for
 a node's sample count, ``UpdateScreen`` bounds an update relative to its group's history); this module applies
 them to Flower messages in the order the strategy needs: check each reply, cap the weights of claims mode,
-screen the accepted updates, and check the fresh CCVR moments of the evaluate phase.
+screen the accepted updates, and check the fresh CCVR moments of the evaluate phase. With ``scaffold`` on, a
+reply's delta c_i is checked like its arrays (declared shape and dtype when read, then groups and finiteness).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fedcmi.dominance import ClassStats
 from fedcmi.federated.aggregation import ClientUpdate
 from fedcmi.federated.calibration import FeatureStats
 from fedcmi.federated.membership import Member, Membership, capped_weights
+from fedcmi.federated.scaffold import check_control
 from fedcmi.federated.screening import UpdateScreen, check_arrays, check_class_stats, group_norms, local_steps
 from fedcmi.modalities import MODALITIES, SHARED
 from server.report import RoundReport, short_reason
@@ -44,6 +46,7 @@ class Accepted:
     losses: dict[str, float]
     features: FeatureStats | None
     capped: bool = False
+    control: dict[str, np.ndarray] | None = None  # SCAFFOLD's delta c_i (scaffold on)
 
 
 @dataclass(frozen=True)
@@ -113,11 +116,17 @@ class Acceptance:
             reason = check_class_stats(st.sum_pa, st.sum_pb, st.counts, self.num_classes, max_count=n, kind=kind)
             if reason:
                 return Rejection(reason)
+        if self.run_config.get("scaffold"):
+            reason = check_control(reply.control, current, held, self.group_of)
+            if reason:
+                return Rejection(reason)
+        elif reply.control is not None:
+            return Rejection(f"unexpected record {protocol.SCAFFOLD_DELTA!r} (scaffold is off)")
         # CCVR moments are pooled only from a client holding both modalities, counting no more than it trained on
         fs = reply.features
         features = fs if fs is not None and set(held) == set(MODALITIES) and fs.counts.sum() <= n else None
         return Accepted(f"partition {pid}", pid, kind, ClientUpdate(reply.arrays, n, held), n, reply.stats,
-                        reply.losses, features)
+                        reply.losses, features, control=reply.control)
 
     def cap_claims(self, accepted: list[Accepted]) -> list[Accepted]:
         """Claims mode: every weight at most CLAIM_CAP_MULTIPLE x the round's lower median claim; class statistics

@@ -62,8 +62,8 @@ UPPER: dict[str, float] = {
     "local_epochs": 10_000,
     "batch_size": 2**20, "eval_batch_size": 2**20, "feature_dim": 16_384, "sgmft_tokens": 1024, "sgmft_heads": 256,
     "sgmft_layers": 64, "warmup_rounds": 100_000, "min_replies": 100_000, "max_consecutive_skips": 100_000,
-    "round_timeout": 7 * 86_400.0, "lr": 1e3, "server_lr": 1e3, "server_tau": 1e3, "client_num_cpus": 4096.0,
-    "client_num_gpus": 64.0,
+    "round_timeout": 7 * 86_400.0, "lr": 1e3, "server_lr": 1e3, "server_tau": 1e3, "scaffold_lr": 1e3,
+    "client_num_cpus": 4096.0, "client_num_gpus": 64.0,
 }
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -213,6 +213,9 @@ class RunConfig:
                              "weights) or received (those the last round's sampled clients measured with the "
                              "weights they received, one aggregation old)", lambda v: v in ("fresh", "received"),
                              "must be fresh or received")
+    scaffold: bool = _opt(False, "method", "every method: SCAFFOLD control variates (Karimireddy et al. 2020, "
+                          "option II): each local gradient corrected by c - c_i; the node keeps c_i across rounds, "
+                          "the server c (scaffold-lr)")
     # --- model ---------------------------------------------------------------------------------------------
     encoder: str = _opt("cnn", "model", "encoder architecture: cnn, resnet18, or features (train on the token "
                         "embeddings of `fedcmi features`: data-root is the features directory)",
@@ -255,6 +258,8 @@ class RunConfig:
                                lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
     server_tau: float = _opt(0.001, "server", "server-opt: adaptivity tau, added to sqrt(v)", _positive,
                              "must be > 0")
+    scaffold_lr: float = _opt(1.0, "server", "scaffold: global learning rate eta_g, x += eta_g (aggregate - x) "
+                              "(1 = the aggregate)", _positive, "must be > 0")
     # 256 (the authors' test batch): on CPU a 512 batch's activations spill out of cache, 1.2-1.4x slower for
     # the default model in most processes, with the same predictions (docs/scaling.md, benchmarks/eval_batch.py)
     eval_batch_size: int = _opt(256, "server", "server evaluation batch size", _at_least(1), "must be >= 1")
@@ -355,6 +360,8 @@ class RunConfig:
             if changed:
                 raise ConfigError(f"{changed[0]}={getattr(self, changed[0].replace('-', '_'))}: only read with "
                                   "server-opt=adam, yogi or adagrad (server-opt=none)")
+        if not self.scaffold and self.scaffold_lr != FIELDS["scaffold-lr"].default:
+            raise ConfigError(f"scaffold-lr={self.scaffold_lr}: only read with scaffold=true (scaffold=false)")
         if self.wandb:
             require_wandb()  # finds the package without importing it
         return self

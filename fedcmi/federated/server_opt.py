@@ -20,15 +20,14 @@ sampled client holds) keeps its value and its moments are not advanced; integer 
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedcmi.methods.server_step import Arrays, Reply, ServerStep, corrupt
-from fedcmi.npy import NPY_LOCK
+from fedcmi.npy import from_b64 as _decode
+from fedcmi.npy import to_b64 as _encode
 
 if TYPE_CHECKING:
     from fedcmi.config import RunConfig
@@ -114,26 +113,6 @@ class ServerOptimiser(ServerStep):
         s = state.get(STATE_KEY)
         self.m = {k: _decode(a) for k, a in s["m"].items()} if s else {}
         self.v = {k: _decode(a) for k, a in s["v"].items()} if s else {}
-
-
-def _encode(a: np.ndarray) -> str:
-    """An array as base64 of its ``.npy`` bytes: exact, and JSON (the checkpoint's state file)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a, dtype=np.float64), allow_pickle=False)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _decode(text: Any) -> np.ndarray | None:
-    """The array :func:`_encode` wrote, or None if ``text`` is not one (float64, no objects)."""
-    if not isinstance(text, str):
-        return None
-    try:
-        raw = base64.b64decode(text, validate=True)
-        with NPY_LOCK:
-            a = np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError):
-        return None
-    return a if a.dtype == np.float64 else None
 
 
 def build(cfg: RunConfig, num_classes: int) -> ServerOptimiser | None:

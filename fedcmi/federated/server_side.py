@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedcmi.federated import ccvr, server_opt
+from fedcmi.federated import ccvr, scaffold, server_opt
 from fedcmi.methods.registry import method_spec
 from fedcmi.methods.server_step import ServerSide
 
 if TYPE_CHECKING:
     from fedcmi.config import RunConfig
 
-# Server options, after the method's own steps: CCVR pools moments and calibrates the evaluated copy only;
-# the optimiser steps the global weights.
-OPTIONS = (ccvr.build, server_opt.build)
+# Server options, after the method's own steps: SCAFFOLD moves its control variate (and with scaffold-lr the
+# weights); CCVR pools moments and calibrates the evaluated copy only; the optimiser steps the global weights.
+OPTIONS = (scaffold.build, ccvr.build, server_opt.build)
 
 
 def server_side(cfg: RunConfig, num_classes: int) -> ServerSide:

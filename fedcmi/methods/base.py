@@ -2,7 +2,8 @@
 
 The path of a batch: :func:`local_update` shuffles the client's data, asks the method for the loss terms of
 each batch (:meth:`LocalMethod.batch_loss`), back-propagates ``terms["loss"]``, lets the method touch the
-gradients (:meth:`LocalMethod.after_backward`), adds the proximal gradient and steps SGD.
+gradients (:meth:`LocalMethod.after_backward`), adds the proximal gradient, SCAFFOLD's correction (``scaffold``,
+``fedcmi.methods.scaffold``) and steps SGD.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fedcmi.data.base import ClientData
 from fedcmi.dominance import Guidance
 from fedcmi.methods.losses import add_proximal_gradient
 from fedcmi.methods.remedies import LabelSkew
+from fedcmi.methods.scaffold import ControlVariates
 from fedcmi.methods.sgd import SGD
 from fedcmi.modalities import MODALITIES, A, B, group_of, modalities_of
 
@@ -118,8 +120,11 @@ def batches(data: ClientData, batch_size: int,
 
 def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidance: Guidance,
                  settings: TrainSettings, *, num_classes: int, generator: torch.Generator | None = None,
-                 remedies: LabelSkew | None = None) -> TrainResult:
+                 remedies: LabelSkew | None = None, control: ControlVariates | None = None) -> TrainResult:
     """Train ``model`` in place on one client's labeled data; returns the mean of each loss term.
+
+    ``control`` (SCAFFOLD): corrects every gradient of the trained parameters and records the step directions
+    (its ``finish`` gives the client's new control variate).
 
     Unlabeled samples (``missing-label-rate``) are left out: no method has an unsupervised term.
     """
@@ -131,6 +136,8 @@ def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidan
         remedies.start(model, data.y, num_classes)
         method.skew = remedies
     method.start(model, data, guidance, num_classes)
+    if control is not None:
+        control.start(named)
     opt = SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     model.train()
     totals: dict[str, float] = {}
@@ -152,6 +159,8 @@ def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidan
             method.after_backward(model, terms, generator)
             if anchors:
                 add_proximal_gradient(params, anchors, settings.proximal_mu)
+            if control is not None:
+                control.correct(named)
             opt.step()
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())

@@ -16,7 +16,9 @@ from fedcmi.methods.spec import POSITIVE, MethodSpec, equals
 REMEDY_KEYS = ("logit-adjust", "restricted-softmax", "ntd-beta", "ntd-temperature")
 # CCVR, read by the server for every method. fedcmi.federated.calibration.KEYS is the same tuple (tests check).
 CCVR_KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr", "ccvr-moments")
-EVERY_METHOD_KEYS = (*REMEDY_KEYS, *CCVR_KEYS)
+# SCAFFOLD's switch, read by clients (the correction) and the server (its step) for every method
+SCAFFOLD_KEYS = ("scaffold",)
+EVERY_METHOD_KEYS = (*REMEDY_KEYS, *CCVR_KEYS, *SCAFFOLD_KEYS)
 
 CROSS_ENTROPY = "fedcmi.methods.fedavg:build"  # fedavg.py: FedAvg's cross-entropy
 FEDCMI_USES = ("proximal-mu", "lambda-self", "lambda-cmi", "class-wise-temperature", "temperature", "gamma",

@@ -34,6 +34,7 @@ class Reply(Protocol):
     partition_id: int
     stats: ClassStats | None
     features: FeatureStats | None
+    control: Mapping[str, np.ndarray] | None  # SCAFFOLD's delta c_i (checked), None when scaffold is off
 
 
 def corrupt(what: str) -> str:
