@@ -24,6 +24,21 @@ SECTION_TITLES = {
 
 # Prose after a section's table: what a group of keys does together
 SECTION_NOTES = {
+    "method": """\
+`scaffold=true` (SCAFFOLD of Karimireddy et al., "Stochastic Controlled Averaging for Federated Learning",
+ICML 2020, option II) combines with every method and with the modality-aware aggregation. Each local step
+adds `c - c_i` to the gradient of every parameter the client trains and that has a gradient in the batch
+(`c`: the server's control variate, sent with the weights; `c_i`: the node's own, which it keeps in Flower's
+`context.state` from one of its rounds to the next). After the round a client sets
+`c_i = c_i - c + (x - y_i) / (K lr)` for every parameter it moved, with K that parameter's own steps, and
+sends `delta c_i`; `(x - y_i) / (K lr)` is taken as the mean direction SGD was handed (corrected gradient plus
+weight decay), which is exactly option II under plain SGD and, under momentum, the mean gradient rather than
+the momentum buffer. The server steps `x += scaffold-lr (aggregate - x)` and, per parameter p,
+`c_p += (1 / N_p) sum delta c_i,p` over the replies that moved p, N_p being the clients of the federation
+that train p's group: a client without a modality neither moves nor dilutes that modality's `c`. `c` is in
+the checkpoint, so `--resume` continues it exactly; the nodes' `c_i` live in their `context.state`, which a
+new Flower run (a resumed simulation) starts empty: after such a resume the clients restart from `c_i = 0`.
+""",
     "server": """\
 `server-opt` (adam, yogi, adagrad: FedAdam, FedYogi, FedAdagrad of Reddi et al., "Adaptive Federated
 Optimization", ICLR 2021) treats the aggregate as a pseudo-gradient, per parameter, after the modality-aware
