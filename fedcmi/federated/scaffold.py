@@ -32,6 +32,11 @@ vouches for). |S_p| / N_p is capped at 1 in case a deployment's nodes hold other
 A reply the server rejects (screening, acceptance) moved its node's c_i but not c; as in the paper's
 analysis of dropped clients, c is then no longer exactly the mean of the c_i until those clients are
 sampled again. Integer buffers and parameters nobody moved keep c as it was (absent = 0).
+
+Resume: c is in the checkpoint, so the server's half continues exactly; the c_i live in the nodes'
+``context.state``, which Flower keeps for the run's lifetime only. Nodes whose state survives continue exactly
+(tests/test_scaffold.py); a new Flower run resuming the checkpoint (``fedcmi simulate --resume``) starts every
+node from c_i = 0 while c keeps its value, so the first rounds after it are not those of an uninterrupted run.
 """
 
 from __future__ import annotations
