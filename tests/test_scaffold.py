@@ -356,3 +356,15 @@ def test_node_state_persists_through_flower_simulation(tmp_path):
             assert d["c"] > 0 and d["correction"] > 0  # round 2 on: a non-zero correction c - c_i
     state = json.loads((out / "checkpoint" / "state.json").read_text())["strategy"]
     assert Scaffold({}).check_state(state) is None and state[STATE_KEY]["c"]
+
+
+def test_scaffold_lr_scales_the_aggregate_step_of_float_parameters_only():
+    # eta_g = 0.5: x + 0.5 (aggregate - x); integer buffers and parameters nobody updated take the aggregate
+    step = Scaffold({"a": 1, "shared": 1}, lr=0.5)
+    current = {"enc_a.w": np.array([1.0, 2.0], np.float32), "enc_a.bn.num_batches_tracked": np.array(4),
+               "enc_b.w": np.array([7.0], np.float32)}
+    new = {"enc_a.w": np.array([3.0, 0.0], np.float32), "enc_a.bn.num_batches_tracked": np.array(6),
+           "enc_b.w": current["enc_b.w"]}
+    out = step.after_aggregation(1, current, new, frozenset({"enc_a.w", "enc_a.bn.num_batches_tracked"}), [])
+    assert out["enc_a.w"] == pytest.approx([2.0, 1.0]) and out["enc_a.w"].dtype == np.float32
+    assert out["enc_a.bn.num_batches_tracked"] == 6 and out["enc_b.w"] is current["enc_b.w"]
