@@ -70,6 +70,7 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--out", metavar="DIR", help="bench folder (default: runs/bench-<preset>)")
     p.add_argument("--verbose", action="store_true", help="show Flower's own log")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="base configuration overrides")
+    p.set_defaults(run=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """A real Flower deployment on one machine: SuperLink + SuperNodes on 127.0.0.1, then ``flwr run``.
 
 What ``make deploy-demo`` and ``tests/test_deployment.py`` run, and a worked example of the steps on real
-machines (docs/deployment.md): certificates (``deploy/make-certs.sh``), SuperNode keys and
+machines (docs/deployment.md): certificates (``make-certs.sh``, shipped in this package), SuperNode keys and
 their registration, node configs, ports, a connection in ``$FLWR_HOME/config.toml``. Every process is
 started here, tracked by PID and stopped by PID (with its children: the ``flower-superexec`` and app
 processes Flower spawns), also when something fails.
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from fedcmi.runs.layout import COMPLETE, run_status
@@ -38,11 +39,13 @@ from fedcmi.runtime.processes import alive, descendants, free_port, stop_pids
 logger = logging.getLogger("fedcmi.loopback")
 
 ROOT = Path(__file__).resolve().parents[2]
-CERT_SCRIPT = ROOT / "deploy" / "make-certs.sh"
+# The certificate script ships in this package (an installed wheel has no deploy/ folder); deploy/make-certs.sh
+# runs this same file, so the compose stack, the docs and the loopback deployment make their keys alike.
+CERT_SCRIPT = resources.files("fedcmi.runtime").joinpath("make-certs.sh")
 FEDERATION = "fedcmi-loopback"
 ISOLATIONS = ("warm", "subprocess", "process")
 SERVERAPP_ISOLATIONS = ("subprocess", "process")
-SECRET = "superexec.secret"  # the SuperLink <-> ServerApp SuperExec shared secret (deploy/make-certs.sh)
+SECRET = "superexec.secret"  # the SuperLink <-> ServerApp SuperExec shared secret (make-certs.sh)
 # How often a SuperExec asks for new tasks (Flower's default is 1 s; each round waits for it twice).
 POLL_INTERVAL_S = "0.2"
 
@@ -56,7 +59,7 @@ class Loopback:
     work : Path
         Logs, certificates, keys, and one ``FLWR_HOME`` per process (the CLI's holds ``config.toml``).
     tls : bool
-        Serve the SuperLink over HTTPS with certificates from ``deploy/make-certs.sh``.
+        Serve the SuperLink over HTTPS with certificates from ``make-certs.sh`` (:data:`CERT_SCRIPT`).
     auth : bool
         SuperNode authentication (needs ``tls``): only nodes whose public key is registered may join.
     isolation : str
@@ -141,9 +144,10 @@ class Loopback:
 
     # --- certificates and keys --------------------------------------------------------------------
     def make_certs(self, num_keys: int) -> None:
-        """CA, SuperLink certificate and ``num_keys`` SuperNode key pairs, by the repo's script."""
-        subprocess.run(["bash", str(CERT_SCRIPT), str(self.certs), str(num_keys)], check=True,
-                       capture_output=True, text=True)
+        """CA, SuperLink certificate and ``num_keys`` SuperNode key pairs, by the package's script."""
+        with resources.as_file(CERT_SCRIPT) as script:  # a real file even where the package is zipped
+            subprocess.run(["bash", str(script), str(self.certs), str(num_keys)], check=True,
+                           capture_output=True, text=True)
 
     def key(self, i: int) -> Path:
         return self.certs / f"supernode-{i}"
@@ -171,7 +175,7 @@ class Loopback:
             self.start_serverapp_executor()
 
     def _secret(self) -> Path:
-        """The SuperExec secret: ``deploy/make-certs.sh`` writes it with the certificates; made here otherwise."""
+        """The SuperExec secret: ``make-certs.sh`` writes it with the certificates; made here otherwise."""
         secret = self.certs / SECRET
         if not secret.exists():
             self.certs.mkdir(mode=0o700, parents=True, exist_ok=True)
