@@ -206,7 +206,12 @@ def test_every_command_reports_an_error_in_one_line(capsys, tmp_path):
         assert main(argv) == 2
         assert capsys.readouterr().err.splitlines() == [f"fedcmi: error: --preset 'nope': must be one of {rule}"]
     for argv, line in ((["simulate", "--bogus"], "unrecognized arguments: --bogus (see `fedcmi simulate --help`)"),
-                       (["simulat"], "did you mean 'simulate'? (see `fedcmi --help`)")):
+                       (["simulat"], "did you mean 'simulate'? (see `fedcmi --help`)"),
+                       # prepare and features take no key=value: a stray one is refused, not silently dropped
+                       (["prepare", "fsdd", "--root", "r", "--out", "o", "seed=3"],
+                        "unrecognized arguments: seed=3 (see `fedcmi prepare --help`)"),
+                       (["features", "d", "--out", "o", "seed=3"],
+                        "unrecognized arguments: seed=3 (see `fedcmi features --help`)")):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2

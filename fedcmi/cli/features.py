@@ -37,7 +37,7 @@ def add_features_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's; 1 on a busy machine)")
     p.add_argument("--shard-size", type=int, default=256, metavar="N", help="samples per resumable shard")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(resume=None, config=None, overrides=[], verbose=False, run=cmd_features)
+    p.set_defaults(resume=None, config=None, overrides=(), verbose=False, run=cmd_features)  # a tuple: no key=value
 
 
 def cmd_features(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
                    "of the clip-image pairing (default 0)")
     p.add_argument("--shard-size", type=int, default=256, metavar="N", help="samples per resumable shard")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(resume=None, config=None, overrides=[], verbose=False, run=cmd_prepare)
+    p.set_defaults(resume=None, config=None, overrides=(), verbose=False, run=cmd_prepare)  # a tuple: no key=value
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
