@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support.grid import FakeGrid
 from support.members import admit
 
 from fedcmi.config import effective
@@ -128,29 +129,10 @@ def _moments(seed: int, classes: int = 3, dim: int = 4) -> FeatureStats:
     return FeatureStats(counts, rng.normal(size=(classes, dim)), rng.normal(size=(classes, dim, dim)))
 
 
-class MomentsGrid:
-    """A Grid whose multimodal nodes answer EVALUATE requests: ``answers`` maps node -> reply content, or
-    an Exception (an error reply), or None (no reply within the timeout)."""
-
-    def __init__(self, answers):
-        self.answers = answers
-        self.sent = []
-
-    def get_node_ids(self):
-        return list(FRESH_NODES)
-
-    def send_and_receive(self, messages, timeout=None):
-        from flwr.app import Error, Message
-
-        replies = []
-        for m in messages:
-            self.sent.append(m)
-            answer = self.answers[m.metadata.dst_node_id]
-            if isinstance(answer, Exception):
-                replies.append(Message(Error(code=0, reason=f"RuntimeError: {answer}"), reply_to=m))
-            elif answer is not None:
-                replies.append(Message(answer, reply_to=m))
-        return replies
+def _moments_grid(answers: dict) -> FakeGrid:
+    """The fresh-moments nodes; ``answers`` maps node -> its reply content to an EVALUATE request, or an Exception
+    (an error reply), or None (no reply within the timeout)."""
+    return FakeGrid(dict(FRESH_NODES), reply=lambda message, node: answers[message.metadata.dst_node_id])
 
 
 def _fresh_strategy(**run_config):
@@ -180,9 +162,9 @@ def test_fresh_moments_are_asked_of_every_multimodal_member_and_pooled_as_their_
     big = FeatureStats(np.full(3, 50.0), _moments(4).sums, _moments(4).outer)  # 150 samples, 100 vouched for
     nan_reply = protocol.moments_reply(_moments(3), 5)
     nan_reply[protocol.FEATURE_STATS] = protocol.features_record(nan)  # a NaN in the sums
-    grid = MomentsGrid({11: protocol.moments_reply(good[11], 0), 13: protocol.moments_reply(good[13], 2),
-                        15: protocol.moments_reply(big, 4), 16: nan_reply,
-                        17: RecordDict({**protocol.moments_reply(_moments(5), 6), "extra": MetricRecord({"x": 1})})})
+    grid = _moments_grid({11: protocol.moments_reply(good[11], 0), 13: protocol.moments_reply(good[13], 2),
+                          15: protocol.moments_reply(big, 4), 16: nan_reply,
+                          17: RecordDict({**protocol.moments_reply(_moments(5), 6), "extra": MetricRecord({"x": 1})})})
     new = ArrayRecord({"fusion.fc.weight": Array(np.full(3, 7.0, np.float32))})
     messages = list(s.configure_evaluate(3, new, ConfigRecord(), grid))
     assert [m.metadata.dst_node_id for m in messages] == [11, 13, 15, 16, 17]  # multimodal, partition order
@@ -211,9 +193,9 @@ def test_fresh_moments_failures_and_silence_are_faults_and_no_usable_reply_means
     s = _fresh_strategy()
     ccvr = s.server.find(CCVR)
     ccvr.feature_stats = _moments(9)  # an older pool must not calibrate this round
-    grid = MomentsGrid({11: RuntimeError("injected"), 13: None, 15: None, 16: None,
-                        17: protocol.moments_reply(_moments(1, dim=6), 6)})
-    grid.answers.update({15: protocol.moments_reply(_moments(2), 4), 16: protocol.moments_reply(_moments(3), 5)})
+    answers = {11: RuntimeError("injected"), 13: None, 15: protocol.moments_reply(_moments(2), 4),
+               16: protocol.moments_reply(_moments(3), 5), 17: protocol.moments_reply(_moments(1, dim=6), 6)}
+    grid = _moments_grid(answers)
     messages = s.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid)
     s.aggregate_evaluate(1, grid.send_and_receive(messages))
     faults = s.reports[1].faults
@@ -221,7 +203,7 @@ def test_fresh_moments_failures_and_silence_are_faults_and_no_usable_reply_means
     assert "partition 2: ccvr moments: no reply within round-timeout" in faults
     assert "partition 6: ccvr moments rejected: width 6, the others' 4" in faults  # the majority's width wins
     assert np.array_equal(ccvr.feature_stats.counts, (_moments(2) + _moments(3)).counts)
-    grid.answers.update({15: None, 16: None, 17: None})
+    answers.update({15: None, 16: None, 17: None})
     s.aggregate_evaluate(2, grid.send_and_receive(s.configure_evaluate(2, ArrayRecord(), ConfigRecord(), grid)))
     assert ccvr.feature_stats is None and len(s.reports[2].faults) == 5
 
@@ -231,14 +213,15 @@ def test_no_evaluate_phase_when_ccvr_is_off_or_uses_the_received_moments(run_con
     from flwr.app import ArrayRecord, ConfigRecord
 
     s = _fresh_strategy(**run_config)
-    assert list(s.configure_evaluate(1, ArrayRecord(), ConfigRecord(), MomentsGrid({}))) == []
+    assert list(s.configure_evaluate(1, ArrayRecord(), ConfigRecord(), _moments_grid({}))) == []
     assert s.aggregate_evaluate(1, []) is None
 
 
 def test_the_round_is_recorded_after_its_fresh_moments_arrived():
     """run_rounds keeps Flower's order: aggregate_train, then the evaluate phase with the new weights, then
     the round's record (which reads the pool)."""
-    from flwr.app import Array, ArrayRecord
+    from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
+    from support.grid import empty
 
     from server.app import run_rounds
 
@@ -248,7 +231,7 @@ def test_the_round_is_recorded_after_its_fresh_moments_arrived():
         reports: dict = {}
 
         def configure_train(self, server_round, arrays, config, grid):
-            return ["train"]
+            return [Message(RecordDict(), dst_node_id=1, message_type=MessageType.TRAIN)]
 
         def aggregate_train(self, server_round, replies):
             events.append(("aggregate_train", server_round))
@@ -256,20 +239,17 @@ def test_the_round_is_recorded_after_its_fresh_moments_arrived():
 
         def configure_evaluate(self, server_round, arrays, config, grid):
             events.append(("configure_evaluate", server_round, float(arrays["w"].numpy()[0])))
-            return ["evaluate"]
+            return [Message(RecordDict(), dst_node_id=1, message_type=MessageType.EVALUATE)]
 
         def aggregate_evaluate(self, server_round, replies):
-            events.append(("aggregate_evaluate", server_round, list(replies)))
+            events.append(("aggregate_evaluate", server_round, [r.metadata.message_type for r in replies]))
 
-    class Echo:
-        def send_and_receive(self, messages, timeout=None):
-            return [f"{m} reply" for m in messages]
-
-    run_rounds(Recording(), Echo(), ArrayRecord(), range(1, 3), timeout=5, max_consecutive_skips=3,
-               on_round_end=lambda r, arrays: events.append(("record", r)))
+    run_rounds(Recording(), FakeGrid({1: None}, reply=empty), ArrayRecord(), range(1, 3), timeout=5,
+               max_consecutive_skips=3, on_round_end=lambda r, arrays: events.append(("record", r)))
+    evaluate_reply = [MessageType.EVALUATE]
     assert events == [("aggregate_train", 1), ("configure_evaluate", 1, 1.0), ("aggregate_evaluate", 1,
-                      ["evaluate reply"]), ("record", 1), ("aggregate_train", 2), ("configure_evaluate", 2, 2.0),
-                      ("aggregate_evaluate", 2, ["evaluate reply"]), ("record", 2)]
+                      evaluate_reply), ("record", 1), ("aggregate_train", 2), ("configure_evaluate", 2, 2.0),
+                      ("aggregate_evaluate", 2, evaluate_reply), ("record", 2)]
 
 
 def test_client_moments_round_trip_and_only_multimodal_nodes_measure_them():

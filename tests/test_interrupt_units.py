@@ -12,7 +12,8 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+from support.grid import FakeGrid, empty
 
 from fedcmi.runtime.interrupt import STOP, TOKEN_ENV, Interrupted, ProcessToken, StoppableGrid, handle_signals
 from server.app import run_rounds
@@ -25,32 +26,13 @@ def _clear_stop():
     STOP.clear()
 
 
-def _reply(msg_id: str) -> SimpleNamespace:
-    return SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=msg_id))
+def _message(node: int = 1) -> Message:
+    return Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
 
 
-class SlowGrid:
-    """Replies to pushed messages after ``delay`` seconds (forever when None)."""
-
-    pull_interval = 0.01
-
-    def __init__(self, delay: float | None) -> None:
-        self.delay = delay
-        self.pushed: dict[str, float] = {}
-        self.nodes_asked = 0
-
-    def push_messages(self, messages):
-        ids = [f"m{len(self.pushed) + i}" for i, _ in enumerate(messages)]
-        self.pushed.update({i: time.monotonic() for i in ids})
-        return ids
-
-    def pull_messages(self, ids):
-        now = time.monotonic()
-        return [_reply(i) for i in ids if self.delay is not None and now - self.pushed[i] >= self.delay]
-
-    def get_node_ids(self):
-        self.nodes_asked += 1
-        return [1, 2]
+def _grid(delay: float | None) -> FakeGrid:
+    """Nodes 1 and 2 answer every message after ``delay`` seconds (never when None)."""
+    return FakeGrid({1: None, 2: None}, reply=empty, delay=delay)
 
 
 def test_interrupted_carries_the_shell_exit_code():
@@ -59,31 +41,31 @@ def test_interrupted_carries_the_shell_exit_code():
 
 
 def test_grid_returns_all_replies_without_a_stop():
-    grid = StoppableGrid(SlowGrid(delay=0.05))
-    assert len(grid.send_and_receive(["a", "b"], timeout=5)) == 2
+    grid = StoppableGrid(_grid(delay=0.05))
+    assert len(grid.send_and_receive([_message(1), _message(2)], timeout=5)) == 2
     assert list(grid.get_node_ids()) == [1, 2]
 
 
 def test_grid_honours_the_round_timeout():
     started = time.monotonic()
-    assert StoppableGrid(SlowGrid(delay=None)).send_and_receive(["a"], timeout=0.3) == []
+    assert StoppableGrid(_grid(delay=None)).send_and_receive([_message()], timeout=0.3) == []
     assert 0.25 <= time.monotonic() - started < 2
 
 
 def test_stop_ends_the_wait_for_replies_at_once():
-    grid = StoppableGrid(SlowGrid(delay=None))
+    grid = StoppableGrid(_grid(delay=None))
     threading.Timer(0.2, STOP.request, args=(signal.SIGTERM,)).start()
     started = time.monotonic()
     with pytest.raises(Interrupted) as info:
-        grid.send_and_receive(["a"], timeout=600)
+        grid.send_and_receive([_message()], timeout=600)
     assert time.monotonic() - started < 1.5 and info.value.exit_code == 143
 
 
 def test_stop_is_raised_even_when_the_last_replies_arrive_with_it():
-    grid = StoppableGrid(SlowGrid(delay=0.0))
+    grid = StoppableGrid(_grid(delay=0.0))
     STOP.request(signal.SIGINT)
     with pytest.raises(Interrupted):
-        grid.send_and_receive(["a"], timeout=5)
+        grid.send_and_receive([_message()], timeout=5)
     with pytest.raises(Interrupted):  # discovery polls the node ids
         grid.get_node_ids()
 
@@ -94,7 +76,7 @@ class CountingStrategy:
         self.reports: dict = {}
 
     def configure_train(self, server_round, arrays, config, grid):
-        return [server_round]
+        return [_message()]
 
     def aggregate_train(self, server_round, replies):
         self.aggregated.append(server_round)
@@ -106,25 +88,19 @@ class CountingStrategy:
 
 def test_a_stop_during_a_round_aggregates_and_records_nothing_of_it():
     strategy, recorded = CountingStrategy(), []
-    grid = StoppableGrid(SlowGrid(delay=None))  # round 3 never gets its replies
-    fast = StoppableGrid(SlowGrid(delay=0.0))
+    grid = _grid(delay=0.0)
 
     def end(server_round, arrays):
         recorded.append(server_round)
         if server_round == 2:
-            strategy_grid["g"] = grid  # round 3 waits ...
+            grid.delay = None  # round 3 never gets its replies: it waits ...
             threading.Timer(0.2, STOP.request).start()  # ... until the stop
 
-    strategy_grid = {"g": fast}
-
-    class SwitchingGrid:
-        def __getattr__(self, name):
-            return getattr(strategy_grid["g"], name)
-
     with pytest.raises(Interrupted):
-        run_rounds(strategy, SwitchingGrid(), ArrayRecord(), range(1, 6), timeout=600, max_consecutive_skips=3,
+        run_rounds(strategy, StoppableGrid(grid), ArrayRecord(), range(1, 6), timeout=600, max_consecutive_skips=3,
                    on_round_end=end)
     assert strategy.aggregated == [1, 2] and recorded == [1, 2]
+    assert len(grid.sent) == 3  # round 3 was sent: the stop came while it waited
 
 
 def test_a_stop_during_evaluation_ends_before_the_next_round():
@@ -135,7 +111,7 @@ def test_a_stop_during_evaluation_ends_before_the_next_round():
         STOP.request()  # arrives while round 1 is evaluated and written: round 1 completes, round 2 never starts
 
     with pytest.raises(Interrupted):
-        run_rounds(strategy, StoppableGrid(SlowGrid(delay=0.0)), ArrayRecord(), range(1, 4), timeout=5,
+        run_rounds(strategy, StoppableGrid(_grid(delay=0.0)), ArrayRecord(), range(1, 4), timeout=5,
                    max_consecutive_skips=3, on_round_end=end)
     assert strategy.aggregated == [1] and recorded == [1]
 
@@ -174,11 +150,8 @@ def test_token_finds_and_kills_exactly_the_processes_started_under_it():
 
 
 def test_a_grid_without_push_and_pull_is_called_as_it_is_and_checked_after():
-    class Plain:
-        def send_and_receive(self, messages, *, timeout=None):
-            return [_reply(str(m)) for m in messages]
-
-    assert len(StoppableGrid(Plain()).send_and_receive(["a", "b"], timeout=1)) == 2
+    plain = SimpleNamespace(send_and_receive=_grid(delay=0.0).send_and_receive)  # no push_messages/pull_messages
+    assert len(StoppableGrid(plain).send_and_receive([_message(1), _message(2)], timeout=1)) == 2
     STOP.request()
     with pytest.raises(Interrupted):
-        StoppableGrid(Plain()).send_and_receive(["a"], timeout=1)
+        StoppableGrid(plain).send_and_receive([_message()], timeout=1)

@@ -14,10 +14,10 @@ import json
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from support.grid import FakeGrid, client_app
 from support.members import admit
 
-import clients.app as client_app
 from fedcmi.config import effective
 from fedcmi.data import load_data
 from fedcmi.data.embedded import synthetic_av
@@ -37,27 +37,6 @@ def _write(path, name, splits: dict[str, dict]) -> None:
 
 def _columns(xa, xb, y, rows) -> dict:
     return {"idx": list(map(int, rows)), "a": xa[rows], "b": xb[rows], "label": y[rows]}
-
-
-class NodeGrid:
-    """Delivers each message to the ClientApp handler of its node, with that node's own node config."""
-
-    def __init__(self, node_configs: dict[int, dict]):
-        self.node_configs = node_configs
-        self.asked_data_root: list[str] = []
-
-    def get_node_ids(self):
-        return list(self.node_configs)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for m in messages:
-            node = m.metadata.dst_node_id
-            ctx = Context(run_id=1, node_id=node, node_config=self.node_configs[node], state=RecordDict(),
-                          run_config={})
-            handler = client_app.describe if m.metadata.message_type == MessageType.QUERY else client_app.train
-            replies.append(handler(m, ctx))
-        return replies
 
 
 def test_nodes_train_on_their_own_prepared_data_and_the_server_holds_only_the_test_split(tmp_path):
@@ -88,7 +67,7 @@ def test_nodes_train_on_their_own_prepared_data_and_the_server_holds_only_the_te
         return evaluate(model, torch.from_numpy(ta), torch.from_numpy(tb), torch.from_numpy(ty), 4,
                         ("audio", "visual"))["acc_mm"]
 
-    grid = NodeGrid(node_configs)
+    grid = FakeGrid(node_configs, reply=client_app)  # each message to its node's handler, with its node config
     first = accuracy(arrays)
     for rnd in range(1, 5):
         arrays, metrics = strategy.aggregate_train(rnd, grid.send_and_receive(
@@ -104,11 +83,9 @@ def test_the_training_message_carries_classes_and_shapes_not_the_servers_paths()
     strategy = build_strategy(cfg, ModelSpec(6, (1, 20, 24), (3, 16, 16)))
     admit(strategy, {1: (0, "mm"), 2: (1, "a")})
 
-    class Grid:
-        def get_node_ids(self):
-            return [1, 2]
-
-    msg = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), Grid()))[0]
+    grid = FakeGrid({1: (0, "mm"), 2: (1, "a")})
+    msg = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid))[0]
+    assert grid.sent == []  # both nodes were admitted already: nothing was asked of them
     sent = msg.content["config"]
     assert (sent["num-classes"], list(sent["shape-a"]), list(sent["shape-b"])) == (6, [1, 20, 24], [3, 16, 16])
     assert not {"out-dir", "round-timeout", "ray-address", "max-update-norm", "clients-per-round"} & set(sent)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from flwr.app import ArrayRecord
+from support.grid import FakeGrid
 
 from fedcmi.config import resolve
 from fedcmi.models import ModelSpec
@@ -99,16 +100,10 @@ def test_discovery_timeout_defaults_to_round_timeout_and_can_be_set():
     strategy = build_strategy(cfg, spec)
     assert strategy.discovery_timeout == 0.2
 
-    class TwoNodes:
-        def get_node_ids(self):
-            return [11, 12]
-
-        def send_and_receive(self, messages, timeout=None):
-            return []
-
+    two_silent_nodes = FakeGrid({11: None, 12: None}, reply=lambda message, node: None)
     start = time.monotonic()
     with pytest.raises(NoClientsError):
-        strategy.sample(TwoNodes())  # clients-per-round is 10: waits discovery-timeout, then fails
+        strategy.sample(two_silent_nodes)  # clients-per-round is 10: waits discovery-timeout, then fails
     assert 0.2 <= time.monotonic() - start < 5
 
 

@@ -13,9 +13,9 @@ import os
 import re
 
 import pytest
-from flwr.app import Context, MessageType, RecordDict
+from flwr.app import Context, RecordDict
+from support.grid import FakeGrid, client_app, stop_in_round
 
-import clients.app as client_app
 from fedcmi.cli import main
 from fedcmi.config import ConfigError, effective
 from fedcmi.runs.run_dir import MARKER, claim, default_run_dir
@@ -25,34 +25,16 @@ TINY = {"num-clients": 3, "clients-per-round": 2, "train-size": 150, "test-size"
         "num-server-rounds": 2, "min-partition-size": 5}
 
 
-class InProcessGrid:
-    """Delivers each message to the ClientApp handler of its node (partition i = node 100 + i)."""
-
-    def __init__(self, n: int, fail_from_round: int | None = None):
-        self.n, self.fail_from_round = n, fail_from_round
-
-    def get_node_ids(self):
-        return [100 + i for i in range(self.n)]
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for m in messages:
-            node = m.metadata.dst_node_id
-            ctx = Context(run_id=1, node_id=node, node_config={"partition-id": node - 100, "num-partitions": self.n},
-                          state=RecordDict(), run_config={})
-            if m.metadata.message_type == MessageType.QUERY:
-                replies.append(client_app.describe(m, ctx))
-                continue
-            rnd = int(m.content["config"]["server-round"])
-            if self.fail_from_round is not None and rnd >= self.fail_from_round:
-                raise KeyboardInterrupt  # the process is stopped in this round
-            replies.append(client_app.train(m, ctx))
-        return replies
+def _grid(n: int = 3, stop_from_round: int | None = None) -> FakeGrid:
+    """Partition i is node 100 + i, answered by the ClientApp handlers in this process; from ``stop_from_round``
+    on, the process is stopped in the round (KeyboardInterrupt)."""
+    nodes = {100 + i: {"partition-id": i, "num-partitions": n} for i in range(n)}
+    return FakeGrid(nodes, reply=client_app if stop_from_round is None else stop_in_round(stop_from_round, client_app))
 
 
 def _run(out, rounds: int = 2, resume: bool = False, grid=None) -> None:
     cfg = effective({**TINY, "num-server-rounds": rounds, "out-dir": str(out)})
-    run_server(grid or InProcessGrid(3), cfg, resume=resume)
+    run_server(grid or _grid(), cfg, resume=resume)
 
 
 def _status(out) -> dict:
@@ -121,7 +103,7 @@ def test_an_extended_run_updates_config_and_status(tmp_path):
     out = tmp_path / "run"
     _run(out)
     with pytest.raises(KeyboardInterrupt):
-        _run(out, rounds=4, resume=True, grid=InProcessGrid(3, fail_from_round=4))  # stopped in round 4
+        _run(out, rounds=4, resume=True, grid=_grid(stop_from_round=4))  # stopped in round 4
     assert json.loads((out / "config.json").read_text())["num-server-rounds"] == 4
     status = _status(out)
     assert status["status"] == "failed" and status["rounds"] == 3  # not "complete, 2"
@@ -168,7 +150,7 @@ def _submit(run_config: dict, grid=None) -> None:
     from server.app import main as server_main
 
     ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
-    server_main(grid or InProcessGrid(3), ctx)
+    server_main(grid or _grid(), ctx)
 
 
 @pytest.mark.parametrize("key, value", [("out-dir", "/srv/other-run"), ("update-norm-multiple", 0.0),
@@ -228,7 +210,7 @@ def test_an_unfinished_submitted_run_continues_only_with_its_own_rounds(tmp_path
     monkeypatch.delenv("FEDCMI_SERVER_CONFIG", raising=False)
     out = tmp_path / "runs" / "half"
     with pytest.raises(KeyboardInterrupt):  # stopped in round 2 of 3
-        _submit({**TINY, "num-server-rounds": 3, "run-name": "half"}, grid=InProcessGrid(3, fail_from_round=2))
+        _submit({**TINY, "num-server-rounds": 3, "run-name": "half"}, grid=_grid(stop_from_round=2))
     with pytest.raises(ConfigError, match="continues an unfinished run of num-server-rounds=3, not 50; only the "
                                           "operator"):
         _submit({**TINY, "num-server-rounds": 50, "run-name": "half"})

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from support.grid import FakeGrid
 from support.members import admit
 
 from fedcmi.federated.aggregation import ClientUpdate, aggregate
@@ -19,26 +20,6 @@ from server.report import RoundReport
 from server.strategy import FedCMIStrategy, NoClientsError
 
 KINDS = {11: (0, "mm"), 12: (1, "a"), 13: (2, "b"), 14: (3, "a"), 15: (4, "mm")}
-
-
-class FakeGrid:
-    """Enough of a Grid for the strategy: node ids, and QUERY replies describing each node."""
-
-    def __init__(self, nodes=KINDS):
-        self.nodes = nodes
-        self.sent: list[Message] = []
-
-    def get_node_ids(self):
-        return list(self.nodes)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for m in messages:
-            self.sent.append(m)
-            pid, kind = self.nodes[m.metadata.dst_node_id]
-            info = ConfigRecord({"partition-id": pid, "kind": kind, "num-examples": 10})
-            replies.append(Message(RecordDict({"info": info}), reply_to=m))
-        return replies
 
 
 def _arrays(a: float, b: float, f: float, nbt: int = 0) -> dict[str, np.ndarray]:
@@ -98,7 +79,7 @@ def test_group_nobody_trained_stays_unchanged():
 def test_guidance_from_statistics_is_sent_next_round():
     """Round 1's statistics (measured on the untrained initial model) are not used; round 2's decide round 3."""
     s = _strategy(server=ServerSide([DominanceGuidance(2, gamma=2.0, warmup_rounds=1)]))
-    grid = FakeGrid()
+    grid = FakeGrid(dict(KINDS))
     first = list(s.configure_train(1, s.current_arrays, ConfigRecord({"lr": 0.1}), grid))
     cfg1 = first[0].content["config"]
     assert cfg1["infiltrate"] is False and "dominant" not in cfg1 and cfg1["lr"] == 0.1
@@ -124,7 +105,7 @@ def test_sampling_is_seeded_and_discovers_nodes():
     picks = []
     for _ in range(2):
         s = FedCMIStrategy(clients_per_round=2, model_spec=ModelSpec(2, (1,), (1,)), run_config={}, seed=5)
-        grid = FakeGrid()
+        grid = FakeGrid(dict(KINDS))
         rounds = [sorted(m.metadata.dst_node_id for m in s.configure_train(r, ArrayRecord(), ConfigRecord(), grid))
                   for r in (1, 2, 3)]
         assert all(len(set(r)) == 2 for r in rounds)
