@@ -1,5 +1,7 @@
-"""Issue 12, items 1-5: a single bad client must not sink the federation. Each attack of the issue is
-replayed through the strategy (``aggregate_train`` on hand-made replies) and must reject that reply only."""
+"""A single bad client must not sink the federation: updates are bounded relative to the round per modality group,
+sample counts are capped at what the node vouched for at discovery, every field of a reply is untrusted, and robust
+aggregation rules are plug-ins. Each attack is replayed through the strategy (``aggregate_train`` on hand-made
+replies) and must reject that reply only. Then the test-only attackers themselves (tests/support/attacks.py)."""
 
 from __future__ import annotations
 
@@ -84,10 +86,10 @@ def assert_rejected_alone(out: dict, metrics: MetricRecord, faults: list[str], r
     assert all(np.all(np.isfinite(v)) for v in out.values())
 
 
-# --- item 1: updates bounded relative to the round, per modality group -----------------------------------------
-def test_noise_just_under_the_old_absolute_bound_is_rejected_relative_to_the_round():
+# --- updates bounded relative to the round, per modality group --------------------------------------------------------
+def test_noise_within_an_absolute_bound_is_rejected_relative_to_the_round():
     noise = np.random.default_rng(0).standard_normal(4).astype(np.float32)
-    noise *= 990 / np.linalg.norm(noise)  # accepted by the old absolute max-update-norm 1000
+    noise *= 990 / np.linalg.norm(noise)  # an absolute bound (max-update-norm=1000) would accept it
     out, metrics, faults = run_round(strategy(), reply(35, {**honest(5), "enc_a.w": noise}))
     assert_rejected_alone(out, metrics, faults, "group 'a' update norm 990 over 200 local steps")
 
@@ -111,7 +113,7 @@ def test_update_norm_multiple_is_a_config_key_with_its_default_in_pyproject():
         effective({"update-norm-multiple": 1.5})
 
 
-# --- item 2: counts capped at discovery, consistent with the kind, no overflow -----------------------------------
+# --- counts capped at discovery, consistent with the kind, no overflow ------------------------------------------------
 @pytest.mark.parametrize("n, reason", [(1e9, "exceeds the 100 samples vouched for"),
                                        (1e308, "above 2**53"), (101, "exceeds the 100 samples")])
 def test_false_sample_count_is_rejected(n, reason):
@@ -141,7 +143,7 @@ def test_forged_class_statistics_are_rejected():
     assert_rejected_alone(out, metrics, faults, "class-stats counts: 1e+15 samples, the node reported 100")
 
 
-# --- item 3: every field untrusted; a bad one rejects that reply only ------------------------------------------
+# --- every field untrusted; a bad one rejects that reply only ---------------------------------------------------------
 LIST = [1.0, 2.0]
 
 
@@ -191,7 +193,7 @@ def test_integer_buffers_are_checked():
     assert_rejected_alone(*run_round(strategy(), reply(35, bad)), "integer buffer")
 
 
-# --- item 4: robust rules as plug-ins, per modality group -------------------------------------------------
+# --- robust rules as plug-ins, per modality group ---------------------------------------------------------------------
 def test_trimmed_mean_by_hand():
     values = [np.array([1.0, 10.0]), np.array([2.0, 20.0]), np.array([3.0, 30.0]), np.array([4.0, 40.0]),
               np.array([100.0, -1000.0])]
@@ -230,7 +232,7 @@ def test_robust_rules_through_the_strategy_resist_a_noisy_client(name):
     assert abs(float(arrays["enc_a.w"].numpy()[0])) < 0.05  # the mean would be (0.01+0.02+0.03+0.01+0.02+50)/6
 
 
-# --- issue 22: the attackers themselves (tests/support/attacks.py), independent of the server's rules ----------
+# --- the attackers themselves (tests/support/attacks.py), independent of the server's rules ---------------------------
 # Each transformation is checked by hand on small arrays; one small simulation checks that the mod changes what
 # nodes put on the wire (discovery included). Nothing here asserts whether the server resists an attack.
 import json  # noqa: E402 - this section's imports are kept with it
@@ -258,7 +260,7 @@ CLASS_STATS = (np.array([3.0, 1.0]), np.array([2.0, 1.0]), np.array([4.0, 2.0]))
 
 @pytest.mark.parametrize("spec, expected", [
     ("", {}),
-    ("noise:4,count:2", {4: Attack("noise"), 2: Attack("count")}),  # the issue-12 syntax still reads
+    ("noise:4,count:2", {4: Attack("noise"), 2: Attack("count")}),  # kind:partition, no parameter
     ("stats:1, metrics:0", {1: Attack("stats"), 0: Attack("metrics")}),
     ("sizelie:3", {3: Attack("sizelie")}),
     ("sizelie-zero:3; sizelie-stats:2", {3: Attack("sizelie-zero"), 2: Attack("sizelie-stats")}),
@@ -353,7 +355,7 @@ def test_class_statistics_forgeries():
     assert content["metrics"]["num-examples"] == LIE
 
 
-def test_issue_12_kinds_still_transform_as_before():
+def test_count_metrics_and_noise_attacks_transform_the_reply():
     assert attacked("count")[1]["metrics"]["num-examples"] == 1e9
     assert attacked("metrics")[1]["metrics"]["loss"] == [1.0, 2.0]
     got, _ = attacked("noise")  # per group, 0.5 x multiple (10) x the honest update norm of that group
@@ -436,7 +438,7 @@ def test_attacked_nodes_change_what_they_send_in_a_real_simulation(tmp_path):
                               for p, a in ((0, "-"), (1, "sizelie-zero"), (2, "steal=0"))]
 
 
-def test_issue22_benchmark_scenarios_are_valid_specs_with_the_issue_roles():
+def test_attack_benchmark_scenarios_are_valid_specs_aimed_at_their_roles():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("attack_bench", ROOT / "benchmarks" / "attacks.py")
@@ -444,7 +446,7 @@ def test_issue22_benchmark_scenarios_are_valid_specs_with_the_issue_roles():
     sys.modules["attack_bench"] = bench  # its dataclasses look their module up there
     spec.loader.exec_module(bench)
     who = bench.roles(0)
-    assert (who["x"], who["kind"][who["x"]], who["size"][who["x"]]) == (3, "mm", 69)  # the issue's attacker
+    assert (who["x"], who["kind"][who["x"]], who["size"][who["x"]]) == (3, "mm", 69)  # the scenarios' attacker
     assert len(who["audio"]) == 4 and {who["a1"], who["a2"]} <= set(who["audio"]) and who["v"] != who["x"]
     for name, (template, _) in bench.ISSUE22.items():
         parsed = attacks.parse(template.format(**who))

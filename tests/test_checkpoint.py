@@ -60,7 +60,7 @@ def test_cli_resume_refuses_bad_input(tmp_path, capsys):
     assert "expected a JSON object" in capsys.readouterr().err
 
 
-# --- issue 25, item 6: a checkpoint's content is validated field by field before anything starts -------------
+# --- a checkpoint's content is validated field by field before anything starts ---------------------------------
 def _rewrite(out, state_change=None, tensors_change=None):
     """Edit a run's checkpoint as an attacker or a bad disk would, keeping its checksum consistent (so only the
     content checks can catch it)."""

@@ -117,7 +117,7 @@ def test_one_superlink_on_port_8000_with_tls_auth_and_no_serverapp(compose):
 
 
 def test_submitted_serverapps_run_in_their_own_container_without_the_superlinks_keys(compose):
-    """Issue 25, item 1: whoever submits a run runs its ServerApp; it runs in `serverapp`, which holds ca.crt and
+    """Whoever submits a run runs its ServerApp; it runs in `serverapp`, which holds ca.crt and
     the SuperExec secret only, writes only to the results volume (read-only root, tmpfs scratch), reaches only
     the SuperLink (an internal network of the two) and keeps no capability after the entrypoint."""
     services = compose["services"]
@@ -316,7 +316,7 @@ def test_entrypoint_hands_keys_of_any_host_user_to_the_container_user(staged):
     for original in stage.iterdir():  # the host's files are left as they were
         assert original.stat().st_uid == 4321
     assert stat.S_IMODE((stage / "server.key").stat().st_mode) == 0o600
-    # without the entrypoint, that user cannot read the mounted key: the crash loop of issue 11
+    # without the entrypoint, that user cannot read the mounted key (the service would crash at start, in a loop)
     plain = subprocess.run(["setpriv", f"--reuid={_uid('nobody')}", f"--regid={_gid('nobody')}", "--clear-groups",
                             "cat", str(stage / "server.key")], capture_output=True)
     assert plain.returncode != 0

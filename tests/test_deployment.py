@@ -152,7 +152,7 @@ def test_submitted_serverapp_reaches_superlink_keys_only_without_isolation(tmp_p
         found = report["superlink"]["paths"]
         assert str(key) in found, report  # the key's path is on the SuperLink's command line either way
         assert report["write"][str(inside)] == "written"
-        if not isolated:  # issue 25, item 1: what Flower's default lets a submission do
+        if not isolated:  # Flower's default: the submitted app reads the key, writes outside the runs directory
             assert report["read"][str(key)].startswith("read"), report
             assert all(report["write"][str(p)] == "written" for p in outside), report
             return
@@ -182,7 +182,7 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 
 def test_a_supernode_killed_and_restarted_rejoins_and_short_rounds_say_so(tmp_path):
-    """Issue 25, item 3: SuperNode 1 (and its worker) killed with kill -9 after round 1, restarted 8 s later with
+    """SuperNode 1 (and its worker) killed with kill -9 after round 1, restarted 8 s later with
     the same key under fedcmi.runtime.rejoin. The SuperLink refuses it until the old session expires (at most
     60 s after its last heartbeat); the wrapper retries and it trains again in later rounds. Every round with
     fewer good replies than clients-per-round names why in its faults column."""

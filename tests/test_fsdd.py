@@ -355,7 +355,7 @@ def test_two_round_natural_simulation_through_flower(prepared, tmp_path):
 
 
 def test_frozen_encoders_turn_fsdd_into_features_that_keep_the_speakers_and_train(prepared, tmp_path):
-    """Issue 23, item 4: `fedcmi features` on a prepared FSDD directory (the spectrogram and the 8x8 digit through
+    """`fedcmi features` on a prepared FSDD directory (the spectrogram and the 8x8 digit through
     a local torchvision file). The audio keeps one token per output time step of the CNN, the image is one token;
     the speaker column and so the natural federation are those of the prepared directory, and FedCMI trains
     only the small heads on them."""

@@ -1,4 +1,4 @@
-"""Issue 12, items 11 and 12: unbounded numbers and contradictory bench grids stop at the edge, one line, exit 2."""
+"""Unbounded numbers and contradictory bench grids stop at the edge, one line, exit 2."""
 
 from __future__ import annotations
 

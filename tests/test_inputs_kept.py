@@ -1,9 +1,9 @@
-"""Issue 25, items 2 and 7: nothing lost on any input.
+"""Nothing lost on any input.
 
-Item 2: `fedcmi features` and `fedcmi prepare` write only into an absent or empty folder or one the same command
+Output folders: `fedcmi features` and `fedcmi prepare` write only into an absent or empty folder or one the same command
 made earlier (reused or continued, as docs/features.md promises); any other non-empty folder is refused with one
 line naming it and what it holds, and nothing in it is touched (`install_splits` refuses on its own too).
-Item 7: a tampered manifest is one line and exit 2 before anything starts; an encoder with non-finite weights,
+Inputs: a tampered manifest is one line and exit 2 before anything starts; an encoder with non-finite weights,
 or one whose features come out non-finite, is refused instead of writing NaN features.
 """
 
@@ -58,7 +58,7 @@ def _foreign(folder: Path) -> Path:
     return folder
 
 
-# --- item 2 ------------------------------------------------------------------------------------------------------
+# --- output folders: written only when absent, empty or this command's own --------------------------------------------
 def test_features_refuses_a_non_empty_folder_it_did_not_make_and_touches_nothing(env, tmp_path, capsys):
     enc = ["--image-encoder", str(env["mnv2"]), "--audio-encoder", str(env["mnv2"]), "--no-progress"]
     foreign = _foreign(tmp_path / "foreign")
@@ -112,7 +112,7 @@ def test_install_splits_never_replaces_a_folder_no_command_is_writing(tmp_path):
     assert _tree(foreign) == before
 
 
-# --- item 7 ------------------------------------------------------------------------------------------------------
+# --- inputs: tampered manifests and non-finite encoders are refused ---------------------------------------------------
 TAMPERED = [
     ({"num_classes": 2}, "class_names must be 2 names (num_classes)"),
     ({"num_classes": 2, "class_names": ["x", "y"]},

@@ -1,6 +1,7 @@
-"""Issue 12, items 6 and 7: a run directory is written once, names cannot escape the runs folder, two
-writers cannot race; a resume finishes what a kill left, follows an extension, refuses an edited config and
-checks a damaged checkpoint before anything starts.
+"""A run directory is written once, names cannot escape the runs folder, two writers cannot race; a resume
+finishes what a kill left, follows an extension, refuses an edited config and checks a damaged checkpoint before
+anything starts. A run submitted to a deployment sets only allowlisted keys within the server's limits, writes
+under the server's runs folder, and a complete one is final unless the operator extends it.
 
 Rounds run in-process (the real ServerApp loop, Strategy and ClientApp handlers; a grid hands each message to
 its node's handler), so no Ray is needed.
@@ -14,7 +15,7 @@ import re
 
 import pytest
 from flwr.app import Context, RecordDict
-from support.grid import FakeGrid, client_app, stop_in_round
+from support.grid import simulated_nodes
 
 from fedcmi.cli import main
 from fedcmi.config import ConfigError, effective
@@ -25,23 +26,16 @@ TINY = {"num-clients": 3, "clients-per-round": 2, "train-size": 150, "test-size"
         "num-server-rounds": 2, "min-partition-size": 5}
 
 
-def _grid(n: int = 3, stop_from_round: int | None = None) -> FakeGrid:
-    """Partition i is node 100 + i, answered by the ClientApp handlers in this process; from ``stop_from_round``
-    on, the process is stopped in the round (KeyboardInterrupt)."""
-    nodes = {100 + i: {"partition-id": i, "num-partitions": n} for i in range(n)}
-    return FakeGrid(nodes, reply=client_app if stop_from_round is None else stop_in_round(stop_from_round, client_app))
-
-
 def _run(out, rounds: int = 2, resume: bool = False, grid=None) -> None:
     cfg = effective({**TINY, "num-server-rounds": rounds, "out-dir": str(out)})
-    run_server(grid or _grid(), cfg, resume=resume)
+    run_server(grid or simulated_nodes(3), cfg, resume=resume)
 
 
 def _status(out) -> dict:
     return json.loads((out / "status.json").read_text())
 
 
-# --- item 6 --------------------------------------------------------------------------------------------------
+# --- a run directory is written once, by one writer, inside the runs folder -------------------------------------------
 def test_a_run_directory_is_created_once_and_never_overwritten(tmp_path):
     out = tmp_path / "run"
     _run(out)
@@ -85,7 +79,7 @@ def test_run_name_cannot_escape_the_runs_folder(tmp_path):
     assert default_run_dir(cfg, tmp_path).parent == tmp_path
 
 
-# --- item 7 --------------------------------------------------------------------------------------------------
+# --- resume: finishes what a kill left, follows an extension, checks config and checkpoint ----------------------------
 def test_killed_after_the_last_checkpoint_resume_writes_the_missing_files(tmp_path, capsys):
     out = tmp_path / "run"
     _run(out)
@@ -103,7 +97,7 @@ def test_an_extended_run_updates_config_and_status(tmp_path):
     out = tmp_path / "run"
     _run(out)
     with pytest.raises(KeyboardInterrupt):
-        _run(out, rounds=4, resume=True, grid=_grid(stop_from_round=4))  # stopped in round 4
+        _run(out, rounds=4, resume=True, grid=simulated_nodes(3, stop_from_round=4))  # stopped in round 4
     assert json.loads((out / "config.json").read_text())["num-server-rounds"] == 4
     status = _status(out)
     assert status["status"] == "failed" and status["rounds"] == 3  # not "complete, 2"
@@ -145,12 +139,12 @@ def test_damaged_checkpoint_fields_stop_before_anything_starts(tmp_path, capsys,
     assert needle in err and err.count("\n") == 1, err
 
 
-# --- item 9 of the issue (brief item 8): a submitted run may set only allowlisted keys ----------------------
+# --- a submitted run may set only allowlisted keys --------------------------------------------------------------------
 def _submit(run_config: dict, grid=None) -> None:
     from server.app import main as server_main
 
     ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
-    server_main(grid or _grid(), ctx)
+    server_main(grid or simulated_nodes(3), ctx)
 
 
 @pytest.mark.parametrize("key, value", [("out-dir", "/srv/other-run"), ("update-norm-multiple", 0.0),
@@ -181,7 +175,7 @@ def test_a_submitted_run_writes_under_the_servers_runs_dir_and_resumes_by_name(t
         _submit({**TINY, "num-server-rounds": 3, "lr": 0.5, "run-name": "demo"})
 
 
-# --- issue 25, item 4: complete runs are final unless the operator extends them ------------------------------
+# --- complete runs are final unless the operator extends them ---------------------------------------------------------
 def test_a_submitter_cannot_extend_a_complete_run_unless_the_operator_opens_it(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDCMI_RUNS_DIR", str(tmp_path / "runs"))
     server_cfg = tmp_path / "server.toml"
@@ -210,7 +204,7 @@ def test_an_unfinished_submitted_run_continues_only_with_its_own_rounds(tmp_path
     monkeypatch.delenv("FEDCMI_SERVER_CONFIG", raising=False)
     out = tmp_path / "runs" / "half"
     with pytest.raises(KeyboardInterrupt):  # stopped in round 2 of 3
-        _submit({**TINY, "num-server-rounds": 3, "run-name": "half"}, grid=_grid(stop_from_round=2))
+        _submit({**TINY, "num-server-rounds": 3, "run-name": "half"}, grid=simulated_nodes(3, stop_from_round=2))
     with pytest.raises(ConfigError, match="continues an unfinished run of num-server-rounds=3, not 50; only the "
                                           "operator"):
         _submit({**TINY, "num-server-rounds": 50, "run-name": "half"})
@@ -219,7 +213,7 @@ def test_an_unfinished_submitted_run_continues_only_with_its_own_rounds(tmp_path
     assert [r["round"] for r in json.loads((out / "metrics.json").read_text())] == [0, 1, 2, 3]
 
 
-# --- issue 25, item 5: the server bounds what a submitted run may ask for ------------------------------------
+# --- the server bounds what a submitted run may ask for ---------------------------------------------------------------
 @pytest.mark.parametrize("key, value, limit", [("train-size", 10**8, "100000"), ("test-size", 10**8, "50000"),
                                                ("num-server-rounds", 100_000, "1000"), ("local-epochs", 10_000, "100"),
                                                ("feature-dim", 16_384, "1024")])

@@ -179,11 +179,13 @@ def test_resume_continues_the_moments_exactly(tmp_path):
 
 
 def _run_keys(out, rounds: int, keys: dict, resume: bool = False) -> None:
+    from support.grid import simulated_nodes
+
     from server.app import run_server
-    from tests.test_run_dir_once import TINY, InProcessGrid
+    from tests.test_run_dir_once import TINY
 
     cfg = effective({**TINY, **keys, "num-server-rounds": rounds, "out-dir": str(out)}).check_run()
-    run_server(InProcessGrid(3), cfg, resume=resume)
+    run_server(simulated_nodes(3), cfg, resume=resume)
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Test-only attackers (issues 12 and 22): a Flower mod around fedcmi's ClientApp that turns chosen partitions
+"""Test-only attackers: a Flower mod around fedcmi's ClientApp that turns chosen partitions
 into adversaries. Nothing of it ships in the product; ``benchmarks/attacks.py`` and the tests use it.
 
 A spec is a list of items ``kind[=parameter]:partition`` separated by ``,``, ``;`` or blanks, e.g.

@@ -64,6 +64,14 @@ def stop_in_round(server_round: int, reply: Reply) -> Reply:
     return stopping
 
 
+def simulated_nodes(num_nodes: int, stop_from_round: int | None = None) -> FakeGrid:
+    """``num_nodes`` nodes as the simulation engine configures them (partition i is node 100 + i, node config
+    ``partition-id``, ``num-partitions``), answered by :func:`client_app`; from ``stop_from_round`` on, the
+    process is stopped in the round (:func:`stop_in_round`)."""
+    nodes = {100 + i: {"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)}
+    return FakeGrid(nodes, reply=client_app if stop_from_round is None else stop_in_round(stop_from_round, client_app))
+
+
 class FakeGrid:
     """A Grid whose ``nodes`` answer each message with ``reply(message, node)`` after ``delay`` seconds."""
 
@@ -126,4 +134,4 @@ class FakeGrid:
         return answer
 
 
-__all__ = ["FakeGrid", "client_app", "describe", "empty", "stop_in_round"]
+__all__ = ["FakeGrid", "client_app", "describe", "empty", "simulated_nodes", "stop_in_round"]
