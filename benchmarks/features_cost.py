@@ -9,8 +9,8 @@
    of the paper's federation (``--clients-per-round`` clients x ``--epochs`` local epochs over 1/num_clients of
    the training set), with ``--cores // --threads`` clients side by side (Ray with client-num-cpus=threads).
 
-On a shared or busy machine use ``--threads 1``: two torch threads per process on two contended cores were
-ten times slower than one in our runs (docs/features.md).
+On a shared or busy machine use ``--threads 1``: two torch threads per process on two contended cores are
+far slower than one (docs/features.md has the measurement).
 
     python benchmarks/features_cost.py --arch mobilenet_v2 --threads 1 --cores 2
 """

@@ -1,6 +1,6 @@
 """Recording a round (central evaluation, metrics row, checkpoint) off the round loop's critical path.
 
-Why: central evaluation used to run between rounds while every client actor sat idle. With
+Why: central evaluation run between rounds leaves every client actor idle while it runs. With
 ``pipelined-eval`` the ServerApp hands round r's snapshot to one background thread and starts round r+1
 at once. Everything a record reads is captured when the round ends (``RoundSnapshot``), so its numbers
 equal sequential evaluation's; records are written one at a time in round order, and at most one waits

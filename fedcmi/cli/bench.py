@@ -179,8 +179,8 @@ def _bench(args: argparse.Namespace) -> int:
 def default_jobs(base: Any, backend: dict[str, Any]) -> int:
     """Cells at once by default: 3, or enough that the cells' rounds can keep every client actor busy
     (2 x actors / clients-per-round) where there are more actors. Why 3 on a few cores: one cell leaves
-    them idle while its server evaluates and waits for its slowest client (2 cores, 14 cells, 2026-11-30:
-    3 at once beat 2 and 4, one run each)."""
+    them idle while its server evaluates and waits for its slowest client (docs/benchmark.md compares 2, 3
+    and 4)."""
     cpus = backend.get("init_args", {}).get("num_cpus") or 0
     per_client = backend["client_resources"]["num_cpus"] or 1
     actors = int(cpus // per_client) if cpus else 0

@@ -260,8 +260,8 @@ class RunConfig:
                              "must be > 0")
     scaffold_lr: float = _opt(1.0, "server", "scaffold: global learning rate eta_g, x += eta_g (aggregate - x) "
                               "(1 = the aggregate)", _positive, "must be > 0")
-    # 256 (the authors' test batch): on CPU a 512 batch's activations spill out of cache, 1.2-1.4x slower for
-    # the default model in most processes, with the same predictions (docs/scaling.md, benchmarks/eval_batch.py)
+    # 256 (the authors' test batch): on CPU a 512 batch's activations spill out of cache, with the same
+    # predictions; the timings are in docs/scaling.md (benchmarks/eval_batch.py)
     eval_batch_size: int = _opt(256, "server", "server evaluation batch size", _at_least(1), "must be >= 1")
     client_num_gpus: float = _opt(0.0, "server", "GPUs (fractions allowed) per simulated client", _at_least(0),
                                   "must be >= 0")

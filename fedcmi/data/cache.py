@@ -1,8 +1,8 @@
 """Embedded data sets built once per machine, then memory-mapped by every process that needs them.
 
 Why: a simulation builds its data set in the driver *and* in every Ray actor. Built in memory, each process
-held the whole training set twice (Arrow table + float32 arrays) and spent seconds generating it: at 1,000
-clients x 30 samples that was ~0.5 GiB and ~3 s per process. From the disk cache each process maps the
+holds the whole training set twice (Arrow table + float32 arrays) and spends seconds generating it (the
+sizes at 1,000 clients are in docs/scaling.md). From the disk cache each process maps the
 files; only the rows it touches (the sampled clients' partitions, the test split) become resident.
 
 The cache key covers the generator's parameters, the source of ``fedcmi/data/embedded.py`` and the torch and
@@ -97,7 +97,8 @@ def _save(data: MultimodalData, path: Path) -> None:
 
 class LazyDataset:
     """A saved ``datasets.Dataset`` opened on first use. Why: a client actor needs only the memory-mapped
-    arrays, and importing ``datasets`` (with pandas, pyarrow) costs each process ~1.5 s and ~0.15 GiB."""
+    arrays, and importing ``datasets`` (with pandas, pyarrow) costs each process seconds and memory
+    (docs/scaling.md)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path

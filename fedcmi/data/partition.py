@@ -188,7 +188,8 @@ def _stored_path(data: MultimodalData, cfg: RunConfig) -> Path | None:
 
 def stored_federation(data: MultimodalData, cfg: RunConfig) -> list[ClientSpec]:
     """The federation from the machine's data cache, built and stored there first if missing. Why: a client
-    actor then needs neither the Arrow table nor flwr-datasets (seconds of imports, ~0.15 GiB per process)."""
+    actor then needs neither the Arrow table nor flwr-datasets (their imports' seconds and memory in every
+    process: docs/scaling.md)."""
     path = _stored_path(data, cfg)
     if path is not None and path.is_file():
         f = npy.load_npz(path)

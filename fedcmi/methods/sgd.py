@@ -1,9 +1,9 @@
 """The SGD of every local update and of CCVR's calibration: torch's own update rule without its Optimizer class.
 
 Why: ``torch.optim.Optimizer`` wraps its methods so that torch's compiler stays out of them, and that wrapper
-imports ``torch._dynamo`` (sympy included) the first time one is called: about 2 s of CPU in every fresh
-process. In a simulation every client actor paid it in its first training step of round 1, on the critical
-path of start-up (``benchmarks/startup_timeline.py``). :class:`SGD` keeps the momentum buffers and calls
+imports ``torch._dynamo`` (sympy included) the first time one is called: seconds of CPU in every fresh
+process (docs/scaling.md); in a simulation every client actor would pay it in its first training step of round 1,
+on the critical path of start-up (``benchmarks/startup_timeline.py``). :class:`SGD` keeps the momentum buffers and calls
 ``torch.optim.sgd.sgd``, the functional update ``torch.optim.SGD.step`` runs (per tensor on the CPU, foreach
 on CUDA), so the numbers are ``torch.optim.SGD``'s bit for bit (``tests/test_sgd.py``).
 """

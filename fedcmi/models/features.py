@@ -52,7 +52,7 @@ class FeatureTokens(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = segment_pool(x, self.segments)
         # centred tokens of norm TOKEN_NORM whatever the encoder's scale and width (768, 1280, 2048): per-dimension
-        # unit variance, as LayerNorm gives, makes a 1280-wide input's curvature ~1280 and SGD at the default
-        # lr 0.02 diverged (NaN by round 5 on the fixture); norm 1 was stable but barely learned
+        # unit variance, as LayerNorm gives, makes a 1280-wide input's curvature ~1280, too steep for SGD at the
+        # default lr; a small norm is stable but learns slowly (what was tried: docs/features.md)
         normed = F.layer_norm(pooled, (self.width,)) * (TOKEN_NORM / self.width ** 0.5)
         return self.proj(normed).flatten(1)

@@ -3,8 +3,8 @@
 Why: in ``flwr==1.42.0`` the simulation engine hands messages to its Ray workers from a thread that, every
 0.1 s, asks the in-memory link state once *per node* for that node's next message, and every such call scans
 all stored messages (with an expiry check each). With N nodes and k messages in flight that is N x k checks
-ten times a second: negligible at 20 nodes, about half a core at 1,000 nodes (and N x N during the discovery
-query). The ServerApp's grid, in turn, polls for replies every 0.1 s, which adds 0.05 s to every round on
+ten times a second: negligible at 20 nodes, much of a core at 1,000 nodes (docs/scaling.md), N x N during the
+discovery query. The ServerApp's grid, in turn, polls for replies every 0.1 s, which adds 0.05 s to every round on
 average. :func:`install` replaces the first by one scan of the stored messages per sweep and shortens both
 poll intervals to :data:`POLL_S`. Messages, contexts and results are unchanged; only when they are picked up.
 

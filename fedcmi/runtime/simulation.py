@@ -199,7 +199,7 @@ def _start_ray(backend_config: dict[str, Any], token: ProcessToken, verbose: boo
 
     services.ConsolePopen = OwnSession
     # A local Ray's workers inherit this environment (PYTHONPATH included) from the raylet it starts; a job
-    # runtime_env made every worker wait for Ray's runtime-env agent (0.6-0.9 s of the discovery query, 3 pairs).
+    # runtime_env would make every worker wait for Ray's runtime-env agent (its cost: docs/scaling.md, start-up).
     # A cluster's workers were started elsewhere and need it.
     local = init_args.get("address") == "local"
     runtime_env = {} if local else {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
