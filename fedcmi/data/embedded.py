@@ -58,8 +58,8 @@ def synthetic_av(num_classes: int = 6, train_size: int = 3000, test_size: int = 
     """Paired audio-like and visual-like tensors; ``signal_a > signal_b`` makes audio the dominant modality.
 
     ``signal_*`` is the per-pixel amplitude of the class pattern against unit noise. With the defaults
-    (0.8 vs 0.25) audio alone reaches about 96% and visual alone about 72% centrally, while visual through a
-    jointly trained concat model falls to about 43% (``benchmarks/imbalance.py``), like CREMA-D where audio
+    (0.8 vs 0.25) audio alone beats visual alone centrally, and visual loses most of its accuracy through a
+    jointly trained concat model (docs/datasets.md, ``benchmarks/imbalance.py``), like CREMA-D where audio
     dominates one face frame.
     """
     gen = torch.Generator().manual_seed(10_007 + seed)
@@ -85,8 +85,8 @@ def digits_cg(seed: int = 0, colour_agreement: float = 0.8, test_fraction: float
     """scikit-learn's 8x8 digits: the gray digit, and a colour-coded noisy view of it.
 
     The colour view tints the digit with its class colour with probability ``colour_agreement`` (else a
-    random class's colour) and adds pixel noise. Measured centrally, the clean gray shape dominates and the
-    noisy colour view is the weak modality (about 83% alone, under 50% through a joint concat model).
+    random class's colour) and adds pixel noise. Centrally, the clean gray shape dominates and the noisy
+    colour view is the weak modality, weaker still through a joint concat model (docs/datasets.md).
     The split is a fixed stratified one (seeded by 0, not by the run seed).
     """
     from sklearn.datasets import load_digits
