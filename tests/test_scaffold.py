@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from support.grid import FakeGrid, client_app, node_context, simulated_nodes
 from support.members import admit
 
 from fedcmi import protocol
@@ -180,14 +181,9 @@ def test_the_strategy_moves_c_per_parameter_over_the_clients_that_sent_a_delta()
     assert c["fusion.fc.weight"] == pytest.approx(np.full(2, (1 + 3) / 3))  # N_shared = 3, two sent
     assert arrays["enc_a.w"].numpy() == pytest.approx(np.ones((2, 2)))  # scaffold-lr 1: the aggregate
     # the next round's message carries c
-    msgs = list(s.configure_train(2, arrays, ConfigRecord(), _Grid()))
+    msgs = list(s.configure_train(2, arrays, ConfigRecord(), FakeGrid(dict(KINDS))))
     sent = protocol.read_train(msgs[0].content).guidance.control
     assert set(sent) == set(c) and sent["enc_b.w"].dtype == np.float32
-
-
-class _Grid:
-    def get_node_ids(self):
-        return list(KINDS)
 
 
 @pytest.mark.parametrize("node, delta, reason", [
@@ -257,32 +253,25 @@ def test_config_edge():
 
 
 # --- through the server: node state kept in the node's Context, resume exactly ----------------------------
-class KeptStateGrid:
-    """Delivers each message to the ClientApp handler of its node, with one Context per node kept across
-    messages (and across runs, when the same grid serves them): what Flower does with ``context.state``."""
+def _kept_state_grid(n: int) -> FakeGrid:
+    """Nodes answered by the ClientApp handlers with one Context per node kept across messages (and across runs,
+    when the same grid serves them): what Flower does with ``context.state``. ``grid.trace``: (round, partition,
+    c_i entries the node held before) of each TRAIN message."""
+    contexts: dict[int, Context] = {}
+    trace: list[tuple[int, int, int]] = []
 
-    def __init__(self, n: int):
-        self.n, self.contexts, self.trace = n, {}, []
+    def reply(message, node_config):
+        ctx = contexts.setdefault(message.metadata.dst_node_id, node_context(message, node_config))
+        if message.metadata.message_type != MessageType.TRAIN:
+            return client_app(message, node_config, ctx)
+        held = len(protocol.node_control(ctx.state))
+        answer = client_app(message, node_config, ctx)
+        trace.append((protocol.server_round_of(message.content), int(node_config["partition-id"]), held))
+        return answer
 
-    def get_node_ids(self):
-        return [100 + i for i in range(self.n)]
-
-    def send_and_receive(self, messages, timeout=None):
-        import clients.app as client_app
-
-        replies = []
-        for m in messages:
-            node = m.metadata.dst_node_id
-            ctx = self.contexts.setdefault(node, Context(
-                run_id=1, node_id=node, node_config={"partition-id": node - 100, "num-partitions": self.n},
-                state=RecordDict(), run_config={}))
-            if m.metadata.message_type == MessageType.QUERY:
-                replies.append(client_app.describe(m, ctx))
-                continue
-            held = len(protocol.node_control(ctx.state))
-            replies.append(client_app.train(m, ctx))
-            self.trace.append((protocol.server_round_of(m.content), node - 100, held))
-        return replies
+    grid = simulated_nodes(n, reply=reply)
+    grid.trace = trace
+    return grid
 
 
 def _run(out, rounds: int, keys: dict, grid, resume: bool = False) -> None:
@@ -298,7 +287,7 @@ def test_resume_continues_c_exactly_and_nodes_keep_c_i(tmp_path):
 
     keys = {"scaffold": True}
     whole, part = tmp_path / "whole", tmp_path / "part"
-    grid = KeptStateGrid(3)
+    grid = _kept_state_grid(3)
     _run(whole, 5, keys, grid)
     # a node sampled again starts from the c_i its earlier round left in its context.state
     seen: set[int] = set()
@@ -308,7 +297,7 @@ def test_resume_continues_c_exactly_and_nodes_keep_c_i(tmp_path):
         again += [rnd] if pid in seen else []
         seen.add(pid)
     assert again
-    parts = KeptStateGrid(3)
+    parts = _kept_state_grid(3)
     _run(part, 2, keys, parts)
     state = json.loads((part / "checkpoint" / "state.json").read_text())["strategy"]
     assert state[STATE_KEY]["c"]
@@ -320,7 +309,7 @@ def test_resume_continues_c_exactly_and_nodes_keep_c_i(tmp_path):
     a, b = (load_file(str(p / "model.safetensors")) for p in (whole, part))
     assert all(bool((a[k] == b[k]).all()) for k in a)
     plain = tmp_path / "plain"
-    _run(plain, 5, {}, KeptStateGrid(3))
+    _run(plain, 5, {}, _kept_state_grid(3))
     c = load_file(str(plain / "model.safetensors"))
     assert any(not bool((a[k] == c[k]).all()) for k in a)  # the correction changed the weights
 

@@ -40,15 +40,21 @@ def empty(message: Message, node: Any) -> RecordDict:
     return RecordDict()
 
 
-def client_app(message: Message, node_config: dict) -> Message:
+def node_context(message: Message, node_config: dict) -> Context:
+    """A fresh Context of the node ``message`` is addressed to, with its ``node_config``."""
+    return Context(run_id=1, node_id=message.metadata.dst_node_id, node_config=dict(node_config), state=RecordDict(),
+                   run_config={})
+
+
+def client_app(message: Message, node_config: dict, context: Context | None = None) -> Message:
     """fedcmi's ClientApp handlers in this process, on a node given as its ``node_config`` (what
-    ``flower-supernode --node-config`` gives the node: ``partition-id``, and ``data-dir``, ``modalities``...)."""
+    ``flower-supernode --node-config`` gives the node: ``partition-id``, and ``data-dir``, ``modalities``...).
+    Each message gets a fresh Context unless ``context`` is given (a node's ``context.state`` kept across
+    messages, as Flower keeps it)."""
     import clients.app as app
 
     handlers = {MessageType.QUERY: app.describe, MessageType.TRAIN: app.train, MessageType.EVALUATE: app.moments}
-    node = message.metadata.dst_node_id
-    context = Context(run_id=1, node_id=node, node_config=dict(node_config), state=RecordDict(), run_config={})
-    return handlers[message.metadata.message_type](message, context)
+    return handlers[message.metadata.message_type](message, context or node_context(message, node_config))
 
 
 def stop_in_round(server_round: int, reply: Reply) -> Reply:
@@ -64,12 +70,12 @@ def stop_in_round(server_round: int, reply: Reply) -> Reply:
     return stopping
 
 
-def simulated_nodes(num_nodes: int, stop_from_round: int | None = None) -> FakeGrid:
+def simulated_nodes(num_nodes: int, stop_from_round: int | None = None, reply: Reply = client_app) -> FakeGrid:
     """``num_nodes`` nodes as the simulation engine configures them (partition i is node 100 + i, node config
-    ``partition-id``, ``num-partitions``), answered by :func:`client_app`; from ``stop_from_round`` on, the
-    process is stopped in the round (:func:`stop_in_round`)."""
+    ``partition-id``, ``num-partitions``), answered by ``reply`` (:func:`client_app`); from ``stop_from_round``
+    on, the process is stopped in the round (:func:`stop_in_round`)."""
     nodes = {100 + i: {"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)}
-    return FakeGrid(nodes, reply=client_app if stop_from_round is None else stop_in_round(stop_from_round, client_app))
+    return FakeGrid(nodes, reply=reply if stop_from_round is None else stop_in_round(stop_from_round, reply))
 
 
 class FakeGrid:
@@ -134,4 +140,4 @@ class FakeGrid:
         return answer
 
 
-__all__ = ["FakeGrid", "client_app", "describe", "empty", "simulated_nodes", "stop_in_round"]
+__all__ = ["FakeGrid", "client_app", "describe", "empty", "node_context", "simulated_nodes", "stop_in_round"]
