@@ -4,14 +4,14 @@ Two presets. All runs of one call go one after another through one simulated fed
 actors start once). The attackers are a Flower mod around fedcmi's ClientApp (``tests/support/attacks.py``;
 nothing of it ships in the product; its module doc defines every kind and the spec syntax).
 
-``--preset issue12`` (the default; the table of docs/robustness.md): 10 clients, all 10 per round, 8 rounds,
+``--preset rules`` (the default; the table of docs/robustness.md): 10 clients, all 10 per round, 8 rounds,
 train-size 1500, test-size 600, seed 0; partitions 4 and 2 (both multimodal; 4 holds the most samples) attack
 with ``noise`` (Gaussian noise aimed under the relative bound), ``count`` (num-examples 1e9), ``stats`` (forged
 class statistics) or ``metrics`` (a list where the loss belongs), one or both of them.
 
-``--preset issue22`` (the scenarios of issue 22): 6 clients, all 6 per round, 5 rounds, synthetic-av with
-train-size 1200 and test-size 400 (the setting in which one multimodal client holds 69 samples, as in the
-issue), fedcmi, per seed (default 0 and 1). Roles are chosen per seed from the federation the seed builds:
+``--preset claims`` (lies about size and identity, scaled updates): 6 clients, all 6 per round, 5 rounds,
+synthetic-av with train-size 1200 and test-size 400 (the setting in which one multimodal client holds 69
+samples), fedcmi, per seed (default 0 and 1). Roles are chosen per seed from the federation the seed builds:
 the *attacker* is the smallest multimodal client (seed 0: partition 3, 69 samples); the *audio pair* the two
 largest holders of the first modality ("a"); the *victim* of ``steal`` the largest client other than the
 attacker. Scenarios (name: spec):
@@ -36,10 +36,10 @@ Each run is an ordinary run directory under ``--out`` (a finished one, ``complet
 when the benchmark is run again; ``--rerun-failed`` repeats the failed ones; an unfinished one is set aside as
 ``<dir>.replaced`` and run again). The table (markdown) goes to stdout and to ``--out``/table.md.
 
-    python benchmarks/attacks.py                          # issue 12: 4 rules x 9 scenarios, 8 rounds each
+    python benchmarks/attacks.py                          # rules: 4 rules x 9 scenarios, 8 rounds each
     python benchmarks/attacks.py --rules mean,median --rounds 3 --kinds noise
-    python benchmarks/attacks.py --preset issue22 --out /tmp/attack-runs --rules mean,median --seeds 0,1
-    python benchmarks/attacks.py --preset issue22 --kinds sizelie,steal --seeds 0
+    python benchmarks/attacks.py --preset claims --out /tmp/attack-runs --rules mean,median --seeds 0,1
+    python benchmarks/attacks.py --preset claims --kinds sizelie,steal --seeds 0
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ sys.path.insert(0, str(HERE.parent / "tests" / "support"))
 RULES = "mean,median,trimmed-mean,clipped-mean"
 ATTACKERS = (4, 2)
 BASE = {"num-clients": 10, "clients-per-round": 10, "train-size": 1500, "test-size": 600, "seed": 0}
-ISSUE22_BASE = {"num-clients": 6, "clients-per-round": 6, "train-size": 1200, "test-size": 400}
+CLAIMS_BASE = {"num-clients": 6, "clients-per-round": 6, "train-size": 1200, "test-size": 400}
 # name -> (spec template over the roles {x} attacker, {a1}/{a2} audio pair, {v} victim; config overrides)
-ISSUE22: dict[str, tuple[str, dict[str, Any]]] = {
+CLAIMS: dict[str, tuple[str, dict[str, Any]]] = {
     "clean": ("", {}),
     "sizelie": ("sizelie:{x}", {}),
     "sizelie-zero": ("sizelie-zero:{x}", {}),
@@ -105,23 +105,23 @@ def baseline_of(name: str) -> str:
     return "clean" + name[name.rindex("-cpr"):] if "-cpr" in name else "clean"
 
 
-def issue22_names(kinds: list[str] | None) -> list[str]:
+def claims_names(kinds: list[str] | None) -> list[str]:
     """The scenarios asked for, in table order, with the clean runs they are compared with."""
     if not kinds:
-        return list(ISSUE22)
-    unknown = [k for k in kinds if k not in ISSUE22]
+        return list(CLAIMS)
+    unknown = [k for k in kinds if k not in CLAIMS]
     if unknown:
-        raise SystemExit(f"--kinds: unknown issue22 scenario {unknown[0]!r}; one of {', '.join(ISSUE22)}")
+        raise SystemExit(f"--kinds: unknown claims scenario {unknown[0]!r}; one of {', '.join(CLAIMS)}")
     wanted = set(kinds) | {baseline_of(k) for k in kinds}
-    return [n for n in ISSUE22 if n in wanted]
+    return [n for n in CLAIMS if n in wanted]
 
 
 def roles(seed: int) -> dict[str, Any]:
-    """Who attacks in the issue22 scenarios of this seed (see the module's doc), with the partitions' sizes."""
+    """Who attacks in the claims scenarios of this seed (see the module's doc), with the partitions' sizes."""
     from fedcmi.config import effective
     from fedcmi.data.partition import federation
 
-    fed = federation(effective({**ISSUE22_BASE, "seed": seed}))
+    fed = federation(effective({**CLAIMS_BASE, "seed": seed}))
     size = {c.partition_id: len(c.indices) for c in fed}
     kind = {c.partition_id: c.kind for c in fed}
     x = min((p for p in size if kind[p] == "mm"), key=lambda p: (size[p], p))
@@ -203,8 +203,8 @@ def run_all(runs: list[Run], base: dict[str, Any], rounds: int, out: Path, rerun
                                                                   str(trace_file)))
 
 
-# --- issue 12 --------------------------------------------------------------------------------------------------
-def issue12(args: argparse.Namespace, rules: list[str]) -> str:
+# --- rules -----------------------------------------------------------------------------------------------------
+def rules_table(args: argparse.Namespace, rules: list[str]) -> str:
     kinds = [k.strip() for k in (args.kinds or "noise,count,stats,metrics").split(",")]
     scen = scenarios(kinds)
     out = args.out.resolve()
@@ -229,7 +229,7 @@ def issue12(args: argparse.Namespace, rules: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- issue 22 --------------------------------------------------------------------------------------------------
+# --- claims ----------------------------------------------------------------------------------------------------
 def _dominant_flips(rows: list[dict], clean: list[dict]) -> tuple[int, int]:
     """(rounds whose dominant modality differs from the clean run's, rounds compared)."""
     ref = {r["round"]: r.get("dominant") for r in clean if r["round"] > 0}
@@ -237,16 +237,16 @@ def _dominant_flips(rows: list[dict], clean: list[dict]) -> tuple[int, int]:
     return sum(a != b for a, b in pairs), len(pairs)
 
 
-def issue22(args: argparse.Namespace, rules: list[str]) -> str:
+def claims_table(args: argparse.Namespace, rules: list[str]) -> str:
     seeds = [int(s) for s in (args.seeds or "0,1").split(",")]
     rounds = args.rounds or 5
-    names = issue22_names([k.strip() for k in args.kinds.split(",")] if args.kinds else None)
+    names = claims_names([k.strip() for k in args.kinds.split(",")] if args.kinds else None)
     who = {seed: roles(seed) for seed in seeds}
     out = args.out.resolve()
-    runs = [Run(rule, seed, name, ISSUE22[name][0].format(**who[seed]), out / f"seed{seed}" / f"{rule}__{name}",
-                dict(ISSUE22[name][1]), baseline_of(name))
+    runs = [Run(rule, seed, name, CLAIMS[name][0].format(**who[seed]), out / f"seed{seed}" / f"{rule}__{name}",
+                dict(CLAIMS[name][1]), baseline_of(name))
             for seed in seeds for rule in rules for name in names]
-    run_all(runs, ISSUE22_BASE, rounds, out, args.rerun_failed)
+    run_all(runs, CLAIMS_BASE, rounds, out, args.rerun_failed)
 
     res = {(r.seed, r.rule, r.name): final(r.path) for r in runs}
     lines = [f"Setting: synthetic-av, fedcmi, 6 clients (train-size 1200, test-size 400), {rounds} rounds, "
@@ -300,24 +300,24 @@ def issue22(args: argparse.Namespace, rules: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=("issue12", "issue22"), default="issue12")
+    parser.add_argument("--preset", choices=("rules", "claims"), default="rules")
     parser.add_argument("--rules", default=RULES)
-    parser.add_argument("--kinds", default=None, help="issue12: attack kinds (default noise,count,stats,metrics); "
-                        "issue22: scenario names (default all; their clean runs are added)")
-    parser.add_argument("--seeds", default=None, help="issue22 only (default 0,1)")
-    parser.add_argument("--rounds", type=int, default=None, help="default 8 (issue12), 5 (issue22)")
-    parser.add_argument("--out", type=Path, default=None, help="default runs/attacks (issue12), "
-                        "runs/attacks-issue22 (issue22)")
+    parser.add_argument("--kinds", default=None, help="rules: attack kinds (default noise,count,stats,metrics); "
+                        "claims: scenario names (default all; their clean runs are added)")
+    parser.add_argument("--seeds", default=None, help="claims only (default 0,1)")
+    parser.add_argument("--rounds", type=int, default=None, help="default 8 (rules), 5 (claims)")
+    parser.add_argument("--out", type=Path, default=None, help="default runs/attacks (rules), "
+                        "runs/attacks-claims (claims)")
     parser.add_argument("--rerun-failed", action="store_true", help="run failed runs again (default: reuse them)")
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be >= 1")
-    if args.preset == "issue12" and args.seeds not in (None, "0"):
-        parser.error("--seeds: the issue12 table is seed 0 only")
-    args.out = args.out or Path("runs/attacks" if args.preset == "issue12" else "runs/attacks-issue22")
+    if args.preset == "rules" and args.seeds not in (None, "0"):
+        parser.error("--seeds: the rules table is seed 0 only")
+    args.out = args.out or Path("runs/attacks" if args.preset == "rules" else "runs/attacks-claims")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     rules = [r.strip() for r in args.rules.split(",")]
-    table = issue12(args, rules) if args.preset == "issue12" else issue22(args, rules)
+    table = rules_table(args, rules) if args.preset == "rules" else claims_table(args, rules)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(table)
     print(table)

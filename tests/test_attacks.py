@@ -448,8 +448,8 @@ def test_attack_benchmark_scenarios_are_valid_specs_aimed_at_their_roles():
     who = bench.roles(0)
     assert (who["x"], who["kind"][who["x"]], who["size"][who["x"]]) == (3, "mm", 69)  # the scenarios' attacker
     assert len(who["audio"]) == 4 and {who["a1"], who["a2"]} <= set(who["audio"]) and who["v"] != who["x"]
-    for name, (template, _) in bench.ISSUE22.items():
+    for name, (template, _) in bench.CLAIMS.items():
         parsed = attacks.parse(template.format(**who))
         assert (name.startswith("clean")) == (not parsed)
-        assert bench.baseline_of(name) in bench.ISSUE22
-    assert bench.issue22_names(["steal-cpr5", "sizelie"]) == ["clean", "sizelie", "clean-cpr5", "steal-cpr5"]
+        assert bench.baseline_of(name) in bench.CLAIMS
+    assert bench.claims_names(["steal-cpr5", "sizelie"]) == ["clean", "sizelie", "clean-cpr5", "steal-cpr5"]
