@@ -15,10 +15,11 @@ from fedcmi.config import effective
 from fedcmi.data.embedded import synthetic_av
 from fedcmi.data.partition import partition_indices
 from fedcmi.dominance import ClassStats, dominance
+from fedcmi.methods.fedavg import CrossEntropy
 from fedcmi.methods.fedcmi import FedCMI
-from fedcmi.methods.remedies import LabelSkew
+from fedcmi.methods.remedies import Remedies
 from fedcmi.methods.remedies.not_true_distillation import not_true_logits, ntd_loss
-from fedcmi.methods.remedies.restricted_softmax import present_classes, restrict
+from fedcmi.methods.remedies.restricted_softmax import RestrictedSoftmax, present_classes, restrict
 from fedcmi.models import ModelSpec, build_model
 from server.app import build_strategy
 
@@ -29,12 +30,13 @@ def test_restricted_softmax_scales_only_missing_classes_by_hand():
     assert present.tolist() == [True, False, True, False]
     logits = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     assert restrict(logits, present, 0.5).tolist() == [[1.0, 1.0, 3.0, 2.0]]
-    skew = LabelSkew(restricted_alpha=0.5)
-    skew.start(None, y, 4)
+    method = CrossEntropy()
+    method.remedies = Remedies((RestrictedSoftmax(0.5),))
+    method.remedies.start(None, y, 4)
     z = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 0.0, -1.0]])
     labels = torch.tensor([0, 2])
     by_hand = F.cross_entropy(torch.tensor([[1.0, 1.0, 3.0, 2.0], [0.0, 0.5, 0.0, -0.5]]), labels)
-    assert skew.ce(z, labels).item() == pytest.approx(by_hand.item())
+    assert method.ce(z, labels).item() == pytest.approx(by_hand.item())
 
 
 def test_not_true_distillation_by_hand():
@@ -72,7 +74,7 @@ def test_ntd_term_is_added_to_the_loss_of_any_method():
         model = build_model("cnn", ((1, 8, 8), (3, 8, 8)), 4, 8, spec.decomposed)
         result = local_update(model, _client(), spec.build(cfg), Guidance(), TrainSettings.of(cfg, spec),
                               num_classes=4, generator=torch.Generator().manual_seed(0),
-                              remedies=LabelSkew.from_config(cfg))
+                              remedies=Remedies.from_config(cfg))
         assert "loss_ntd" in result.losses and result.losses["loss_ntd"] >= 0, name
         # the first batch starts from the teacher's weights: its not-true distributions agree (KL ~ 0)
 

@@ -25,7 +25,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
      ("fedcmi.errors", "fedcmi.npy", "fedcmi.modalities", "fedcmi.dominance", "fedcmi.metrics", "fedcmi.devices",
       "fedcmi.extras")),
     ("catalogues: plug-ins by name, as data (no torch)",
-     ("fedcmi.methods.spec", "fedcmi.methods.registry", "fedcmi.data.sources")),
+     ("fedcmi.methods.spec", "fedcmi.methods.registry", "fedcmi.data.sources", "fedcmi.models.registry")),
     ("config", ("fedcmi.config",)),
     ("data", ("fedcmi.data",)),
     ("models", ("fedcmi.models",)),

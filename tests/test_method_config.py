@@ -14,7 +14,7 @@ from fedcmi.config import ConfigError, defaults, effective, resolve, unused_keys
 from fedcmi.methods.base import TrainSettings
 from fedcmi.methods.registry import METHOD_NAMES, method_spec
 from fedcmi.methods.remedies import KEYS as REMEDY_KEYS
-from fedcmi.methods.remedies import LabelSkew
+from fedcmi.methods.remedies import Remedies
 from fedcmi.models import ModelSpec
 from server.app import build_strategy
 
@@ -31,8 +31,10 @@ WHERE = {"proximal-mu": ("settings", "proximal_mu"), "lambda-self": ("method", "
          "unimodal-zero-fill": ("method", "unimodal_zero_fill"), "normalize-loss": ("method", "normalize_loss"),
          "dominance-momentum": ("strategy", "dominance_momentum"), "tau-min": ("strategy", "tau_min"),
          "ratio-mean": ("strategy", "ratio_mean"),
-         "logit-adjust": ("skew", "logit_adjust"), "restricted-softmax": ("skew", "restricted_alpha"),
-         "ntd-beta": ("skew", "ntd_beta"), "ntd-temperature": ("skew", "ntd_temperature")}
+         "logit-adjust": ("remedy", "tau"), "restricted-softmax": ("remedy", "alpha"),
+         "ntd-beta": ("remedy", "beta"), "ntd-temperature": ("remedy", "temperature")}
+# Keys of a remedy that only acts while another of its keys switches it on
+SWITCHED_BY = {"ntd-temperature": {"ntd-beta": 1.0}}
 CANDIDATES = {"proximal-mu": [0.0, 0.37], "lambda-self": [0.0, 1.3], "lambda-cmi": [0.0, 2.5],
               "lambda-cross": [0.0, 2.0], "class-wise-temperature": [False, True], "temperature": [0.7],
               "gamma": [3.5], "dominance": ["global", "local"], "warmup-rounds": [3], "ogm-alpha": [0.3],
@@ -59,8 +61,8 @@ def _trained_value(cfg, key: str):
         from fedcmi.methods.guidance import DominanceGuidance
 
         return getattr(build_strategy(cfg, ModelSpec(2, (1,), (1,))).server.find(DominanceGuidance), attr)
-    if where == "skew":
-        return getattr(LabelSkew.from_config(cfg), attr)
+    if where == "remedy":
+        return next(getattr(r, attr) for r in Remedies.from_config(cfg).on if hasattr(r, attr))
     return getattr(spec.build(cfg), attr)
 
 
@@ -70,7 +72,7 @@ def test_every_key_a_method_reads_reaches_what_trains_when_set(name):
     assert set(spec.uses) <= set(WHERE), "a new method key needs a row in WHERE"
     for key in (*spec.uses, *REMEDY_KEYS):  # the label-skew remedies combine with every method
         value = _user_value(name, key)
-        cfg = effective({"strategy": name, key: value})
+        cfg = effective({"strategy": name, **SWITCHED_BY.get(key, {}), key: value})
         assert cfg.to_dict()[key] == value, (name, key)
         assert _trained_value(cfg, key) == value, (name, key)
 

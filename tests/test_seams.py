@@ -18,7 +18,7 @@ from fedcmi.dominance import Guidance
 from fedcmi.federated.aggregation import RULES, ClientUpdate, aggregate, rule
 from fedcmi.methods.fedavg import CrossEntropy
 from fedcmi.methods.registry import METHODS, method_spec
-from fedcmi.methods.remedies import LabelSkew
+from fedcmi.methods.remedies import Remedies
 from fedcmi.methods.remedies.logit_adjustment import TINY_COUNT, adjust, log_label_prior
 from fedcmi.modalities import group_of
 
@@ -60,9 +60,9 @@ def test_fedavg_la_is_a_registered_concat_method_whose_batch_loss_uses_the_clien
             return xa
 
     y = torch.tensor([0, 0, 0, 1])
-    skew = LabelSkew.from_config(cfg)
-    skew.start(Head(), y, 3)  # what local_update does before the first batch
-    method.skew = skew
+    remedies = Remedies.from_config(cfg)
+    remedies.start(Head(), y, 3)  # what local_update does before the first batch
+    method.remedies = remedies
     method.start(Head(), ClientData(torch.zeros(4, 3), None, y), Guidance(), 3)
     logits = torch.randn(4, 3)
     terms = method.batch_loss(Head(), logits, None, y)

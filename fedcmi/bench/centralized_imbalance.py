@@ -18,7 +18,7 @@ from fedcmi.federated.evaluation import evaluate
 from fedcmi.methods.sgd import SGD
 from fedcmi.metrics import ACC_MM, acc_zero
 from fedcmi.models.concat_model import ConcatModel
-from fedcmi.models.encoders import build_encoder
+from fedcmi.models.encoders.cnn import SmallCNN
 from fedcmi.models.init import init_weights
 
 
@@ -73,13 +73,13 @@ def imbalance_report(data: MultimodalData, epochs: int = 8, batch_size: int = 64
     xa, xb, y = (torch.from_numpy(np.asarray(t)) for t in data.arrays("train"))
     ta, tb, ty = (torch.from_numpy(np.asarray(t)) for t in data.arrays("test"))
     (sa, sb) = data.shapes()
-    joint = ConcatModel(build_encoder("cnn", sa[0], feature_dim), build_encoder("cnn", sb[0], feature_dim),
+    joint = ConcatModel(SmallCNN(sa[0], feature_dim), SmallCNN(sb[0], feature_dim),
                         data.num_classes)
     _fit(joint, lambda i: (xa[i], xb[i]), y, epochs, batch_size, lr, seed)
     res = evaluate(joint, ta, tb, ty, data.num_classes, data.modalities)
     alone = {}
     for m, x, t, shape in ((data.modalities[0], xa, ta, sa), (data.modalities[1], xb, tb, sb)):
-        uni = UnimodalModel(build_encoder("cnn", shape[0], feature_dim), data.num_classes)
+        uni = UnimodalModel(SmallCNN(shape[0], feature_dim), data.num_classes)
         _fit(uni, lambda i, x=x: (x[i],), y, epochs, batch_size, lr, seed)
         uni.eval()
         with torch.no_grad():

@@ -114,7 +114,7 @@ def configuration_markdown() -> str:
               "| preset | keys |", "|---|---|"]
     for name, keys in PRESETS.items():
         lines.append(f"| `{name}` | " + " ".join(f"`{k}={v}`" for k, v in keys.items()) + " |")
-    lines += ["", _methods_markdown()]
+    lines += ["", _methods_markdown(), _parts_markdown()]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -130,6 +130,22 @@ def _methods_markdown() -> str:
                      + " ".join(f"`{k}`" for k in spec.uses) + " | "
                      + (" ".join(f"`{k}={v}`" for k, v in spec.defaults.items()) or "–") + " | "
                      + (_cell(" ".join(f"`{k}` {c.text}" for k, c in spec.defining.items())) or "–") + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _parts_markdown() -> str:
+    """The registries' entries: what ``encoder=``, ``fusion=`` and the remedy keys choose, and the file of each."""
+    from fedcmi.methods.registry import REMEDIES
+    from fedcmi.models.registry import ENCODERS, FUSIONS
+
+    lines = ["## Encoders, fusion heads, label-skew remedies", "",
+             "One file each, one line each in its registry (`fedcmi/models/registry.py`, `REMEDIES` in "
+             "`fedcmi/methods/registry.py`; docs/architecture.md). Remedies combine with every method and act in "
+             "this order.", "", "| choice | what it is | code |", "|---|---|---|"]
+    for key, table in (("encoder", ENCODERS), ("fusion", FUSIONS)):
+        lines += [f"| `{key}={spec.name}` | {_cell(spec.summary)} | `{spec.builder}` |" for spec in table.values()]
+    lines += [f"| remedy `{spec.name}`: " + " ".join(f"`{k}`" for k in spec.keys)
+              + f" | {_cell(spec.summary)} | `{spec.builder}` |" for spec in REMEDIES.values()]
     return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,26 @@ def _method_names() -> tuple[str, ...]:
     return METHOD_NAMES
 
 
+def _encoder_names() -> tuple[str, ...]:
+    from fedcmi.models.registry import encoder_names
+
+    return encoder_names()
+
+
+def _fusion_names() -> tuple[str, ...]:
+    from fedcmi.models.registry import fusion_names
+
+    return fusion_names()
+
+
+def _one_of(names: Callable[[], tuple[str, ...]]) -> Callable[[], str]:
+    """The rule text of a key that names a registry entry: "must be a, b or c" (read when a value is refused)."""
+    def text() -> str:
+        *rest, last = names()
+        return f"must be {', '.join(rest)} or {last}" if rest else f"must be {last}"
+    return text
+
+
 # The aggregation rules' names, without importing them (their code imports torch):
 # fedcmi.federated.aggregation.RULE_NAMES is the same tuple (tests/test_cli_startup.py checks).
 AGGREGATION_NAMES = ("mean", "median", "trimmed-mean", "clipped-mean")
@@ -219,12 +239,12 @@ class RunConfig:
     # --- model ---------------------------------------------------------------------------------------------
     encoder: str = _opt("cnn", "model", "encoder architecture: cnn, resnet18, or features (train on the token "
                         "embeddings of `fedcmi features`: data-root is the features directory)",
-                        lambda v: v in ("cnn", "resnet18", "features"), "must be cnn, resnet18 or features")
+                        lambda v: v in _encoder_names(), _one_of(_encoder_names), _encoder_names)
     projector: str = _opt("linear", "model", "projector type", lambda v: v in ("linear", "mlp"),
                           "must be linear or mlp")
     feature_dim: int = _opt(64, "model", "encoder/projector width", _at_least(1), "must be >= 1")
     fusion: str = _opt("concat", "model", "fusion head: concat, or sgmft (similarity-guided attention)",
-                       lambda v: v in ("concat", "sgmft"), "must be concat or sgmft")
+                       lambda v: v in _fusion_names(), _one_of(_fusion_names), _fusion_names)
     sgmft_tokens: int = _opt(8, "model", "sgmft: tokens each slot vector is cut into", _at_least(1),
                              "must be >= 1")
     sgmft_heads: int = _opt(4, "model", "sgmft: attention heads", _at_least(1), "must be >= 1")

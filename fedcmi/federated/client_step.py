@@ -20,7 +20,7 @@ from fedcmi.dominance import ClassStats, Guidance
 from fedcmi.federated.calibration import FeatureStats, feature_statistics
 from fedcmi.methods.base import TrainSettings, local_update, only
 from fedcmi.methods.registry import method_spec
-from fedcmi.methods.remedies import LabelSkew
+from fedcmi.methods.remedies import Remedies
 from fedcmi.methods.scaffold import ControlVariates
 from fedcmi.methods.statistics import class_statistics
 from fedcmi.modalities import MM, group_of, trained_groups
@@ -68,7 +68,7 @@ def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: G
                     if cfg.scaffold else None)
         result = local_update(model, only(local, spec.modalities), spec.build(cfg), guidance,
                               TrainSettings.of(cfg, spec), num_classes=num_classes,
-                              generator=torch.Generator().manual_seed(seed), remedies=LabelSkew.from_config(cfg),
+                              generator=torch.Generator().manual_seed(seed), remedies=Remedies.from_config(cfg),
                               control=variates)
     held = trained_groups(data.kind, spec.modalities)
     arrays = {k: v.detach().cpu() for k, v in model.state_dict().items() if group_of(k) in held}

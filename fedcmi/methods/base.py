@@ -1,9 +1,11 @@
 """The local-method protocol and the local update loop (written once, for every method; the spec: spec.py).
 
 The path of a batch: :func:`local_update` shuffles the client's data, asks the method for the loss terms of
-each batch (:meth:`LocalMethod.batch_loss`), back-propagates ``terms["loss"]``, lets the method touch the
-gradients (:meth:`LocalMethod.after_backward`), adds the proximal gradient, SCAFFOLD's correction (``scaffold``,
-``fedcmi.methods.scaffold``) and steps SGD.
+each batch (:meth:`LocalMethod.batch_loss`, whose cross-entropy terms see the logits as the round's remedies
+adjust them), adds the remedies' loss terms (:meth:`Remedies.add_terms`), back-propagates ``terms["loss"]``,
+lets the method touch the gradients (:meth:`LocalMethod.after_backward`), adds the proximal gradient, SCAFFOLD's
+correction (``scaffold``, ``fedcmi.methods.scaffold``) and steps SGD. No remedy is named here: they are registry
+entries (``fedcmi.methods.remedies``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fedcmi.data.base import ClientData
 from fedcmi.dominance import Guidance
 from fedcmi.methods.losses import add_proximal_gradient
-from fedcmi.methods.remedies import LabelSkew
+from fedcmi.methods.remedies import Remedies
 from fedcmi.methods.scaffold import ControlVariates
 from fedcmi.methods.sgd import SGD
 from fedcmi.modalities import MODALITIES, A, B, group_of, modalities_of
@@ -33,13 +36,14 @@ class LocalMethod:
 
     A fresh object is built for every client round (``MethodSpec.build``, spec.py), so it may keep round state
     (a frozen teacher, prototypes) between :meth:`start` and the end of the round. Its cross-entropy terms use
-    :meth:`ce`, which applies the run's label-skew remedies (plain cross-entropy when none is on).
+    :meth:`ce`, which applies the round's label-skew remedies (plain cross-entropy when none is on).
     """
 
-    skew: LabelSkew = LabelSkew()
+    remedies: Remedies = Remedies()  # the round's, set by local_update
 
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.skew.ce(logits, y)
+        """The cross-entropy a method trains with: of the logits as the remedies on adjust them."""
+        return F.cross_entropy(self.remedies.logits(logits), y)
 
     def start(self, model: nn.Module, data: ClientData, guidance: Guidance, num_classes: int) -> None:
         """Before the first epoch, with the received global weights loaded."""
@@ -120,11 +124,12 @@ def batches(data: ClientData, batch_size: int,
 
 def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidance: Guidance,
                  settings: TrainSettings, *, num_classes: int, generator: torch.Generator | None = None,
-                 remedies: LabelSkew | None = None, control: ControlVariates | None = None) -> TrainResult:
+                 remedies: Remedies | None = None, control: ControlVariates | None = None) -> TrainResult:
     """Train ``model`` in place on one client's labeled data; returns the mean of each loss term.
 
-    ``control`` (SCAFFOLD): corrects every gradient of the trained parameters and records the step directions
-    (its ``finish`` gives the client's new control variate).
+    ``remedies``: the round's label-skew remedies (``Remedies.from_config``; none by default). ``control``
+    (SCAFFOLD): corrects every gradient of the trained parameters and records the step directions (its
+    ``finish`` gives the client's new control variate).
 
     Unlabeled samples (``missing-label-rate``) are left out: no method has an unsupervised term.
     """
@@ -132,9 +137,9 @@ def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidan
     named = trainable_parameters(model, data.kind)
     params = [p for _, p in named]
     anchors = [p.detach().clone() for p in params] if settings.proximal_mu > 0 else []
-    if remedies is not None and remedies.active:
-        remedies.start(model, data.y, num_classes)
-        method.skew = remedies
+    remedies = remedies if remedies is not None else Remedies()
+    remedies.start(model, data.y, num_classes)
+    method.remedies = remedies
     method.start(model, data, guidance, num_classes)
     if control is not None:
         control.start(named)
@@ -151,9 +156,7 @@ def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidan
             xa = data.a[idx] if A in held else None
             xb = data.b[idx] if B in held else None
             terms = method.batch_loss(model, xa, xb, data.y[idx])
-            if method.skew.ntd_beta > 0:
-                terms.update(method.skew.extra_terms(model, xa, xb, data.y[idx]))
-                terms["loss"] = terms["loss"] + method.skew.ntd_beta * terms["loss_ntd"]
+            remedies.add_terms(terms, model, xa, xb, data.y[idx])
             opt.zero_grad()
             terms["loss"].backward()
             method.after_backward(model, terms, generator)

@@ -1,5 +1,6 @@
 """Every local method by name (``strategy=NAME``): its :class:`~fedcmi.methods.spec.MethodSpec`, here, and
-its code, one file in this package that the spec's ``builder`` names.
+its code, one file in this package that the spec's ``builder`` names; likewise every label-skew remedy
+(:class:`~fedcmi.methods.spec.RemedySpec`, its code in ``remedies/``).
 
 Light on purpose: the specs import nothing heavy (no torch), so a configuration is resolved and checked,
 and ``fedcmi methods`` answers, before torch is imported; a method's code is imported when it is built.
@@ -10,10 +11,20 @@ differences between them come from the method alone.
 from __future__ import annotations
 
 from fedcmi.errors import ConfigError, did_you_mean
-from fedcmi.methods.spec import POSITIVE, MethodSpec, equals
+from fedcmi.methods.spec import POSITIVE, MethodSpec, RemedySpec, equals
 
-# Label-skew remedies every method reads (fedcmi.methods.remedies implements them).
-REMEDY_KEYS = ("logit-adjust", "restricted-softmax", "ntd-beta", "ntd-temperature")
+# Label-skew remedies any method switches on by their keys, one file each in fedcmi/methods/remedies/. Every
+# CE term of a method sees the logits as the remedies on adjust them, in this order; their loss terms are
+# added in this order too.
+REMEDIES: dict[str, RemedySpec] = {spec.name: spec for spec in (
+    RemedySpec("logit-adjust", "FedLC / logit adjustment: CE(z + tau log pi_local, y)",
+               "fedcmi.methods.remedies.logit_adjustment:build", ("logit-adjust",)),
+    RemedySpec("restricted-softmax", "FedRS: logits of the classes a client lacks scaled by alpha",
+               "fedcmi.methods.remedies.restricted_softmax:build", ("restricted-softmax",)),
+    RemedySpec("ntd", "FedNTD: not-true distillation from the frozen global model, weight ntd-beta",
+               "fedcmi.methods.remedies.not_true_distillation:build", ("ntd-beta", "ntd-temperature")),
+)}
+REMEDY_KEYS = tuple(key for spec in REMEDIES.values() for key in spec.keys)
 # CCVR, read by the server for every method. fedcmi.federated.calibration.KEYS is the same tuple (tests check).
 CCVR_KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr", "ccvr-moments")
 # SCAFFOLD's switch, read by clients (the correction) and the server (its step) for every method

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fedcmi.config import RunConfig
     from fedcmi.methods.base import LocalMethod
+    from fedcmi.methods.remedies.base import Remedy
     from fedcmi.methods.server_step import ServerStep
 
 # The server step every method has today: the dominance of the modalities, from the clients' class statistics
@@ -87,3 +88,21 @@ class MethodSpec:
         from fedcmi.modalities import modalities_of
 
         return tuple(m for m in modalities_of(kind) if m in self.modalities)
+
+
+@dataclass(frozen=True)
+class RemedySpec:
+    """A label-skew remedy any method can switch on (``fedcmi.methods.remedies``), without importing it.
+
+    ``keys``: the configuration keys it reads. ``builder``: ``"module:function"``, ``(RunConfig) -> Remedy |
+    None`` for one client round, ``None`` when its key leaves it off (imported on the first :meth:`build`).
+    """
+
+    name: str
+    summary: str
+    builder: str
+    keys: tuple[str, ...] = ()
+
+    def build(self, cfg: RunConfig) -> Remedy | None:
+        module, _, function = self.builder.partition(":")
+        return getattr(importlib.import_module(module), function)(cfg)

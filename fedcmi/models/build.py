@@ -1,4 +1,7 @@
-"""Building a run's model: the FedCMI model or the concat baseline, for given input shapes and classes."""
+"""Building a run's model: the FedCMI model or the concat baseline, for given input shapes and classes.
+
+The encoder and the fusion head are looked up by name in ``fedcmi.models.registry`` (one file each).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,8 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from fedcmi.models.concat_model import ConcatModel
-from fedcmi.models.encoders import build_encoder
 from fedcmi.models.fedcmi_model import FedCMIModel
-from fedcmi.models.fusion import build_fusion
+from fedcmi.models.registry import EncoderOptions, encoder_spec, fusion_spec
 
 if TYPE_CHECKING:
     from fedcmi.config import RunConfig
@@ -23,49 +25,27 @@ def build_model(encoder: str, shapes: tuple[tuple[int, ...], tuple[int, ...]], n
                 sgmft_heads: int = 4, sgmft_layers: int = 1) -> nn.Module:
     """A FedCMI model (``decomposed``) or the concat baseline, for inputs of the given shapes.
 
-    A 1-D input shape is a token-id sequence and gets the ``text_encoder`` (transformers), projected to the
-    other encoder's width; ``encoder_weights`` initialises ResNet-18 encoders (see ``models.pretrained``).
-    ``encoder="features"``: the inputs are token embeddings from ``fedcmi features`` (``models.features``).
+    ``encoder`` and ``fusion`` name registry entries (``models.registry``). A 1-D input shape is a token-id
+    sequence and gets the ``text_encoder`` (transformers), projected to the other encoder's width, built after
+    the other one. ``encoder_weights`` initialises ResNet-18 encoders (``models.encoders.resnet18``).
     """
-    if encoder == "features":
-        from fedcmi.models.features import FeatureTokens
-
-        segments = sgmft_tokens if fusion == "sgmft" else 1
-        encs: list[nn.Module | None] = [FeatureTokens(s, feature_dim, segments) for s in shapes]
-        return _assemble(encs, num_classes, feature_dim, decomposed, projector, fusion,
-                         sgmft_tokens, sgmft_heads, sgmft_layers)
-
-    def image_encoder(shape: tuple[int, ...]) -> nn.Module:
-        if encoder == "resnet18" and encoder_weights:
-            from fedcmi.models.pretrained import resnet18_encoder
-
-            return resnet18_encoder(shape[0], encoder_weights)
-        enc = build_encoder(encoder, shape[0], feature_dim)
-        if len(shape) == 4 and encoder != "resnet18":  # C x F x H x W: frames through a 2-D encoder
-            from fedcmi.models.frames import FrameAveraged
-
-            return FrameAveraged(enc)
-        return enc
-
-    encs = [None if len(s) == 1 else image_encoder(s) for s in shapes]
-    width = next((e.out_dim for e in encs if e is not None), feature_dim)
+    head = fusion_spec(fusion)
+    options = {"sgmft_tokens": sgmft_tokens, "sgmft_heads": sgmft_heads, "sgmft_layers": sgmft_layers}
+    enc_options = EncoderOptions(feature_dim, encoder_weights, options[head.tokens] if head.tokens else 1)
+    build_encoder = encoder_spec(encoder).load()
+    encs = [None if len(s) == 1 else build_encoder(s, enc_options) for s in shapes]
     if any(e is None for e in encs):
         from fedcmi.models.pretrained import TextEncoder
 
+        width = next((e.out_dim for e in encs if e is not None), feature_dim)
         encs = [e if e is not None else TextEncoder(text_encoder, out_dim=width) for e in encs]
-    return _assemble(encs, num_classes, feature_dim, decomposed, projector, fusion,
-                     sgmft_tokens, sgmft_heads, sgmft_layers)
-
-
-def _assemble(encs: list[nn.Module | None], num_classes: int, feature_dim: int, decomposed: bool,
-              projector: str, fusion: str, sgmft_tokens: int, sgmft_heads: int, sgmft_layers: int) -> nn.Module:
-    """The model around two built encoders: FedCMI's projectors and head, or the concat baseline's head."""
     enc_a, enc_b = encs
-    sgmft = {"tokens": sgmft_tokens, "heads": sgmft_heads, "layers": sgmft_layers} if fusion == "sgmft" else {}
-    if decomposed:
+    build_fusion = head.load()
+    head_options = {k: options[k] for k in head.options}
+    if decomposed:  # the head fuses two projector outputs, feature_dim wide
         return FedCMIModel(enc_a, enc_b, num_classes, feature_dim, projector,
-                           build_fusion(fusion, feature_dim, num_classes, **sgmft))
-    return ConcatModel(enc_a, enc_b, num_classes, build_fusion(fusion, enc_a.out_dim, num_classes, **sgmft))
+                           build_fusion(feature_dim, num_classes, **head_options))
+    return ConcatModel(enc_a, enc_b, num_classes, build_fusion(enc_a.out_dim, num_classes, **head_options))
 
 
 # The run-config keys (attribute names) that define a model: every ``build_model`` argument but the shapes, the

@@ -1,28 +1,24 @@
-"""Encoders that can start from pretrained weights, found only on local disk (this code never downloads).
+"""The text encoder: pretrained weights found only on local disk (this code never downloads).
 
-* :class:`TextEncoder`: a BERT-family model from ``transformers`` (hub name, read from the local Hugging Face
-  cache, or a directory), over token ids; pooled output, projected to the other encoder's width.
-* :func:`resnet18_encoder`: the ResNet-18 of the FedCMI authors' code, optionally initialised from ImageNet
-  weights (the file torchvision would download, taken from the local torch hub cache) or any state-dict file.
+:class:`TextEncoder`: a BERT-family model from ``transformers`` (hub name, read from the local Hugging Face
+cache, or a directory), over token ids; pooled output, projected to the other encoder's width. A 1-D input
+(token ids) gets it whatever ``encoder`` names (``models.build``). ResNet-18 from ImageNet weights is
+``encoder=resnet18`` (``models/encoders/resnet18.py``; :func:`resnet18_encoder` is named here too).
 
 Modules marked ``keeps_weights`` are skipped by :func:`fedcmi.models.init.init_weights`.
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from fedcmi.config import ConfigError
-from fedcmi.models.encoders import ResNet18Encoder
 
-logger = logging.getLogger(__name__)
+# resnet18 with pretrained weights: its own file (encoder=resnet18); named here too for existing callers
+from fedcmi.models.encoders.resnet18 import resnet18_encoder, resolve_resnet_weights
 
-RESNET18_FILE = "resnet18-f37072fd.pth"
-RESNET18_URL = f"https://download.pytorch.org/models/{RESNET18_FILE}"
+__all__ = ["TextEncoder", "resnet18_encoder", "resolve_resnet_weights"]
 
 
 def _load_text_model(name: str) -> nn.Module:
@@ -59,44 +55,3 @@ class TextEncoder(nn.Module):
         if pooled is None:
             pooled = out.last_hidden_state[:, 0]
         return self.proj(pooled)
-
-
-def resolve_resnet_weights(spec: str) -> Path:
-    """``imagenet`` -> the torchvision file in the local torch hub cache; otherwise a file path."""
-    if spec == "imagenet":
-        path = Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE
-        hint = f"download {RESNET18_URL} on a connected machine into {path.parent}/"
-    else:
-        path = Path(spec).expanduser()
-        hint = "give a state-dict file (.pth or .safetensors) of torchvision's resnet18"
-    if not path.is_file():
-        raise ConfigError(f"encoder-weights={spec!r}: {path} does not exist; {hint}, or set encoder-weights='' "
-                          "to train from scratch, as the FedCMI authors do")
-    return path
-
-
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(str(path), map_location="cpu", weights_only=True)
-
-
-def resnet18_encoder(in_channels: int, weights: str = "") -> ResNet18Encoder:
-    """ResNet-18 trunk; with ``weights``, its conv/BN layers start from them (conv1 averaged for 1 channel)."""
-    enc = ResNet18Encoder(in_channels)
-    if not weights:
-        return enc
-    path = resolve_resnet_weights(weights)
-    state = {k.removeprefix("net."): v for k, v in _read_state(path).items() if not k.startswith("fc.")}
-    conv1 = state.get("conv1.weight")
-    if conv1 is not None and conv1.shape[1] != in_channels:
-        state["conv1.weight"] = conv1.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1)
-    missing, unexpected = enc.net.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if not k.startswith("fc.")]:
-        raise ConfigError(f"encoder-weights={weights!r}: {path} is not a resnet18 state dict "
-                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    enc.keeps_weights = True
-    logger.info("resnet18 (%d channel(s)) initialised from %s", in_channels, path)
-    return enc

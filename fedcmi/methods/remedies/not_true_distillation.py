@@ -5,8 +5,17 @@ one: KL(q~_global || q~_local) over the classes other than each sample's label, 
 
 from __future__ import annotations
 
+import copy
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from fedcmi.methods.remedies.base import Remedy
+
+if TYPE_CHECKING:
+    from fedcmi.config import RunConfig
 
 
 def not_true_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -21,3 +30,27 @@ def ntd_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, temp
     s = not_true_logits(student, y) / temperature
     t = not_true_logits(teacher.detach(), y) / temperature
     return F.kl_div(F.log_softmax(s, dim=1), F.softmax(t, dim=1), reduction="batchmean") * temperature ** 2
+
+
+class NotTrueDistillation(Remedy):
+    """``ntd-beta=beta``: loss += beta * ntd_loss(model(x), frozen global model(x)) on the fused logits."""
+
+    def __init__(self, beta: float, temperature: float) -> None:
+        self.beta, self.temperature = beta, temperature
+        self.teacher: nn.Module | None = None
+
+    def start(self, model: nn.Module, y: torch.Tensor, num_classes: int) -> None:
+        self.teacher = copy.deepcopy(model).eval()  # the received global weights
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def loss_terms(self, model: nn.Module, xa: torch.Tensor | None, xb: torch.Tensor | None,
+                   y: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
+        assert self.teacher is not None, "start() freezes the teacher first"
+        with torch.no_grad():
+            teacher = self.teacher(xa, xb)
+        return {"loss_ntd": (self.beta, ntd_loss(model(xa, xb), teacher, y, self.temperature))}
+
+
+def build(cfg: RunConfig) -> NotTrueDistillation | None:
+    return NotTrueDistillation(cfg.ntd_beta, cfg.ntd_temperature) if cfg.ntd_beta > 0 else None

@@ -3,7 +3,15 @@ by alpha in its local softmax, so local training does not push the shared head a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+from torch import nn
+
+from fedcmi.methods.remedies.base import Remedy
+
+if TYPE_CHECKING:
+    from fedcmi.config import RunConfig
 
 
 def present_classes(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -16,3 +24,22 @@ def restrict(logits: torch.Tensor, present: torch.Tensor, alpha: float) -> torch
     scale = torch.where(present, torch.ones_like(present, dtype=logits.dtype),
                         torch.full_like(present, alpha, dtype=logits.dtype))
     return logits * scale.to(logits.device)
+
+
+class RestrictedSoftmax(Remedy):
+    """``restricted-softmax=alpha``: every CE term sees the logits of the classes the client lacks times alpha."""
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self.present: torch.Tensor | None = None
+
+    def start(self, model: nn.Module, y: torch.Tensor, num_classes: int) -> None:
+        self.present = present_classes(y, num_classes)
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        assert self.present is not None, "start() reads the client's labels first"
+        return restrict(z, self.present, self.alpha)
+
+
+def build(cfg: RunConfig) -> RestrictedSoftmax | None:
+    return RestrictedSoftmax(cfg.restricted_softmax) if cfg.restricted_softmax < 1 else None

@@ -15,3 +15,8 @@ class ConcatFusion(nn.Module):
 
     def forward(self, slot_a: torch.Tensor, slot_b: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.cat([slot_a, slot_b], dim=1))
+
+
+def build(dim: int, num_classes: int) -> nn.Module:
+    """``fusion=concat``."""
+    return ConcatFusion(dim, num_classes)

@@ -123,3 +123,8 @@ class SGMFTFusion(nn.Module):
             xa, xb = layer(xa, xb, s)
         pa, pb = self.sfm(xa, xb)
         return self.head(torch.cat([pa, pb, s[:, None]], dim=1))
+
+
+def build(dim: int, num_classes: int, *, sgmft_tokens: int, sgmft_heads: int, sgmft_layers: int) -> nn.Module:
+    """``fusion=sgmft`` (its registry line passes the three sgmft keys)."""
+    return SGMFTFusion(dim, num_classes, tokens=sgmft_tokens, heads=sgmft_heads, layers=sgmft_layers)

@@ -3,9 +3,10 @@
 The heavy pretrained encoder ran once, frozen, at extraction time; what the federation trains per modality is
 this small module: the tokens (``B x T x D``: video frames, audio time steps, text tokens; an all-zero row is
 padding) are mean-pooled into ``segments`` consecutive groups of the sample's own valid tokens, centred and
-scaled to a fixed norm, and projected token by token to ``out_dim / segments``, then concatenated. With
-``fusion=sgmft`` the segments are SG-MFT's tokens (``sgmft-tokens``), so its cut of a slot vector into tokens
-falls on real temporal tokens; with the concat head there is one segment (mean pooling).
+scaled to a fixed norm, and projected token by token to ``out_dim / segments``, then concatenated. With a
+fusion head that cuts a slot vector into tokens (``FusionSpec.tokens``: ``fusion=sgmft``, ``sgmft-tokens``) the
+segments are its tokens, so its cut falls on real temporal tokens; with the concat head there is one segment
+(mean pooling).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fedcmi.models.registry import EncoderOptions
 
 TOKEN_NORM = 4.0  # the norm of a pooled token fed to the projection (measured: 1 learns slowly, 1280 diverges)
 
@@ -56,3 +59,7 @@ class FeatureTokens(nn.Module):
         # default lr; a small norm is stable but learns slowly (what was tried: docs/features.md)
         normed = F.layer_norm(pooled, (self.width,)) * (TOKEN_NORM / self.width ** 0.5)
         return self.proj(normed).flatten(1)
+
+
+def build(shape: tuple[int, ...], options: EncoderOptions) -> nn.Module:
+    return FeatureTokens(shape, options.feature_dim, options.segments)
