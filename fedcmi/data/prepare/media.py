@@ -156,7 +156,7 @@ def log_mel_spectrogram(x: np.ndarray, rate: int, seconds: float, n_fft: int, ho
     wave = np.zeros(n, dtype=np.float32)
     wave[:min(n, x.size)] = np.clip(x[:n], -1.0, 1.0)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 1 s clip: threads cost more than they give (3x slower with 2 on 2 busy cores)
+    torch.set_num_threads(1)  # a 1 s clip: threads cost more than they give (docs/scaling.md, Earlier measurements)
     try:
         with torch.no_grad():
             spec = torch.stft(torch.from_numpy(wave), n_fft=n_fft, hop_length=hop, window=torch.hann_window(n_fft),

@@ -17,7 +17,7 @@ from torch import nn
 
 from fedcmi.models.registry import EncoderOptions
 
-TOKEN_NORM = 4.0  # the norm of a pooled token fed to the projection (measured: 1 learns slowly, 1280 diverges)
+TOKEN_NORM = 4.0  # a pooled token's norm: small enough not to diverge, large enough to learn (docs/features.md)
 
 
 def segment_pool(x: torch.Tensor, segments: int) -> torch.Tensor:
