@@ -69,3 +69,49 @@ def test_deploy_make_certs_runs_the_package_script():
     """One source: the compose stack's and the docs' deploy/make-certs.sh runs the script the package ships."""
     wrapper = (ROOT / "deploy" / "make-certs.sh").read_text()
     assert "fedcmi/runtime/make-certs.sh" in wrapper and "openssl" not in wrapper
+
+
+APP_DIR = """
+import sys
+from pathlib import Path
+
+from fedcmi.runtime import loopback
+
+print(loopback.app_dir(Path(sys.argv[1])))
+"""
+
+
+def test_the_loopback_app_of_a_checkout_is_the_checkout():
+    from fedcmi.runtime import loopback
+
+    assert loopback.app_dir(Path("/nonexistent-spare")) == ROOT
+
+
+def test_an_installed_package_writes_a_flower_app_that_flower_accepts(tmp_path):
+    """A wheel has no pyproject.toml: flwr run gets one written from the package (its apps, every key at its
+    default), and Flower's own loader and FAB builder accept it."""
+    import tomllib
+
+    from flwr.cli.build import build_fab_from_disk
+    from flwr.cli.config_utils import load_and_validate
+
+    from fedcmi.config import defaults
+    from fedcmi.runtime import apps
+
+    site = _installed(tmp_path)
+    here = tmp_path / "cwd"
+    here.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "FLWR_TELEMETRY_ENABLED": "0"}
+    proc = subprocess.run([sys.executable, "-c", APP_DIR, str(tmp_path / "app")], cwd=here, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    app = Path(proc.stdout.strip())
+    assert app == tmp_path / "app"
+    written = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert written["components"] == {"serverapp": apps.SERVER_APP, "clientapp": apps.CLIENT_APP}
+    assert written["config"] == defaults()
+    checked = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert written["config"] == checked  # the same app config as the checkout's
+    _, warnings = load_and_validate(app / "pyproject.toml", check_module=False)  # raises on an invalid app
+    assert warnings == []
+    assert build_fab_from_disk(app)  # the FAB flwr run would send

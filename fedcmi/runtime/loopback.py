@@ -33,12 +33,12 @@ from importlib import resources
 from pathlib import Path
 
 from fedcmi.runs.layout import COMPLETE, run_status
-from fedcmi.runtime.apps import CLIENT_WORKER
+from fedcmi.runtime.apps import CLIENT_APP, CLIENT_WORKER, SERVER_APP
 from fedcmi.runtime.processes import alive, descendants, free_port, stop_pids
 
 logger = logging.getLogger("fedcmi.loopback")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the source checkout, or site-packages for an installed wheel
 # The certificate script ships in this package (an installed wheel has no deploy/ folder); deploy/make-certs.sh
 # runs this same file, so the compose stack, the docs and the loopback deployment make their keys alike.
 CERT_SCRIPT = resources.files("fedcmi.runtime").joinpath("make-certs.sh")
@@ -233,7 +233,7 @@ class Loopback:
     def flwr(self, *args: str, timeout_s: float = 600.0) -> subprocess.CompletedProcess:
         """The ``flwr`` CLI with this deployment's ``FLWR_HOME``."""
         return subprocess.run([self._tool("flwr"), *args], capture_output=True, text=True, env=self.env("cli"),
-                              cwd=ROOT, timeout=timeout_s)
+                              cwd=self.work, timeout=timeout_s)
 
     def register(self, i: int) -> int:
         """Register SuperNode ``i``'s public key with the SuperLink (``flwr supernode register``); its node id."""
@@ -301,9 +301,11 @@ class Loopback:
             return None
 
     def run(self, run_config: dict[str, object], timeout_s: float = 600.0) -> subprocess.CompletedProcess:
-        """``flwr run . fedcmi-loopback --stream``: returns when the run has finished (or failed)."""
+        """``flwr run APP fedcmi-loopback --stream`` (APP: :func:`app_dir`): returns when the run has finished
+        (or failed)."""
         overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-        return self.flwr("run", str(ROOT), FEDERATION, "--stream", "--run-config", overrides, timeout_s=timeout_s)
+        app = app_dir(self.work / "app")
+        return self.flwr("run", str(app), FEDERATION, "--stream", "--run-config", overrides, timeout_s=timeout_s)
 
     def stop(self) -> None:
         """Stop every process started here and all their children, by PID."""
@@ -333,6 +335,54 @@ class Loopback:
         for proc in self.procs.values():
             out += [p for p in [proc.pid, *descendants(proc.pid)] if alive(p)]
         return out
+
+
+def app_dir(spare: Path) -> Path:
+    """The Flower app directory ``flwr run`` packages into a FAB.
+
+    From a source checkout it is the checkout's root, whose pyproject.toml is the app's. An installed wheel has
+    no pyproject.toml (its root is site-packages), so one is written into ``spare``: the installed apps as
+    components and every run-config key at its default (what the checkout's ``[tool.flwr.app.config]`` holds,
+    tests/test_config.py). The FAB then carries that file only and the apps load from the installed package.
+    """
+    if _declares_flower_app(ROOT / "pyproject.toml"):
+        return ROOT
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    from fedcmi.config import defaults
+
+    try:  # the installed distribution's own description and licence (Flower recommends both)
+        meta = metadata("fedcmi")
+        about = {"version": meta["Version"], "description": meta["Summary"], "license": meta["License-Expression"]}
+    except PackageNotFoundError:  # the package copied without its metadata
+        about = {"version": "0.0.0"}
+    lines = ["[project]", 'name = "fedcmi"', *(f"{k} = {json.dumps(v)}" for k, v in about.items() if v),
+             "dependencies = []", "",
+             "[tool.flwr.app]", 'publisher = "fedcmi"', "", "[tool.flwr.app.components]",
+             f"serverapp = {json.dumps(SERVER_APP)}", f"clientapp = {json.dumps(CLIENT_APP)}", "",
+             "[tool.flwr.app.config]"]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in defaults().items()]
+    spare.mkdir(parents=True, exist_ok=True)
+    (spare / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    return spare
+
+
+def _declares_flower_app(pyproject: Path) -> bool:
+    import tomllib
+
+    try:
+        return "app" in tomllib.loads(pyproject.read_text()).get("tool", {}).get("flwr", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+
+
+def _toml_value(value: object) -> str:
+    """A TOML literal of a run-config default (bool, int, float or str; JSON spells strings the TOML way)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
 
 
 def partition_sizes(run_config: dict[str, object]) -> list[int]:
@@ -395,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
                       num_nodes=args.nodes, serverapp=args.serverapp, serverapp_user=args.serverapp_user)
     status = run_status(args.out) or "missing"
     print(proc.stdout[-3000:])
+    if status != COMPLETE and proc.stderr.strip():  # flwr's own error (a bad app, a refused run) is on stderr
+        print(proc.stderr[-3000:], file=sys.stderr)
     print(f"deploy-demo: {args.rounds} rounds, {args.nodes} SuperNodes, tls={args.tls}, isolation={args.isolation}: "
           f"run {status} in {wall:.1f} s; results in {args.out}")
     return 0 if status == COMPLETE else 1
