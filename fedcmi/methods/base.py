@@ -4,9 +4,8 @@ The path of a batch: :func:`local_update` shuffles the client's data, asks the m
 each batch (:meth:`LocalMethod.batch_loss`, whose cross-entropy terms see the logits as the round's remedies
 adjust them), adds the remedies' loss terms (:meth:`Remedies.add_terms`), back-propagates ``terms["loss"]``,
 lets the method touch the gradients (:meth:`LocalMethod.after_backward`), adds the proximal gradient, lets the
-round's run options touch them (:meth:`ClientOption.before_step`) and steps SGD. No
-remedy and no option is named here: they are registry entries (``fedcmi.methods.remedies``,
-``fedcmi.methods.client_option``).
+round's run options touch them (:meth:`ClientOption.before_step`) and steps SGD. No remedy and no option is
+named here: they are registry entries (``fedcmi.methods.remedies``, ``fedcmi.methods.client_option``).
 """
 
 from __future__ import annotations
