@@ -248,3 +248,12 @@ def test_an_option_with_client_state_added_through_the_registry_runs_end_to_end(
     # an option's reply record while its step is off (not in the run's server side) is refused, naming it
     assert ServerSide([]).check_reply({"toy-count": {HEAD: np.ones(6, np.float32)}}, {}, ("a",), str) == \
         "unexpected record 'toy-reply' (toy-count is off)"
+
+
+def test_an_option_step_answers_to_its_options_name(monkeypatch):
+    """Records and replies find an option's step by name: a builder whose step is named otherwise is refused."""
+    from fedcmi.federated.server_side import server_side
+
+    monkeypatch.setitem(methods.OPTIONS, "toy-other", OptionSpec("toy-other", "misnamed", f"{__name__}:toy_server"))
+    with pytest.raises(ValueError, match=r"^option 'toy-other' built a server step named 'toy-count'$"):
+        server_side(effective({}), 6)
