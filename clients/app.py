@@ -62,12 +62,10 @@ def train(msg: Message, context: Context) -> Message:
     node = node_data(context.node_config, cfg)
     result = client_step(cached_model(cfg, task.model_spec), task.state, task.guidance, node.client_data(cfg), cfg,
                          num_classes=task.model_spec.num_classes, server_round=task.server_round,
-                         partition_id=node.partition_id,
-                         control=protocol.node_control(context.state) if cfg.scaffold else None)
-    if result.control is not None:  # SCAFFOLD: the node's c_i, kept by Flower for its next round
-        protocol.keep_node_control(context.state, result.control)
+                         partition_id=node.partition_id, kept=protocol.node_state(context.state))
+    protocol.keep_node_state(context.state, result.kept)  # the run options' state, kept by Flower for next round
     content = protocol.reply_content(result.arrays, result.num_examples, result.losses, result.stats,
-                                     node.partition_id, node.kind, result.features, result.control_delta)
+                                     node.partition_id, node.kind, result.features, result.records)
     return Message(content, reply_to=msg)
 
 

@@ -8,7 +8,7 @@ counts; the server adds them up and calls :func:`dominance`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,13 +37,14 @@ class ClassStats:
 
 @dataclass(frozen=True)
 class Guidance:
-    """What the server sends besides the weights: infiltration on/off, dominant modality, tau_c, and with
-    ``scaffold`` on the server's control variate c (parameter name -> array; a name absent is zero)."""
+    """What the server sends besides the weights: infiltration on/off, dominant modality, tau_c, and the arrays
+    of run options (``records``: option name -> parameter name -> array, filled by the option's server step and
+    read by its client half; ``fedcmi.methods.registry.OPTIONS`` names the record each travels in)."""
 
     infiltrate: bool = False
     dominant: str | None = None
     tau: np.ndarray | None = None
-    control: Mapping[str, np.ndarray] | None = None
+    records: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

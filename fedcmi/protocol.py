@@ -9,9 +9,10 @@ Messages:
 * TRAIN: ``arrays`` (global weights) + ``config`` (run config, round, infiltration switch, dominant modality,
   class temperatures, the model's classes and input shapes) -> ``arrays`` (trained groups), ``metrics``
   (sample count, partition id, loss terms), ``class-stats`` (per-class sums), ``info`` (kind, partition id).
-  With ``scaffold`` on, TRAIN also carries ``scaffold-c`` (the server's control variate) and the reply
-  ``scaffold-delta-c`` (the change of the client's own variate, which the node keeps in its
-  ``context.state`` under ``scaffold-ci`` from round to round).
+  A run option with client state (``fedcmi.methods.registry.OPTIONS``) adds the array records
+  its line names: one TRAIN carries (``sent``), one the reply carries (``reply``), and one the node keeps in its
+  ``context.state`` from round to round (``kept``); each keyed by parameter name, declared with the
+  parameter's shape and dtype. Inside fedcmi they are keyed by the option's name.
 * EVALUATE (CCVR fresh moments, multimodal nodes only, after each aggregation): the same ``arrays`` + ``config``
   as TRAIN, with the new global weights -> ``feature-stats`` (per-class moments of the fusion head's inputs)
   and ``metrics`` (the samples they cover, partition id).
@@ -31,6 +32,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fedcmi.dominance import ClassStats, Guidance
 from fedcmi.federated.calibration import FeatureStats
 from fedcmi.federated.screening import MAX_LOSS, MAX_NUM_EXAMPLES
+from fedcmi.methods.registry import OPTIONS
 from fedcmi.modalities import KINDS
 from fedcmi.models.build import ModelSpec
 from fedcmi.npy import record_arrays, record_state_dict
@@ -38,10 +40,6 @@ from fedcmi.npy import record_arrays, record_state_dict
 # record names
 ARRAYS, CONFIG, METRICS, CLASS_STATS, INFO = "arrays", "config", "metrics", "class-stats", "info"
 FEATURE_STATS = "feature-stats"  # CCVR: per-class moments of the fusion head's inputs (multimodal clients)
-# SCAFFOLD (fedcmi.federated.scaffold): parameter name -> array, float parameters only, absent = zero
-SCAFFOLD_C = "scaffold-c"  # TRAIN: the server's control variate c
-SCAFFOLD_DELTA = "scaffold-delta-c"  # reply: c_i+ - c_i of the parameters the client updated
-SCAFFOLD_CI = "scaffold-ci"  # the node's context.state: its own control variate c_i, kept across rounds
 # keys of the training config beside the run-config keys
 SERVER_ROUND, INFILTRATE, DOMINANT, TAU = "server-round", "infiltrate", "dominant", "tau"
 NUM_CLASSES, SHAPE_A, SHAPE_B = "num-classes", "shape-a", "shape-b"
@@ -53,7 +51,7 @@ SUM_PA, SUM_PB, COUNTS = "sum-pa", "sum-pb", "counts"
 SUMS, OUTER = "sums", "outer"
 MAX_FEATURE_DIM = 4096  # the widest fusion-head input a CCVR reply may describe (2 x 2048)
 LOSS_PREFIX = "loss"  # metrics whose name starts with it are loss terms, averaged over clients
-REPLY_RECORDS = (ARRAYS, METRICS, CLASS_STATS, INFO, FEATURE_STATS, SCAFFOLD_DELTA)
+REPLY_RECORDS = (ARRAYS, METRICS, CLASS_STATS, INFO, FEATURE_STATS)  # and the run options' reply records
 MOMENTS_RECORDS = (FEATURE_STATS, METRICS)  # what a reply to an EVALUATE (CCVR moments) request may hold
 NPY_HEADER_SLACK = 4096  # bytes of an .npy header beyond the array's own data
 
@@ -100,7 +98,8 @@ class Reply:
     stats: ClassStats | None
     losses: dict[str, float] = field(default_factory=dict)
     features: FeatureStats | None = None
-    control: dict[str, np.ndarray] | None = None  # SCAFFOLD's delta c_i (declared shapes checked, values not)
+    records: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # option name -> its reply arrays
+    # (declared shapes and dtypes checked against the model, values not: its server step checks them)
 
 
 # --- discovery ---------------------------------------------------------------------------------------------
@@ -147,16 +146,17 @@ def train_content(arrays: ArrayRecord, run_config: Mapping[str, Any], server_rou
     cfg[SHAPE_A] = [int(s) for s in model_spec.shape_a]
     cfg[SHAPE_B] = [int(s) for s in model_spec.shape_b]
     content = RecordDict({ARRAYS: arrays, CONFIG: cfg})
-    if guidance.control is not None:
-        content[SCAFFOLD_C] = control_record(guidance.control)
+    for name, option_arrays in guidance.records.items():
+        content[_record_name(name, "sent")] = arrays_record(option_arrays)
     return content
 
 
 def read_train(content: RecordDict) -> TrainInstruction:
     sent = content[CONFIG]
-    control = record_arrays(content[SCAFFOLD_C]) if SCAFFOLD_C in content.array_records else None
+    records = {name: record_arrays(content[spec.sent]) for name, spec in OPTIONS.items()
+               if spec.sent is not None and spec.sent in content.array_records}
     guidance = Guidance(infiltrate=bool(sent.get(INFILTRATE, False)), dominant=sent.get(DOMINANT),
-                        tau=np.asarray(sent[TAU], dtype=np.float64) if TAU in sent else None, control=control)
+                        tau=np.asarray(sent[TAU], dtype=np.float64) if TAU in sent else None, records=records)
     spec = ModelSpec(int(sent[NUM_CLASSES]), tuple(int(s) for s in sent[SHAPE_A]),
                      tuple(int(s) for s in sent[SHAPE_B]))
     return TrainInstruction(run_config_of(content), int(sent.get(SERVER_ROUND, 0)), guidance, spec,
@@ -169,7 +169,7 @@ def server_round_of(content: RecordDict) -> int:
 
 def reply_content(arrays: Mapping[str, torch.Tensor], num_examples: int, losses: Mapping[str, float],
                   stats: ClassStats, partition_id: int, kind: str, features: FeatureStats | None = None,
-                  control_delta: Mapping[str, torch.Tensor] | None = None) -> RecordDict:
+                  records: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> RecordDict:
     metrics = MetricRecord({NUM_EXAMPLES: num_examples, PARTITION_ID: partition_id, **losses})
     class_stats = ArrayRecord({SUM_PA: Array(stats.sum_pa.astype(np.float64)),
                                SUM_PB: Array(stats.sum_pb.astype(np.float64)),
@@ -178,31 +178,41 @@ def reply_content(arrays: Mapping[str, torch.Tensor], num_examples: int, losses:
                           INFO: ConfigRecord({KIND: kind, PARTITION_ID: partition_id})})
     if features is not None:
         content[FEATURE_STATS] = features_record(features)
-    if control_delta is not None:
-        content[SCAFFOLD_DELTA] = control_record(control_delta)
+    for name, option_arrays in (records or {}).items():
+        content[_record_name(name, "reply")] = arrays_record(option_arrays)
     return content
 
 
-def control_record(arrays: Mapping[str, np.ndarray | torch.Tensor]) -> ArrayRecord:
-    """A SCAFFOLD control variate (or its change) as an ArrayRecord of float32 arrays, in name order."""
+def arrays_record(arrays: Mapping[str, np.ndarray | torch.Tensor]) -> ArrayRecord:
+    """A run option's arrays (parameter name -> array, dtype kept) as an ArrayRecord, in name order."""
     out = ArrayRecord()
     for k in sorted(arrays):
         v = arrays[k]
         a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-        out[k] = Array(np.ascontiguousarray(a, dtype=np.float32))
+        out[k] = Array(np.ascontiguousarray(a))
     return out
 
 
-def node_control(state: RecordDict) -> dict[str, torch.Tensor]:
-    """The node's own SCAFFOLD control variate c_i from its ``context.state`` (empty before its first round)."""
-    if SCAFFOLD_CI not in state.array_records:
-        return {}
-    return record_state_dict(state[SCAFFOLD_CI])
+def node_state(state: RecordDict) -> dict[str, dict[str, torch.Tensor]]:
+    """What the run options kept in the node's ``context.state`` (option name -> arrays; an option that kept
+    nothing yet, before the node's first round, is absent)."""
+    return {name: record_state_dict(state[spec.kept]) for name, spec in OPTIONS.items()
+            if spec.kept is not None and spec.kept in state.array_records}
 
 
-def keep_node_control(state: RecordDict, control: Mapping[str, torch.Tensor]) -> None:
-    """Store the node's c_i in its ``context.state``, which Flower keeps for the next round's message."""
-    state[SCAFFOLD_CI] = control_record(control)
+def keep_node_state(state: RecordDict, kept: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    """Store each option's arrays in the node's ``context.state``, which Flower keeps for its next message."""
+    for name, arrays in kept.items():
+        state[_record_name(name, "kept")] = arrays_record(arrays)
+
+
+def _record_name(option: str, which: str) -> str:
+    """The record an option's line names for ``which`` (``sent``, ``reply``, ``kept``): a programming error
+    (an option without that record) raises."""
+    name = getattr(OPTIONS[option], which)
+    if name is None:
+        raise ValueError(f"option {option!r} names no {which} record")
+    return name
 
 
 def read_reply(content: RecordDict, expected: Mapping[str, tuple[tuple[int, ...], str]] | None = None,
@@ -215,7 +225,8 @@ def read_reply(content: RecordDict, expected: Mapping[str, tuple[tuple[int, ...]
     into memory by then: a ServerApp has no hook to bound a reply's size before ``Grid.send_and_receive``
     returns it.)
     """
-    extra = sorted(set(content.keys()) - set(REPLY_RECORDS))
+    options = {spec.reply: name for name, spec in OPTIONS.items() if spec.reply is not None}
+    extra = sorted(set(content.keys()) - set(REPLY_RECORDS) - set(options))
     if extra:
         raise ReplyError(f"unexpected record {extra[0]!r}")
     if ARRAYS not in content.array_records or METRICS not in content.metric_records:
@@ -250,13 +261,15 @@ def read_reply(content: RecordDict, expected: Mapping[str, tuple[tuple[int, ...]
             _check_declared(arr, f"{CLASS_STATS} {k}", (num_classes,), "float64")
     if num_classes is not None and FEATURE_STATS in content.array_records:
         _check_feature_record(content[FEATURE_STATS], num_classes)
-    if SCAFFOLD_DELTA in content and SCAFFOLD_DELTA not in content.array_records:
-        raise ReplyError(f"{SCAFFOLD_DELTA} is not an array record")
-    if expected is not None and SCAFFOLD_DELTA in content.array_records:
-        for k, arr in content[SCAFFOLD_DELTA].items():
+    for record in sorted(r for r in options if r in content):
+        if record not in content.array_records:
+            raise ReplyError(f"{record} is not an array record")
+        if expected is None:
+            continue
+        for k, arr in content[record].items():
             if k not in expected:
-                raise ReplyError(f"{SCAFFOLD_DELTA}: unknown parameter {k!r}")
-            _check_declared(arr, f"{SCAFFOLD_DELTA} {k}", *expected[k])
+                raise ReplyError(f"{record}: unknown parameter {k!r}")
+            _check_declared(arr, f"{record} {k}", *expected[k])
     try:
         arrays = record_arrays(content[ARRAYS])
     except Exception as exc:  # noqa: BLE001 - a malformed array is a rejected reply, not a crash
@@ -269,13 +282,13 @@ def read_reply(content: RecordDict, expected: Mapping[str, tuple[tuple[int, ...]
             stats = ClassStats(*(got[k].astype(np.float64) for k in (SUM_PA, SUM_PB, COUNTS)))
         except Exception as exc:  # noqa: BLE001 - as above
             raise ReplyError(f"malformed {CLASS_STATS} ({type(exc).__name__}: {exc})") from None
-    control = None
-    if SCAFFOLD_DELTA in content.array_records:
+    records: dict[str, dict[str, np.ndarray]] = {}
+    for record in sorted(r for r in options if r in content.array_records):
         try:
-            control = record_arrays(content[SCAFFOLD_DELTA])
+            records[options[record]] = record_arrays(content[record])
         except Exception as exc:  # noqa: BLE001 - as above
-            raise ReplyError(f"malformed {SCAFFOLD_DELTA} ({type(exc).__name__}: {exc})") from None
-    return Reply(pid, kind, float(n), arrays, stats, losses, read_features(content), control)
+            raise ReplyError(f"malformed {record} ({type(exc).__name__}: {exc})") from None
+    return Reply(pid, kind, float(n), arrays, stats, losses, read_features(content), records)
 
 
 def read_features(content: RecordDict) -> FeatureStats | None:

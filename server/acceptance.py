@@ -4,8 +4,9 @@ Every field of a reply is untrusted. The checks themselves live in the core (``f
 every field, ``fedcmi.federated.screening`` bounds the arrays and class statistics, the membership vouches for
 a node's sample count, ``UpdateScreen`` bounds an update relative to its group's history); this module applies
 them to Flower messages in the order the strategy needs: check each reply, cap the weights of claims mode,
-screen the accepted updates, and check the fresh CCVR moments of the evaluate phase. With ``scaffold`` on, a
-reply's delta c_i is checked like its arrays (declared shape and dtype when read, then groups and finiteness).
+screen the accepted updates, and check the fresh CCVR moments of the evaluate phase. A run option's reply record
+(``fedcmi.methods.registry.OPTIONS``) is checked like the arrays when read (declared shapes and dtypes), then by
+the option's server step (``ServerSide.check_reply``; a record of an option that is off is refused).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from logging import INFO
 from typing import Any
 
@@ -25,8 +26,8 @@ from fedcmi.dominance import ClassStats
 from fedcmi.federated.aggregation import ClientUpdate
 from fedcmi.federated.calibration import FeatureStats
 from fedcmi.federated.membership import Member, Membership, capped_weights
-from fedcmi.federated.scaffold import check_control
 from fedcmi.federated.screening import UpdateScreen, check_arrays, check_class_stats, group_norms, local_steps
+from fedcmi.methods.server_step import ServerSide
 from fedcmi.modalities import MODALITIES, SHARED
 from server.report import RoundReport, short_reason
 
@@ -46,7 +47,7 @@ class Accepted:
     losses: dict[str, float]
     features: FeatureStats | None
     capped: bool = False
-    control: dict[str, np.ndarray] | None = None  # SCAFFOLD's delta c_i (scaffold on)
+    records: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # run option -> its checked reply arrays
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,13 @@ class Acceptance:
         The relative update bound, with its history (the strategy's checkpoint holds it).
     run_config : Mapping[str, Any]
         The clients' part of the run configuration (``local-epochs``, ``batch-size`` bound the local steps).
+    server : ServerSide
+        The run's server steps: each run option's step checks its reply record.
     """
 
     def __init__(self, membership: Membership, *, num_classes: int, held: Callable[[str], tuple[str, ...]],
                  group_of: Callable[[str], str], max_update_norm: float, screen: UpdateScreen,
-                 run_config: Mapping[str, Any]) -> None:
+                 run_config: Mapping[str, Any], server: ServerSide) -> None:
         self.membership = membership
         self.num_classes = num_classes
         self.held = held
@@ -87,6 +90,7 @@ class Acceptance:
         self.max_update_norm = max_update_norm
         self.screen = screen
         self.run_config = run_config
+        self.server = server
 
     def check(self, msg: Message, current: Mapping[str, np.ndarray]) -> Accepted | Rejection:
         """One training reply: an :class:`Accepted` record, or the :class:`Rejection` naming the first check it
@@ -116,17 +120,14 @@ class Acceptance:
             reason = check_class_stats(st.sum_pa, st.sum_pb, st.counts, self.num_classes, max_count=n, kind=kind)
             if reason:
                 return Rejection(reason)
-        if self.run_config.get("scaffold"):
-            reason = check_control(reply.control, current, held, self.group_of)
-            if reason:
-                return Rejection(reason)
-        elif reply.control is not None:
-            return Rejection(f"unexpected record {protocol.SCAFFOLD_DELTA!r} (scaffold is off)")
+        reason = self.server.check_reply(reply.records, current, held, self.group_of)
+        if reason:
+            return Rejection(reason)
         # CCVR moments are pooled only from a client holding both modalities, counting no more than it trained on
         fs = reply.features
         features = fs if fs is not None and set(held) == set(MODALITIES) and fs.counts.sum() <= n else None
         return Accepted(f"partition {pid}", pid, kind, ClientUpdate(reply.arrays, n, held), n, reply.stats,
-                        reply.losses, features, control=reply.control)
+                        reply.losses, features, records=reply.records)
 
     def cap_claims(self, accepted: list[Accepted]) -> list[Accepted]:
         """Claims mode: every weight at most CLAIM_CAP_MULTIPLE x the round's lower median claim; class statistics

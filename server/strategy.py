@@ -135,7 +135,7 @@ class FedCMIStrategy(Strategy):
                              discovery_timeout=discovery_timeout, run_config=self.run_config, rng=self.rng)
         self.acceptance = Acceptance(self.roster.membership, num_classes=self.num_classes, held=self.roster.held,
                                      group_of=group_of, max_update_norm=max_update_norm, screen=self.screen,
-                                     run_config=self.run_config)
+                                     run_config=self.run_config, server=self.server)
         self.current_arrays: ArrayRecord | None = None
         self.reports: dict[int, RoundReport] = {}
         self.moments_asked: dict[int, list[int]] = {}  # round -> nodes asked for fresh CCVR moments

@@ -19,6 +19,7 @@ from fedcmi.config import ConfigError, effective
 from fedcmi.dominance import Guidance
 from fedcmi.federated.scaffold import STATE_KEY, Scaffold, check_control, federation_holders, update_control
 from fedcmi.federated.server_side import server_side
+from fedcmi.methods.registry import OPTIONS
 from fedcmi.methods.scaffold import ControlVariates
 from fedcmi.methods.server_step import ServerSide
 from fedcmi.methods.sgd import SGD
@@ -41,7 +42,7 @@ def _train(c_i: dict[str, float], targets: dict[str, float], momentum: float = 0
     for _ in range(steps):
         opt.zero_grad()
         sum(0.5 * (p - targets[k]).pow(2).sum() for k, p in named).backward()
-        cv.correct(named)
+        cv.before_step(named)
         opt.step()
     new, delta = cv.finish()
     return ({k: float(p.detach()) for k, p in named}, {k: float(v) for k, v in new.items()},
@@ -123,7 +124,7 @@ def test_weight_decay_is_part_of_the_direction_and_k_counts_each_parameters_own_
     for with_a in (True, False):
         opt.zero_grad()
         ((p if with_a else 0.0) * 2.0 + q * 3.0).sum().backward()
-        cv.correct(named)
+        cv.before_step(named)
         opt.step()
     assert cv.steps == {"enc_a.w": 1, "head.w": 2}
     assert float(p.detach()) == pytest.approx(1 - LR * (2 + 1))  # one corrected step
@@ -147,7 +148,7 @@ def _reply(node: int, arrays: dict[str, np.ndarray], delta: dict[str, np.ndarray
         "info": ConfigRecord({"kind": kind, "partition-id": pid}),
     })
     if delta is not None:
-        content[protocol.SCAFFOLD_DELTA] = ArrayRecord({k: Array(v) for k, v in delta.items()})
+        content[OPTIONS["scaffold"].reply] = ArrayRecord({k: Array(v) for k, v in delta.items()})
     return Message(content, reply_to=request)
 
 
@@ -182,7 +183,7 @@ def test_the_strategy_moves_c_per_parameter_over_the_clients_that_sent_a_delta()
     assert arrays["enc_a.w"].numpy() == pytest.approx(np.ones((2, 2)))  # scaffold-lr 1: the aggregate
     # the next round's message carries c
     msgs = list(s.configure_train(2, arrays, ConfigRecord(), FakeGrid(dict(KINDS))))
-    sent = protocol.read_train(msgs[0].content).guidance.control
+    sent = protocol.read_train(msgs[0].content).guidance.records["scaffold"]
     assert set(sent) == set(c) and sent["enc_b.w"].dtype == np.float32
 
 
@@ -264,7 +265,7 @@ def _kept_state_grid(n: int) -> FakeGrid:
         ctx = contexts.setdefault(message.metadata.dst_node_id, node_context(message, node_config))
         if message.metadata.message_type != MessageType.TRAIN:
             return client_app(message, node_config, ctx)
-        held = len(protocol.node_control(ctx.state))
+        held = len(protocol.node_state(ctx.state).get("scaffold", {}))
         answer = client_app(message, node_config, ctx)
         trace.append((protocol.server_round_of(message.content), int(node_config["partition-id"]), held))
         return answer

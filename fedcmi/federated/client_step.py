@@ -19,9 +19,9 @@ from fedcmi.devices import autocast, device_of, on_device
 from fedcmi.dominance import ClassStats, Guidance
 from fedcmi.federated.calibration import FeatureStats, feature_statistics
 from fedcmi.methods.base import TrainSettings, local_update, only
+from fedcmi.methods.client_option import client_options, finish_options
 from fedcmi.methods.registry import method_spec
 from fedcmi.methods.remedies import Remedies
-from fedcmi.methods.scaffold import ControlVariates
 from fedcmi.methods.statistics import class_statistics
 from fedcmi.modalities import MM, group_of, trained_groups
 
@@ -35,8 +35,9 @@ class ClientResult:
     stats: ClassStats
     losses: dict[str, float] = field(default_factory=dict)
     features: FeatureStats | None = None  # CCVR moments (multimodal clients, ccvr-steps > 0, ccvr-moments=received)
-    control: dict[str, torch.Tensor] | None = None  # SCAFFOLD: the node's new c_i (kept in its context.state)
-    control_delta: dict[str, torch.Tensor] | None = None  # SCAFFOLD: c_i+ - c_i of the parameters it moved
+    kept: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # run option -> arrays for the node's
+    # context.state (its next round's ``kept``)
+    records: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # run option -> arrays for the reply
 
 
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -47,11 +48,13 @@ def round_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: Guidance, data: ClientData,
                 cfg: RunConfig, *, num_classes: int, server_round: int, partition_id: int,
-                control: Mapping[str, torch.Tensor] | None = None) -> ClientResult:
+                kept: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> ClientResult:
     """Load ``state``, measure the class statistics, train with the run's method, return the update.
 
-    ``model`` must already be on the client's device (``fedcmi.devices.device_of(cfg.device)``). ``control``:
-    the node's SCAFFOLD variate c_i from its last round (``scaffold`` on; None or empty before its first).
+    ``model`` must already be on the client's device (``fedcmi.devices.device_of(cfg.device)``). ``kept``: what
+    the run options kept in the node's state after its last round (option name -> arrays; None or empty before
+    its first); the options on (``fedcmi.methods.client_option``) train with it and with what the server sent
+    them in ``guidance.records``.
     """
     spec = method_spec(cfg.strategy)
     device = device_of(cfg.device)
@@ -64,21 +67,15 @@ def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: G
                     if cfg.ccvr_steps > 0 and cfg.ccvr_moments == "received" and local.kind == MM and len(local)
                     else None)
         torch.manual_seed(seed)
-        variates = (ControlVariates(_tensors(guidance.control), control or {}, cfg.weight_decay)
-                    if cfg.scaffold else None)
+        options = client_options(cfg, guidance.records, kept or {})
         result = local_update(model, only(local, spec.modalities), spec.build(cfg), guidance,
                               TrainSettings.of(cfg, spec), num_classes=num_classes,
                               generator=torch.Generator().manual_seed(seed), remedies=Remedies.from_config(cfg),
-                              control=variates)
+                              options=tuple(options.values()))
     held = trained_groups(data.kind, spec.modalities)
     arrays = {k: v.detach().cpu() for k, v in model.state_dict().items() if group_of(k) in held}
-    new_c_i, delta = variates.finish() if variates is not None else (None, None)
-    return ClientResult(arrays, result.num_examples, stats, result.losses, features, new_c_i, delta)
-
-
-def _tensors(arrays: Mapping[str, object] | None) -> dict[str, torch.Tensor]:
-    """The server's control variate as tensors (absent before its first update: zero)."""
-    return {k: torch.as_tensor(v) for k, v in (arrays or {}).items()}
+    keep, records = finish_options(options)
+    return ClientResult(arrays, result.num_examples, stats, result.losses, features, keep, records)
 
 
 def client_moments(model: nn.Module, state: Mapping[str, torch.Tensor], data: ClientData, cfg: RunConfig, *,

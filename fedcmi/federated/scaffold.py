@@ -2,9 +2,10 @@
 server control variate c, the global step, and the check of the clients' delta c_i.
 
 Why a step: c is server state a checkpoint must keep (``state()`` / ``check_state()`` / ``load_state()``), it
-travels with the weights (``guidance``: ``Guidance.control``, packed by ``fedcmi.protocol`` as ``scaffold-c``)
-and it moves with the accepted replies (``after_aggregation``); the strategy never looks inside. The client
-half (the corrected gradient, the node's c_i in its ``context.state``) is ``fedcmi.methods.scaffold``.
+travels with the weights (``guidance``: ``Guidance.records["scaffold"]``, in the record SCAFFOLD's line in
+``fedcmi.methods.registry.OPTIONS`` names), the clients' delta c_i is checked here (``check_reply``) and c moves
+with the accepted replies (``after_aggregation``); the strategy never looks inside. The client half (the
+corrected gradient, the node's c_i in its ``context.state``) is ``fedcmi.methods.scaffold``.
 
 Per round, after the modality-aware aggregation (``fedcmi.federated.aggregation``: each modality's group
 averaged over the clients holding it, the head over all):
@@ -49,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedcmi.dominance import Guidance
+from fedcmi.methods.registry import OPTIONS
 from fedcmi.methods.server_step import Arrays, Reply, ServerStep, corrupt
 from fedcmi.modalities import SHARED, group_of, modalities_of
 from fedcmi.npy import from_b64, to_b64
@@ -56,7 +58,7 @@ from fedcmi.npy import from_b64, to_b64
 if TYPE_CHECKING:
     from fedcmi.config import RunConfig
 
-STATE_KEY = "scaffold"
+NAME = STATE_KEY = "scaffold"  # the option's name (its registry line, its records) and its state key
 _logger = logging.getLogger("fedcmi.server")
 
 
@@ -67,7 +69,7 @@ class Scaffold(ServerStep):
     ``lr``: the global learning rate eta_g; ``group``: parameter name -> group.
     """
 
-    name = "scaffold"
+    name = NAME
     state_keys = (STATE_KEY,)
 
     def __init__(self, holders: Mapping[str, int], *, lr: float = 1.0,
@@ -77,7 +79,13 @@ class Scaffold(ServerStep):
 
     def guidance(self, server_round: int, guidance: Guidance) -> Guidance:
         """c travels with the weights (float32; an empty mapping before the first update: all zero)."""
-        return replace(guidance, control={k: v.astype(np.float32) for k, v in sorted(self.c.items())})
+        c = {k: v.astype(np.float32) for k, v in sorted(self.c.items())}
+        return replace(guidance, records={**guidance.records, self.name: c})
+
+    def check_reply(self, arrays: Mapping[str, np.ndarray] | None, current: Mapping[str, np.ndarray],
+                    held: tuple[str, ...], group_of: Callable[[str], str]) -> str | None:
+        """Every reply carries a delta c_i (:func:`check_control`)."""
+        return check_control(arrays, current, held, group_of)
 
     def after_aggregation(self, server_round: int, current: Mapping[str, np.ndarray], new: Arrays,
                           updated: frozenset[str], replies: Sequence[Reply]) -> Arrays:
@@ -88,8 +96,8 @@ class Scaffold(ServerStep):
                 if np.issubdtype(old.dtype, np.floating):
                     x = old.astype(np.float64)
                     out[key] = (x + self.lr * (np.asarray(new[key], np.float64) - x)).astype(old.dtype)
-        self.c = update_control(self.c, [r.control for r in replies if r.control is not None], self.holders,
-                                self.group)
+        self.c = update_control(self.c, [r.records[self.name] for r in replies if self.name in r.records],
+                                self.holders, self.group)
         _logger.info("round %s: scaffold c over %s parameter(s), norm %.4g", server_round, len(self.c),
                      float(np.sqrt(sum(float((v * v).sum()) for v in self.c.values()))))
         return out
@@ -147,16 +155,17 @@ def check_control(delta: Mapping[str, np.ndarray] | None, current: Mapping[str, 
     """Why a reply's delta c_i is refused (one line), or None. Its declared shapes and dtypes were checked when
     it was read (``fedcmi.protocol.read_reply``); here: present, float parameters of groups the client trains,
     finite."""
+    record = OPTIONS[NAME].reply
     if delta is None:
-        return "lacks its scaffold-delta-c record (scaffold is on)"
+        return f"lacks its {record} record ({NAME} is on)"
     for key in sorted(delta):
         if not np.issubdtype(np.asarray(current[key]).dtype, np.floating):
-            return f"scaffold-delta-c {key}: not a float parameter"
+            return f"{record} {key}: not a float parameter"
         g = group(key)
         if g != SHARED and g not in held:
-            return f"scaffold-delta-c {key}: group {g}, which this client does not train"
+            return f"{record} {key}: group {g}, which this client does not train"
         if not np.all(np.isfinite(delta[key])):
-            return f"scaffold-delta-c {key}: not finite"
+            return f"{record} {key}: not finite"
     return None
 
 

@@ -3,14 +3,14 @@
 The path of a batch: :func:`local_update` shuffles the client's data, asks the method for the loss terms of
 each batch (:meth:`LocalMethod.batch_loss`, whose cross-entropy terms see the logits as the round's remedies
 adjust them), adds the remedies' loss terms (:meth:`Remedies.add_terms`), back-propagates ``terms["loss"]``,
-lets the method touch the gradients (:meth:`LocalMethod.after_backward`), adds the proximal gradient, SCAFFOLD's
-correction (``scaffold``, ``fedcmi.methods.scaffold``) and steps SGD. No remedy is named here: they are registry
-entries (``fedcmi.methods.remedies``).
+lets the method touch the gradients (:meth:`LocalMethod.after_backward`), adds the proximal gradient, lets the
+round's run options touch them (:meth:`ClientOption.before_step`) and steps SGD. No remedy and no option is
+named here: they are registry entries (``fedcmi.methods.remedies``, ``fedcmi.methods.client_option``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,9 +20,9 @@ from torch import nn
 
 from fedcmi.data.base import ClientData
 from fedcmi.dominance import Guidance
+from fedcmi.methods.client_option import ClientOption
 from fedcmi.methods.losses import add_proximal_gradient
 from fedcmi.methods.remedies import Remedies
-from fedcmi.methods.scaffold import ControlVariates
 from fedcmi.methods.sgd import SGD
 from fedcmi.modalities import MODALITIES, A, B, group_of, modalities_of
 
@@ -124,12 +124,12 @@ def batches(data: ClientData, batch_size: int,
 
 def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidance: Guidance,
                  settings: TrainSettings, *, num_classes: int, generator: torch.Generator | None = None,
-                 remedies: Remedies | None = None, control: ControlVariates | None = None) -> TrainResult:
+                 remedies: Remedies | None = None, options: Sequence[ClientOption] = ()) -> TrainResult:
     """Train ``model`` in place on one client's labeled data; returns the mean of each loss term.
 
-    ``remedies``: the round's label-skew remedies (``Remedies.from_config``; none by default). ``control``
-    (SCAFFOLD): corrects every gradient of the trained parameters and records the step directions (its
-    ``finish`` gives the client's new control variate).
+    ``remedies``: the round's label-skew remedies (``Remedies.from_config``; none by default). ``options``: the
+    round's run options with a client half (``client_option.client_options``), started with the trained
+    parameters and called before every SGD step, in order (their ``finish`` is the caller's).
 
     Unlabeled samples (``missing-label-rate``) are left out: no method has an unsupervised term.
     """
@@ -141,8 +141,8 @@ def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidan
     remedies.start(model, data.y, num_classes)
     method.remedies = remedies
     method.start(model, data, guidance, num_classes)
-    if control is not None:
-        control.start(named)
+    for option in options:
+        option.start(named)
     opt = SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     model.train()
     totals: dict[str, float] = {}
@@ -162,8 +162,8 @@ def local_update(model: nn.Module, data: ClientData, method: LocalMethod, guidan
             method.after_backward(model, terms, generator)
             if anchors:
                 add_proximal_gradient(params, anchors, settings.proximal_mu)
-            if control is not None:
-                control.correct(named)
+            for option in options:
+                option.before_step(named)
             opt.step()
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())

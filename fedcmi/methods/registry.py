@@ -1,6 +1,7 @@
 """Every local method by name (``strategy=NAME``): its :class:`~fedcmi.methods.spec.MethodSpec`, here, and
 its code, one file in this package that the spec's ``builder`` names; likewise every label-skew remedy
-(:class:`~fedcmi.methods.spec.RemedySpec`, its code in ``remedies/``).
+(:class:`~fedcmi.methods.spec.RemedySpec`, its code in ``remedies/``) and every run option any method can
+switch on (:class:`~fedcmi.methods.spec.OptionSpec`: its server step, its client half, its records).
 
 Light on purpose: the specs import nothing heavy (no torch), so a configuration is resolved and checked,
 and ``fedcmi methods`` answers, before torch is imported; a method's code is imported when it is built.
@@ -11,7 +12,7 @@ differences between them come from the method alone.
 from __future__ import annotations
 
 from fedcmi.errors import ConfigError, did_you_mean
-from fedcmi.methods.spec import POSITIVE, MethodSpec, RemedySpec, equals
+from fedcmi.methods.spec import POSITIVE, MethodSpec, OptionSpec, RemedySpec, equals
 
 # Label-skew remedies any method switches on by their keys, one file each in fedcmi/methods/remedies/. Every
 # CE term of a method sees the logits as the remedies on adjust them, in this order; their loss terms are
@@ -30,6 +31,18 @@ CCVR_KEYS = ("ccvr-steps", "ccvr-samples", "ccvr-lr", "ccvr-moments")
 # SCAFFOLD's switch, read by clients (the correction) and the server (its step) for every method
 SCAFFOLD_KEYS = ("scaffold",)
 EVERY_METHOD_KEYS = (*REMEDY_KEYS, *CCVR_KEYS, *SCAFFOLD_KEYS)
+
+# Run options any method can switch on by their keys, after the method's own server steps and in this order
+# (SCAFFOLD moves its control variate and with scaffold-lr the weights; CCVR pools moments and calibrates the
+# evaluated copy only; the optimiser steps the global weights). An option with client state names its client
+# half and its records (``OptionSpec``); the ClientApp, the message format and the reply checks loop over these.
+OPTIONS: dict[str, OptionSpec] = {spec.name: spec for spec in (
+    OptionSpec("scaffold", "SCAFFOLD: control variates c (server) and c_i (each node) correct the local gradient",
+               "fedcmi.federated.scaffold:build", "fedcmi.methods.scaffold:build_client",
+               sent="scaffold-c", reply="scaffold-delta-c", kept="scaffold-ci"),
+    OptionSpec("ccvr", "CCVR: the fusion head calibrated on virtual features", "fedcmi.federated.ccvr:build"),
+    OptionSpec("server-opt", "FedAdam / FedYogi / FedAdagrad on the aggregate", "fedcmi.federated.server_opt:build"),
+)}
 
 CROSS_ENTROPY = "fedcmi.methods.fedavg:build"  # fedavg.py: FedAvg's cross-entropy
 FEDCMI_USES = ("proximal-mu", "lambda-self", "lambda-cmi", "class-wise-temperature", "temperature", "gamma",

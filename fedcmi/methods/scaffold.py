@@ -1,9 +1,11 @@
 """SCAFFOLD's client half (Karimireddy et al., ICML 2020, "SCAFFOLD: Stochastic Controlled Averaging for
 Federated Learning", Algorithm 1, option II): the corrected local gradient and the client's new control variate.
 
-Why here: the correction changes every local step of every method, so the loop in ``base.local_update`` calls
-it (like the label-skew remedies) after the method's own gradient hook and the proximal term, before SGD
-steps. The server half (the variate c, its update, its state) is ``fedcmi.federated.scaffold``.
+Why here: the correction changes every local step of every method, so it is a run option's client half
+(``fedcmi.methods.client_option.ClientOption``, named by SCAFFOLD's line in ``fedcmi.methods.registry.OPTIONS``
+with its records: c sent with the weights, delta c_i in the reply, c_i kept in the node's ``context.state``);
+the loop in ``base.local_update`` calls it after the method's own gradient hook and the proximal term, before
+SGD steps. The server half (the variate c, its update, its state) is ``fedcmi.federated.scaffold``.
 
 Per local step, for every parameter ``p`` the client trains that has a gradient in this batch:
 
@@ -30,12 +32,18 @@ c_i and sends no delta, so it cannot drag the server's c (``fedcmi.federated.sca
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from fedcmi.methods.client_option import ClientOption
 
-class ControlVariates:
+if TYPE_CHECKING:
+    from fedcmi.config import RunConfig
+
+
+class ControlVariates(ClientOption):
     """One client round's SCAFFOLD state: the correction c - c_i per parameter and the mean step direction.
 
     ``c``: the server's variate as received; ``c_i``: the node's own from its last round (both: parameter name
@@ -65,7 +73,7 @@ class ControlVariates:
             self.correction[name] = diff
 
     @torch.no_grad()
-    def correct(self, named: Sequence[tuple[str, nn.Parameter]]) -> None:
+    def before_step(self, named: Sequence[tuple[str, nn.Parameter]]) -> None:
         """After backward, before the SGD step: add c - c_i to each gradient present and record the direction
         SGD will step along (gradient + weight decay)."""
         for name, p in named:
@@ -96,3 +104,10 @@ class ControlVariates:
             delta[name] = updated - ci
             new[name] = updated
         return new, delta
+
+
+def build_client(cfg: RunConfig, sent: Mapping[str, torch.Tensor] | None,
+                 kept: Mapping[str, torch.Tensor]) -> ControlVariates | None:
+    """One client round's variates when ``scaffold`` is on: c as received (absent before the server's first
+    update: zero), the node's c_i from its last round (empty before its first)."""
+    return ControlVariates(sent or {}, kept, cfg.weight_decay) if cfg.scaffold else None

@@ -2,10 +2,11 @@
 
 Why: the strategy (``server/strategy.py``) serves every method with the same discovery, sampling, reply
 acceptance, screening and aggregation; what differs between methods on the server (the guidance sent with
-the weights, what is done with the accepted replies after aggregation, the state a checkpoint must hold, a
-calibration of the evaluated model) is a step here, as Flower's ``FedAvg`` variants override one method
-each. A run's steps are composed into one :class:`ServerSide` (``fedcmi.federated.server_side`` builds it
-from the method's spec and the server options), the only thing the strategy and the checkpoint talk to.
+the weights, the check of what a run option's client half sent back, what is done with the accepted replies
+after aggregation, the state a checkpoint must hold, a calibration of the evaluated model) is a step here, as
+Flower's ``FedAvg`` variants override one method each. A run's steps are composed into one :class:`ServerSide`
+(``fedcmi.federated.server_side`` builds it from the method's spec and the run options' registry lines), the
+only thing the strategy and the checkpoint talk to.
 
 No Flower, no torch: arrays are numpy, a calibration is a callable the server applies to its model.
 """
@@ -18,11 +19,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from fedcmi.dominance import ClassStats, Dominance, Guidance
+from fedcmi.methods.registry import OPTIONS
 
 if TYPE_CHECKING:
     from fedcmi.federated.calibration import FeatureStats
 
 Arrays = dict[str, np.ndarray]
+Records = Mapping[str, Mapping[str, np.ndarray]]  # option name -> parameter name -> array
 # A calibration of the evaluated model: (model, server_round) -> the model to evaluate and save (torch modules)
 Calibrate = Callable[[Any, int], Any]
 
@@ -34,7 +37,7 @@ class Reply(Protocol):
     partition_id: int
     stats: ClassStats | None
     features: FeatureStats | None
-    control: Mapping[str, np.ndarray] | None  # SCAFFOLD's delta c_i (checked), None when scaffold is off
+    records: Records  # the run options' reply records by option name, each checked by its step
 
 
 def corrupt(what: str) -> str:
@@ -63,6 +66,14 @@ class ServerStep:
 
     def reported(self) -> Dominance | None:
         """The dominance the round's metrics row reports (the guidance the latest statistics decided)."""
+        return None
+
+    def check_reply(self, arrays: Mapping[str, np.ndarray] | None, current: Mapping[str, np.ndarray],
+                    held: tuple[str, ...], group_of: Callable[[str], str]) -> str | None:
+        """Why a reply is refused (one line), or None: the step of a run option judges the arrays the option's
+        client half sent back (``arrays``, None when the reply has no record under the step's name; their
+        declared shapes and dtypes were checked against ``current``, the global model, when it was read).
+        ``held``: the modalities the client trains; ``group_of``: a key's group."""
         return None
 
     def after_aggregation(self, server_round: int, current: Mapping[str, np.ndarray], new: Arrays,
@@ -124,6 +135,20 @@ class ServerSide:
 
     def reported(self) -> Dominance | None:
         return next((r for r in (s.reported() for s in self.steps) if r is not None), None)
+
+    def check_reply(self, records: Records, current: Mapping[str, np.ndarray], held: tuple[str, ...],
+                    group_of: Callable[[str], str]) -> str | None:
+        """A reply's option records: one whose option has no step in this run (off) is refused, then every step
+        checks its own (the first reason wins)."""
+        names = {s.name for s in self.steps}
+        for name in sorted(records):
+            if name not in names:
+                return f"unexpected record {OPTIONS[name].reply!r} ({name} is off)"
+        for step in self.steps:
+            reason = step.check_reply(records.get(step.name), current, held, group_of)
+            if reason:
+                return reason
+        return None
 
     def after_aggregation(self, server_round: int, current: Mapping[str, np.ndarray], new: Arrays,
                           updated: frozenset[str], replies: Sequence[Reply]) -> Arrays:

@@ -1,4 +1,5 @@
-"""What the rest of fedcmi knows about a local method, without importing it: its :class:`MethodSpec`.
+"""What the rest of fedcmi knows about a local method, without importing it: its :class:`MethodSpec` (and a
+remedy's :class:`RemedySpec`, a run option's :class:`OptionSpec`).
 
 Light on purpose (no torch): the configuration reads a method's defaults and defining keys, and ``fedcmi
 methods`` lists them, before anything heavy is imported. The method's code (a ``LocalMethod``) is imported
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fedcmi.config import RunConfig
     from fedcmi.methods.base import LocalMethod
+    from fedcmi.methods.client_option import ClientOption
     from fedcmi.methods.remedies.base import Remedy
     from fedcmi.methods.server_step import ServerStep
 
@@ -106,3 +108,46 @@ class RemedySpec:
     def build(self, cfg: RunConfig) -> Remedy | None:
         module, _, function = self.builder.partition(":")
         return getattr(importlib.import_module(module), function)(cfg)
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """A run option any method can switch on (SCAFFOLD, CCVR, a server optimiser), without importing it.
+
+    Why: an option may have a server half (a ``ServerStep``, after the method's own steps), a client half (a
+    ``ClientOption``, ``fedcmi.methods.client_option``) and arrays travelling between them; this line is all
+    the rest of fedcmi knows of it, so the option is its own file(s) plus this line. Both builders read the
+    run config and return ``None`` when the option is off.
+
+    ``server``: ``"module:function"``, ``(RunConfig, num_classes) -> ServerStep | None``; the step's ``name``
+    is the option's name. ``client``: ``"module:function"``, ``(RunConfig, sent, kept) -> ClientOption |
+    None`` for one client round (``sent``: the arrays the server step sent, None when it sent none; ``kept``:
+    what the node kept from its previous round, empty before its first). The record names, spelled once here:
+    ``sent`` (TRAIN: what the server step puts in ``Guidance.records[name]``), ``reply`` (the reply: what the
+    client half's ``finish`` sends back, checked by the step's ``check_reply``), ``kept`` (the node's
+    ``context.state``: what the client half keeps from round to round). Each is an array record keyed by
+    parameter name, every array declared with its parameter's shape and dtype.
+    """
+
+    name: str
+    summary: str
+    server: str | None = None
+    client: str | None = None
+    sent: str | None = None
+    reply: str | None = None
+    kept: str | None = None
+
+    def build_server(self, cfg: RunConfig, num_classes: int) -> ServerStep | None:
+        """The option's server step for this run, or None (off, or no server half)."""
+        if self.server is None:
+            return None
+        module, _, function = self.server.partition(":")
+        return getattr(importlib.import_module(module), function)(cfg, num_classes)
+
+    def build_client(self, cfg: RunConfig, sent: Mapping[str, Any] | None,
+                     kept: Mapping[str, Any]) -> ClientOption | None:
+        """The option's client half for one client round, or None (off, or no client half)."""
+        if self.client is None:
+            return None
+        module, _, function = self.client.partition(":")
+        return getattr(importlib.import_module(module), function)(cfg, sent, kept)

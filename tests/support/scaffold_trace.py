@@ -21,7 +21,10 @@ from flwr.clientapp import ClientApp
 
 from fedcmi import protocol
 from fedcmi.cli import main
+from fedcmi.methods.registry import OPTIONS
 from fedcmi.npy import record_arrays
+
+SCAFFOLD = OPTIONS["scaffold"]  # its records: sent (c), reply (delta c_i), kept (the node's c_i)
 
 
 def _variate(record) -> dict[str, np.ndarray]:  # noqa: ANN001 - a Flower ArrayRecord or None
@@ -32,16 +35,16 @@ def trace_mod(trace_file: str) -> Callable[[Message, Context, Callable], Message
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
-        before = _variate(context.state.array_records.get(protocol.SCAFFOLD_CI))
-        c = _variate(msg.content.array_records.get(protocol.SCAFFOLD_C))
+        before = _variate(context.state.array_records.get(SCAFFOLD.kept))
+        c = _variate(msg.content.array_records.get(SCAFFOLD.sent))
         keys = set(before) | set(c)
         zero = np.float32(0)
         correction = float(np.sqrt(sum(float(np.sum((c.get(k, zero) - before.get(k, zero)) ** 2)) for k in keys)))
         reply = call_next(msg, context)
-        after = _variate(context.state.array_records.get(protocol.SCAFFOLD_CI))
+        after = _variate(context.state.array_records.get(SCAFFOLD.kept))
         line = {"round": protocol.server_round_of(msg.content), "partition": int(context.node_config["partition-id"]),
                 "before": len(before), "after": len(after), "c": len(c), "correction": correction,
-                "delta": len(reply.content.array_records.get(protocol.SCAFFOLD_DELTA) or {})}
+                "delta": len(reply.content.array_records.get(SCAFFOLD.reply) or {})}
         with open(trace_file, "a") as f:  # one short write per line (O_APPEND): lines do not interleave
             f.write(json.dumps(line) + "\n")
         return reply
