@@ -50,22 +50,22 @@ def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: G
                 control: Mapping[str, torch.Tensor] | None = None) -> ClientResult:
     """Load ``state``, measure the class statistics, train with the run's method, return the update.
 
-    ``model`` must already be on the client's device (``fedcmi.devices.device_of(cfg.device)``). ``control``:
+    ``model`` must already be on the client's device (``fedcmi.devices.device_of(cfg.runtime.device)``). ``control``:
     the node's SCAFFOLD variate c_i from its last round (``scaffold`` on; None or empty before its first).
     """
-    spec = method_spec(cfg.strategy)
-    device = device_of(cfg.device)
+    spec = method_spec(cfg.method.strategy)
+    device = device_of(cfg.runtime.device)
     local = on_device(data, device)
     model.load_state_dict(state)
-    seed = round_seed(cfg.seed, server_round, partition_id)
-    with autocast(cfg.bf16, device):
+    seed = round_seed(cfg.federation.seed, server_round, partition_id)
+    with autocast(cfg.runtime.bf16, device):
         stats = class_statistics(model, local, num_classes)  # with the received global weights
         features = (feature_statistics(model, local, num_classes)
-                    if cfg.ccvr_steps > 0 and cfg.ccvr_moments == "received" and local.kind == MM and len(local)
-                    else None)
+                    if cfg.method.ccvr_steps > 0 and cfg.method.ccvr_moments == "received" and local.kind == MM
+                    and len(local) else None)
         torch.manual_seed(seed)
-        variates = (ControlVariates(_tensors(guidance.control), control or {}, cfg.weight_decay)
-                    if cfg.scaffold else None)
+        variates = (ControlVariates(_tensors(guidance.control), control or {}, cfg.training.weight_decay)
+                    if cfg.method.scaffold else None)
         result = local_update(model, only(local, spec.modalities), spec.build(cfg), guidance,
                               TrainSettings.of(cfg, spec), num_classes=num_classes,
                               generator=torch.Generator().manual_seed(seed), remedies=Remedies.from_config(cfg),
@@ -89,10 +89,10 @@ def client_moments(model: nn.Module, state: Mapping[str, torch.Tensor], data: Cl
     Only a multimodal node has both slots to measure; any other raises (the server asks only those)."""
     if data.kind != MM:
         raise ValueError(f"CCVR moments need a multimodal node; this one holds {data.kind!r}")
-    device = device_of(cfg.device)
+    device = device_of(cfg.runtime.device)
     local = on_device(data, device)
     model.load_state_dict(state)
-    with autocast(cfg.bf16, device):
+    with autocast(cfg.runtime.bf16, device):
         features = feature_statistics(model, local, num_classes)
     if features.counts.sum() == 0:
         raise ValueError("no labeled sample of this node holds both modalities: no CCVR moments to send")

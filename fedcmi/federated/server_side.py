@@ -23,6 +23,6 @@ OPTIONS = (scaffold.build, ccvr.build, server_opt.build)
 
 def server_side(cfg: RunConfig, num_classes: int) -> ServerSide:
     """The steps of ``cfg``'s method and options for a model of ``num_classes`` classes."""
-    steps = method_spec(cfg.strategy).server_steps(cfg, num_classes)
+    steps = method_spec(cfg.method.strategy).server_steps(cfg, num_classes)
     steps += [s for s in (option(cfg, num_classes) for option in OPTIONS) if s is not None]
     return ServerSide(steps)
