@@ -563,7 +563,7 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with these changes: flat attribute names (``lr=0.1``) and/or whole sections."""
-        return RunConfig(**{s: getattr(self, s) for s in SECTIONS}, **changes)
+        return RunConfig(**{**{s: getattr(self, s) for s in SECTIONS}, **changes})
 
 
 def key_of(attr: str) -> str:
