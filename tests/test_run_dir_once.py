@@ -243,7 +243,7 @@ def test_the_operator_changes_the_limits_in_the_server_config(tmp_path, monkeypa
     with pytest.raises(ConfigError, match=r"num-server-rounds=40: above .* \(5;"):  # the default is held to it too
         submitted_config({k: v for k, v in TINY.items() if k != "num-server-rounds"})
     server_cfg.write_text("local-epochs = 500\n[limits]\nlocal-epochs = 10\n")  # the operator's own value
-    assert submitted_config(TINY)[0].local_epochs == 500
+    assert submitted_config(TINY)[0].training.local_epochs == 500
     for bad, needle in [("[limits]\nround-timeout = 5\n", "[limits] round-timeout: not a numeric key a submitted"),
                         ("[limits]\ndataset = 5\n", "[limits] dataset: not a numeric key"),
                         ("[limits]\nlr = -1\n", "[limits] lr=-1: must be a number > 0"),
