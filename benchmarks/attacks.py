@@ -199,8 +199,8 @@ def run_all(runs: list[Run], base: dict[str, Any], rounds: int, out: Path, rerun
                   f"acc_mm {f['acc']:.3f} rejected {f['rejected']} {wall:.0f} s", file=sys.stderr, flush=True)
         spec_file.write_text("")
 
-    run_app(server, first, client_app=attacks.attacked_client_app(str(spec_file), first.update_norm_multiple,
-                                                                  str(trace_file)))
+    run_app(server, first, client_app=attacks.attacked_client_app(
+        str(spec_file), first.reliability.update_norm_multiple, str(trace_file)))
 
 
 # --- rules -----------------------------------------------------------------------------------------------------

@@ -66,10 +66,10 @@ def scores(run: Path, before: Path, after: Path, rounds: int) -> dict[str, float
     cfg = effective({k: v for k, v in json.loads((run / "config.json").read_text()).items()
                      if k not in META_KEYS})
     data = load_data(cfg)
-    spec = method_spec(cfg.strategy)
+    spec = method_spec(cfg.method.strategy)
     models = {}
     for name, path in (("before", before), ("after", after)):
-        m = model_for(cfg, ModelSpec.of(data), spec.decomposed)
+        m = model_for(cfg.model, ModelSpec.of(data), spec.decomposed)
         m.load_state_dict(load_file(str(path)))
         models[name] = m.eval()
     with open(run / "replies.csv", newline="") as fh:
@@ -87,12 +87,12 @@ def scores(run: Path, before: Path, after: Path, rounds: int) -> dict[str, float
     xa, xb, y = (torch.from_numpy(t) for t in data.arrays("test"))
 
     def acc(model) -> float:
-        return float(evaluate(model, xa, xb, y, k, data.modalities, cfg.eval_batch_size,
+        return float(evaluate(model, xa, xb, y, k, data.modalities, cfg.server.eval_batch_size,
                               infiltration_path=spec.infiltration_path)["acc_mm"])
 
     def cal(stats: FeatureStats) -> float:
-        return acc(calibrated(models["after"], stats, samples=cfg.ccvr_samples, steps=100, lr=cfg.ccvr_lr,
-                              seed=cfg.seed))
+        return acc(calibrated(models["after"], stats, samples=cfg.method.ccvr_samples, steps=100, lr=cfg.method.ccvr_lr,
+                              seed=cfg.federation.seed))
 
     in_round = [c for c in clients if c.partition_id in last]
     out = {VARIANTS[0]: acc(models["after"]),

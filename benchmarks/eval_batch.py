@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = effective(parse_overrides(args.overrides)).check_run()
     data = load_data(cfg)
     xa, xb, _ = (torch.from_numpy(t) for t in data.arrays("test"))
-    torch.manual_seed(cfg.seed)
-    model = model_for(cfg, ModelSpec.of(data), method_spec(cfg.strategy).decomposed).eval()
-    print(f"{cfg.dataset}, {len(xa)} test samples, encoder {cfg.encoder}, strategy {cfg.strategy}, "
+    torch.manual_seed(cfg.federation.seed)
+    model = model_for(cfg.model, ModelSpec.of(data), method_spec(cfg.method.strategy).decomposed).eval()
+    print(f"{cfg.data.dataset}, {len(xa)} test samples, encoder {cfg.model.encoder}, strategy {cfg.method.strategy}, "
           f"{args.threads} torch thread(s), median of {args.repeat}")
     logits = {size: all_logits(model, xa, xb, size) for size in args.sizes}  # also the warm-up
     times: dict[int, list[float]] = {size: [] for size in args.sizes}

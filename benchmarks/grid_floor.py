@@ -34,7 +34,7 @@ def cell_seconds(cfg: RunConfig) -> tuple[str, float, float]:
 
     torch.set_num_threads(1)
     out = run_plain(cfg, 1)
-    return cfg.run_name, sum(out["total"]), out["acc_mm"][-1]
+    return cfg.output.run_name, sum(out["total"]), out["acc_mm"][-1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -198,7 +198,7 @@ def run_in_process(cfg: RunConfig, reporter: Callable[[dict[str, Any]], None]) -
 
     # Flower sets these ids inside a running app; a Message built outside one needs them
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    run_server(InProcessGrid(client_app, cfg.num_clients), cfg, reporter)
+    run_server(InProcessGrid(client_app, cfg.federation.num_clients), cfg, reporter)
 
 
 def run_plain(cfg: RunConfig, threads: int) -> dict[str, Any]:
@@ -222,28 +222,30 @@ def mean(xs: list[float]) -> float:
 
 def report(cfg: RunConfig, a: dict[str, Any], b: dict[str, Any], mem_a: PeakMemory, mem_b: PeakMemory,
            threads: int, say: Callable[[str], None] = print) -> float:
-    n = cfg.clients_per_round
+    n = cfg.server.clients_per_round
     a_round, b_round = mean(a["steady"]), mean(b["total"][1:])
     b_train = mean(b["train"][1:])
     load = os.getloadavg()
-    say(f"config: {cfg.num_clients} clients, {n} per round, {cfg.num_server_rounds} rounds, {cfg.local_epochs} "
-        f"local epochs, strategy {cfg.strategy}, client-num-cpus {cfg.client_num_cpus}; in-process: "
+    say(f"config: {cfg.federation.num_clients} clients, {n} per round, {cfg.server.num_server_rounds} rounds, "
+        f"{cfg.training.local_epochs} local epochs, strategy {cfg.method.strategy}, "
+        f"client-num-cpus {cfg.runtime.client_num_cpus}; in-process: "
         f"{threads} torch thread(s); {os.cpu_count()} CPUs, load average now {load[0]:.2f} {load[1]:.2f}")
     say(f"(a) flower: start-up {a['startup']:.1f} s to the end of round 1 (round 0 = initial evaluation done at "
         f"{a['round0']:.1f} s; round 1 took {a['round1']:.1f} s, discovery query included)")
     say(f"(a) flower: steady state {a_round:.3f} s/round (median {statistics.median(a['steady']):.3f}, rounds "
-        f"2..{cfg.num_server_rounds}), {n / a_round:.1f} client updates/s; {mem_a.line()}")
+        f"2..{cfg.server.num_server_rounds}), {n / a_round:.1f} client updates/s; {mem_a.line()}")
     steps = a["seconds"]
     parts = []
     for step in ("sample+configure", "messages+client training", "screen+aggregate", "central evaluation",
                  "results files", "checkpoint"):
-        parts.append(f"{step} {mean([steps[step].get(r, 0.0) for r in range(2, cfg.num_server_rounds + 1)]):.3f}")
+        rounds = range(2, cfg.server.num_server_rounds + 1)
+        parts.append(f"{step} {mean([steps[step].get(r, 0.0) for r in rounds]):.3f}")
     accounted = sum(float(p.rsplit(" ", 1)[1]) for p in parts)
     say(f"(a) steady round, s: {', '.join(parts)}, other {a_round - accounted:.3f}")
     say(f"(a) discovery query (round 1, once per run): {sum(steps['discovery'].values()):.2f} s")
     say(f"(b) in-process: {b_round:.3f} s/round (messages + client training {b_train:.3f}, sampling + "
         f"screening + aggregation + guidance + evaluation + files {b_round - b_train:.3f}; rounds "
-        f"2..{cfg.num_server_rounds}), {n / b_round:.1f} client updates/s; "
+        f"2..{cfg.server.num_server_rounds}), {n / b_round:.1f} client updates/s; "
         f"{mem_b.line()}")
     diff = max(abs(x - y["acc_mm"]) for x, y in zip(b["acc_mm"], a["rows"][1:], strict=True))
     say(f"same work check: final acc_mm (a) {a['rows'][-1]['acc_mm']:.4f}, (b) {b['acc_mm'][-1]:.4f}; largest "
@@ -258,11 +260,11 @@ def compare_eval(cfg: RunConfig, a: dict[str, Any], o: dict[str, Any], mem_o: Pe
                  say: Callable[[str], None] = print) -> float:
     """Sequential against pipelined central evaluation, from two simulations of the same config: s/round and
     whether the metrics are the same (every column but wall_s)."""
-    seq, pipe = (o, a) if cfg.pipelined_eval else (a, o)
+    seq, pipe = (o, a) if cfg.server.pipelined_eval else (a, o)
     s_seq, s_pipe = mean(seq["steady"]), mean(pipe["steady"])
     same = all({k: v for k, v in x.items() if k != "wall_s"} == {k: v for k, v in y.items() if k != "wall_s"}
                for x, y in zip(seq["rows"], pipe["rows"], strict=True))
-    say(f"(a') pipelined-eval={str(not cfg.pipelined_eval).lower()} (second run, imports warm): start-up "
+    say(f"(a') pipelined-eval={str(not cfg.server.pipelined_eval).lower()} (second run, imports warm): start-up "
         f"{o['startup']:.1f} s; steady state {mean(o['steady']):.3f} s/round; {mem_o.line()}")
     say(f"evaluation: sequential {s_seq:.3f} s/round, pipelined {s_pipe:.3f} s/round; metrics identical: {same}")
     ratio = s_pipe / s_seq
@@ -286,13 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fedcmi-overhead-") as tmp:
         overrides = parse_overrides(args.overrides)
         cfg = resolve(overrides=overrides).replace(out_dir=str(Path(tmp) / "run"))
-        other = cfg.replace(pipelined_eval=not cfg.pipelined_eval, out_dir=str(Path(tmp) / "other"))
+        other = cfg.replace(pipelined_eval=not cfg.server.pipelined_eval, out_dir=str(Path(tmp) / "other"))
         if args.baseline:
-            if not (cfg.pipelined_eval and args.compare_eval):
+            if not (cfg.server.pipelined_eval and args.compare_eval):
                 parser.error("--baseline sets keys of the second, sequential run: keep pipelined-eval on and the "
                              "comparison (no --no-compare-eval)")
             other = resolve(overrides={**overrides, **parse_overrides(args.baseline)}).replace(
-                pipelined_eval=False, out_dir=other.out_dir)
+                pipelined_eval=False, out_dir=other.output.out_dir)
             print(f"the sequential run also sets {' '.join(args.baseline)}")
         mem_a = PeakMemory().start()
         a = run_flower(cfg)

@@ -36,11 +36,11 @@ def run_config_of(msg: Message, context: Context) -> RunConfig:
 
 def cached_model(cfg: RunConfig, spec: ModelSpec) -> torch.nn.Module:
     """The run's model for these shapes on this client's device, built once per process."""
-    decomposed = method_spec(cfg.strategy).decomposed
-    device = device_of(cfg.device)
-    key = (*model_key(cfg, spec, decomposed), str(device))
+    decomposed = method_spec(cfg.method.strategy).decomposed
+    device = device_of(cfg.runtime.device)
+    key = (*model_key(cfg.model, spec, decomposed), str(device))
     if key not in _MODELS:
-        _MODELS[key] = model_for(cfg, spec, decomposed).to(device)
+        _MODELS[key] = model_for(cfg.model, spec, decomposed).to(device)
     return _MODELS[key]
 
 
@@ -58,7 +58,7 @@ def train(msg: Message, context: Context) -> Message:
     """One local update on this node's data; replies with the trained groups and class statistics."""
     task = protocol.read_train(msg.content)
     cfg = run_config_of(msg, context)
-    torch.set_num_threads(max(1, int(cfg.client_num_cpus)))
+    torch.set_num_threads(max(1, int(cfg.runtime.client_num_cpus)))
     node = node_data(context.node_config, cfg)
     result = client_step(cached_model(cfg, task.model_spec), task.state, task.guidance, node.client_data(cfg), cfg,
                          num_classes=task.model_spec.num_classes, server_round=task.server_round,
@@ -75,7 +75,7 @@ def moments(msg: Message, context: Context) -> Message:
     aggregated, on this node's data; the server pools them to calibrate the head it evaluates and saves."""
     task = protocol.read_train(msg.content)
     cfg = run_config_of(msg, context)
-    torch.set_num_threads(max(1, int(cfg.client_num_cpus)))
+    torch.set_num_threads(max(1, int(cfg.runtime.client_num_cpus)))
     node = node_data(context.node_config, cfg)
     features = client_moments(cached_model(cfg, task.model_spec), task.state, node.client_data(cfg), cfg,
                               num_classes=task.model_spec.num_classes)

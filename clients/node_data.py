@@ -98,9 +98,9 @@ def node_data(node_config: Mapping[str, Any], cfg: RunConfig) -> NodeData:
     if "data-dir" in node_config:
         return _prepared_node(node_config, pid, cfg)
     parts = _int_key(node_config, "num-partitions")
-    if parts != cfg.num_clients:
+    if parts != cfg.federation.num_clients:
         raise NodeConfigError(f"node config num-partitions={parts} differs from the run's "
-                              f"num-clients={cfg.num_clients}")
+                              f"num-clients={cfg.federation.num_clients}")
     if pid >= parts:
         raise NodeConfigError(f"node config partition-id={pid} is outside [0, num-partitions={parts})")
     spec = federation(cfg)[pid]
@@ -115,7 +115,7 @@ def _prepared_node(node_config: Mapping[str, Any], pid: int, cfg: RunConfig) -> 
         raise NodeConfigError(f"node config has no 'modalities' (the modalities this node holds in {data_dir})")
     data = _open(data_dir)
     try:  # a features directory (`fedcmi features`) needs encoder=features, and the other way round
-        check_encoder(getattr(data, "manifest", {}), cfg.encoder, f"node config data-dir={str(data_dir)!r}")
+        check_encoder(getattr(data, "manifest", {}), cfg.model.encoder, f"node config data-dir={str(data_dir)!r}")
     except ConfigError as exc:
         raise NodeConfigError(str(exc)) from None
     kind = kind_of(str(node_config["modalities"]), list(data.modalities), str(data_dir))

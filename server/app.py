@@ -72,13 +72,13 @@ def log_round(row: dict[str, Any], total: int, names: tuple[str, str]) -> None:
 def membership_for(cfg: RunConfig) -> Membership:
     """What backs each node's claims (``membership=``): the federation this config builds, the operator's node
     registry, or nothing (claims capped per round)."""
-    mode = cfg.membership
+    mode = cfg.reliability.membership
     if mode == "auto":
-        mode = "registry" if cfg.node_registry else "federation"
+        mode = "registry" if cfg.reliability.node_registry else "federation"
     if mode == "registry":
-        if not cfg.node_registry:
+        if not cfg.reliability.node_registry:
             raise ConfigError("membership=registry needs node-registry=FILE (the operator's node registry)")
-        return Membership("registry", load_registry(cfg.node_registry))
+        return Membership("registry", load_registry(cfg.reliability.node_registry))
     if mode == "federation":
         known = {s.partition_id: Known(s.partition_id, s.kind, len(s.indices)) for s in federation(cfg)}
         return Membership("federation", known)
@@ -87,12 +87,13 @@ def membership_for(cfg: RunConfig) -> Membership:
 
 def build_strategy(cfg: RunConfig, model_spec: ModelSpec, membership: Membership | None = None) -> FedCMIStrategy:
     """The run's strategy; ``membership`` None = claims mode (tests; ``run_server`` passes ``membership_for``)."""
-    return FedCMIStrategy(membership=membership, clients_per_round=cfg.clients_per_round, model_spec=model_spec,
+    return FedCMIStrategy(membership=membership, clients_per_round=cfg.server.clients_per_round, model_spec=model_spec,
                           run_config=cfg.client_dict(), server=server_side(cfg, model_spec.num_classes),
-                          seed=cfg.seed, min_replies=cfg.min_replies, max_update_norm=cfg.max_update_norm,
-                          update_norm_multiple=cfg.update_norm_multiple,
-                          use_modalities=method_spec(cfg.strategy).modalities, rule=rule(cfg.aggregation),
-                          discovery_timeout=cfg.discovery_seconds)
+                          seed=cfg.federation.seed, min_replies=cfg.reliability.min_replies,
+                          max_update_norm=cfg.reliability.max_update_norm,
+                          update_norm_multiple=cfg.reliability.update_norm_multiple,
+                          use_modalities=method_spec(cfg.method.strategy).modalities, rule=rule(cfg.server.aggregation),
+                          discovery_timeout=cfg.reliability.discovery_seconds)
 
 
 def run_rounds(strategy: FedCMIStrategy, grid: Grid, arrays: ArrayRecord, rounds: range, timeout: float,
@@ -144,12 +145,12 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     round; ``--resume`` continues from there exactly."""
     grid = StoppableGrid(grid)
     data = load_data(cfg)
-    method = method_spec(cfg.strategy)
+    method = method_spec(cfg.method.strategy)
     model_spec = ModelSpec.of(data)
     with _MODEL_INIT:  # torch's global RNG draws the initial model: one seeded draw at a time (fedcmi bench --jobs)
-        torch.manual_seed(cfg.seed)
-        model = model_for(cfg, model_spec, method.decomposed)
-    out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg)
+        torch.manual_seed(cfg.federation.seed)
+        model = model_for(cfg.model, model_spec, method.decomposed)
+    out = Path(cfg.output.out_dir) if cfg.output.out_dir else default_run_dir(cfg)
     cfg = cfg.replace(out_dir=str(out))
     strategy = build_strategy(cfg, model_spec, membership_for(cfg))
     checkpoint = resumable(out, cfg, model.state_dict(), data.num_classes) if resume else None
@@ -177,20 +178,20 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         state = record_state_dict(snap.arrays)  # read once: load_state_dict copies it, the checkpoint saves it
         model.load_state_dict(state)
         res = evaluate(served(snap.server_round, snap.calibrate), xa, xb, y, data.num_classes, data.modalities,
-                       cfg.eval_batch_size, use_modalities=method.modalities,
+                       cfg.server.eval_batch_size, use_modalities=method.modalities,
                        infiltration_path=method.infiltration_path)
         guidance = snap.guidance  # what this round's statistics say (sent with the next round)
-        wall = snap.wall_s if cfg.pipelined_eval else time.monotonic() - clock["t"] + snap.wall_s
+        wall = snap.wall_s if cfg.server.pipelined_eval else time.monotonic() - clock["t"] + snap.wall_s
         row = round_row(snap.server_round, res, {k: v for k, v in snap.train_metrics.items() if k.startswith("loss")},
                         _modality_name(data.modalities, guidance.dominant if guidance else None),
                         guidance.ratio if guidance else math.nan, snap.report.columns(), wall,
                         guidance.tau if guidance else None)
-        if not cfg.pipelined_eval:
+        if not cfg.server.pipelined_eval:
             clock["t"] = time.monotonic()
             STOP.check()  # from here the row and its checkpoint are written together
         run_dir.add_round(row)
         run_dir.add_replies(snap.report.screened)
-        log_round(row, cfg.num_server_rounds, data.modalities)
+        log_round(row, cfg.server.num_server_rounds, data.modalities)
         if reporter is not None:
             reporter(row)
         save_checkpoint(out, snap.server_round, state, snap.strategy_state, digest)
@@ -198,7 +199,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
     # Sequential: the round is recorded before the next starts, and a stop request during its evaluation
     # leaves it unrecorded. Pipelined: recorded while the next round trains; a round that was aggregated is
     # always recorded (close() finishes it), so either way the checkpoint and metrics.json agree.
-    recorder = Recorder(record, background=cfg.pipelined_eval)
+    recorder = Recorder(record, background=cfg.server.pipelined_eval)
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
         STOP.check()
@@ -220,12 +221,12 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
             first = checkpoint.round + 1
             logger.info("resuming %s after round %s", out, checkpoint.round)
         with at_hard_exit(hard_exit):
-            arrays = run_rounds(strategy, grid, arrays, range(first, cfg.num_server_rounds + 1), cfg.round_timeout,
-                                cfg.max_consecutive_skips, end_of_round)
+            arrays = run_rounds(strategy, grid, arrays, range(first, cfg.server.num_server_rounds + 1),
+                                cfg.reliability.round_timeout, cfg.reliability.max_consecutive_skips, end_of_round)
         recorder.drain()
         STOP.check()
         model.load_state_dict(record_state_dict(arrays))
-        run_dir.save_model(served(cfg.num_server_rounds, strategy.server.calibration()).state_dict())
+        run_dir.save_model(served(cfg.server.num_server_rounds, strategy.server.calibration()).state_dict())
         run_dir.plot()
     except Interrupted as exc:
         recorder.close()
@@ -233,7 +234,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         run_dir.finish(INTERRUPTED, rounds=done if done >= 0 else None, signal=exc.name)
         run_dir.release()
         flwr_log(INFO, "interrupted (%s) after round %s of %s; continue with: fedcmi simulate --resume %s",
-                 exc.name, done, cfg.num_server_rounds, out)
+                 exc.name, done, cfg.server.num_server_rounds, out)
         raise
     except BaseException as exc:
         recorder.close()
@@ -241,7 +242,7 @@ def run_server(grid: Grid, cfg: RunConfig, reporter: Reporter | None = None, res
         run_dir.release()
         raise
     recorder.close()
-    run_dir.finish(COMPLETE, rounds=cfg.num_server_rounds)
+    run_dir.finish(COMPLETE, rounds=cfg.server.num_server_rounds)
     run_dir.release()
     return run_dir
 
@@ -341,12 +342,12 @@ def submitted_config(run_config: dict[str, Any]) -> tuple[RunConfig, bool]:
                               f"operator sets it in [{LIMITS_TABLE}] of ${SERVER_CONFIG_ENV})")
     cfg.check_run()
     root = Path(os.environ.get(RUNS_DIR_ENV, "runs"))
-    out = root / cfg.run_name if cfg.run_name else default_run_dir(cfg, root)
+    out = root / cfg.output.run_name if cfg.output.run_name else default_run_dir(cfg, root)
     # A deployed run resumes when its run-name names an unfinished run of the same configuration (run_server
     # checks the checkpoint's config hash and content and refuses anything else), or a run the operator opened.
     resume = False
-    if cfg.run_name and has_checkpoint(out):
-        resume = _continues(out, cfg, cfg.run_name in extendable)
+    if cfg.output.run_name and has_checkpoint(out):
+        resume = _continues(out, cfg, cfg.output.run_name in extendable)
     return cfg.replace(out_dir=str(out)), resume
 
 
@@ -357,15 +358,16 @@ def _continues(out: Path, cfg: RunConfig, extendable: bool) -> bool:
     how = (f"only the operator can let it have another (list it in {EXTEND_KEY} of ${SERVER_CONFIG_ENV} on the "
            "server)")
     if run_status(out) == COMPLETE:
-        if cfg.num_server_rounds <= done:
+        if cfg.server.num_server_rounds <= done:
             return False  # the same or fewer rounds: a new run under a taken name, refused by the run directory
         if not extendable:
-            raise ConfigError(f"run-name={cfg.run_name!r}: that run is complete ({done} rounds) and complete runs "
-                              f"are final; num-server-rounds={cfg.num_server_rounds} would extend it: {how}")
+            raise ConfigError(f"run-name={cfg.output.run_name!r}: that run is complete ({done} rounds) and complete "
+                              f"runs are final; num-server-rounds={cfg.server.num_server_rounds} would extend it: "
+                              f"{how}")
         return True
-    if cfg.num_server_rounds != started and not extendable:
-        raise ConfigError(f"run-name={cfg.run_name!r}: continues an unfinished run of num-server-rounds={started}, "
-                          f"not {cfg.num_server_rounds}; {how}")
+    if cfg.server.num_server_rounds != started and not extendable:
+        raise ConfigError(f"run-name={cfg.output.run_name!r}: continues an unfinished run of "
+                          f"num-server-rounds={started}, not {cfg.server.num_server_rounds}; {how}")
     return True
 
 

@@ -92,7 +92,7 @@ class FedCMIStrategy(Strategy):
         Seed of client sampling.
     group_of : Callable[[str], str]
         Maps an array key to ``"a"``, ``"b"`` or ``"shared"``.
-    discovery_timeout : float (default: ``RunConfig.discovery_seconds``, round-timeout's 600 s)
+    discovery_timeout : float (default: ``ReliabilityConfig.discovery_seconds``, round-timeout's 600 s)
         Seconds to wait for enough nodes to connect and describe themselves.
     min_replies : int (default: min-replies', 1)
         Good replies needed to aggregate; with fewer the round is skipped and the global model kept.
@@ -112,11 +112,12 @@ class FedCMIStrategy(Strategy):
     """
 
     def __init__(self, *, clients_per_round: int, model_spec: ModelSpec, run_config: Mapping[str, Any],
-                 server: ServerSide | None = None, seed: int = _DEFAULT.seed,
+                 server: ServerSide | None = None, seed: int = _DEFAULT.federation.seed,
                  group_of: Callable[[str], str] = default_group_of,
-                 discovery_timeout: float = _DEFAULT.discovery_seconds, min_replies: int = _DEFAULT.min_replies,
-                 max_update_norm: float = _DEFAULT.max_update_norm,
-                 update_norm_multiple: float = _DEFAULT.update_norm_multiple,
+                 discovery_timeout: float = _DEFAULT.reliability.discovery_seconds,
+                 min_replies: int = _DEFAULT.reliability.min_replies,
+                 max_update_norm: float = _DEFAULT.reliability.max_update_norm,
+                 update_norm_multiple: float = _DEFAULT.reliability.update_norm_multiple,
                  use_modalities: tuple[str, ...] = MODALITIES, rule: Rule = weighted_mean,
                  membership: Membership | None = None) -> None:
         self.server = server if server is not None else server_side(_DEFAULT, model_spec.num_classes)

@@ -165,7 +165,7 @@ def test_a_bench_started_under_another_default_names_the_key_and_how_to_continue
     with pytest.raises(ConfigError) as err:
         make_plan("quick", tmp_path / "b", {})
     assert "(eval-batch-size: 512 there, 256 now); continue it with eval-batch-size=512" in str(err.value)
-    assert make_plan("quick", tmp_path / "b", {"eval-batch-size": 512}).base.eval_batch_size == 512
+    assert make_plan("quick", tmp_path / "b", {"eval-batch-size": 512}).base.server.eval_batch_size == 512
 
 
 @pytest.mark.slow

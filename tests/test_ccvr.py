@@ -100,7 +100,7 @@ def test_ccvr_round_trip_through_the_client_step_and_the_strategy(name):
     data = load_data(cfg)
     spec = ModelSpec.of(data)
     torch.manual_seed(0)
-    model = model_for(cfg, spec, method_spec(name).decomposed)
+    model = model_for(cfg.model, spec, method_spec(name).decomposed)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     strategy = build_strategy(cfg, spec)
     admit(strategy, {10 + c.partition_id: (c.partition_id, c.kind) for c in federation(cfg)})
@@ -265,7 +265,7 @@ def test_client_moments_round_trip_and_only_multimodal_nodes_measure_them():
                      "test-size": 100, "ccvr-steps": 5}).check_run()
     data = load_data(cfg)
     spec = ModelSpec.of(data)
-    model = model_for(cfg, spec, method_spec("fedavg").decomposed)
+    model = model_for(cfg.model, spec, method_spec("fedavg").decomposed)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     kinds = set()
     for client in federation(cfg):
@@ -304,7 +304,7 @@ def test_fresh_and_received_runs_through_flower(tmp_path):
             "local-epochs=1", "ccvr-steps=5"]
     cfg = effective(parse_overrides(keys))
     multimodal = sorted(c.partition_id for c in federation(cfg) if c.kind == "mm")
-    assert 0 < len(multimodal) < cfg.num_clients
+    assert 0 < len(multimodal) < cfg.federation.num_clients
     failing = multimodal[-1]
     rows, traces = {}, {}
     for mode in ("fresh", "received"):

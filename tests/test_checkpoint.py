@@ -187,6 +187,6 @@ def test_a_run_started_before_a_key_existed_resumes_while_that_key_is_at_its_def
     digest = config_hash(cfg, set(old))
     assert digest != config_hash(cfg)  # the key set grew: the plain hash no longer matches
     assert same_config(tmp_path, cfg, digest)
-    assert not same_config(tmp_path, cfg.replace(natural_splits=cfg.natural_splits + 1), digest)
-    assert not same_config(tmp_path, cfg.replace(lr=cfg.lr * 2), digest)
+    assert not same_config(tmp_path, cfg.replace(natural_splits=cfg.federation.natural_splits + 1), digest)
+    assert not same_config(tmp_path, cfg.replace(lr=cfg.training.lr * 2), digest)
     assert same_config(tmp_path, cfg, config_hash(cfg))  # a current run: the plain hash

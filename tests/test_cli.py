@@ -133,7 +133,7 @@ def _fake_simulate(monkeypatch, end: str):
     from fedcmi.runtime.simulation import SimulationFailed
 
     def simulate(cfg, reporter, verbose=False, resume=False, client_app=None):
-        out = Path(cfg.out_dir)
+        out = Path(cfg.output.out_dir)
         out.mkdir(parents=True)
         rows = _rows(rejected_in=2)
         for row in rows:

@@ -19,7 +19,8 @@ def test_overrides_parse_toml_values_and_bare_words():
     out = parse_overrides(["lr=0.1", "dataset=digits-cg", "num-clients=12", "class-wise-temperature=false"])
     assert out == {"lr": 0.1, "dataset": "digits-cg", "num-clients": 12, "class-wise-temperature": False}
     cfg = from_mapping(out)
-    assert (cfg.lr, cfg.dataset, cfg.num_clients, cfg.class_wise_temperature) == (0.1, "digits-cg", 12, False)
+    assert (cfg.training.lr, cfg.data.dataset, cfg.federation.num_clients,
+            cfg.method.class_wise_temperature) == (0.1, "digits-cg", 12, False)
 
 
 @pytest.mark.parametrize("values, needle", [
@@ -44,14 +45,14 @@ def test_bad_values_name_key_and_rule(values, needle):
 
 def test_integer_given_for_float_and_float_integral_for_int():
     cfg = from_mapping({"lr": 1, "num-clients": 8.0, "clients-per-round": 2})
-    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
-    assert cfg.num_clients == 8 and isinstance(cfg.num_clients, int)
+    assert cfg.training.lr == 1.0 and isinstance(cfg.training.lr, float)
+    assert cfg.federation.num_clients == 8 and isinstance(cfg.federation.num_clients, int)
 
 
 def test_toml_file_flat_and_pyproject(tmp_path):
     flat = tmp_path / "run.toml"
     flat.write_text('strategy = "fedavg"\nnum-server-rounds = 3\n')
-    assert resolve(flat, {"seed": 4}).strategy == "fedavg"
+    assert resolve(flat, {"seed": 4}).method.strategy == "fedavg"
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[tool.flwr.app.config]\nlr = 0.2\n')
     assert load_toml(pyproject) == {"lr": 0.2}
@@ -84,5 +85,5 @@ def test_random_configurations_accept_or_raise_config_error(mapping):
         cfg = from_mapping(mapping).check_run()  # the federation rules are checked before a run starts
     except ConfigError:
         return
-    assert cfg.clients_per_round <= cfg.num_clients
-    assert cfg.dirichlet_alpha > 0
+    assert cfg.server.clients_per_round <= cfg.federation.num_clients
+    assert cfg.federation.dirichlet_alpha > 0

@@ -81,7 +81,7 @@ def _actual(preset: str, flags: dict[str, Any], what: str, tmp: Path) -> int:
     plan = make_plan(preset, tmp / "bench", parse_overrides(flags.pop("keys", [])), **flags)
     counts = {"cell": len(plan.cells()), "strategy": len(plan.strategies),
               "setting": len(plan.alphas) * len(plan.mixes), "seed": len(plan.seeds),
-              "round": plan.base.num_server_rounds, "client": plan.base.num_clients}
+              "round": plan.base.server.num_server_rounds, "client": plan.base.federation.num_clients}
     return counts[SINGULAR.get(what, what.removesuffix("s"))]
 
 

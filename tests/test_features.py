@@ -215,11 +215,11 @@ def test_every_method_trains_only_the_small_heads_on_features(env, extra):
         if extra and strategy == "ogm-ge":  # OGM-GE splits the concat head's weights (as in raw mode)
             continue
         cfg = effective({**base, **({"strategy": strategy} if strategy != "remedies" else remedies)})
-        strategy = cfg.strategy
+        strategy = cfg.method.strategy
         data = load_data(cfg)
         spec = ModelSpec.of(data)
         assert (spec.shape_a, spec.shape_b) == ((10, 1280), (2, 1280))
-        model = model_for(cfg, spec, method_spec(strategy).decomposed)
+        model = model_for(cfg.model, spec, method_spec(strategy).decomposed)
         width = 16 // (4 if extra else 1)  # per segment (SG-MFT token)
         assert sum(p.numel() for p in model.enc_a.parameters()) == 1280 * width + width  # the projection only
         state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -329,8 +329,8 @@ def test_bench_grid_takes_natural_as_an_alpha(prepared, tmp_path):
                                      "fedavg__alpha-natural__mix-1-0.5__seed-0",
                                      "fedavg__alpha-0.5__mix-0.5-0.5__seed-0", "fedavg__alpha-0.5__mix-1-0.5__seed-0"]
     natural = plan.cell_config(cells[0])
-    assert natural.partitioner == "natural" and natural.natural_splits == 2
-    assert plan.cell_config(cells[2]).partitioner == "dirichlet"
+    assert natural.federation.partitioner == "natural" and natural.federation.natural_splits == 2
+    assert plan.cell_config(cells[2]).federation.partitioner == "dirichlet"
     assert [s.group for s in federation(natural)] == [g for g in FSDD_SPEAKERS for _ in range(2)]
 
 
@@ -396,7 +396,7 @@ def test_frozen_encoders_turn_fsdd_into_features_that_keep_the_speakers_and_trai
     cfg = _natural("fsdd", feat, 3, encoder="features", strategy="fedcmi", multimodal_ratio=1.0, batch_size=4,
                    feature_dim=16)
     loaded = load_data(cfg)
-    model = model_for(cfg, ModelSpec.of(loaded), method_spec("fedcmi").decomposed)
+    model = model_for(cfg.model, ModelSpec.of(loaded), method_spec("fedcmi").decomposed)
     assert sum(p.numel() for p in model.enc_a.parameters()) == 1280 * 16 + 16  # the projection only
     state = {k: v.clone() for k, v in model.state_dict().items()}
     guidance = Guidance(infiltrate=True, dominant="b", tau=np.ones(10))

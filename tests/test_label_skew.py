@@ -116,10 +116,10 @@ def test_smoothed_dominance_and_clipped_tau_by_hand():
     step.update(3, [second])
     ema = ClassStats(0.5 * first.sum_pa + 0.5 * second.sum_pa, 0.5 * first.sum_pb + 0.5 * second.sum_pb,
                      0.5 * first.counts + 0.5 * second.counts)
-    want = dominance(ema, cfg.gamma)
+    want = dominance(ema, cfg.method.gamma)
     assert s.guidance.dominant == want.dominant and s.guidance.ratio == pytest.approx(want.ratio)
     assert np.allclose(s.guidance.tau, np.maximum(want.tau, 0.9)) and s.guidance.tau.min() >= 0.9
-    unsmoothed = dominance(second, cfg.gamma)
+    unsmoothed = dominance(second, cfg.method.gamma)
     assert unsmoothed.dominant == "b"  # without the moving average one round would flip it
     restored = build_strategy(cfg, ModelSpec(2, (1,), (1,)))
     restored.load_state(s.state())

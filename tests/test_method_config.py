@@ -53,7 +53,7 @@ def _user_value(name: str, key: str):
 
 
 def _trained_value(cfg, key: str):
-    spec = method_spec(cfg.strategy)
+    spec = method_spec(cfg.method.strategy)
     where, attr = WHERE[key]
     if where == "settings":
         return getattr(TrainSettings.of(cfg, spec), attr)
@@ -106,8 +106,9 @@ def test_contradicting_a_defining_key_is_refused(name, key, bad):
 
 def test_a_preset_sits_under_the_methods_defaults():
     cfg = resolve(overrides={"strategy": "fedcmi-noprox"}, preset={"proximal-mu": 1.0})
-    assert cfg.proximal_mu == 0.0  # the preset does not contradict the method: the method's value wins
-    assert resolve(overrides={"strategy": "fedavg", "proximal-mu": 0.2}, preset={"proximal-mu": 1.0}).proximal_mu == 0.2
+    assert cfg.method.proximal_mu == 0.0  # the preset does not contradict the method: the method's value wins
+    cfg = resolve(overrides={"strategy": "fedavg", "proximal-mu": 0.2}, preset={"proximal-mu": 1.0})
+    assert cfg.method.proximal_mu == 0.2
 
 
 def test_unused_keys_are_the_method_keys_it_does_not_read():

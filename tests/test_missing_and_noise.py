@@ -120,8 +120,8 @@ def test_node_applies_it_and_test_split_is_untouched():
     test_before = [a.copy() for a in data.arrays("test")]
     train_before = [a.copy() for a in data.arrays("train")]
     seen = {"mm": 0, "uni": 0}
-    for pid in range(cfg.num_clients):
-        node = node_data({"partition-id": pid, "num-partitions": cfg.num_clients}, cfg)
+    for pid in range(cfg.federation.num_clients):
+        node = node_data({"partition-id": pid, "num-partitions": cfg.federation.num_clients}, cfg)
         held = node.client_data(cfg)
         n = node.num_examples
         if node.kind == "mm":
@@ -145,7 +145,7 @@ def _mixed_client() -> ClientData:
 
 def _model(cfg: RunConfig, decomposed: bool) -> torch.nn.Module:
     torch.manual_seed(0)
-    return model_for(cfg.replace(encoder="cnn"), ModelSpec(4, (1, 8, 8), (3, 8, 8)), decomposed)
+    return model_for(cfg.replace(encoder="cnn").model, ModelSpec(4, (1, 8, 8), (3, 8, 8)), decomposed)
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
@@ -223,11 +223,11 @@ def test_bench_axes(tmp_path):
     cells = p.cells()
     assert len(cells) == 2 * 2 * 1
     cfg = p.cell_config(next(c for c in cells if c.missing == 0.3))
-    assert (cfg.missing_a_rate, cfg.missing_b_rate, cfg.label_noise_rate) == (0.3, 0.3, 0.2)
+    assert (cfg.data.missing_a_rate, cfg.data.missing_b_rate, cfg.data.label_noise_rate) == (0.3, 0.3, 0.2)
     assert "__missing-0.3__noise-0.2__" in next(c.id for c in cells if c.missing == 0.3)
     plain = make_plan("quick", tmp_path / "c", {"missing-a-rate": 0.1}, "fedavg", 1, "0.5", "0.5:0.5")
     assert plain.cells()[0].id == "fedavg__alpha-0.5__mix-0.5-0.5__seed-0"  # no axis: ids as before
-    assert plain.cell_config(plain.cells()[0]).missing_a_rate == 0.1
+    assert plain.cell_config(plain.cells()[0]).data.missing_a_rate == 0.1
     with pytest.raises(ConfigError, match="missing-a-rate="):
         make_plan("quick", tmp_path / "d", {"missing-a-rate": 0.1}, "fedavg", 1, "0.5", "0.5:0.5", "0,0.3")
     with pytest.raises(ConfigError, match="--missing-rates '0.7'"):

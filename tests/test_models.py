@@ -122,7 +122,7 @@ def test_evaluation_does_not_depend_on_how_the_test_set_is_batched():
     from fedcmi.config import effective
     from fedcmi.federated.evaluation import evaluate, predict_paths
 
-    size = effective({}).eval_batch_size
+    size = effective({}).server.eval_batch_size
     n = 2 * size + 37
     torch.manual_seed(2)
     m = build_model("cnn", SHAPES, 6, 16, decomposed=True).eval()
@@ -149,8 +149,8 @@ def test_the_model_keys_are_every_build_argument_and_key_the_client_model_cache(
     assert set(inspect.signature(build_model).parameters) - built_from_spec == set(MODEL_KEYS)
     spec, cfg = ModelSpec(3, (1, 8, 8), (3, 8, 8)), RunConfig()
     for key in MODEL_KEYS:
-        value = getattr(cfg, key)
+        value = getattr(cfg.model, key)
         other = {"encoder": "resnet18", "projector": "mlp", "fusion": "sgmft", "text_encoder": "x",
                  "encoder_weights": "w"}.get(key, value + 1 if isinstance(value, int) else value)
-        assert model_key(cfg.replace(**{key: other}), spec, True) != model_key(cfg, spec, True), key
-    assert model_key(cfg, spec, True) != model_key(cfg, spec, False)
+        assert model_key(cfg.replace(**{key: other}).model, spec, True) != model_key(cfg.model, spec, True), key
+    assert model_key(cfg.model, spec, True) != model_key(cfg.model, spec, False)

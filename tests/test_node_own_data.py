@@ -58,7 +58,7 @@ def test_nodes_train_on_their_own_prepared_data_and_the_server_holds_only_the_te
     spec = ModelSpec.of(server_data)
     strategy = build_strategy(cfg, spec)
     torch.manual_seed(0)
-    model = model_for(cfg, spec, method_spec(cfg.strategy).decomposed)
+    model = model_for(cfg.model, spec, method_spec(cfg.method.strategy).decomposed)
     arrays = ArrayRecord(model.state_dict())
     server_dir.rename(tmp_path / "moved")  # a client that opened the server's data-root would fail now
 

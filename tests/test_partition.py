@@ -21,7 +21,7 @@ def test_every_sample_in_exactly_one_client():
     all_idx = np.concatenate([s.indices for s in specs])
     assert len(all_idx) == len(data.train)
     assert np.array_equal(np.sort(all_idx), np.arange(len(data.train)))
-    assert min(len(s.indices) for s in specs) >= cfg.min_partition_size
+    assert min(len(s.indices) for s in specs) >= cfg.federation.min_partition_size
 
 
 def _skew(alpha: float) -> float:

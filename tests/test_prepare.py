@@ -380,8 +380,9 @@ def test_load_data_refuses_another_data_set(prepared):
 def test_paper_preset_sits_under_file_and_overrides(tmp_path):
     cfg = resolve(None, {"dataset": "crema-d", "data-root": "/d", "num-server-rounds": 3},
                   preset=preset_values("paper"))
-    assert (cfg.num_clients, cfg.clients_per_round, cfg.dirichlet_alpha, cfg.multimodal_ratio) == (10, 2, 5.0, 0.5)
-    assert cfg.num_server_rounds == 3 and cfg.encoder == "resnet18" and cfg.batch_size == 16
+    assert (cfg.federation.num_clients, cfg.server.clients_per_round, cfg.federation.dirichlet_alpha,
+            cfg.federation.multimodal_ratio) == (10, 2, 5.0, 0.5)
+    assert cfg.server.num_server_rounds == 3 and cfg.model.encoder == "resnet18" and cfg.training.batch_size == 16
     with pytest.raises(ConfigError, match="--preset 'nope'"):
         preset_values("nope")
 

@@ -99,7 +99,7 @@ def test_a_fusion_head_encoder_and_remedy_added_through_the_registries_train_a_s
     spec = method_spec(name)
     cfg = effective({"strategy": name, "fusion": "toy", "encoder": "toy", "sgmft-layers": 3, "lr": 0.1,
                      "local-epochs": 1, "batch-size": 8})
-    model = model_for(cfg, ModelSpec(4, (1, 8, 8), (3, 8, 8)), spec.decomposed)
+    model = model_for(cfg.model, ModelSpec(4, (1, 8, 8), (3, 8, 8)), spec.decomposed)
     assert isinstance(model.fusion, ToyFusion) and model.fusion.scale == 3
     assert isinstance(model.enc_a, ToyEncoder) and isinstance(model.enc_b, ToyEncoder)
     remedies = Remedies.from_config(cfg)

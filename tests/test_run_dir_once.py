@@ -237,13 +237,13 @@ def test_the_operator_changes_the_limits_in_the_server_config(tmp_path, monkeypa
     monkeypatch.setenv("FEDCMI_SERVER_CONFIG", str(server_cfg))
     server_cfg.write_text("[limits]\nlocal-epochs = 20000\nlr = 0.5\nnum-server-rounds = 5\n")
     cfg, _ = submitted_config({**TINY, "local-epochs": 10_000})  # raised by the operator
-    assert cfg.local_epochs == 10_000
+    assert cfg.training.local_epochs == 10_000
     with pytest.raises(ConfigError, match=r"lr=0.9: above the server's limit for submitted runs \(0.5;"):
         submitted_config({**TINY, "lr": 0.9})  # a key the operator bounded
     with pytest.raises(ConfigError, match=r"num-server-rounds=40: above .* \(5;"):  # the default is held to it too
         submitted_config({k: v for k, v in TINY.items() if k != "num-server-rounds"})
     server_cfg.write_text("local-epochs = 500\n[limits]\nlocal-epochs = 10\n")  # the operator's own value
-    assert submitted_config(TINY)[0].local_epochs == 500
+    assert submitted_config(TINY)[0].training.local_epochs == 500
     for bad, needle in [("[limits]\nround-timeout = 5\n", "[limits] round-timeout: not a numeric key a submitted"),
                         ("[limits]\ndataset = 5\n", "[limits] dataset: not a numeric key"),
                         ("[limits]\nlr = -1\n", "[limits] lr=-1: must be a number > 0"),

@@ -245,7 +245,7 @@ def test_config_edge():
     step = server_side(cfg, 6).find(Scaffold)
     assert step.lr == 0.5 and step.holders == {"a": 15, "b": 15, "shared": 20}  # 10 mm, 5 a, 5 b
     assert server_side(effective({}), 6).find(Scaffold) is None
-    assert effective({"strategy": "unimodal-a", "scaffold": True}).check_run().scaffold
+    assert effective({"strategy": "unimodal-a", "scaffold": True}).check_run().method.scaffold
     with pytest.raises(ConfigError, match=r"^scaffold-lr=0.5: only read with scaffold=true"):
         effective({"scaffold-lr": 0.5}).check_run()
     with pytest.raises(ConfigError, match=r"^scaffold-lr=-1.0: must be > 0$"):

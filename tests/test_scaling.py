@@ -62,11 +62,11 @@ def test_unreachable_ray_address_is_one_line_and_exit_2():
 
 def test_bf16_is_a_config_key_and_a_no_op_on_cpu():
     cfg = from_mapping({"bf16": "true"})
-    assert cfg.bf16 is True
+    assert cfg.runtime.bf16 is True
     with pytest.raises(ConfigError, match="bf16"):
         from_mapping({"bf16": "maybe"})
-    assert isinstance(autocast(cfg.bf16, torch.device("cpu")), contextlib.nullcontext)
-    assert isinstance(autocast(RunConfig().bf16, torch.device("cuda")), contextlib.nullcontext)  # bf16=false
+    assert isinstance(autocast(cfg.runtime.bf16, torch.device("cpu")), contextlib.nullcontext)
+    assert isinstance(autocast(RunConfig().runtime.bf16, torch.device("cuda")), contextlib.nullcontext)  # bf16=false
     data = ClientData(torch.ones(2, 3), None, torch.zeros(2, dtype=torch.int64))
     assert on_device(data, torch.device("cpu")) is data  # no copy, no pinning on CPU
 

@@ -51,7 +51,7 @@ def test_fedavg_la_is_a_registered_concat_method_whose_batch_loss_uses_the_clien
     spec = method_spec("fedavg-la")
     assert "fedavg-la" in METHODS and spec.model == "concat" and not spec.infiltration_path
     cfg = effective({"strategy": "fedavg-la"})
-    assert cfg.logit_adjust == 1.0
+    assert cfg.method.logit_adjust == 1.0
     method = spec.build(cfg)
     assert isinstance(method, CrossEntropy)
 

@@ -135,7 +135,7 @@ def test_the_validator_checks_values_and_the_model_shapes():
 
 def test_config_edge():
     assert SERVER_OPT_NAMES == ("none", *RULES)
-    assert effective({}).server_opt == "none"
+    assert effective({}).server.server_opt == "none"
     with pytest.raises(ConfigError, match=r"^server-opt='adamw': must be one of none, adam, yogi, adagrad"):
         effective({"server-opt": "adamw"})
     with pytest.raises(ConfigError, match=r"^server-lr=-0.1: must be > 0$"):

@@ -223,11 +223,12 @@ def test_the_screen_is_off_in_simulations_and_on_in_deployments_unless_set(tmp_p
     from fedcmi.cli.config_args import resolve_config
     from fedcmi.config.run_config import UPDATE_NORM_MULTIPLE
 
-    assert UPDATE_NORM_MULTIPLE == 10 and effective({}).update_norm_multiple == 10
-    assert resolve_config(_parser().parse_args(["simulate"]), run=True).update_norm_multiple == 0
-    assert resolve_config(_parser().parse_args(["simulate", "--preset", "paper"]), run=True).update_norm_multiple == 0
+    assert UPDATE_NORM_MULTIPLE == 10 and effective({}).reliability.update_norm_multiple == 10
+    assert resolve_config(_parser().parse_args(["simulate"]), run=True).reliability.update_norm_multiple == 0
+    paper = resolve_config(_parser().parse_args(["simulate", "--preset", "paper"]), run=True)
+    assert paper.reliability.update_norm_multiple == 0
     assert resolve_config(_parser().parse_args(["simulate", "update-norm-multiple=7"]),
-                          run=True).update_norm_multiple == 7
+                          run=True).reliability.update_norm_multiple == 7
     for keys, want in (({}, 0), ({"update-norm-multiple": 12}, 12)):
         plan = make_plan("quick", tmp_path / f"bench-{want}", keys)
-        assert {plan.cell_config(c).update_norm_multiple for c in plan.cells()} == {want}
+        assert {plan.cell_config(c).reliability.update_norm_multiple for c in plan.cells()} == {want}

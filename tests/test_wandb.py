@@ -81,7 +81,7 @@ def test_the_check_finds_wandb_without_importing_it():
 
 
 def test_wandb_is_off_by_default_and_its_project_is_checked():
-    assert RunConfig().wandb is False and RunConfig().wandb_project == "fedcmi"
+    assert RunConfig().output.wandb is False and RunConfig().output.wandb_project == "fedcmi"
     for bad in ("", "a/b", "x" * 129, "what?"):
         with pytest.raises(ConfigError, match="wandb-project"):
             RunConfig(wandb_project=bad)

@@ -135,7 +135,7 @@ def _bench(args: argparse.Namespace) -> int:
                     print(f"cell {done['n']}/{len(cells)} {cell.id}: {state}", flush=True)
 
         def on_round_line(cell: Any, row: dict[str, Any]) -> None:
-            line = round_line(row, plan.base.num_server_rounds, modality_names(row))
+            line = round_line(row, plan.base.server.num_server_rounds, modality_names(row))
             with lock:
                 print(f"  {cell.id} {line}" if jobs > 1 else f"  {line}", flush=True)
 
@@ -184,7 +184,7 @@ def default_jobs(base: Any, backend: dict[str, Any]) -> int:
     cpus = backend.get("init_args", {}).get("num_cpus") or 0
     per_client = backend["client_resources"]["num_cpus"] or 1
     actors = int(cpus // per_client) if cpus else 0
-    return max(3, math.ceil(2 * actors / max(1, base.clients_per_round)))
+    return max(3, math.ceil(2 * actors / max(1, base.server.clients_per_round)))
 
 
 def _console(tty: bool) -> Any:

@@ -32,14 +32,14 @@ def resolve_config(args: argparse.Namespace, run: bool = False) -> RunConfig:
                   preset={**SIMULATION_DEFAULTS, **preset_values(getattr(args, "preset", None))})
     if run:
         cfg.check_run()
-    if cfg.out_dir:
-        out = Path(cfg.out_dir)
+    if cfg.output.out_dir:
+        out = Path(cfg.output.out_dir)
         if out.exists() and not out.is_dir():
-            raise ConfigError(f"out-dir={cfg.out_dir!r}: is a file, not a folder")
+            raise ConfigError(f"out-dir={cfg.output.out_dir!r}: is a file, not a folder")
         if out.is_dir() and any(out.iterdir()):
-            raise ConfigError(f"out-dir={cfg.out_dir!r}: the folder exists and is not empty; choose another "
+            raise ConfigError(f"out-dir={cfg.output.out_dir!r}: the folder exists and is not empty; choose another "
                               "(or continue it with --resume)")
         parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
         if not os.access(parent, os.W_OK):
-            raise ConfigError(f"out-dir={cfg.out_dir!r}: {parent} is not writable")
+            raise ConfigError(f"out-dir={cfg.output.out_dir!r}: {parent} is not writable")
     return cfg

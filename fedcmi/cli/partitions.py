@@ -41,12 +41,13 @@ def show_partitions(cfg: RunConfig) -> int:
     _, _, y = data.arrays("train")
     names = {MM: "+".join(data.modalities), A: data.modalities[0], B: data.modalities[1]}
     specs = federation(cfg)
-    natural = cfg.partitioner == "natural"
-    kind = natural_group_kind(cfg.dataset) if natural else None
+    natural = cfg.federation.partitioner == "natural"
+    kind = natural_group_kind(cfg.data.dataset) if natural else None
     groups = sorted({s.group for s in specs})
-    setting = {"dirichlet": f" alpha={cfg.dirichlet_alpha}",
-               "natural": f" ({len(groups)} {kind}s x {cfg.natural_splits})"}.get(cfg.partitioner, "")
-    table = Table(title=f"{cfg.dataset}: {cfg.num_clients} clients, {cfg.partitioner}{setting}")
+    fed = cfg.federation
+    setting = {"dirichlet": f" alpha={fed.dirichlet_alpha}",
+               "natural": f" ({len(groups)} {kind}s x {fed.natural_splits})"}.get(fed.partitioner, "")
+    table = Table(title=f"{cfg.data.dataset}: {fed.num_clients} clients, {fed.partitioner}{setting}")
     corrupted = active(cfg)  # per-sample corruption columns only when the run has some
     extra = (f"no {data.modalities[0]}", f"no {data.modalities[1]}", "unlabeled", "noisy") if corrupted else ()
     for col in ("client", *((kind,) if natural else ()), "modalities", "samples", *extra, "classes", "label counts"):

@@ -93,7 +93,7 @@ def simulate_config(cfg: RunConfig, verbose: bool, resume: bool = False, client_
     from fedcmi.runtime.interrupt import Interrupted, handle_signals
 
     with handle_signals():  # Ctrl-C / SIGTERM from here on: stop within seconds, keep every finished round
-        if not cfg.out_dir:  # named here, so that an interrupted or failed run can still be read back
+        if not cfg.output.out_dir:  # named here, so that an interrupted or failed run can still be read back
             from fedcmi.runs.run_dir import default_run_dir
 
             cfg = cfg.replace(out_dir=str(default_run_dir(cfg)))
@@ -112,8 +112,8 @@ def simulate_config(cfg: RunConfig, verbose: bool, resume: bool = False, client_
 
 def saved_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     """The rows in the run directory's metrics.json ([] when there is none or it cannot be read)."""
-    path = Path(cfg.out_dir or "") / METRICS_JSON
-    if not cfg.out_dir or not path.is_file():
+    path = Path(cfg.output.out_dir or "") / METRICS_JSON
+    if not cfg.output.out_dir or not path.is_file():
         return []
     with contextlib.suppress(ValueError, OSError):
         rows = json.loads(path.read_text(encoding="utf-8"))
@@ -135,15 +135,15 @@ def print_closing_lines(rows: list[dict[str, Any]], console: Any = None) -> None
 
 def interrupted_line(exc: Any, cfg: RunConfig) -> str:
     """The one line an interrupted run ends with: the signal, the last complete round, how to continue."""
-    status_path = Path(cfg.out_dir or "") / STATUS_FILE
+    status_path = Path(cfg.output.out_dir or "") / STATUS_FILE
     done = None
-    if cfg.out_dir and status_path.is_file():
+    if cfg.output.out_dir and status_path.is_file():
         with contextlib.suppress(ValueError, OSError):
             done = json.loads(status_path.read_text(encoding="utf-8")).get("rounds")
     if done is None:
         return f"fedcmi: interrupted ({exc.name}) before the first round finished; nothing to resume"
-    return (f"fedcmi: interrupted ({exc.name}) after round {done} of {cfg.num_server_rounds}; "
-            f"continue with: fedcmi simulate --resume {cfg.out_dir}")
+    return (f"fedcmi: interrupted ({exc.name}) after round {done} of {cfg.server.num_server_rounds}; "
+            f"continue with: fedcmi simulate --resume {cfg.output.out_dir}")
 
 
 def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> int:
@@ -157,34 +157,37 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
     from fedcmi.metrics import ACC_MM, ROUND, acc_alone, round_line
     from fedcmi.runs.run_dir import default_run_dir
 
-    check_device(cfg.device)
+    check_device(cfg.runtime.device)
     federation(cfg)  # an infeasible partition (alpha too small for min-partition-size) stops here, not in Ray
     done = 0
     if resume:
         from fedcmi.runs.layout import COMPLETE, run_status
         from fedcmi.runs.run_dir import resumable
 
-        done = resumable(Path(cfg.out_dir), cfg).round  # checkpoint, config hash, metrics: before anything starts
-        if done >= cfg.num_server_rounds:
-            if run_status(Path(cfg.out_dir)) == COMPLETE:
-                print(f"fedcmi: nothing to resume: {cfg.out_dir} has finished all {cfg.num_server_rounds} rounds")
+        # checkpoint, config hash, metrics: before anything starts
+        done = resumable(Path(cfg.output.out_dir), cfg).round
+        if done >= cfg.server.num_server_rounds:
+            if run_status(Path(cfg.output.out_dir)) == COMPLETE:
+                print(f"fedcmi: nothing to resume: {cfg.output.out_dir} has finished all "
+                      f"{cfg.server.num_server_rounds} rounds")
                 return 0
             from fedcmi.runtime.apps import run_server  # killed after its last checkpoint: write what is missing
 
             print_closing_lines(run_server(None, cfg, resume=True).rows)  # no round left to train: no Ray
-            print(f"fedcmi: {cfg.out_dir}: all {done} rounds were done; wrote the final model, plot and status")
+            print(f"fedcmi: {cfg.output.out_dir}: all {done} rounds were done; wrote the final model, plot and status")
             return 0
-    if not cfg.out_dir:  # simulate_config names it; kept for direct callers
+    if not cfg.output.out_dir:  # simulate_config names it; kept for direct callers
         cfg = cfg.replace(out_dir=str(default_run_dir(cfg)))
     names = load_data(cfg).modalities
-    header = (f"fedcmi simulate: {cfg.strategy} on {cfg.dataset}, {cfg.num_clients} clients "
-              f"({cfg.clients_per_round} per round), {cfg.num_server_rounds} rounds, seed {cfg.seed}"
-              + (f"; resuming {cfg.out_dir} from round {done + 1}" if resume else ""))
+    header = (f"fedcmi simulate: {cfg.method.strategy} on {cfg.data.dataset}, {cfg.federation.num_clients} clients "
+              f"({cfg.server.clients_per_round} per round), {cfg.server.num_server_rounds} rounds, "
+              f"seed {cfg.federation.seed}"
+              + (f"; resuming {cfg.output.out_dir} from round {done + 1}" if resume else ""))
     if not sys.stdout.isatty():  # a file or a pipe: one plain line per round, as it ends
         print(header, flush=True)
 
         def line(row: dict[str, Any]) -> None:
-            print(round_line(row, cfg.num_server_rounds, names), flush=True)
+            print(round_line(row, cfg.server.num_server_rounds, names), flush=True)
 
         run_dir = simulate(cfg, line, verbose=verbose, resume=resume, client_app=client_app)
         print_closing_lines(run_dir.rows)
@@ -203,7 +206,7 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
     console.print(header, markup=False, highlight=False)
     with Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=False) as progress:
-        task = progress.add_task("starting Ray and the clients...", total=cfg.num_server_rounds,
+        task = progress.add_task("starting Ray and the clients...", total=cfg.server.num_server_rounds,
                                  completed=done if resume else 0)
 
         def report(row: dict[str, Any]) -> None:
@@ -221,7 +224,7 @@ def _simulate(cfg: RunConfig, verbose: bool, resume: bool, client_app: Any) -> i
 
 
 def _wandb_hint(cfg: RunConfig, path: Path) -> str | None:
-    if not cfg.wandb:
+    if not cfg.output.wandb:
         return None
     from fedcmi.runs.wandb_log import sync_hint
 

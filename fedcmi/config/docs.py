@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcmi.config.presets import PRESETS
-from fedcmi.config.run_config import FIELDS, SECTIONS, SERVER_ONLY_SECTIONS, defaults
+from fedcmi.config.run_config import FIELDS, SECTIONS, SERVER_ONLY_SECTIONS, defaults, section_of
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -97,7 +97,7 @@ def configuration_markdown() -> str:
     values = defaults()
     lines = [INTRO.format(server_only=", ".join(f"*{s}*" for s in SERVER_ONLY_SECTIONS))]
     for section in SECTIONS:
-        keys = [k for k, f in FIELDS.items() if f.metadata["section"] == section]
+        keys = [k for k in FIELDS if section_of(k) == section]
         if not keys:
             continue
         lines += [f"## {SECTION_TITLES.get(section, section)}", "", "| key | default | rule | what it does |",

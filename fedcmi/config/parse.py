@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedcmi.config.run_config import FIELDS, RunConfig, defaults, section_of
-from fedcmi.errors import ConfigError, did_you_mean
+from fedcmi.config.run_config import FIELDS, RunConfig, defaults, section_of, unknown_key
+from fedcmi.errors import ConfigError
 
 META_KEYS = ("modalities", "unused-keys")  # written into config.json beside the keys; not configuration
 
@@ -50,8 +50,7 @@ def normalize(values: Mapping[str, Any]) -> dict[str, Any]:
     for raw_key, value in values.items():
         key = str(raw_key).replace("_", "-")
         if key not in FIELDS:
-            hint = did_you_mean(key, FIELDS) or " (see `fedcmi simulate --help` for the keys)"
-            raise ConfigError(f"unknown key {raw_key!r}{hint}")
+            raise unknown_key(raw_key)
         out[key] = _coerce(key, value)
     return out
 
@@ -80,7 +79,7 @@ def unused_keys(cfg: RunConfig) -> list[str]:
     """Method keys the chosen strategy does not read (listed in ``config.json``)."""
     from fedcmi.methods.registry import EVERY_METHOD_KEYS, method_spec
 
-    uses = {*method_spec(cfg.strategy).uses, *EVERY_METHOD_KEYS}  # the remedies combine with every method
+    uses = {*method_spec(cfg.method.strategy).uses, *EVERY_METHOD_KEYS}  # the remedies combine with every method
     return [k for k in FIELDS if section_of(k) == "method" and k != "strategy" and k not in uses]
 
 

@@ -46,27 +46,27 @@ class Corruption:
 
 def active(cfg: RunConfig) -> bool:
     """Whether the run corrupts anything (all rates 0: the data is used as loaded, no random draws)."""
-    return any(r > 0 for r in (cfg.missing_a_rate, cfg.missing_b_rate, cfg.missing_label_rate,
-                               cfg.label_noise_rate))
+    return any(r > 0 for r in (cfg.data.missing_a_rate, cfg.data.missing_b_rate, cfg.data.missing_label_rate,
+                               cfg.data.label_noise_rate))
 
 
 def _rng(cfg: RunConfig, partition_id: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng([cfg.seed, partition_id, stream])
+    return np.random.default_rng([cfg.federation.seed, partition_id, stream])
 
 
 def plan(n: int, kind: str, cfg: RunConfig, partition_id: int) -> Corruption:
     """The samples each corruption hits for a client of ``kind`` with ``n`` training samples."""
     none = np.zeros(0, dtype=np.int64)
     missing_a = missing_b = unlabeled = noisy = none
-    if kind == MM and (cfg.missing_a_rate > 0 or cfg.missing_b_rate > 0):
+    if kind == MM and (cfg.data.missing_a_rate > 0 or cfg.data.missing_b_rate > 0):
         order = _rng(cfg, partition_id, _MODALITY_STREAM).permutation(n)
-        n_a = min(round(cfg.missing_a_rate * n), n)
-        n_b = min(round(cfg.missing_b_rate * n), n - n_a)
+        n_a = min(round(cfg.data.missing_a_rate * n), n)
+        n_b = min(round(cfg.data.missing_b_rate * n), n - n_a)
         missing_a, missing_b = np.sort(order[:n_a]), np.sort(order[n_a:n_a + n_b])
-    if cfg.missing_label_rate > 0 or cfg.label_noise_rate > 0:
+    if cfg.data.missing_label_rate > 0 or cfg.data.label_noise_rate > 0:
         order = _rng(cfg, partition_id, _LABEL_STREAM).permutation(n)
-        n_u = max(0, min(round(cfg.missing_label_rate * n), n - 1))
-        n_noisy = min(round(cfg.label_noise_rate * n), n - n_u)
+        n_u = max(0, min(round(cfg.data.missing_label_rate * n), n - 1))
+        n_noisy = min(round(cfg.data.label_noise_rate * n), n - n_u)
         unlabeled, noisy = np.sort(order[:n_u]), np.sort(order[n_u:n_u + n_noisy])
     return Corruption(missing_a, missing_b, unlabeled, noisy)
 
@@ -94,7 +94,7 @@ def corrupt(data: ClientData, cfg: RunConfig, partition_id: int, num_classes: in
     if len(c.missing_b):
         b, has_b = _absent(b, c.missing_b)
     if len(c.noisy):
-        flipped = wrong_labels(y[c.noisy].cpu().numpy(), num_classes, cfg.label_noise_model,
+        flipped = wrong_labels(y[c.noisy].cpu().numpy(), num_classes, cfg.data.label_noise_model,
                                _rng(cfg, partition_id, _NOISE_STREAM))
         y[torch.from_numpy(c.noisy)] = torch.from_numpy(flipped).to(y)
     if len(c.unlabeled):

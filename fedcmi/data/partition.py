@@ -67,26 +67,27 @@ def partition_indices(data: MultimodalData, cfg: RunConfig) -> list[np.ndarray]:
     """
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner  # here: ~1 s of imports
 
+    fed = cfg.federation
     table = data.train.select_columns(["idx", "label"])
-    if cfg.partitioner == "iid":
-        part = IidPartitioner(num_partitions=cfg.num_clients)
-        table = table.shuffle(seed=cfg.seed)
+    if fed.partitioner == "iid":
+        part = IidPartitioner(num_partitions=fed.num_clients)
+        table = table.shuffle(seed=fed.seed)
     else:
-        part = DirichletPartitioner(num_partitions=cfg.num_clients, partition_by="label",
-                                    alpha=cfg.dirichlet_alpha, min_partition_size=cfg.min_partition_size,
-                                    self_balancing=cfg.partitioner == "dirichlet-balanced", shuffle=True,
-                                    seed=cfg.seed)
+        part = DirichletPartitioner(num_partitions=fed.num_clients, partition_by="label",
+                                    alpha=fed.dirichlet_alpha, min_partition_size=fed.min_partition_size,
+                                    self_balancing=fed.partitioner == "dirichlet-balanced", shuffle=True,
+                                    seed=fed.seed)
     part.dataset = table
     try:
         with warnings.catch_warnings():  # its retry warnings; failure becomes our own one-line error
             warnings.simplefilter("ignore", UserWarning)
-            return [np.sort(np.asarray(part.load_partition(i)["idx"], dtype=np.int64)) if cfg.partitioner == "iid"
-                    else np.asarray(part.load_partition(i)["idx"], dtype=np.int64) for i in range(cfg.num_clients)]
+            return [np.sort(np.asarray(part.load_partition(i)["idx"], dtype=np.int64)) if fed.partitioner == "iid"
+                    else np.asarray(part.load_partition(i)["idx"], dtype=np.int64) for i in range(fed.num_clients)]
     except ValueError as exc:
         raise ConfigError(
-            f"dirichlet-alpha={cfg.dirichlet_alpha}, min-partition-size={cfg.min_partition_size}, "
-            f"num-clients={cfg.num_clients}: the partitioner could not give every client "
-            f"{cfg.min_partition_size} of {len(table)} samples ({exc}); lower min-partition-size or "
+            f"dirichlet-alpha={fed.dirichlet_alpha}, min-partition-size={fed.min_partition_size}, "
+            f"num-clients={fed.num_clients}: the partitioner could not give every client "
+            f"{fed.min_partition_size} of {len(table)} samples ({exc}); lower min-partition-size or "
             "num-clients") from None
 
 
@@ -127,12 +128,13 @@ def natural_partition(data: MultimodalData, cfg: RunConfig) -> tuple[list[str], 
     ``natural-splits`` clients; client ``g * natural-splits + j`` holds part ``j`` of group ``g``."""
     kind, groups = natural_groups(data)
     names = sorted(set(groups.tolist()))
-    k = cfg.natural_splits
-    if cfg.num_clients != len(names) * k:
+    fed = cfg.federation
+    k = fed.natural_splits
+    if fed.num_clients != len(names) * k:
         raise ConfigError(f"partitioner=natural: {data.name} has {len(names)} {kind}s x natural-splits={k} = "
-                          f"{len(names) * k} clients; set num-clients={len(names) * k} (not {cfg.num_clients})")
+                          f"{len(names) * k} clients; set num-clients={len(names) * k} (not {fed.num_clients})")
     idx = np.asarray(data.train["idx"], dtype=np.int64)
-    rng = np.random.default_rng([cfg.seed, 6_101])
+    rng = np.random.default_rng([fed.seed, 6_101])
     owners: list[str] = []
     parts: list[np.ndarray] = []
     for name in names:
@@ -146,18 +148,20 @@ def natural_partition(data: MultimodalData, cfg: RunConfig) -> tuple[list[str], 
 
 
 def build_federation(data: MultimodalData, cfg: RunConfig) -> list[ClientSpec]:
-    kinds = assign_modalities(cfg.num_clients, cfg.multimodal_ratio, cfg.unimodal_split, cfg.seed)
-    if cfg.partitioner == "natural":
+    fed = cfg.federation
+    kinds = assign_modalities(fed.num_clients, fed.multimodal_ratio, fed.unimodal_split, fed.seed)
+    if fed.partitioner == "natural":
         groups, parts = natural_partition(data, cfg)
     else:
-        groups, parts = [""] * cfg.num_clients, partition_indices(data, cfg)
-    return [ClientSpec(i, kinds[i], parts[i], groups[i]) for i in range(cfg.num_clients)]
+        groups, parts = [""] * fed.num_clients, partition_indices(data, cfg)
+    return [ClientSpec(i, kinds[i], parts[i], groups[i]) for i in range(fed.num_clients)]
 
 
 def _federation_key(cfg: RunConfig) -> tuple:
-    return (cfg.dataset, cfg.num_classes, cfg.train_size, cfg.test_size, cfg.signal_a, cfg.signal_b, cfg.noise,
-            cfg.partitioner, cfg.num_clients, cfg.dirichlet_alpha, cfg.min_partition_size,
-            cfg.multimodal_ratio, cfg.unimodal_split, cfg.seed, cfg.data_root, cfg.natural_splits)
+    data, fed = cfg.data, cfg.federation
+    return (data.dataset, data.num_classes, data.train_size, data.test_size, data.signal_a, data.signal_b, data.noise,
+            fed.partitioner, fed.num_clients, fed.dirichlet_alpha, fed.min_partition_size,
+            fed.multimodal_ratio, fed.unimodal_split, fed.seed, data.data_root, fed.natural_splits)
 
 
 _FEDERATIONS: dict[tuple, list[ClientSpec]] = {}

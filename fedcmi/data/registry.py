@@ -36,12 +36,12 @@ def _cached(name: str, num_classes: int, train_size: int, test_size: int, signal
 
 def load_data(cfg: RunConfig) -> MultimodalData:
     """The data set a run config names. The data itself is fixed; the run seed drives partitions."""
-    if is_prepared(cfg.dataset):
-        return _real(cfg.dataset, cfg.data_root, cfg.encoder)
-    if cfg.dataset == "synthetic-av":
-        return _cached(cfg.dataset, cfg.num_classes, cfg.train_size, cfg.test_size, cfg.signal_a,
-                       cfg.signal_b, cfg.noise)
-    return _cached(cfg.dataset, 0, 0, 0, 0.0, 0.0, 0.0)
+    if is_prepared(cfg.data.dataset):
+        return _real(cfg.data.dataset, cfg.data.data_root, cfg.model.encoder)
+    if cfg.data.dataset == "synthetic-av":
+        d = cfg.data
+        return _cached(d.dataset, d.num_classes, d.train_size, d.test_size, d.signal_a, d.signal_b, d.noise)
+    return _cached(cfg.data.dataset, 0, 0, 0, 0.0, 0.0, 0.0)
 
 
 def _real(name: str, data_root: str, encoder: str) -> MultimodalData:

@@ -98,7 +98,7 @@ def pool_moments(good: list[tuple[str, FeatureStats]], faults: list[str]) -> tup
 
 def build(cfg: RunConfig, num_classes: int) -> CCVR | None:
     """The step when ``ccvr-steps`` > 0, else None."""
-    if cfg.ccvr_steps <= 0:
+    if cfg.method.ccvr_steps <= 0:
         return None
-    return CCVR(num_classes, steps=cfg.ccvr_steps, samples=cfg.ccvr_samples, lr=cfg.ccvr_lr,
-                moments=cfg.ccvr_moments, seed=cfg.seed)
+    return CCVR(num_classes, steps=cfg.method.ccvr_steps, samples=cfg.method.ccvr_samples, lr=cfg.method.ccvr_lr,
+                moments=cfg.method.ccvr_moments, seed=cfg.federation.seed)

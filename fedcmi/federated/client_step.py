@@ -51,21 +51,21 @@ def client_step(model: nn.Module, state: Mapping[str, torch.Tensor], guidance: G
                 kept: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> ClientResult:
     """Load ``state``, measure the class statistics, train with the run's method, return the update.
 
-    ``model`` must already be on the client's device (``fedcmi.devices.device_of(cfg.device)``). ``kept``: what
+    ``model`` must already be on the client's device (``fedcmi.devices.device_of(cfg.runtime.device)``). ``kept``: what
     the run options kept in the node's state after its last round (option name -> arrays; None or empty before
     its first); the options on (``fedcmi.methods.client_option``) train with it and with what the server sent
     them in ``guidance.records``.
     """
-    spec = method_spec(cfg.strategy)
-    device = device_of(cfg.device)
+    spec = method_spec(cfg.method.strategy)
+    device = device_of(cfg.runtime.device)
     local = on_device(data, device)
     model.load_state_dict(state)
-    seed = round_seed(cfg.seed, server_round, partition_id)
-    with autocast(cfg.bf16, device):
+    seed = round_seed(cfg.federation.seed, server_round, partition_id)
+    with autocast(cfg.runtime.bf16, device):
         stats = class_statistics(model, local, num_classes)  # with the received global weights
         features = (feature_statistics(model, local, num_classes)
-                    if cfg.ccvr_steps > 0 and cfg.ccvr_moments == "received" and local.kind == MM and len(local)
-                    else None)
+                    if cfg.method.ccvr_steps > 0 and cfg.method.ccvr_moments == "received" and local.kind == MM
+                    and len(local) else None)
         torch.manual_seed(seed)
         options = client_options(cfg, guidance.records, kept or {})
         result = local_update(model, only(local, spec.modalities), spec.build(cfg), guidance,
@@ -86,10 +86,10 @@ def client_moments(model: nn.Module, state: Mapping[str, torch.Tensor], data: Cl
     Only a multimodal node has both slots to measure; any other raises (the server asks only those)."""
     if data.kind != MM:
         raise ValueError(f"CCVR moments need a multimodal node; this one holds {data.kind!r}")
-    device = device_of(cfg.device)
+    device = device_of(cfg.runtime.device)
     local = on_device(data, device)
     model.load_state_dict(state)
-    with autocast(cfg.bf16, device):
+    with autocast(cfg.runtime.bf16, device):
         features = feature_statistics(model, local, num_classes)
     if features.counts.sum() == 0:
         raise ValueError("no labeled sample of this node holds both modalities: no CCVR moments to send")

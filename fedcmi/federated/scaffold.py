@@ -185,10 +185,11 @@ def federation_holders(kinds: Sequence[str], method_modalities: tuple[str, ...])
 
 def build(cfg: RunConfig, num_classes: int) -> Scaffold | None:
     """The step when ``scaffold`` is on, else None."""
-    if not cfg.scaffold:
+    if not cfg.method.scaffold:
         return None
     from fedcmi.data.partition import assign_modalities
     from fedcmi.methods.registry import method_spec
 
-    kinds = assign_modalities(cfg.num_clients, cfg.multimodal_ratio, cfg.unimodal_split, cfg.seed)
-    return Scaffold(federation_holders(kinds, method_spec(cfg.strategy).modalities), lr=cfg.scaffold_lr)
+    fed = cfg.federation
+    kinds = assign_modalities(fed.num_clients, fed.multimodal_ratio, fed.unimodal_split, fed.seed)
+    return Scaffold(federation_holders(kinds, method_spec(cfg.method.strategy).modalities), lr=cfg.server.scaffold_lr)

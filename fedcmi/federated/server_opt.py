@@ -117,7 +117,8 @@ class ServerOptimiser(ServerStep):
 
 def build(cfg: RunConfig, num_classes: int) -> ServerOptimiser | None:
     """The step of ``server-opt`` (None for ``none``)."""
-    if cfg.server_opt == "none":
+    server = cfg.server
+    if server.server_opt == "none":
         return None
-    return ServerOptimiser(cfg.server_opt, lr=cfg.server_lr, beta1=cfg.server_beta1, beta2=cfg.server_beta2,
-                           tau=cfg.server_tau)
+    return ServerOptimiser(server.server_opt, lr=server.server_lr, beta1=server.server_beta1, beta2=server.server_beta2,
+                           tau=server.server_tau)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def server_side(cfg: RunConfig, num_classes: int) -> ServerSide:
     """The steps of ``cfg``'s method and options for a model of ``num_classes`` classes."""
-    steps = method_spec(cfg.strategy).server_steps(cfg, num_classes)
+    steps = method_spec(cfg.method.strategy).server_steps(cfg, num_classes)
     for name, spec in OPTIONS.items():
         step = spec.build_server(cfg, num_classes)
         if step is not None:

@@ -74,8 +74,9 @@ class TrainSettings:
 
     @classmethod
     def of(cls, cfg: RunConfig, spec: MethodSpec) -> TrainSettings:
-        mu = cfg.proximal_mu if "proximal-mu" in spec.uses else 0.0
-        return cls(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, mu)
+        mu = cfg.method.proximal_mu if "proximal-mu" in spec.uses else 0.0
+        t = cfg.training
+        return cls(t.local_epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, mu)
 
 
 @dataclass

@@ -75,11 +75,12 @@ class FedCMI(LocalMethod):
 
     @classmethod
     def from_config(cls, cfg, single_projector: bool = False) -> FedCMI:  # noqa: ANN001 - RunConfig
-        return cls(lambda_self=cfg.lambda_self, lambda_cmi=cfg.lambda_cmi, lambda_cross=cfg.lambda_cross,
-                   class_wise_temperature=cfg.class_wise_temperature, temperature=cfg.temperature,
-                   gamma=cfg.gamma, dominance=cfg.dominance, single_projector=single_projector,
-                   unimodal_zero_fill=cfg.unimodal_zero_fill, normalize_loss=cfg.normalize_loss,
-                   ratio_mean=cfg.ratio_mean)
+        m = cfg.method
+        return cls(lambda_self=m.lambda_self, lambda_cmi=m.lambda_cmi, lambda_cross=m.lambda_cross,
+                   class_wise_temperature=m.class_wise_temperature, temperature=m.temperature,
+                   gamma=m.gamma, dominance=m.dominance, single_projector=single_projector,
+                   unimodal_zero_fill=m.unimodal_zero_fill, normalize_loss=m.normalize_loss,
+                   ratio_mean=m.ratio_mean)
 
     def start(self, model: nn.Module, data: ClientData, guidance: Guidance, num_classes: int) -> None:
         """Distil this round when the warm-up is over and, with ``dominance=global``, the server has decided the

@@ -149,6 +149,6 @@ def _smoothed_problem(sm: Any) -> str | None:
 def build(cfg: RunConfig, num_classes: int) -> DominanceGuidance:
     """The step a run's configuration asks for (``gamma``, ``warmup-rounds``, ``dominance-momentum``,
     ``tau-min``, ``ratio-mean``)."""
-    return DominanceGuidance(num_classes, gamma=cfg.gamma, warmup_rounds=cfg.warmup_rounds,
-                             dominance_momentum=cfg.dominance_momentum, tau_min=cfg.tau_min,
-                             ratio_mean=cfg.ratio_mean)
+    return DominanceGuidance(num_classes, gamma=cfg.method.gamma, warmup_rounds=cfg.method.warmup_rounds,
+                             dominance_momentum=cfg.method.dominance_momentum, tau_min=cfg.method.tau_min,
+                             ratio_mean=cfg.method.ratio_mean)

@@ -78,4 +78,4 @@ class OGMGE(CrossEntropy):
 
 
 def build(cfg) -> OGMGE:  # noqa: ANN001 - RunConfig
-    return OGMGE(cfg.ogm_alpha)
+    return OGMGE(cfg.method.ogm_alpha)

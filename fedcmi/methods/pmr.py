@@ -100,4 +100,4 @@ class PMR(CrossEntropy):
 
 
 def build(cfg) -> PMR:  # noqa: ANN001 - RunConfig
-    return PMR(cfg.pmr_alpha, cfg.pmr_momentum)
+    return PMR(cfg.method.pmr_alpha, cfg.method.pmr_momentum)

@@ -110,4 +110,4 @@ def build_client(cfg: RunConfig, sent: Mapping[str, torch.Tensor] | None,
                  kept: Mapping[str, torch.Tensor]) -> ControlVariates | None:
     """One client round's variates when ``scaffold`` is on: c as received (absent before the server's first
     update: zero), the node's c_i from its last round (empty before its first)."""
-    return ControlVariates(sent or {}, kept, cfg.weight_decay) if cfg.scaffold else None
+    return ControlVariates(sent or {}, kept, cfg.training.weight_decay) if cfg.method.scaffold else None

@@ -15,7 +15,7 @@ from fedcmi.models.fedcmi_model import FedCMIModel
 from fedcmi.models.registry import EncoderOptions, encoder_spec, fusion_spec
 
 if TYPE_CHECKING:
-    from fedcmi.config import RunConfig
+    from fedcmi.config.run_config import ModelConfig
     from fedcmi.data.base import MultimodalData
 
 
@@ -48,16 +48,17 @@ def build_model(encoder: str, shapes: tuple[tuple[int, ...], tuple[int, ...]], n
     return ConcatModel(enc_a, enc_b, num_classes, build_fusion(enc_a.out_dim, num_classes, **head_options))
 
 
-# The run-config keys (attribute names) that define a model: every ``build_model`` argument but the shapes, the
-# classes and ``decomposed``. ``model_for`` builds from exactly these, and a client's model cache is keyed by
-# them (``model_key``), so a key added here can never leave a client training a stale model.
+# The run-config keys (attribute names of the model section, ``cfg.model``) that define a model: every
+# ``build_model`` argument but the shapes, the classes and ``decomposed``. ``model_for`` builds from exactly
+# these, and a client's model cache is keyed by them (``model_key``), so a key added here can never leave a
+# client training a stale model.
 MODEL_KEYS = ("encoder", "feature_dim", "projector", "fusion", "text_encoder", "encoder_weights", "sgmft_tokens",
               "sgmft_heads", "sgmft_layers")
 
 
-def model_options(cfg: RunConfig) -> dict[str, Any]:
-    """The ``build_model`` arguments a run config sets (:data:`MODEL_KEYS`)."""
-    return {k: getattr(cfg, k) for k in MODEL_KEYS}
+def model_options(model: ModelConfig) -> dict[str, Any]:
+    """The ``build_model`` arguments a run config's model section sets (:data:`MODEL_KEYS`)."""
+    return {k: getattr(model, k) for k in MODEL_KEYS}
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,12 @@ class ModelSpec:
         return cls(data.num_classes, tuple(shape_a), tuple(shape_b))
 
 
-def model_for(cfg: RunConfig, spec: ModelSpec, decomposed: bool) -> nn.Module:
-    """The one place a run's model is built (server, clients, benchmarks)."""
+def model_for(model: ModelConfig, spec: ModelSpec, decomposed: bool) -> nn.Module:
+    """The one place a run's model is built (server, clients, benchmarks), from its model section (``cfg.model``)."""
     return build_model(shapes=(spec.shape_a, spec.shape_b), num_classes=spec.num_classes, decomposed=decomposed,
-                       **model_options(cfg))
+                       **model_options(model))
 
 
-def model_key(cfg: RunConfig, spec: ModelSpec, decomposed: bool) -> tuple[Any, ...]:
+def model_key(model: ModelConfig, spec: ModelSpec, decomposed: bool) -> tuple[Any, ...]:
     """What tells two models built by :func:`model_for` apart: equal keys, the same architecture."""
-    return (*model_options(cfg).values(), decomposed, spec)
+    return (*model_options(model).values(), decomposed, spec)

@@ -57,7 +57,7 @@ RESUMABLE_KEYS = ("num-server-rounds", "out-dir", "pipelined-eval", "discovery-t
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
     path = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
     if path.resolve().parent != Path(root).resolve():
-        raise ConfigError(f"run-name={cfg.run_name!r}: the run directory must lie in {root}")
+        raise ConfigError(f"run-name={cfg.output.run_name!r}: the run directory must lie in {root}")
     return path
 
 
@@ -141,9 +141,9 @@ def resumable(path: Path, cfg: RunConfig, expected: Mapping[str, torch.Tensor] |
     from fedcmi.federated.server_side import server_side
 
     check_content(checkpoint, expected, num_classes, server_side(cfg, num_classes))
-    if checkpoint.round > cfg.num_server_rounds:
+    if checkpoint.round > cfg.server.num_server_rounds:
         raise CheckpointError(f"{path}: the checkpoint is at round {checkpoint.round}, beyond num-server-rounds="
-                              f"{cfg.num_server_rounds}")
+                              f"{cfg.server.num_server_rounds}")
     check_metrics(path, checkpoint.round)
     return checkpoint
 
@@ -160,7 +160,7 @@ def expected_model(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], int]:
 
     data = load_data(cfg)
     with torch.random.fork_rng(devices=[]):
-        model = model_for(cfg, ModelSpec.of(data), method_spec(cfg.strategy).decomposed)
+        model = model_for(cfg.model, ModelSpec.of(data), method_spec(cfg.method.strategy).decomposed)
     return model.state_dict(), data.num_classes
 
 
@@ -221,18 +221,18 @@ class RunDirectory:
 
     def _open_trackers(self) -> None:
         """TensorBoard and W&B, each when its key is on; ``self.rows``: the rows a resume keeps."""
-        if self.cfg.tensorboard:
+        if self.cfg.output.tensorboard:
             from fedcmi.runs.tensorboard import TensorBoardLog
 
             modalities, _ = META_KEYS
             self.tensorboard = TensorBoardLog.open(self.path, {**self.cfg.to_dict(),
                                                                modalities: list(self.modality_names)},
                                                    self.modality_names, self.rows)
-        if self.cfg.wandb:
+        if self.cfg.output.wandb:
             from fedcmi.runs.wandb_log import WandbLog
 
             self.wandb = WandbLog.open(self.path, self.config_dict(self.cfg), self.modality_names,
-                                       self.cfg.wandb_project, self.rows)
+                                       self.cfg.output.wandb_project, self.rows)
 
     def config_dict(self, cfg: RunConfig) -> dict[str, Any]:
         """What config.json holds: the effective configuration, the modality names, the unused method keys."""
@@ -278,7 +278,7 @@ class RunDirectory:
 
     def save_model(self, state_dict: Mapping[str, torch.Tensor]) -> Path:
         return save_tensors(self.path / MODEL_FILE, state_dict,
-                            metadata={"dataset": self.cfg.dataset, "strategy": self.cfg.strategy})
+                            metadata={"dataset": self.cfg.data.dataset, "strategy": self.cfg.method.strategy})
 
     def plot(self) -> Path:
         """accuracy.png: two panels. Left: multimodal and each modality alone (the numbers that matter);
@@ -311,7 +311,7 @@ class RunDirectory:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
         left.set_ylabel("test accuracy")
-        fig.suptitle(f"{self.cfg.dataset} / {self.cfg.strategy} ({a} + {b})", fontsize=11)
+        fig.suptitle(f"{self.cfg.data.dataset} / {self.cfg.method.strategy} ({a} + {b})", fontsize=11)
         fig.tight_layout()
         path = self.path / PLOT_FILE
         buf = io.BytesIO()

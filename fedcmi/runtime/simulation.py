@@ -53,23 +53,24 @@ def check_resources(cfg: RunConfig) -> dict[str, Any]:
     # max_task_retries: a message handed to that actor while it restarts waits for it (retried once it is
     # back) instead of failing at once ("The actor is restarting"), which on a loaded machine cost the next
     # round its clients; the message that crashed the process is retried once, then fails.
-    backend: dict[str, Any] = {"client_resources": {"num_cpus": cfg.client_num_cpus,
-                                                    "num_gpus": cfg.client_num_gpus, "max_restarts": -1,
+    backend: dict[str, Any] = {"client_resources": {"num_cpus": cfg.runtime.client_num_cpus,
+                                                    "num_gpus": cfg.server.client_num_gpus, "max_restarts": -1,
                                                     "max_task_retries": 1}}
-    if cfg.ray_address:
-        _check_reachable(cfg.ray_address)
-        backend["init_args"] = {"address": cfg.ray_address}
+    if cfg.server.ray_address:
+        _check_reachable(cfg.server.ray_address)
+        backend["init_args"] = {"address": cfg.server.ray_address}
         return backend
     cpus = os.cpu_count() or 1
-    if cfg.client_num_cpus > cpus:
-        raise ConfigError(f"client-num-cpus={cfg.client_num_cpus}: must be <= the {cpus} CPU(s) of this machine")
+    if cfg.runtime.client_num_cpus > cpus:
+        raise ConfigError(f"client-num-cpus={cfg.runtime.client_num_cpus}: must be <= the {cpus} CPU(s) of this "
+                          "machine")
     init_args: dict[str, Any] = {"address": "local", "num_cpus": cpus}
-    if cfg.client_num_gpus > 0:
+    if cfg.server.client_num_gpus > 0:
         import torch
 
         gpus = torch.cuda.device_count()
         if gpus == 0:
-            raise ConfigError(f"client-num-gpus={cfg.client_num_gpus}: no CUDA GPU is visible on this machine")
+            raise ConfigError(f"client-num-gpus={cfg.server.client_num_gpus}: no CUDA GPU is visible on this machine")
         init_args["num_gpus"] = gpus
     backend["init_args"] = init_args
     return backend
@@ -90,7 +91,7 @@ def _check_reachable(address: str) -> None:
 
 
 def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: Any = None) -> None:
-    """Run a ServerApp with fedcmi's ClientApp (or ``client_app``) on ``cfg.num_clients`` simulated SuperNodes.
+    """Run a ServerApp with fedcmi's ClientApp (or ``client_app``) on num-clients simulated SuperNodes.
 
     Ctrl-C or SIGTERM (from here to the end) stops the run within seconds (``fedcmi.runtime.interrupt``):
     the ServerApp raises :class:`Interrupted` (its ``main`` decides what that means), busy client workers are
@@ -132,7 +133,7 @@ def run_app(server_app: Any, cfg: RunConfig, verbose: bool = False, client_app: 
             STOP.check()
             threading.Thread(target=_free_workers_on_stop, args=(backends,), daemon=True,
                              name="fedcmi-stop-watch").start()
-            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
+            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.federation.num_clients,
                            backend_config=backend_config)
         except Exception:
             STOP.check()  # what broke while stopping is part of the stop, not a failure of its own
@@ -155,7 +156,7 @@ def _store_federation(cfg: RunConfig) -> None:
     for the clients to report, as before."""
     from fedcmi.data.sources import is_prepared
 
-    if is_prepared(cfg.dataset):
+    if is_prepared(cfg.data.dataset):
         return
     try:
         from fedcmi.data.partition import federation

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
         deadline = time.monotonic() + 600  # a backstop: nodes connect as Ray starts their actors (slow under load)
-        while len(grid.get_node_ids()) < cfg.num_clients and time.monotonic() < deadline:
+        while len(grid.get_node_ids()) < cfg.federation.num_clients and time.monotonic() < deadline:
             time.sleep(0.2)
         nodes = sorted(grid.get_node_ids())
         queries = [Message(protocol.query_content(cfg.client_dict()), dst_node_id=n, message_type=MessageType.QUERY)
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             found["query"].append({"node": reply.metadata.src_node_id, **{k: info[k] for k in (
                 protocol.PARTITION_ID, protocol.KIND, protocol.NUM_EXAMPLES)}})
         spec = ModelSpec.of(load_data(cfg))
-        torch.manual_seed(cfg.seed)
-        arrays = ArrayRecord(model_for(cfg, spec, method_spec(cfg.strategy).decomposed).state_dict())
+        torch.manual_seed(cfg.federation.seed)
+        arrays = ArrayRecord(model_for(cfg.model, spec, method_spec(cfg.method.strategy).decomposed).state_dict())
         glob = record_arrays(arrays)
         content = protocol.train_content(arrays, cfg.client_dict(), 1, Guidance(False, None, None), spec)
         msgs = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "num-examples": c[protocol.METRICS][protocol.NUM_EXAMPLES],
                                    "max-abs-update": update})
 
-    run_app(server, cfg, client_app=attacks.attacked_client_app(str(spec_file), cfg.update_norm_multiple,
+    run_app(server, cfg, client_app=attacks.attacked_client_app(str(spec_file), cfg.reliability.update_norm_multiple,
                                                                 str(trace_file)))
     found["trace"] = sorted(set(trace_file.read_text().splitlines()))  # a retried message logs twice
     args.out.write_text(json.dumps(found, indent=1))

@@ -48,4 +48,4 @@ class LogitAdjustment(Remedy):
 
 
 def build(cfg: RunConfig) -> LogitAdjustment | None:
-    return LogitAdjustment(cfg.logit_adjust) if cfg.logit_adjust > 0 else None
+    return LogitAdjustment(cfg.method.logit_adjust) if cfg.method.logit_adjust > 0 else None

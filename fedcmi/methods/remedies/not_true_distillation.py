@@ -53,4 +53,4 @@ class NotTrueDistillation(Remedy):
 
 
 def build(cfg: RunConfig) -> NotTrueDistillation | None:
-    return NotTrueDistillation(cfg.ntd_beta, cfg.ntd_temperature) if cfg.ntd_beta > 0 else None
+    return NotTrueDistillation(cfg.method.ntd_beta, cfg.method.ntd_temperature) if cfg.method.ntd_beta > 0 else None

@@ -42,4 +42,4 @@ class RestrictedSoftmax(Remedy):
 
 
 def build(cfg: RunConfig) -> RestrictedSoftmax | None:
-    return RestrictedSoftmax(cfg.restricted_softmax) if cfg.restricted_softmax < 1 else None
+    return RestrictedSoftmax(cfg.method.restricted_softmax) if cfg.method.restricted_softmax < 1 else None
