@@ -151,6 +151,15 @@ def test_screen_state_round_trips():
     assert t.history == s.history == {"a": [[1.0]], "shared": [[0.5]]}
 
 
+def test_screen_state_lists_groups_in_one_order_whatever_the_hash_seed():
+    """The checkpoint is byte-identical across processes: the groups are not listed in set order."""
+    code = ("from fedcmi.federated.screening import UpdateScreen; s = UpdateScreen(multiple=10); "
+            "s.remember(s.judge([{'shared': 1.0, 'b': 1.0, 'a': 1.0}], [1])); print(list(s.state()))")
+    orders = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout.strip() for seed in range(6)}
+    assert orders == {"['a', 'b', 'shared']"}
+
+
 def _reply(node: int, n: float, value: float, kind: str = "mm") -> Message:
     request = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
     content = RecordDict({

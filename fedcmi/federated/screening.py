@@ -125,7 +125,7 @@ class UpdateScreen:
     def remember(self, accepted: Sequence[Verdict]) -> None:
         """Keep this round's accepted per-step norms (the reference of the next rounds)."""
         groups = {g for v in accepted for g in v.per_step} | set(self.history)
-        for g in groups:
+        for g in sorted(groups):  # sorted: the checkpoint's history is byte-identical across processes
             past = self.history.setdefault(g, [])
             past.append([v.per_step[g] for v in accepted if g in v.per_step])
             del past[:-self.history_rounds]
