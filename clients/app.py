@@ -60,10 +60,11 @@ def train(msg: Message, context: Context) -> Message:
     cfg = run_config_of(msg, context)
     torch.set_num_threads(max(1, int(cfg.runtime.client_num_cpus)))
     node = node_data(context.node_config, cfg)
+    scope = protocol.run_scope(cfg.client_dict())  # a bench cell's own node state (several share one Flower run)
     result = client_step(cached_model(cfg, task.model_spec), task.state, task.guidance, node.client_data(cfg), cfg,
                          num_classes=task.model_spec.num_classes, server_round=task.server_round,
-                         partition_id=node.partition_id, kept=protocol.node_state(context.state))
-    protocol.keep_node_state(context.state, result.kept)  # the run options' state, kept by Flower for next round
+                         partition_id=node.partition_id, kept=protocol.node_state(context.state, scope))
+    protocol.keep_node_state(context.state, result.kept, scope)  # the run options' state, for the next round
     content = protocol.reply_content(result.arrays, result.num_examples, result.losses, result.stats,
                                      node.partition_id, node.kind, result.features, result.records)
     return Message(content, reply_to=msg)

@@ -20,6 +20,8 @@ Messages:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +55,9 @@ MAX_FEATURE_DIM = 4096  # the widest fusion-head input a CCVR reply may describe
 LOSS_PREFIX = "loss"  # metrics whose name starts with it are loss terms, averaged over clients
 REPLY_RECORDS = (ARRAYS, METRICS, CLASS_STATS, INFO, FEATURE_STATS)  # and the run options' reply records
 MOMENTS_RECORDS = (FEATURE_STATS, METRICS)  # what a reply to an EVALUATE (CCVR moments) request may hold
+# a node keeps run-option state for this many run scopes (bench cells); more cells at once on one node than
+# this would lose the oldest one's state (fedcmi bench runs --jobs cells at once)
+MAX_KEPT_SCOPES = 16
 NPY_HEADER_SLACK = 4096  # bytes of an .npy header beyond the array's own data
 
 
@@ -193,17 +198,45 @@ def arrays_record(arrays: Mapping[str, np.ndarray | torch.Tensor]) -> ArrayRecor
     return out
 
 
-def node_state(state: RecordDict) -> dict[str, dict[str, torch.Tensor]]:
-    """What the run options kept in the node's ``context.state`` (option name -> arrays; an option that kept
-    nothing yet, before the node's first round, is absent)."""
-    return {name: record_state_dict(state[spec.kept]) for name, spec in OPTIONS.items()
-            if spec.kept is not None and spec.kept in state.array_records}
+def run_scope(client_config: Mapping[str, Any]) -> str:
+    """The scope of a node's kept state: a digest of the clients' run config the message carries.
+
+    Why: Flower keeps one ``context.state`` per node for a whole Flower run, and ``fedcmi bench`` runs every
+    cell of a grid in one Flower run, several at a time. Kept unscoped, a node's state (SCAFFOLD's c_i) would
+    pass from one cell to the next, or alternate between cells running at once. Cells differ in at least one
+    client key (strategy, seed, alpha, mix, ...), so each gets its own state; a resumed cell finds its own."""
+    text = json.dumps(dict(client_config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def keep_node_state(state: RecordDict, kept: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-    """Store each option's arrays in the node's ``context.state``, which Flower keeps for its next message."""
+def _scoped(record: str, scope: str) -> str:
+    return f"{record}@{scope}"
+
+
+def node_state(state: RecordDict, scope: str) -> dict[str, dict[str, torch.Tensor]]:
+    """What the run options kept in the node's ``context.state`` for this run scope (:func:`run_scope`; option
+    name -> arrays; an option that kept nothing yet, before the node's first round, is absent)."""
+    out = {}
+    for name, spec in OPTIONS.items():
+        key = None if spec.kept is None else _scoped(spec.kept, scope)
+        if key is not None and key in state.array_records:
+            out[name] = record_state_dict(state[key])
+    return out
+
+
+def keep_node_state(state: RecordDict, kept: Mapping[str, Mapping[str, torch.Tensor]], scope: str) -> None:
+    """Store each option's arrays in the node's ``context.state`` for this run scope, which Flower keeps for the
+    node's next message. At most :data:`MAX_KEPT_SCOPES` scopes per option stay, the least recently kept
+    dropped first, so a node serving a long bench grid does not hold every cell's state."""
     for name, arrays in kept.items():
-        state[_record_name(name, "kept")] = arrays_record(arrays)
+        record = _record_name(name, "kept")
+        key = _scoped(record, scope)
+        if key in state:
+            del state[key]  # re-inserted last: the most recently kept
+        state[key] = arrays_record(arrays)
+        scopes = [k for k in state.array_records if k.startswith(f"{record}@")]
+        for old in scopes[:-MAX_KEPT_SCOPES]:
+            del state[old]
 
 
 def _record_name(option: str, which: str) -> str:

@@ -239,7 +239,8 @@ def test_an_option_with_client_state_added_through_the_registry_runs_end_to_end(
     assert sorted(CountOption.seen) == [(r, r - 1, s) for r, _, s in sorted(CountOption.seen)] and \
         sorted({r for r, _, _ in CountOption.seen}) == [1.0, 2.0, 3.0] and len(CountOption.seen) == 9
     assert all(steps > 0 for _, _, steps in CountOption.seen)  # the gradient hook ran before every step
-    assert all(float(ctx.state["toy-kept"][HEAD].numpy()[0]) == 3.0 for ctx in contexts.values())
+    scope = protocol.run_scope(cfg.client_dict())  # the node state of this run (protocol.run_scope)
+    assert all(float(ctx.state[f"toy-kept@{scope}"][HEAD].numpy()[0]) == 3.0 for ctx in contexts.values())
     step = next(s for s in CountStep.built if s.counts)
     assert step.counts == {0: [1.0, 2.0, 3.0], 1: [1.0, 3.0], 2: [1.0, 2.0]}  # rejected replies not consumed
     rows = json.loads((tmp_path / "metrics.json").read_text())

@@ -258,6 +258,8 @@ def _kept_state_grid(n: int) -> FakeGrid:
     """Nodes answered by the ClientApp handlers with one Context per node kept across messages (and across runs,
     when the same grid serves them): what Flower does with ``context.state``. ``grid.trace``: (round, partition,
     c_i entries the node held before) of each TRAIN message."""
+    from clients.app import run_config_of
+
     contexts: dict[int, Context] = {}
     trace: list[tuple[int, int, int]] = []
 
@@ -265,7 +267,8 @@ def _kept_state_grid(n: int) -> FakeGrid:
         ctx = contexts.setdefault(message.metadata.dst_node_id, node_context(message, node_config))
         if message.metadata.message_type != MessageType.TRAIN:
             return client_app(message, node_config, ctx)
-        held = len(protocol.node_state(ctx.state).get("scaffold", {}))
+        scope = protocol.run_scope(run_config_of(message, ctx).client_dict())  # as the ClientApp scopes it
+        held = len(protocol.node_state(ctx.state, scope).get("scaffold", {}))
         answer = client_app(message, node_config, ctx)
         trace.append((protocol.server_round_of(message.content), int(node_config["partition-id"]), held))
         return answer
@@ -313,6 +316,41 @@ def test_resume_continues_c_exactly_and_nodes_keep_c_i(tmp_path):
     _run(plain, 5, {}, _kept_state_grid(3))
     c = load_file(str(plain / "model.safetensors"))
     assert any(not bool((a[k] == c[k]).all()) for k in a)  # the correction changed the weights
+
+
+def test_runs_sharing_nodes_keep_their_own_c_i(tmp_path):
+    """fedcmi bench runs every cell in one Flower run: a node's context.state outlives a cell. Each cell's
+    c_i is its own: a second cell on the same nodes starts from c_i = 0 and ends as it would on fresh nodes."""
+    from safetensors.torch import load_file
+
+    shared = _kept_state_grid(3)
+    _run(tmp_path / "first", 3, {"scaffold": True}, shared)
+    _run(tmp_path / "second", 3, {"scaffold": True, "seed": 1}, shared)
+    second = shared.trace[len(shared.trace) // 2:]
+    firsts = {}
+    for _rnd, pid, held in second:
+        firsts.setdefault(pid, held)
+    assert firsts and all(held == 0 for held in firsts.values()), second  # no c_i from the first cell
+    _run(tmp_path / "fresh", 3, {"scaffold": True, "seed": 1}, _kept_state_grid(3))
+    rows = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("second", "fresh")]
+    assert [{k: v for k, v in r.items() if k != "wall_s"} for r in rows[0]] == \
+        [{k: v for k, v in r.items() if k != "wall_s"} for r in rows[1]]
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("second", "fresh"))
+    assert all(bool((a[k] == b[k]).all()) for k in a)
+
+
+def test_a_node_keeps_the_state_of_its_most_recent_run_scopes_only():
+    state = RecordDict()
+    one = {"w": torch.ones(2)}
+    for i in range(protocol.MAX_KEPT_SCOPES):
+        protocol.keep_node_state(state, {"scaffold": one}, f"s{i}")
+    protocol.keep_node_state(state, {"scaffold": one}, "s0")  # used again: now the most recent
+    protocol.keep_node_state(state, {"scaffold": one}, "new")  # one scope too many: the oldest (s1) goes
+    assert "scaffold" in protocol.node_state(state, "s0") and "scaffold" in protocol.node_state(state, "new")
+    assert protocol.node_state(state, "s1") == {}
+    assert len(state.array_records) == protocol.MAX_KEPT_SCOPES
+    assert protocol.run_scope({"seed": 0, "lr": 0.1}) == protocol.run_scope({"lr": 0.1, "seed": 0}) != \
+        protocol.run_scope({"seed": 1, "lr": 0.1})
 
 
 @pytest.mark.slow

@@ -31,17 +31,24 @@ def _variate(record) -> dict[str, np.ndarray]:  # noqa: ANN001 - a Flower ArrayR
     return record_arrays(record) if record is not None else {}
 
 
+def _kept(context: Context) -> dict[str, np.ndarray]:
+    """The node's c_i (one run here, so one run scope: ``fedcmi.protocol.run_scope``)."""
+    scoped = [r for k, r in context.state.array_records.items() if k.startswith(f"{SCAFFOLD.kept}@")]
+    assert len(scoped) <= 1, "one simulation, one run scope"
+    return _variate(scoped[0] if scoped else None)
+
+
 def trace_mod(trace_file: str) -> Callable[[Message, Context, Callable], Message]:
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
-        before = _variate(context.state.array_records.get(SCAFFOLD.kept))
+        before = _kept(context)
         c = _variate(msg.content.array_records.get(SCAFFOLD.sent))
         keys = set(before) | set(c)
         zero = np.float32(0)
         correction = float(np.sqrt(sum(float(np.sum((c.get(k, zero) - before.get(k, zero)) ** 2)) for k in keys)))
         reply = call_next(msg, context)
-        after = _variate(context.state.array_records.get(SCAFFOLD.kept))
+        after = _kept(context)
         line = {"round": protocol.server_round_of(msg.content), "partition": int(context.node_config["partition-id"]),
                 "before": len(before), "after": len(after), "c": len(c), "correction": correction,
                 "delta": len(reply.content.array_records.get(SCAFFOLD.reply) or {})}
