@@ -38,6 +38,8 @@ the momentum buffer. The server steps `x += scaffold-lr (aggregate - x)` and, pe
 that train p's group: a client without a modality neither moves nor dilutes that modality's `c`. `c` is in
 the checkpoint, so `--resume` continues it exactly; the nodes' `c_i` live in their `context.state`, which a
 new Flower run (a resumed simulation) starts empty: after such a resume the clients restart from `c_i = 0`.
+A node keeps `c_i` per run configuration: `fedcmi bench` runs all its cells in one Flower run, and each
+cell has its own `c_i` on every node (up to 16 cells at once per node).
 """,
     "server": """\
 `server-opt` (adam, yogi, adagrad: FedAdam, FedYogi, FedAdagrad of Reddi et al., "Adaptive Federated
