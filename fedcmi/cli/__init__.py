@@ -12,10 +12,11 @@ error answer at once (tests/test_cli_startup.py checks the imports; benchmarks/c
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from fedcmi import __version__
 from fedcmi.cli.bench import add_bench_parser
@@ -67,6 +68,19 @@ def main(argv: list[str] | None = None, client_app: Any = None) -> int:
         if args.command in SIGNAL_HANDLING:
             return _main(args, client_app)
     return _main(args, client_app)
+
+
+def run(argv: list[str] | None = None, client_app: Any = None) -> NoReturn:
+    """The ``fedcmi`` process (the console script, ``python -m fedcmi.cli``): :func:`main`, then exit.
+
+    ``gc.freeze()`` first: the interpreter's last full garbage collection would otherwise walk every object
+    torch, Ray and Flower created (about half a million), 2.1 of the 2.6 CPU-seconds such a process took to
+    exit on a 2-core machine. Every file a command writes is closed before :func:`main` returns; objects are
+    still freed by reference counting, and ``atexit`` handlers still run. Not in :func:`main`: tests call it
+    in their own process."""
+    code = main(argv, client_app)
+    gc.freeze()
+    sys.exit(code)
 
 
 def _main(args: argparse.Namespace, client_app: Any) -> int:

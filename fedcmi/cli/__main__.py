@@ -1,7 +1,5 @@
 """``python -m fedcmi.cli``: the ``fedcmi`` command."""
 
-import sys
+from fedcmi.cli import run
 
-from fedcmi.cli import main
-
-sys.exit(main())
+run()

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import attacks  # noqa: E402
 import ray.cloudpickle  # noqa: E402
 
-from fedcmi.cli import main  # noqa: E402
+from fedcmi.cli import run  # noqa: E402
 
 ray.cloudpickle.register_pickle_by_value(attacks)  # Ray actors cannot import this test-only module
 
@@ -25,4 +25,4 @@ if __name__ == "__main__":
     args, rest = parser.parse_known_args()
     spec = Path(tempfile.mkdtemp()) / "attack.txt"
     spec.write_text(args.attacks)
-    sys.exit(main(rest, client_app=attacks.attacked_client_app(str(spec), 10.0)))
+    run(rest, client_app=attacks.attacked_client_app(str(spec), 10.0))

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import faults  # noqa: E402
 import ray.cloudpickle  # noqa: E402
 
-from fedcmi.cli import main  # noqa: E402
+from fedcmi.cli import run  # noqa: E402
 
 ray.cloudpickle.register_pickle_by_value(faults)  # Ray actors cannot import this test-only module
 
@@ -29,4 +29,4 @@ if __name__ == "__main__":
         import fedcmi.runtime.simulation as simulation
 
         simulation.warm_actor = faults.slow_restart(args.restart_delay, simulation.warm_actor)
-    sys.exit(main(rest, client_app=faults.faulty_client_app(args.faults, args.hang_seconds, args.trace)))
+    run(rest, client_app=faults.faulty_client_app(args.faults, args.hang_seconds, args.trace))

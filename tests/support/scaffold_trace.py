@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -20,7 +19,7 @@ from flwr.app import Context, Message, MessageType
 from flwr.clientapp import ClientApp
 
 from fedcmi import protocol
-from fedcmi.cli import main
+from fedcmi.cli import run
 from fedcmi.methods.registry import OPTIONS
 from fedcmi.npy import record_arrays
 
@@ -73,4 +72,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--trace", required=True)
     args, rest = parser.parse_known_args()
-    sys.exit(main(rest, client_app=traced_client_app(args.trace)))
+    run(rest, client_app=traced_client_app(args.trace))
