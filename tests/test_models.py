@@ -154,3 +154,39 @@ def test_the_model_keys_are_every_build_argument_and_key_the_client_model_cache(
                  "encoder_weights": "w"}.get(key, value + 1 if isinstance(value, int) else value)
         assert model_key(cfg.replace(**{key: other}).model, spec, True) != model_key(cfg.model, spec, True), key
     assert model_key(cfg.model, spec, True) != model_key(cfg.model, spec, False)
+
+
+# --- encoder=cnn-rows: where along the frequency axis a pattern lies -----------------------------------------
+def _bump(row: int) -> torch.Tensor:
+    """A 1 x 64 x 32 input, zero but for a 3 x 3 bump at (row, 12): far from every border, so both encoders see
+    it whole wherever it lies."""
+    x = torch.zeros(1, 1, 64, 32)
+    x[0, 0, row:row + 3, 12:15] = torch.tensor([[0.5, 1.0, 0.5], [1.0, 2.0, 1.0], [0.5, 1.0, 0.5]])
+    return x
+
+
+def test_cnn_rows_tells_a_band_moved_along_frequency_where_cnn_cannot():
+    """A bump moved by 20 rows (a multiple of the two strides' 4, so every conv sees the same numbers): cnn's
+    global average cannot tell the two apart (the same activations, moved), cnn-rows keeps the row."""
+    torch.manual_seed(0)
+    spec = ((1, 64, 32), (3, 8, 8))
+    cnn = build_model("cnn", spec, 4, 16, decomposed=True).eval()
+    rows = build_model("cnn-rows", spec, 4, 16, decomposed=True).eval()
+    with torch.no_grad():
+        low, high = _bump(20), _bump(40)
+        assert torch.allclose(cnn.enc_a(low), cnn.enc_a(high), atol=1e-6)
+        assert cnn.enc_a(low).abs().sum() > 0
+        assert not torch.allclose(rows.enc_a(low), rows.enc_a(high), atol=1e-3)
+        # moved along time (the last axis) instead, by 8 columns: cnn-rows averages time away
+        later = torch.roll(low, 8, dims=-1)
+        assert torch.allclose(rows.enc_a(low), rows.enc_a(later), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 101), (3, 8, 8), (1, 7, 5), (3, 2, 9, 9)])
+def test_cnn_rows_sizes_its_projection_for_any_input_height(shape):
+    """FSDD's 1 x 40 x 101 spectrogram, an 8 x 8 image, odd sizes, a frame stack: feature-dim features out."""
+    torch.manual_seed(0)
+    m = build_model("cnn-rows", (shape, (1, 8, 8)), 10, 12, decomposed=True).eval()
+    with torch.no_grad():
+        assert m.enc_a(torch.randn(2, *shape)).shape == (2, 12)
+        assert m(torch.randn(2, *shape), torch.randn(2, 1, 8, 8)).shape == (2, 10)

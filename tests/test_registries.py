@@ -132,22 +132,23 @@ def test_the_toy_remedy_shapes_the_loss_exactly_as_declared(toys):
 def test_unknown_names_are_one_line_naming_the_registry(toys):
     with pytest.raises(ConfigError, match=r"^fusion='nope': must be concat, sgmft or toy$"):
         effective({"fusion": "nope"})
-    choices = "must be cnn, resnet18, features or toy; did you mean 'cnn'"
+    choices = "must be cnn, cnn-rows, resnet18, features or toy; did you mean 'cnn'"
     with pytest.raises(ConfigError, match=rf"^encoder='cnnn': {choices}\?$"):
         effective({"encoder": "cnnn"})
     with pytest.raises(ValueError, match=r"^unknown fusion 'nope'; one of concat, sgmft, toy$"):
         build_model("cnn", ((1, 8, 8), (3, 8, 8)), 4, 8, False, fusion="nope")
-    with pytest.raises(ValueError, match=r"^unknown encoder 'nope'; one of cnn, resnet18, features, toy$"):
+    with pytest.raises(ValueError,
+                       match=r"^unknown encoder 'nope'; one of cnn, cnn-rows, resnet18, features, toy$"):
         build_model("nope", ((1, 8, 8), (3, 8, 8)), 4, 8, False)
 
 
 def test_the_library_registries_name_what_the_configuration_documents():
-    assert parts.encoder_names() == ("cnn", "resnet18", "features")
+    assert parts.encoder_names() == ("cnn", "cnn-rows", "resnet18", "features")
     assert parts.fusion_names() == ("concat", "sgmft")
     assert methods.REMEDY_KEYS == ("logit-adjust", "restricted-softmax", "ntd-beta", "ntd-temperature")
     with pytest.raises(ConfigError, match=r"^fusion='x': must be concat or sgmft$"):
         effective({"fusion": "x"})
-    with pytest.raises(ConfigError, match=r"^encoder='x': must be cnn, resnet18 or features$"):
+    with pytest.raises(ConfigError, match=r"^encoder='x': must be cnn, cnn-rows, resnet18 or features$"):
         effective({"encoder": "x"})
 
 

@@ -315,8 +315,8 @@ class ModelConfig(_Section):
 
     SECTION: ClassVar[str] = "model"
 
-    encoder: str = _opt("cnn", "encoder architecture: cnn, resnet18, or features (train on the token "
-                        "embeddings of `fedcmi features`: data-root is the features directory)",
+    encoder: str = _opt("cnn", "encoder architecture: cnn, cnn-rows (spectrograms), resnet18, or features "
+                        "(train on the token embeddings of `fedcmi features`: data-root is the features directory)",
                         lambda v: v in _encoder_names(), _one_of(_encoder_names), _encoder_names)
     projector: str = _opt("linear", "projector type", lambda v: v in ("linear", "mlp"),
                           "must be linear or mlp")

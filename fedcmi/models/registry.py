@@ -50,6 +50,8 @@ class FusionSpec(PartSpec):
 ENCODERS: dict[str, PartSpec] = {spec.name: spec for spec in (
     PartSpec("cnn", "three conv blocks and average pooling (frame stacks: per frame, averaged)",
              "fedcmi.models.encoders.cnn:build"),
+    PartSpec("cnn-rows", "cnn's conv blocks averaged over time (the last axis) only: keeps which frequency band "
+             "is active (spectrograms)", "fedcmi.models.encoders.cnn_rows:build"),
     PartSpec("resnet18", "torchvision ResNet-18 without its classifier (the FedCMI authors'; encoder-weights)",
              "fedcmi.models.encoders.resnet18:build"),
     PartSpec("features", "token embeddings of `fedcmi features` (data-root is its directory), pooled and projected",
