@@ -6,7 +6,7 @@ directory made by ``fedcmi prepare``, repeatable) the prepared data sets instead
 linear probe first: multinomial logistic regression on each modality's standardised inputs alone and on both.
 
     python benchmarks/imbalance.py [--epochs 6]
-    python benchmarks/imbalance.py --prepared ~/data/fsdd-prepared
+    python benchmarks/imbalance.py --prepared ~/data/fsdd-prepared [--encoder cnn-rows] [--no-linear-probe]
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def linear_probe(data: MultimodalData, seed: int = 0) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--encoder", default="cnn", help="the encoder a run would train (encoder=): cnn, cnn-rows")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-linear-probe", action="store_true", help="with --prepared: skip the linear probe")
     parser.add_argument("--prepared", action="append", metavar="DIR", help="a prepared data set (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -51,6 +54,11 @@ def main() -> None:
         from fedcmi.data import load_prepared
 
         sets = [load_prepared(p) for p in args.prepared]
+    else:
+        from fedcmi.data.embedded import digits_cg, synthetic_av
+
+        sets = [synthetic_av(), digits_cg()]
+    if args.prepared and not args.no_linear_probe:
         print(f"{'data set':<14}{'inputs':<10}{'logistic regression (test accuracy)':>36}")
         for data in sets:
             t0 = time.perf_counter()
@@ -58,14 +66,10 @@ def main() -> None:
             for name, acc in probe.items():
                 print(f"{data.name:<14}{name:<10}{acc:>36.3f}")
             print(f"{data.name:<14}({time.perf_counter() - t0:.1f} s)")
-    else:
-        from fedcmi.data.embedded import digits_cg, synthetic_av
-
-        sets = [synthetic_av(), digits_cg()]
     print(f"{'data set':<14}{'modality':<10}{'alone':>8}{'in joint':>10}{'gap':>8}")
     for data in sets:
         t0 = time.perf_counter()
-        rep = imbalance_report(data, epochs=args.epochs)
+        rep = imbalance_report(data, epochs=args.epochs, seed=args.seed, encoder=args.encoder)
         for m in rep.modalities:
             print(f"{data.name:<14}{m:<10}{rep.alone[m]:>8.3f}{rep.in_joint[m]:>10.3f}"
                   f"{rep.alone[m] - rep.in_joint[m]:>8.3f}")

@@ -18,8 +18,8 @@ from fedcmi.federated.evaluation import evaluate
 from fedcmi.methods.sgd import SGD
 from fedcmi.metrics import ACC_MM, acc_zero
 from fedcmi.models.concat_model import ConcatModel
-from fedcmi.models.encoders.cnn import SmallCNN
 from fedcmi.models.init import init_weights
+from fedcmi.models.registry import EncoderOptions, encoder_spec
 
 
 class UnimodalModel(nn.Module):
@@ -66,20 +66,24 @@ class ImbalanceReport:
 
 
 def imbalance_report(data: MultimodalData, epochs: int = 8, batch_size: int = 64, lr: float = 0.05,
-                     feature_dim: int = 64, seed: int = 0) -> ImbalanceReport:
-    """Train the joint concat model and each encoder alone on the whole training set; test accuracies."""
+                     feature_dim: int = 64, seed: int = 0, encoder: str = "cnn") -> ImbalanceReport:
+    """Train the joint concat model and each encoder alone on the whole training set; test accuracies.
+
+    ``encoder`` names a registry entry (``encoder=`` of a run), so the probe judges the encoder a run trains.
+    """
+    build = encoder_spec(encoder).load()
+    options = EncoderOptions(feature_dim)
     torch.manual_seed(seed)
     # np.asarray: a prepared data set's training columns are lazy views (fedcmi.data.prepared.LazyColumn)
     xa, xb, y = (torch.from_numpy(np.asarray(t)) for t in data.arrays("train"))
     ta, tb, ty = (torch.from_numpy(np.asarray(t)) for t in data.arrays("test"))
     (sa, sb) = data.shapes()
-    joint = ConcatModel(SmallCNN(sa[0], feature_dim), SmallCNN(sb[0], feature_dim),
-                        data.num_classes)
+    joint = ConcatModel(build(tuple(sa), options), build(tuple(sb), options), data.num_classes)
     _fit(joint, lambda i: (xa[i], xb[i]), y, epochs, batch_size, lr, seed)
     res = evaluate(joint, ta, tb, ty, data.num_classes, data.modalities)
     alone = {}
     for m, x, t, shape in ((data.modalities[0], xa, ta, sa), (data.modalities[1], xb, tb, sb)):
-        uni = UnimodalModel(SmallCNN(shape[0], feature_dim), data.num_classes)
+        uni = UnimodalModel(build(tuple(shape), options), data.num_classes)
         _fit(uni, lambda i, x=x: (x[i],), y, epochs, batch_size, lr, seed)
         uni.eval()
         with torch.no_grad():
