@@ -19,6 +19,7 @@ import torch
 
 from fedcmi.bench.centralized_imbalance import imbalance_report
 from fedcmi.data.base import MultimodalData
+from fedcmi.models.registry import encoder_names
 
 
 def linear_probe(data: MultimodalData, seed: int = 0) -> dict[str, float]:
@@ -44,7 +45,8 @@ def linear_probe(data: MultimodalData, seed: int = 0) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--encoder", default="cnn", help="the encoder a run would train (encoder=): cnn, cnn-rows")
+    trainable = [n for n in encoder_names() if n != "features"]  # features needs a features directory
+    parser.add_argument("--encoder", default="cnn", choices=trainable, help="the encoder a run would train")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-linear-probe", action="store_true", help="with --prepared: skip the linear probe")
     parser.add_argument("--prepared", action="append", metavar="DIR", help="a prepared data set (repeatable)")
